@@ -1,0 +1,1 @@
+"""Every side effect a workflow needs: profile look-ups, sends, records."""

@@ -1,0 +1,193 @@
+"""Activities of the cascade journey: is a contact usable, and send one step's message."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+
+from sqlmodel import col, select, update
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.contacts import load_reachability
+from channels.base import Channel, OutboundMessage, PermanentSendError, TransientSendError
+from core.db import Database, insert_ignoring_conflicts
+from core.logging import get_logger
+from core.settings import Settings
+from core.templates import TemplateRenderError, render_content
+from models.activities import (
+    CheckContactInput,
+    CheckContactResult,
+    SendMessageInput,
+    SendMessageResult,
+)
+from models.tables import ContactPoint, Delivery, DeliveryStatus, utcnow
+
+_ALREADY_SENT = {
+    DeliveryStatus.SENT,
+    DeliveryStatus.DELIVERED,
+    DeliveryStatus.OPENED,
+    DeliveryStatus.CLICKED,
+}
+
+
+class JourneyActivities:
+    """The side effects of a journey, bound to a database, channels and settings."""
+
+    def __init__(self, db: Database, channels: Mapping[str, Channel], settings: Settings) -> None:
+        self._db = db
+        self._channels = channels
+        self._settings = settings
+
+    @activity.defn
+    async def check_contact(self, input: CheckContactInput) -> CheckContactResult:
+        """Whether the customer can be messaged on the channel now (valid, consented)."""
+        async with self._db.session() as session:
+            reach = await load_reachability(session, input.customer_id, input.channel)
+        if input.channel not in self._channels:
+            return CheckContactResult(usable=False, reason=f"channel {input.channel} not configured")
+        return CheckContactResult(
+            usable=reach.usable,
+            reason=reach.reason,
+            contact_point_id=reach.contact.id if reach.contact else None,
+        )
+
+    @activity.defn
+    async def send_message(self, input: SendMessageInput) -> SendMessageResult:
+        """Send one step's message exactly once per idempotency key.
+
+        A retry after a crash finds the delivery row: already sent -> the same result,
+        nothing sent again; only queued -> the provider call is repeated with the same
+        idempotency key, which the provider deduplicates.
+        """
+        log = get_logger(
+            __name__,
+            workflow_id=input.workflow_id,
+            customer_id=input.customer_id,
+            channel=input.channel.value,
+            step=input.step,
+            attempt=activity.info().attempt,
+        )
+        async with self._db.session() as session:
+            existing = (
+                await session.exec(
+                    select(Delivery).where(Delivery.idempotency_key == input.idempotency_key)
+                )
+            ).one_or_none()
+            if existing is not None and existing.status in _ALREADY_SENT:
+                log.info("send.duplicate_suppressed", message_id=existing.provider_message_id)
+                return SendMessageResult(
+                    status="sent",
+                    message_id=existing.provider_message_id,
+                    cost=existing.cost,
+                    duplicate=True,
+                )
+            if existing is not None and existing.status == DeliveryStatus.FAILED:
+                return SendMessageResult(status="failed", reason=existing.failure_reason)
+            reach = await load_reachability(session, input.customer_id, input.channel)
+
+        if not reach.usable or reach.contact is None or reach.customer is None:
+            # Consent can be withdrawn between the check and the send: never send then.
+            log.info("send.skipped", reason=reach.reason)
+            return SendMessageResult(status="skipped", reason=reach.reason)
+
+        channel = self._channels.get(input.channel)
+        if channel is None:
+            raise ApplicationError(f"channel {input.channel} is not configured", non_retryable=True)
+        fields = {
+            "customer_id": reach.customer.id,
+            "name": reach.customer.name,
+            **reach.customer.attributes,
+            **input.context,
+        }
+        try:
+            rendered = render_content(input.content, fields)
+        except TemplateRenderError as exc:
+            raise ApplicationError(
+                f"template of step {input.step} ({input.channel}): {exc}",
+                type="TemplateError",
+                non_retryable=True,
+            ) from exc
+
+        cost = self._settings.channel_costs.get(input.channel, 0.0)
+        async with self._db.session() as session:
+            await session.exec(  # type: ignore[call-overload]
+                insert_ignoring_conflicts(self._db, Delivery)
+                .values(
+                    idempotency_key=input.idempotency_key,
+                    workflow_id=input.workflow_id,
+                    journey=input.journey,
+                    step=input.step,
+                    customer_id=input.customer_id,
+                    channel=input.channel.value,
+                    contact_point_id=reach.contact.id,
+                    status=DeliveryStatus.QUEUED,
+                    content_hash=rendered.content_hash,
+                    cost=0.0,
+                    currency=self._settings.currency,
+                )
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            )
+
+        message = OutboundMessage(
+            channel=input.channel.value,
+            to=reach.contact.address,
+            body=rendered.body,
+            subject=rendered.subject,
+            html=rendered.html,
+            url=rendered.url,
+            idempotency_key=input.idempotency_key,
+        )
+        try:
+            receipt = await channel.send(message)
+        except PermanentSendError as exc:
+            await self._record_permanent_failure(input, reach.contact.id, exc)
+            log.warning("send.permanent_failure", reason=exc.reason, contact_status=exc.contact_status)
+            return SendMessageResult(status="failed", reason=exc.reason)
+        except TransientSendError as exc:
+            log.warning("send.transient_failure", reason=exc.reason, retry_after=exc.retry_after)
+            raise ApplicationError(
+                f"{input.channel}: {exc.reason}",
+                type="TransientSendError",
+                next_retry_delay=timedelta(seconds=exc.retry_after) if exc.retry_after else None,
+            ) from exc
+
+        cost = receipt.cost or cost
+        async with self._db.session() as session:
+            await session.exec(  # type: ignore[call-overload]
+                update(Delivery)
+                .where(col(Delivery.idempotency_key) == input.idempotency_key)
+                .values(
+                    status=DeliveryStatus.SENT,
+                    provider_message_id=receipt.provider_message_id,
+                    sent_at=utcnow(),
+                    cost=cost,
+                )
+            )
+        log.info("send.sent", message_id=receipt.provider_message_id, cost=cost)
+        return SendMessageResult(
+            status="sent",
+            message_id=receipt.provider_message_id,
+            cost=cost,
+            duplicate=receipt.duplicate,
+        )
+
+    async def _record_permanent_failure(
+        self, input: SendMessageInput, contact_point_id: int | None, exc: PermanentSendError
+    ) -> None:
+        now = utcnow()
+        async with self._db.session() as session:
+            await session.exec(  # type: ignore[call-overload]
+                update(Delivery)
+                .where(col(Delivery.idempotency_key) == input.idempotency_key)
+                .values(status=DeliveryStatus.FAILED, failure_reason=exc.reason[:1000], failed_at=now)
+            )
+            await session.exec(  # type: ignore[call-overload]
+                update(ContactPoint)
+                .where(col(ContactPoint.id) == contact_point_id)
+                .values(
+                    status=exc.contact_status,
+                    status_reason=exc.reason[:500],
+                    status_changed_at=now,
+                )
+            )

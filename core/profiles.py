@@ -1,0 +1,39 @@
+"""Writing customer profiles: one transaction per customer, nothing half-written."""
+
+from __future__ import annotations
+
+from sqlmodel import select
+
+from core.db import Database
+from models.profiles import CustomerProfile
+from models.tables import ContactPoint, Customer, utcnow
+
+
+async def upsert_customer(db: Database, profile: CustomerProfile) -> None:
+    """Create or update a customer and add/refresh their contact points."""
+    async with db.session() as session:
+        customer = await session.get(Customer, profile.id)
+        if customer is None:
+            customer = Customer(id=profile.id)
+        customer.name = profile.name
+        customer.timezone = profile.timezone
+        customer.attributes = {**(customer.attributes or {}), **profile.attributes}
+        session.add(customer)
+        await session.flush()
+        existing = {
+            (cp.channel, cp.address): cp
+            for cp in (
+                await session.exec(select(ContactPoint).where(ContactPoint.customer_id == profile.id))
+            ).all()
+        }
+        now = utcnow()
+        for contact in profile.contacts:
+            cp = existing.get((contact.channel.value, contact.address)) or ContactPoint(
+                customer_id=profile.id, channel=contact.channel.value, address=contact.address
+            )
+            if cp.status != contact.status:
+                cp.status, cp.status_changed_at = contact.status, now
+            if cp.consent != contact.consent or cp.consent_at is None:
+                cp.consent, cp.consent_at = contact.consent, now
+            cp.consent_source = contact.consent_source or cp.consent_source
+            session.add(cp)

@@ -1,0 +1,1 @@
+"""Data shapes only: pydantic payloads that cross Temporal, and sqlmodel tables."""

@@ -1,0 +1,253 @@
+"""Start and steer journeys: `start_journey(...)` for application code, and a CLI over it.
+
+    python starter.py start c-42 welcome
+    python starter.py status journey/welcome/c-42
+    python starter.py list --customer c-42
+    python starter.py cancel journey/welcome/c-42 --reason "asked by support"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import select
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.db import Database
+from core.journey_files import JourneyDefinitionError, describe_validation_error, load_journey
+from core.settings import Settings, get_settings
+from core.temporal import connect, quote
+from models import search_attributes as sa
+from models.events import CancelInput
+from models.journey import JourneyInput, JourneyResult, JourneySpec, JourneyState
+from models.tables import Customer
+from workflows.cascade import CascadeJourney
+
+
+class UnknownCustomerError(LookupError):
+    """The customer id is not in the profile database; nothing was started."""
+
+
+def journey_workflow_id(journey: str, customer_id: str, key: str | None = None) -> str:
+    """`journey/<journey>/<customer>[/<key>]`: one running journey per customer and key."""
+    base = f"journey/{journey}/{customer_id}"
+    return f"{base}/{key}" if key else base
+
+
+async def start_journey(
+    customer_id: str,
+    journey: JourneySpec | str | Path,
+    *,
+    key: str | None = None,
+    context: dict[str, Any] | None = None,
+    deadline: datetime | None = None,
+    client: Client | None = None,
+    db: Database | None = None,
+    settings: Settings | None = None,
+) -> WorkflowHandle[CascadeJourney, JourneyResult]:
+    """Start `journey` for `customer_id`, or return the handle of the one already running.
+
+    `journey` is a JourneySpec or the name/path of a file in journeys/. Use `key` when
+    the same journey may run more than once at a time for a customer (one per cart).
+    Everything is validated before a workflow starts: a bad definition raises
+    JourneyDefinitionError, an unknown customer UnknownCustomerError, a bad deadline or
+    context ValueError, each naming what was wrong.
+    """
+    settings = settings or get_settings()
+    spec = journey if isinstance(journey, JourneySpec) else load_journey(journey)
+    try:
+        payload = JourneyInput(
+            spec=spec, customer_id=customer_id, deadline=deadline, context=context or {}
+        )
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(exc, f"journey {spec.name!r} input")) from exc
+    if key is not None and (not key or "/" in key or len(key) > 128):
+        raise ValueError(f"key {key!r}: must be 1-128 characters without '/'")
+
+    own_db = db is None
+    db = db or Database.from_url(settings.database_url)
+    try:
+        async with db.session() as session:
+            found = (await session.exec(select(Customer.id).where(Customer.id == customer_id))).first()
+    finally:
+        if own_db:
+            await db.dispose()
+    if found is None:
+        raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
+
+    client = client or await connect(settings)
+    attributes: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(sa.CUSTOMER_ID, customer_id),
+        SearchAttributePair(sa.JOURNEY, spec.name),
+        SearchAttributePair(sa.STATUS, "running"),
+        SearchAttributePair(sa.STEP, 0),
+        SearchAttributePair(sa.CHANNEL, spec.steps[0].channel.value),
+    ]
+    if spec.campaign:
+        attributes.append(SearchAttributePair(sa.CAMPAIGN, spec.campaign))
+    return await client.start_workflow(
+        CascadeJourney.run,
+        payload,
+        id=journey_workflow_id(spec.name, customer_id, key),
+        task_queue=settings.task_queue,
+        # A second trigger while the journey runs must not start a second cascade.
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=TypedSearchAttributes(attributes),
+        memo={"journey": spec.name, "channels": [s.channel.value for s in spec.steps]},
+    )
+
+
+async def journey_state(client: Client, workflow_id: str) -> JourneyState:
+    """The `state` query of a running journey, or the result of a finished one."""
+    handle = client.get_workflow_handle_for(CascadeJourney.run, workflow_id)
+    description = await handle.describe()
+    if description.status is not None and description.status.name == "RUNNING":
+        return await handle.query(CascadeJourney.state)
+    return await handle.result()
+
+
+# ---------------------------------------------------------------- CLI
+cli = typer.Typer(help="Start, inspect and cancel Cascade journeys.", no_args_is_help=True)
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _parse_context(items: list[str]) -> dict[str, Any]:
+    context: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            _fail(f"--context {item!r}: expected name=value")
+        try:
+            context[name] = json.loads(value)
+        except json.JSONDecodeError:
+            context[name] = value
+    return context
+
+
+@cli.command()
+def start(
+    customer_id: str,
+    journey: Annotated[str, typer.Argument(help="Name in journeys/ or a path to a YAML file")],
+    key: Annotated[str | None, typer.Option(help="Run key when a journey may run twice")] = None,
+    context: Annotated[list[str] | None, typer.Option(help="Template field, name=value")] = None,
+) -> None:
+    """Start a journey for a customer (a no-op if it is already running)."""
+
+    async def go() -> None:
+        handle = await start_journey(customer_id, journey, key=key, context=_parse_context(context or []))
+        console.print(f"started [bold]{handle.id}[/bold] run {handle.result_run_id}")
+
+    try:
+        asyncio.run(go())
+    except (JourneyDefinitionError, UnknownCustomerError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+def status(workflow_id: str) -> None:
+    """Show where a journey stands, step by step."""
+
+    async def go() -> JourneyState:
+        return await journey_state(await connect(get_settings()), workflow_id)
+
+    try:
+        state = asyncio.run(go())
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            _fail(f"no journey with id {workflow_id!r}")
+        raise
+    table = Table(title=f"{workflow_id}: {state.outcome or state.status}")
+    for column in ("step", "channel", "status", "reaction", "message id", "reason"):
+        table.add_column(column)
+    for step in state.steps:
+        table.add_row(
+            str(step.index),
+            step.channel.value,
+            step.status.value,
+            step.reaction.value if step.reaction else "",
+            step.message_id or "",
+            step.reason or "",
+        )
+    console.print(table)
+
+
+@cli.command("list")
+def list_journeys(
+    customer: Annotated[str | None, typer.Option(help="Only this customer's journeys")] = None,
+    journey: Annotated[str | None, typer.Option(help="Only this journey")] = None,
+    status_: Annotated[str | None, typer.Option("--status", help="running, waiting, reacted, ...")] = None,
+    limit: int = 50,
+) -> None:
+    """List journeys through Temporal's search attributes."""
+    clauses = []
+    if customer:
+        clauses.append(f"CustomerId = {quote(customer)}")
+    if journey:
+        clauses.append(f"Journey = {quote(journey)}")
+    if status_:
+        clauses.append(f"Status = {quote(status_)}")
+    query = " AND ".join(clauses) or None
+
+    async def go() -> list[list[str]]:
+        client = await connect(get_settings())
+        rows = []
+        async for wf in client.list_workflows(query, limit=limit):
+            attrs = wf.typed_search_attributes
+            rows.append(
+                [
+                    wf.id,
+                    attrs.get(sa.CUSTOMER_ID) or "",
+                    attrs.get(sa.STATUS) or "",
+                    attrs.get(sa.CHANNEL) or "",
+                    str(attrs.get(sa.STEP) if attrs.get(sa.STEP) is not None else ""),
+                    wf.start_time.isoformat(timespec="seconds"),
+                ]
+            )
+        return rows
+
+    table = Table(title=query or "all journeys")
+    for column in ("workflow id", "customer", "status", "channel", "step", "started"):
+        table.add_column(column)
+    for row in asyncio.run(go()):
+        table.add_row(*row)
+    console.print(table)
+
+
+@cli.command()
+def cancel(
+    workflow_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded as the outcome reason")] = "cancelled by operator",
+) -> None:
+    """Cancel a running journey gracefully (it ends as `cancelled`)."""
+
+    async def go() -> None:
+        client = await connect(get_settings())
+        await client.get_workflow_handle(workflow_id).signal(CascadeJourney.cancel, CancelInput(reason=reason))
+
+    try:
+        asyncio.run(go())
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            _fail(f"no running journey with id {workflow_id!r}")
+        raise
+    console.print(f"cancel sent to {workflow_id}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,1 @@
+"""The FastAPI service that turns provider receipts and tracking hits into journey signals."""

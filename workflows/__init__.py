@@ -1,0 +1,1 @@
+"""Durable, deterministic workflow code only: no I/O, no wall clock, no randomness."""

@@ -1,0 +1,209 @@
+"""CascadeJourney: reach one customer through a chain of channels, cheapest first.
+
+Per step: check the contact point (unusable -> next step at once), send with an
+idempotency key, then sleep until the awaited reaction arrives by signal or the
+step's wait runs out. A reaction, the deadline, a cancel or an unsubscribe ends it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.journey import JourneyActivities
+    from models import search_attributes as sa
+    from models.activities import CheckContactInput, SendMessageInput
+    from models.events import CancelInput, EngagementInput, EngagementType
+    from models.journey import (
+        REACTION_RANK,
+        JourneyInput,
+        JourneyResult,
+        JourneyState,
+        Outcome,
+        Reaction,
+        StepRecord,
+        StepStatus,
+    )
+
+CHECK_TIMEOUT = timedelta(seconds=30)
+SEND_ATTEMPT_TIMEOUT = timedelta(seconds=60)
+# A provider that stays down this long loses its turn: the cascade falls over to the
+# next channel instead of holding the customer on a dead one.
+SEND_GIVE_UP_AFTER = timedelta(hours=6)
+SEND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+    non_retryable_error_types=["TemplateError"],
+)
+# Events that end the journey whichever step they concern.
+_STOPPING = {EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAINED: "complained"}
+# Events that make waiting on the current step pointless.
+_STEP_LOST = {EngagementType.BOUNCED, EngagementType.FAILED}
+
+
+@workflow.defn
+class CascadeJourney:
+    """One customer, one journey: a durable cascade over the journey's steps."""
+
+    @workflow.init
+    def __init__(self, input: JourneyInput) -> None:
+        self._input = input
+        self._state = JourneyState(
+            journey=input.spec.name,
+            customer_id=input.customer_id,
+            status="running",
+            steps=[StepRecord(index=i, channel=s.channel) for i, s in enumerate(input.spec.steps)],
+        )
+        self._stop: tuple[Outcome, str] | None = None
+        self._step_lost = False
+
+    @workflow.run
+    async def run(self, input: JourneyInput) -> JourneyResult:
+        """Walk the cascade until a reaction, the deadline, a cancel, or the last step."""
+        self._state.started_at = workflow.now()
+        deadline = input.deadline
+        if deadline is None and input.spec.valid_for is not None:
+            deadline = workflow.now() + input.spec.valid_for
+
+        for index, step in enumerate(input.spec.steps):
+            if self._stop is not None:
+                break
+            if deadline is not None and workflow.now() >= deadline:
+                self._stop = (Outcome.DEADLINE, "deadline passed before the next step")
+                break
+            record = self._state.steps[index]
+            self._enter_step(index)
+
+            check = await workflow.execute_activity_method(
+                JourneyActivities.check_contact,
+                CheckContactInput(customer_id=input.customer_id, channel=step.channel),
+                start_to_close_timeout=CHECK_TIMEOUT,
+            )
+            if not check.usable:
+                record.status, record.reason = StepStatus.SKIPPED, check.reason
+                continue
+
+            if not await self._send(index, record):
+                continue
+
+            self._set_status("waiting")
+            self._step_lost = False
+            wait = step.wait
+            if deadline is not None:
+                wait = min(wait, max(deadline - workflow.now(), timedelta(0)))
+            try:
+                await workflow.wait_condition(
+                    lambda: self._stop is not None or self._step_lost, timeout=wait
+                )
+            except TimeoutError:
+                if deadline is not None and workflow.now() >= deadline:
+                    self._stop = (Outcome.DEADLINE, "deadline passed while waiting")
+
+        return self._finish()
+
+    async def _send(self, index: int, record: StepRecord) -> bool:
+        step = self._input.spec.steps[index]
+        info = workflow.info()
+        # The run id keeps keys unique when a finished journey id is started again later.
+        key = f"{info.workflow_id}/{info.first_execution_run_id}/{index}"
+        try:
+            result = await workflow.execute_activity_method(
+                JourneyActivities.send_message,
+                SendMessageInput(
+                    idempotency_key=key,
+                    workflow_id=info.workflow_id,
+                    journey=self._input.spec.name,
+                    step=index,
+                    customer_id=self._input.customer_id,
+                    channel=step.channel,
+                    content=step.content,
+                    context=self._input.context,
+                ),
+                start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
+                schedule_to_close_timeout=min(SEND_GIVE_UP_AFTER, step.wait),
+                retry_policy=SEND_RETRY,
+            )
+        except ActivityError as err:
+            record.status = StepStatus.FAILED
+            record.reason = str(err.cause or err)
+            workflow.logger.warning("step %s failed for good: %s", index, record.reason)
+            return False
+        if result.status == "sent":
+            record.status, record.message_id = StepStatus.SENT, result.message_id
+            record.sent_at = workflow.now()
+            return True
+        record.status = StepStatus.SKIPPED if result.status == "skipped" else StepStatus.FAILED
+        record.reason = result.reason
+        return False
+
+    def _enter_step(self, index: int) -> None:
+        step = self._input.spec.steps[index]
+        self._state.current_step = index
+        self._state.current_channel = step.channel
+        workflow.upsert_search_attributes(
+            [
+                sa.STEP.value_set(index),
+                sa.CHANNEL.value_set(step.channel.value),
+                sa.STATUS.value_set("running"),
+            ]
+        )
+        self._state.status = "running"
+
+    def _set_status(self, status: str) -> None:
+        self._state.status = status
+        workflow.upsert_search_attributes([sa.STATUS.value_set(status)])
+
+    def _finish(self) -> JourneyResult:
+        if self._stop is not None:
+            outcome, reason = self._stop
+        elif any(s.status == StepStatus.SENT for s in self._state.steps):
+            outcome, reason = Outcome.EXHAUSTED, "no reaction on any step"
+        else:
+            outcome, reason = Outcome.UNREACHABLE, "no step could be sent"
+        self._state.outcome, self._state.outcome_reason = outcome, reason
+        self._state.finished_at = workflow.now()
+        self._set_status(outcome.value)
+        return JourneyResult.model_validate(self._state.model_dump())
+
+    @workflow.signal
+    def engagement(self, event: EngagementInput) -> None:
+        """An event about one of this journey's messages (or the journey as a whole)."""
+        if self._stop is not None or self._state.outcome is not None:
+            return
+        current = self._state.current_step
+        step_index = event.step if event.step is not None else current
+        if event.type in _STOPPING:
+            self._stop = (Outcome.UNSUBSCRIBED, _STOPPING[event.type])
+            return
+        if event.type in _STEP_LOST:
+            if step_index is not None and step_index == current:
+                self._step_lost = True
+            return
+        if step_index is None or step_index >= len(self._state.steps):
+            return
+        record = self._state.steps[step_index]
+        reaction = Reaction(event.type.value)
+        if record.reaction is None or REACTION_RANK[reaction] > REACTION_RANK[record.reaction]:
+            record.reaction = reaction
+        awaited = self._input.spec.steps[step_index].await_reaction
+        # A conversion is the goal itself; otherwise a reaction at least as strong as the
+        # one this step waits for counts, even if it comes from an earlier step.
+        if reaction == Reaction.CONVERTED or REACTION_RANK[reaction] >= REACTION_RANK[awaited]:
+            self._state.reaction, self._state.reacted_step = reaction, step_index
+            self._stop = (Outcome.REACTED, f"{reaction.value} on step {step_index}")
+
+    @workflow.signal
+    def cancel(self, input: CancelInput) -> None:
+        """Stop the journey before its next send; it ends as `cancelled`."""
+        if self._stop is None:
+            self._stop = (Outcome.CANCELLED, input.reason)
+
+    @workflow.query
+    def state(self) -> JourneyState:
+        """Where the journey stands now."""
+        return self._state
