@@ -2,9 +2,9 @@
 
 It behaves like a provider that honours idempotency keys (a repeated key returns the
 first message id, nothing is delivered twice) and, like Twilio's or SendGrid's test
-credentials, rejects a few reserved addresses so permanent failures can be seen:
-any address in the `.invalid` top-level domain (RFC 2606), Twilio's magic invalid
-number +15005550001, and messenger ids starting with `blocked`.
+credentials or the SES mailbox simulator, rejects a few reserved addresses so permanent
+failures can be seen: emails whose local part is `bounce` or ends in `+bounce`,
+Twilio's magic invalid number +15005550001, and messenger ids starting with `blocked`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ _INVALID_NUMBER = "+15005550001"
 
 def _rejection(message: OutboundMessage) -> PermanentSendError | None:
     to = message.to.strip().lower()
-    if to.endswith(".invalid"):
+    local = to.rpartition("@")[0]
+    if message.channel == "email" and (local == "bounce" or local.endswith("+bounce")):
         return PermanentSendError("550 5.1.1 mailbox does not exist", ContactStatus.BOUNCED)
     if to == _INVALID_NUMBER:
         return PermanentSendError("21211 invalid 'To' phone number", ContactStatus.INVALID)

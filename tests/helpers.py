@@ -1,0 +1,78 @@
+"""Helpers for workflow tests: run a worker, wait for a journey to reach a state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from sqlmodel import select
+from temporalio.client import WorkflowHandle
+
+from core.db import Database
+from models.journey import JourneySpec, JourneyState
+from models.tables import ContactPoint, Delivery, SandboxMessage
+from workflows.cascade import CascadeJourney
+
+
+def spec(*channels: str, wait: str = "1d", await_: str = "opened", **extra: Any) -> JourneySpec:
+    """A journey over `channels`, each step waiting `wait` for `await_`."""
+    return JourneySpec.model_validate(
+        {
+            "name": extra.pop("name", "test"),
+            "steps": [
+                {
+                    "channel": ch,
+                    "wait": wait,
+                    "await": await_,
+                    "content": {"subject": "Hi {{ name }}", "body": f"{ch}: hello, {{{{ name }}}}!"},
+                }
+                for ch in channels
+            ],
+            **extra,
+        }
+    )
+
+
+async def wait_for_state(
+    handle: WorkflowHandle[Any, Any],
+    predicate: Callable[[JourneyState], bool],
+    timeout: float = 15.0,
+) -> JourneyState:
+    """Poll the `state` query until `predicate` holds (real seconds, not workflow time)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        state = await handle.query(CascadeJourney.state)
+        if predicate(state):
+            return state
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"journey never reached the expected state; last: {state}")
+        await asyncio.sleep(0.05)
+
+
+async def outbox(db: Database, address_contains: str = "") -> list[SandboxMessage]:
+    """Messages the sandbox provider accepted, oldest first."""
+    async with db.session() as session:
+        rows = (await session.exec(select(SandboxMessage).order_by(SandboxMessage.id))).all()  # type: ignore[arg-type]
+    return [r for r in rows if address_contains in r.to_address]
+
+
+async def deliveries(db: Database, workflow_id: str) -> list[Delivery]:
+    """The delivery log rows of one journey, by step."""
+    async with db.session() as session:
+        rows = (
+            await session.exec(select(Delivery).where(Delivery.workflow_id == workflow_id).order_by(Delivery.step))  # type: ignore[arg-type]
+        ).all()
+    return list(rows)
+
+
+async def contact(db: Database, customer_id: str, channel: str) -> ContactPoint:
+    """The (single) contact point of a customer on a channel."""
+    async with db.session() as session:
+        return (
+            await session.exec(
+                select(ContactPoint).where(
+                    ContactPoint.customer_id == customer_id, ContactPoint.channel == channel
+                )
+            )
+        ).one()
