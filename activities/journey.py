@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 
+from sqlalchemy import or_
 from sqlmodel import col, select, update
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -110,24 +111,10 @@ class JourneyActivities:
             ) from exc
 
         cost = self._settings.channel_costs.get(input.channel, 0.0)
-        async with self._db.session() as session:
-            await session.exec(  # type: ignore[call-overload]
-                insert_ignoring_conflicts(self._db, Delivery)
-                .values(
-                    idempotency_key=input.idempotency_key,
-                    workflow_id=input.workflow_id,
-                    journey=input.journey,
-                    step=input.step,
-                    customer_id=input.customer_id,
-                    channel=input.channel.value,
-                    contact_point_id=reach.contact.id,
-                    status=DeliveryStatus.QUEUED,
-                    content_hash=rendered.content_hash,
-                    cost=0.0,
-                    currency=self._settings.currency,
-                )
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            )
+        claim = await self._claim(input, reach.contact.id, rendered.content_hash)
+        if claim is not None:
+            log.info("send.duplicate_suppressed", status=claim.status)
+            return claim
 
         message = OutboundMessage(
             channel=input.channel.value,
@@ -145,6 +132,7 @@ class JourneyActivities:
             log.warning("send.permanent_failure", reason=exc.reason, contact_status=exc.contact_status)
             return SendMessageResult(status="failed", reason=exc.reason)
         except TransientSendError as exc:
+            await self._release(input.idempotency_key)
             log.warning("send.transient_failure", reason=exc.reason, retry_after=exc.retry_after)
             raise ApplicationError(
                 f"{input.channel}: {exc.reason}",
@@ -162,6 +150,7 @@ class JourneyActivities:
                     provider_message_id=receipt.provider_message_id,
                     sent_at=utcnow(),
                     cost=cost,
+                    claimed_until=None,
                 )
             )
         log.info("send.sent", message_id=receipt.provider_message_id, cost=cost)
@@ -171,6 +160,70 @@ class JourneyActivities:
             cost=cost,
             duplicate=receipt.duplicate,
         )
+
+    async def _claim(
+        self, input: SendMessageInput, contact_point_id: int | None, content_hash: str
+    ) -> SendMessageResult | None:
+        """Make this attempt the only one that may call the provider for this key.
+
+        None: claimed, go ahead. A result: an earlier attempt already finished it.
+        Raises a retryable error while another live attempt holds the claim, so a
+        retry racing a slow first attempt never reaches a provider that cannot
+        deduplicate. A crashed attempt's claim expires after the send timeout.
+        """
+        now = utcnow()
+        lease = timedelta(seconds=self._settings.send_timeout_seconds * 2)
+        async with self._db.session() as session:
+            await session.exec(  # type: ignore[call-overload]
+                insert_ignoring_conflicts(self._db, Delivery)
+                .values(
+                    idempotency_key=input.idempotency_key,
+                    workflow_id=input.workflow_id,
+                    journey=input.journey,
+                    step=input.step,
+                    customer_id=input.customer_id,
+                    channel=input.channel.value,
+                    contact_point_id=contact_point_id,
+                    status=DeliveryStatus.QUEUED,
+                    content_hash=content_hash,
+                    currency=self._settings.currency,
+                )
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            )
+            claimed = await session.exec(  # type: ignore[call-overload]
+                update(Delivery)
+                .where(
+                    col(Delivery.idempotency_key) == input.idempotency_key,
+                    col(Delivery.status) == DeliveryStatus.QUEUED,
+                    or_(col(Delivery.claimed_until).is_(None), col(Delivery.claimed_until) < now),
+                )
+                .values(claimed_until=now + lease, attempts=col(Delivery.attempts) + 1)
+            )
+            if claimed.rowcount == 1:
+                return None
+            row = (
+                await session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key))
+            ).one()
+        if row.status in _ALREADY_SENT:
+            return SendMessageResult(
+                status="sent", message_id=row.provider_message_id, cost=row.cost, duplicate=True
+            )
+        if row.status == DeliveryStatus.FAILED:
+            return SendMessageResult(status="failed", reason=row.failure_reason)
+        raise ApplicationError(
+            "another attempt is sending this message; retrying after it finishes",
+            type="SendInProgress",
+            next_retry_delay=lease,
+        )
+
+    async def _release(self, idempotency_key: str) -> None:
+        # The provider said "not now": let the next attempt claim at once.
+        async with self._db.session() as session:
+            await session.exec(  # type: ignore[call-overload]
+                update(Delivery)
+                .where(col(Delivery.idempotency_key) == idempotency_key)
+                .values(claimed_until=None)
+            )
 
     async def _record_permanent_failure(
         self, input: SendMessageInput, contact_point_id: int | None, exc: PermanentSendError

@@ -106,6 +106,9 @@ class Delivery(SQLModel, table=True):
     opened_at: datetime | None = _ts()
     clicked_at: datetime | None = _ts()
     failed_at: datetime | None = _ts()
+    # The attempt that holds this until-time is the only one allowed to call the provider.
+    claimed_until: datetime | None = _ts()
+    attempts: int = 0
 
 
 class EngagementEvent(SQLModel, table=True):

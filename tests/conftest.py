@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlmodel import SQLModel
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
 from core.db import Database, create_schema
@@ -28,12 +32,22 @@ def binary(name: str) -> str:
     return found
 
 
+def quiet_runtime() -> Runtime:
+    """A Temporal runtime that logs only errors from the Rust core (no capability chatter)."""
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+        )
+    )
+
+
 @pytest.fixture(scope="session")
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """The native time-skipping test server: days of cascade pass in milliseconds."""
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=binary("temporal-test-server"),
+        runtime=quiet_runtime(),
     )
     yield env
     await env.shutdown()
@@ -52,6 +66,35 @@ def settings(tmp_path: Path) -> Settings:
 async def db(settings: Settings) -> AsyncIterator[Database]:
     """A fresh SQLite database with the schema created."""
     database = Database.from_url(settings.database_url)
+    await create_schema(database.engine)
+    yield database
+    await database.dispose()
+
+
+POSTGRES_URL = os.environ.get("CASCADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _postgres_reason() -> str | None:
+    """None when PostgreSQL answers at POSTGRES_URL, else why not."""
+    try:
+        conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg", "postgresql"), timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}"
+    await conn.close()
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """The same test on SQLite and on real PostgreSQL (skipped only if it is unreachable)."""
+    if request.param == "sqlite":
+        database = Database.from_url(f"sqlite:///{tmp_path / 'cascade.db'}")
+    else:
+        if reason := await _postgres_reason():
+            pytest.skip(reason)
+        database = Database.from_url(POSTGRES_URL)
+        async with database.engine.begin() as conn:
+            await conn.run_sync(SQLModel.metadata.drop_all)
     await create_schema(database.engine)
     yield database
     await database.dispose()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import uvicorn
 
 from sqlmodel import select
 from temporalio.client import WorkflowHandle
@@ -13,6 +16,8 @@ from core.db import Database
 from models.journey import JourneySpec, JourneyState
 from models.tables import ContactPoint, Delivery, SandboxMessage
 from workflows.cascade import CascadeJourney
+
+T = TypeVar("T")
 
 
 def spec(*channels: str, wait: str = "1d", await_: str = "opened", **extra: Any) -> JourneySpec:
@@ -76,3 +81,32 @@ async def contact(db: Database, customer_id: str, channel: str) -> ContactPoint:
                 )
             )
         ).one()
+
+
+@asynccontextmanager
+async def serve_app(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free 127.0.0.1 port; yields its base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on", access_log=False)
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 15.0) -> T:
+    """Call `check` until it returns something other than None (real seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (value := await check()) is None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+    return value

@@ -114,5 +114,5 @@ async def post_engagement(body: EngagementRequest, request: Request) -> Engageme
     if not signalled and delivery is None and detail == "journey not found":
         raise HTTPException(404, f"workflow_id {workflow_id!r}: no such journey")
     await _record(db, body, workflow_id, delivery, customer_id)
-    log.info("engagement.received", workflow_id=workflow_id, event=body.event.value, step=step, signalled=signalled)
+    log.info("engagement.received", workflow_id=workflow_id, event_type=body.event.value, step=step, signalled=signalled)
     return EngagementResponse(workflow_id=workflow_id, step=step, signalled=signalled, detail=detail)

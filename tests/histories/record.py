@@ -1,0 +1,111 @@
+"""Record workflow histories for the replay tests: `python -m tests.histories.record`.
+
+Run it only when a history of the *current* code is wanted as a new fixture; the
+stored files are what running journeys look like, and every later change to the
+workflow must still replay them (or guard the change with `workflow.patched`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from core.db import Database, create_schema
+from core.profiles import upsert_customer
+from core.settings import Settings
+from core.temporal import register_search_attributes
+from models.events import CancelInput, EngagementInput, EngagementType
+from models.profiles import ContactIn, CustomerProfile
+from models.tables import ContactStatus
+from starter import start_journey
+from tests.conftest import binary, quiet_runtime
+from tests.helpers import spec, wait_for_state
+from worker import build_worker
+from workflows.cascade import CascadeJourney
+
+HERE = Path(__file__).parent
+Scenario = Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]
+
+
+async def _opened_first(handle: WorkflowHandle[Any, Any]) -> None:
+    await wait_for_state(handle, lambda s: s.status == "waiting")
+    await handle.signal(CascadeJourney.engagement, EngagementInput(type=EngagementType.OPENED, step=0))
+
+
+async def _nobody_reacts(handle: WorkflowHandle[Any, Any]) -> None:
+    return None
+
+
+async def _bounce_then_cancel(handle: WorkflowHandle[Any, Any]) -> None:
+    await wait_for_state(handle, lambda s: s.status == "waiting")
+    await handle.signal(CascadeJourney.engagement, EngagementInput(type=EngagementType.BOUNCED, step=0))
+    await wait_for_state(handle, lambda s: s.current_step == 1 and s.status == "waiting")
+    await handle.signal(CascadeJourney.cancel, CancelInput(reason="recorded"))
+
+
+SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
+    "cascade_reacted": (
+        [ContactIn(channel="email", address="ann@example.com")],  # type: ignore[arg-type]
+        _opened_first,
+    ),
+    "cascade_skip_fail_exhausted": (
+        [
+            ContactIn(channel="email", address="ann@example.com", status=ContactStatus.UNSUBSCRIBED),  # type: ignore[arg-type]
+            ContactIn(channel="telegram", address="blocked-7"),  # type: ignore[arg-type]
+            ContactIn(channel="sms", address="+14155552671"),  # type: ignore[arg-type]
+        ],
+        _nobody_reacts,
+    ),
+    "cascade_bounce_cancel": (
+        [
+            ContactIn(channel="email", address="ann@example.com"),  # type: ignore[arg-type]
+            ContactIn(channel="telegram", address="42"),  # type: ignore[arg-type]
+        ],
+        _bounce_then_cancel,
+    ),
+}
+
+
+async def record(client: Client, db: Database, settings: Settings) -> None:
+    """Run every scenario and write its history next to this file."""
+    for name, (contacts, scenario) in SCENARIOS.items():
+        customer = f"replay-{name}"
+        await upsert_customer(db, CustomerProfile(id=customer, name="Ann", contacts=contacts))
+        handle = await start_journey(
+            customer, spec("email", "telegram", "sms"), client=client, db=db, settings=settings
+        )
+        await scenario(handle)
+        await handle.result()
+        history = await handle.fetch_history()
+        (HERE / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1))
+        print(f"recorded {name}.json ({len(history.events)} events)")
+
+
+async def main() -> None:
+    """Start a time-skipping server, a worker on a scratch database, and record."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(database_url=f"sqlite:///{tmp}/record.db", task_queue="record")
+        db = Database.from_url(settings.database_url)
+        await create_schema(db.engine)
+        env = await WorkflowEnvironment.start_time_skipping(
+            data_converter=pydantic_data_converter,
+            test_server_existing_path=binary("temporal-test-server"),
+            runtime=quiet_runtime(),
+        )
+        await register_search_attributes(env.client)
+        async with build_worker(env.client, settings, db):
+            await record(env.client, db, settings)
+        await env.shutdown()
+        await db.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

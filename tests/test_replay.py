@@ -1,0 +1,54 @@
+"""Stored histories must replay on the current workflow code.
+
+A change that would break journeys already running (a new activity before an old
+one, a removed timer) fails here; guard it with `workflow.patched` instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from models.journey import JourneyInput, JourneyResult
+from workflows.cascade import CascadeJourney
+
+HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+
+
+def _history(path: Path) -> WorkflowHistory:
+    data = json.loads(path.read_text())
+    return WorkflowHistory.from_json(f"replay-{path.stem}", data)
+
+
+def test_histories_are_stored():
+    assert len(HISTORIES) >= 3
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
+async def test_history_replays_on_current_code(path: Path):
+    replayer = Replayer(workflows=[CascadeJourney], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+
+
+@workflow.defn(name="CascadeJourney")
+class ReorderedCascade:
+    """The cascade with its first activity removed: incompatible with running journeys."""
+
+    @workflow.run
+    async def run(self, input: JourneyInput) -> JourneyResult:
+        await workflow.sleep(1)
+        raise AssertionError("unreachable in replay")
+
+
+async def test_an_incompatible_change_is_caught():
+    replayer = Replayer(workflows=[ReorderedCascade], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(_history(HISTORIES[0]), raise_on_replay_failure=False)
+    assert result.replay_failure is not None
+    assert "nondetermin" in str(result.replay_failure).lower()
