@@ -179,6 +179,7 @@ class JourneyActivities:
                 .values(
                     idempotency_key=input.idempotency_key,
                     workflow_id=input.workflow_id,
+                    run_id=input.run_id,
                     journey=input.journey,
                     step=input.step,
                     customer_id=input.customer_id,

@@ -31,9 +31,10 @@ async def upsert_customer(db: Database, profile: CustomerProfile) -> None:
             cp = existing.get((contact.channel.value, contact.address)) or ContactPoint(
                 customer_id=profile.id, channel=contact.channel.value, address=contact.address
             )
-            if cp.status != contact.status:
+            if contact.status is not None and cp.status != contact.status:
                 cp.status, cp.status_changed_at = contact.status, now
-            if cp.consent != contact.consent or cp.consent_at is None:
-                cp.consent, cp.consent_at = contact.consent, now
+            consent = contact.consent if contact.consent is not None else cp.consent
+            if cp.consent != consent or cp.consent_at is None:
+                cp.consent, cp.consent_at = consent, now
             cp.consent_source = contact.consent_source or cp.consent_source
             session.add(cp)

@@ -29,6 +29,7 @@ class SendMessageInput(BaseModel):
 
     idempotency_key: str
     workflow_id: str
+    run_id: str
     journey: str
     step: int
     customer_id: str

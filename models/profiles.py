@@ -21,8 +21,10 @@ class ContactIn(BaseModel):
 
     channel: ChannelName
     address: str = Field(min_length=1, max_length=2048)
-    status: ContactStatus = ContactStatus.VALID
-    consent: bool = True
+    # None leaves what we know alone: re-importing a profile must not clear a bounce
+    # or an unsubscribe that a provider reported. New contact points start valid.
+    status: ContactStatus | None = None
+    consent: bool | None = Field(default=None, description="None: keep; new points get True")
     consent_source: str | None = None
 
     @model_validator(mode="after")

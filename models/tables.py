@@ -89,6 +89,9 @@ class Delivery(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(unique=True, max_length=600)
     workflow_id: str = Field(index=True, max_length=512)
+    # The run that sent it: a journey id can be reused later, and an event about an
+    # old message must reach the run that sent it, not the current one.
+    run_id: str = Field(max_length=64)
     journey: str = Field(index=True, max_length=64)
     step: int
     customer_id: str = Field(index=True, max_length=128)

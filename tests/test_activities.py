@@ -31,6 +31,7 @@ def _send_input(cid: str, channel: str = "email", step: int = 0) -> SendMessageI
     return SendMessageInput(
         idempotency_key=f"journey/t/{cid}/run-1/{step}",
         workflow_id=f"journey/t/{cid}",
+        run_id="run-1",
         journey="t",
         step=step,
         customer_id=cid,
@@ -134,6 +135,12 @@ async def test_permanent_failure_marks_the_contact(any_db, unique_id):
     [row] = await deliveries(any_db, f"journey/t/{unique_id}")
     assert row.status == "failed" and row.failed_at is not None
     assert await outbox(any_db) == []
+    # Loading the same profile again does not clear what the provider told us ...
+    await seed(any_db, unique_id, sms="+15005550001")
+    assert (await contact(any_db, unique_id, "sms")).status == ContactStatus.INVALID
+    # ... only an explicit status does.
+    await seed(any_db, unique_id, sms=ContactIn(channel="sms", address="+15005550001", status=ContactStatus.VALID))
+    assert (await contact(any_db, unique_id, "sms")).status == ContactStatus.VALID
 
 
 async def test_consent_withdrawn_after_the_check_means_no_send(any_db, unique_id):

@@ -203,6 +203,18 @@ async def test_reaction_to_an_earlier_step_counts_and_weaker_ones_do_not(
     assert result.steps[2].status == StepStatus.PENDING
 
 
+async def test_reactions_to_steps_not_sent_in_this_run_are_ignored(client, db, settings, run_worker, unique_id):
+    await _seed_all(db, unique_id)
+    handle = await _start(client, db, settings, unique_id)
+    await wait_for_state(handle, lambda s: s.status == "waiting")
+    await handle.signal(CascadeJourney.engagement, EngagementInput(type=EngagementType.CLICKED, step=2))
+    await handle.signal(CascadeJourney.engagement, EngagementInput(type=EngagementType.OPENED, step=7))
+    state = await handle.query(CascadeJourney.state)
+    assert state.outcome is None and all(s.reaction is None for s in state.steps)
+    await handle.signal(CascadeJourney.cancel, CancelInput())
+    assert (await handle.result()).outcome == Outcome.CANCELLED
+
+
 async def test_query_reports_where_the_journey_stands(client, db, settings, run_worker, unique_id):
     await _seed_all(db, unique_id)
     handle = await _start(client, db, settings, unique_id)

@@ -19,6 +19,7 @@ from core.db import Database
 from core.settings import Settings
 from core.temporal import quote
 from models import search_attributes as sa
+from models.events import CancelInput
 from models.journey import Outcome
 from models.tables import EngagementEvent
 from starter import journey_state, start_journey
@@ -101,6 +102,33 @@ async def test_webhook_open_stops_the_journey_and_the_ui_query_finds_it(
     assert await eventually(listed) == ["reacted"]
     state = await journey_state(client, handle.id)
     assert state.outcome == Outcome.REACTED
+
+
+async def test_an_event_about_an_earlier_run_does_not_touch_the_new_one(dev_env, stack, settings, db, unique_id):
+    """Journey ids are reused (the same journey may run again next month): an event about
+    the old run's message reaches the old run, never the new one."""
+    client: Client = dev_env.client
+    await seed(db, unique_id, email="ann@example.com", telegram="42")
+    journey = spec("email", "telegram", wait="1h")
+    old = await start_journey(unique_id, journey, client=client, db=db, settings=settings)
+    old_message = await _first_message_id(db, old.id)
+    await old.signal(CascadeJourney.cancel, CancelInput())
+    await old.result()
+
+    new = await start_journey(unique_id, journey, client=client, db=db, settings=settings)
+    assert new.id == old.id and new.result_run_id != old.result_run_id
+    await eventually(lambda: _sent_in_run(db, new.id, new.result_run_id))
+    async with httpx.AsyncClient(base_url=stack) as http:
+        reply = await http.post("/v1/engagement", json={"message_id": old_message, "event": "opened"})
+    assert reply.status_code == 202 and reply.json()["signalled"] is False
+    state = await new.query(CascadeJourney.state)
+    assert state.status == "waiting" and state.steps[0].reaction is None and state.outcome is None
+    await new.signal(CascadeJourney.cancel, CancelInput())
+
+
+async def _sent_in_run(db: Database, workflow_id: str, run_id: str | None) -> bool | None:
+    rows = [d for d in await deliveries(db, workflow_id) if d.status == "sent" and d.run_id == run_id]
+    return True if rows else None
 
 
 async def test_bad_webhook_input_is_refused_and_changes_nothing(dev_env, stack, settings, db, unique_id):

@@ -31,9 +31,11 @@ _CONTACT_STATUS = {
 }
 
 
-async def _signal(client: Client, workflow_id: str, event: EngagementInput) -> tuple[bool, str]:
-    """Signal the journey; (False, why) when it has finished; 404 when it never existed."""
-    handle = client.get_workflow_handle(workflow_id)
+async def _signal(
+    client: Client, workflow_id: str, run_id: str | None, event: EngagementInput
+) -> tuple[bool, str]:
+    """Signal the journey; (False, why) when it has finished or never existed."""
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     try:
         await handle.signal(CascadeJourney.engagement, event)
         return True, "signalled"
@@ -105,12 +107,13 @@ async def post_engagement(body: EngagementRequest, request: Request) -> Engageme
         if delivery is None:
             raise HTTPException(404, f"message_id {body.message_id!r}: no such message")
         workflow_id, step, customer_id = delivery.workflow_id, delivery.step, delivery.customer_id
+        run_id: str | None = delivery.run_id
     else:
         assert body.workflow_id is not None
-        workflow_id, step, customer_id = body.workflow_id, None, None
+        workflow_id, step, customer_id, run_id = body.workflow_id, None, None, None
 
     event = EngagementInput(type=body.event, step=step, message_id=body.message_id, occurred_at=body.occurred_at)
-    signalled, detail = await _signal(client, workflow_id, event)
+    signalled, detail = await _signal(client, workflow_id, run_id, event)
     if not signalled and delivery is None and detail == "journey not found":
         raise HTTPException(404, f"workflow_id {workflow_id!r}: no such journey")
     await _record(db, body, workflow_id, delivery, customer_id)

@@ -110,13 +110,15 @@ class CascadeJourney:
         step = self._input.spec.steps[index]
         info = workflow.info()
         # The run id keeps keys unique when a finished journey id is started again later.
-        key = f"{info.workflow_id}/{info.first_execution_run_id}/{index}"
+        run_id = info.first_execution_run_id
+        key = f"{info.workflow_id}/{run_id}/{index}"
         try:
             result = await workflow.execute_activity_method(
                 JourneyActivities.send_message,
                 SendMessageInput(
                     idempotency_key=key,
                     workflow_id=info.workflow_id,
+                    run_id=run_id,
                     journey=self._input.spec.name,
                     step=index,
                     customer_id=self._input.customer_id,
@@ -188,6 +190,9 @@ class CascadeJourney:
             return
         record = self._state.steps[step_index]
         reaction = Reaction(event.type.value)
+        if record.status != StepStatus.SENT and reaction != Reaction.CONVERTED:
+            # Nothing was sent at that step in this run: the event is about something else.
+            return
         if record.reaction is None or REACTION_RANK[reaction] > REACTION_RANK[record.reaction]:
             record.reaction = reaction
         awaited = self._input.spec.steps[step_index].await_reaction
