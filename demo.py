@@ -11,6 +11,7 @@ everything keeps running (explore the UI) until Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -81,7 +82,11 @@ CUSTOMERS = [
     CustomerProfile(
         id="c-1006",
         name="Farida",
-        contacts=[_c("email", "farida@example.com"), _c("telegram", "blocked-1006"), _c("sms", "+14155550106")],
+        contacts=[
+            _c("email", "farida@example.com"),
+            _c("telegram", "blocked-1006"),
+            _c("sms", "+14155550106"),
+        ],
     ),
 ]
 
@@ -145,8 +150,8 @@ class Stack:
         self.children.clear()
 
 
-async def _connect_when_up(settings: Settings, stack: Stack, timeout: float = 60) -> Client:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _connect_when_up(settings: Settings, stack: Stack, within: float = 60) -> Client:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         try:
             return await connect(settings)
@@ -157,8 +162,8 @@ async def _connect_when_up(settings: Settings, stack: Stack, timeout: float = 60
             await asyncio.sleep(0.5)
 
 
-async def _wait_http(url: str, stack: Stack, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _wait_http(url: str, stack: Stack, within: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     async with httpx.AsyncClient() as http:
         while True:
             try:
@@ -309,7 +314,7 @@ async def run_demo(once: bool) -> int:
         query = urlquote('Journey="demo"')
         console.print(
             f"Temporal UI: http://localhost:{UI_PORT}/namespaces/{settings.temporal_namespace}/workflows?query={query}\n"
-            f'CLI: python starter.py list --customer c-1002   |   python starter.py status {handles["c-1002"].id}'
+            f"CLI: python starter.py list --customer c-1002   |   python starter.py status {handles['c-1002'].id}"
         )
         if not once:
             console.print("Everything keeps running; press Ctrl-C to stop.")
@@ -319,10 +324,8 @@ async def run_demo(once: bool) -> int:
                 loop.add_signal_handler(sig, stop.set)
             while not stop.is_set():
                 stack.check_alive()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=2)
-                except TimeoutError:
-                    pass
         return 0
     finally:
         console.print("Stopping worker, webhooks and the dev server...")

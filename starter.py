@@ -1,9 +1,9 @@
 """Start and steer journeys: `start_journey(...)` for application code, and a CLI over it.
 
-    python starter.py start c-42 welcome
-    python starter.py status journey/welcome/c-42
-    python starter.py list --customer c-42
-    python starter.py cancel journey/welcome/c-42 --reason "asked by support"
+python starter.py start c-42 welcome
+python starter.py status journey/welcome/c-42
+python starter.py list --customer c-42
+python starter.py cancel journey/welcome/c-42 --reason "asked by support"
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import select
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.db import Database
@@ -66,9 +71,7 @@ async def start_journey(
     settings = settings or get_settings()
     spec = journey if isinstance(journey, JourneySpec) else load_journey(journey)
     try:
-        payload = JourneyInput(
-            spec=spec, customer_id=customer_id, deadline=deadline, context=context or {}
-        )
+        payload = JourneyInput(spec=spec, customer_id=customer_id, deadline=deadline, context=context or {})
     except ValidationError as exc:
         raise ValueError(describe_validation_error(exc, f"journey {spec.name!r} input")) from exc
     if key is not None and (not key or "/" in key or len(key) > 128):

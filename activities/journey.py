@@ -71,9 +71,7 @@ class JourneyActivities:
         )
         async with self._db.session() as session:
             existing = (
-                await session.exec(
-                    select(Delivery).where(Delivery.idempotency_key == input.idempotency_key)
-                )
+                await session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key))
             ).one_or_none()
             if existing is not None and existing.status in _ALREADY_SENT:
                 log.info("send.duplicate_suppressed", message_id=existing.provider_message_id)
@@ -142,7 +140,7 @@ class JourneyActivities:
 
         cost = receipt.cost or cost
         async with self._db.session() as session:
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(Delivery)
                 .where(col(Delivery.idempotency_key) == input.idempotency_key)
                 .values(
@@ -174,7 +172,7 @@ class JourneyActivities:
         now = utcnow()
         lease = timedelta(seconds=self._settings.send_timeout_seconds * 2)
         async with self._db.session() as session:
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 insert_ignoring_conflicts(self._db, Delivery)
                 .values(
                     idempotency_key=input.idempotency_key,
@@ -191,7 +189,7 @@ class JourneyActivities:
                 )
                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
             )
-            claimed = await session.exec(  # type: ignore[call-overload]
+            claimed = await session.exec(
                 update(Delivery)
                 .where(
                     col(Delivery.idempotency_key) == input.idempotency_key,
@@ -202,13 +200,9 @@ class JourneyActivities:
             )
             if claimed.rowcount == 1:
                 return None
-            row = (
-                await session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key))
-            ).one()
+            row = (await session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key))).one()
         if row.status in _ALREADY_SENT:
-            return SendMessageResult(
-                status="sent", message_id=row.provider_message_id, cost=row.cost, duplicate=True
-            )
+            return SendMessageResult(status="sent", message_id=row.provider_message_id, cost=row.cost, duplicate=True)
         if row.status == DeliveryStatus.FAILED:
             return SendMessageResult(status="failed", reason=row.failure_reason)
         raise ApplicationError(
@@ -220,10 +214,8 @@ class JourneyActivities:
     async def _release(self, idempotency_key: str) -> None:
         # The provider said "not now": let the next attempt claim at once.
         async with self._db.session() as session:
-            await session.exec(  # type: ignore[call-overload]
-                update(Delivery)
-                .where(col(Delivery.idempotency_key) == idempotency_key)
-                .values(claimed_until=None)
+            await session.exec(
+                update(Delivery).where(col(Delivery.idempotency_key) == idempotency_key).values(claimed_until=None)
             )
 
     async def _record_permanent_failure(
@@ -231,12 +223,12 @@ class JourneyActivities:
     ) -> None:
         now = utcnow()
         async with self._db.session() as session:
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(Delivery)
                 .where(col(Delivery.idempotency_key) == input.idempotency_key)
                 .values(status=DeliveryStatus.FAILED, failure_reason=exc.reason[:1000], failed_at=now)
             )
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(ContactPoint)
                 .where(col(ContactPoint.id) == contact_point_id)
                 .values(

@@ -59,12 +59,10 @@ class SandboxChannel:
                 )
                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
             )
-            await session.exec(stmt)  # type: ignore[call-overload]
+            await session.exec(stmt)
             row = (
                 await session.exec(
-                    select(SandboxMessage).where(
-                        SandboxMessage.idempotency_key == message.idempotency_key
-                    )
+                    select(SandboxMessage).where(SandboxMessage.idempotency_key == message.idempotency_key)
                 )
             ).one()
         return SendReceipt(

@@ -22,9 +22,7 @@ async def upsert_customer(db: Database, profile: CustomerProfile) -> None:
         await session.flush()
         existing = {
             (cp.channel, cp.address): cp
-            for cp in (
-                await session.exec(select(ContactPoint).where(ContactPoint.customer_id == profile.id))
-            ).all()
+            for cp in (await session.exec(select(ContactPoint).where(ContactPoint.customer_id == profile.id))).all()
         }
         now = utcnow()
         for contact in profile.contacts:

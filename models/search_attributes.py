@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.common import SearchAttributeKey
 
 CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
@@ -12,7 +14,7 @@ STEP = SearchAttributeKey.for_int("Step")
 STATUS = SearchAttributeKey.for_keyword("Status")
 VARIANT = SearchAttributeKey.for_keyword("Variant")
 
-ALL: tuple[SearchAttributeKey, ...] = (CUSTOMER_ID, JOURNEY, CAMPAIGN, CHANNEL, STEP, STATUS, VARIANT)
+ALL: tuple[SearchAttributeKey[Any], ...] = (CUSTOMER_ID, JOURNEY, CAMPAIGN, CHANNEL, STEP, STATUS, VARIANT)
 
 
 def dev_server_flags() -> list[str]:

@@ -103,8 +103,7 @@ async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 async def seed(db: Database, customer_id: str, name: str = "Ann", **contacts: str | ContactIn) -> None:
     """Insert a customer with contact points given as channel=address (or ContactIn)."""
     points = [
-        c if isinstance(c, ContactIn) else ContactIn(channel=channel, address=c)  # type: ignore[arg-type]
-        for channel, c in contacts.items()
+        c if isinstance(c, ContactIn) else ContactIn(channel=channel, address=c) for channel, c in contacts.items()
     ]
     await upsert_customer(db, CustomerProfile(id=customer_id, name=name, contacts=points))
 

@@ -8,8 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import uvicorn
-
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.client import WorkflowHandle
 
 from core.db import Database
@@ -42,10 +41,10 @@ def spec(*channels: str, wait: str = "1d", await_: str = "opened", **extra: Any)
 async def wait_for_state(
     handle: WorkflowHandle[Any, Any],
     predicate: Callable[[JourneyState], bool],
-    timeout: float = 15.0,
+    within: float = 15.0,
 ) -> JourneyState:
     """Poll the `state` query until `predicate` holds (real seconds, not workflow time)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         state = await handle.query(CascadeJourney.state)
         if predicate(state):
@@ -58,7 +57,7 @@ async def wait_for_state(
 async def outbox(db: Database, address_contains: str = "") -> list[SandboxMessage]:
     """Messages the sandbox provider accepted, oldest first."""
     async with db.session() as session:
-        rows = (await session.exec(select(SandboxMessage).order_by(SandboxMessage.id))).all()  # type: ignore[arg-type]
+        rows = (await session.exec(select(SandboxMessage).order_by(col(SandboxMessage.id)))).all()
     return [r for r in rows if address_contains in r.to_address]
 
 
@@ -66,7 +65,7 @@ async def deliveries(db: Database, workflow_id: str) -> list[Delivery]:
     """The delivery log rows of one journey, by step."""
     async with db.session() as session:
         rows = (
-            await session.exec(select(Delivery).where(Delivery.workflow_id == workflow_id).order_by(Delivery.step))  # type: ignore[arg-type]
+            await session.exec(select(Delivery).where(Delivery.workflow_id == workflow_id).order_by(col(Delivery.step)))
         ).all()
     return list(rows)
 
@@ -76,9 +75,7 @@ async def contact(db: Database, customer_id: str, channel: str) -> ContactPoint:
     async with db.session() as session:
         return (
             await session.exec(
-                select(ContactPoint).where(
-                    ContactPoint.customer_id == customer_id, ContactPoint.channel == channel
-                )
+                select(ContactPoint).where(ContactPoint.customer_id == customer_id, ContactPoint.channel == channel)
             )
         ).one()
 
@@ -102,9 +99,9 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
         await task
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 15.0) -> T:
+async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 15.0) -> T:
     """Call `check` until it returns something other than None (real seconds)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while (value := await check()) is None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")

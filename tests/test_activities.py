@@ -10,8 +10,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
 from channels.base import Channel, OutboundMessage, SendReceipt
-from channels.sandbox import SandboxChannel
 from channels.registry import build_channels
+from channels.sandbox import SandboxChannel
 from core.db import Database
 from core.settings import Settings
 from models.activities import CheckContactInput, SendMessageInput
@@ -51,8 +51,8 @@ async def test_check_contact_reports_why_not(any_db, unique_id):
     )
     env, acts = ActivityEnvironment(), _acts(any_db)
 
-    async def check(channel: str, customer: str = unique_id):  # type: ignore[no-untyped-def]
-        return await env.run(acts.check_contact, CheckContactInput(customer_id=customer, channel=channel))  # type: ignore[arg-type]
+    async def check(channel: str, customer: str = unique_id):
+        return await env.run(acts.check_contact, CheckContactInput(customer_id=customer, channel=channel))
 
     ok = await check("email")
     assert ok.usable and ok.reason is None and ok.contact_point_id is not None
@@ -116,7 +116,7 @@ async def test_concurrent_attempts_call_the_provider_once(any_db, unique_id):
     sent = [r for r in results if not isinstance(r, BaseException)]
     busy = [r for r in results if isinstance(r, ApplicationError)]
     assert len(sent) + len(busy) == 4 and sent
-    assert all(r.status == "sent" for r in sent)  # type: ignore[union-attr]
+    assert all(r.status == "sent" for r in sent)
     assert all(e.type == "SendInProgress" and not e.non_retryable for e in busy)
     # Once the first attempt finished, a retry gets its result without a new call.
     again = await ActivityEnvironment().run(acts.send_message, _send_input(unique_id))

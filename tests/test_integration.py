@@ -67,9 +67,7 @@ async def _first_message_id(db: Database, workflow_id: str) -> str:
     return await eventually(sent)
 
 
-async def test_webhook_open_stops_the_journey_and_the_ui_query_finds_it(
-    dev_env, stack, settings, db, unique_id
-):
+async def test_webhook_open_stops_the_journey_and_the_ui_query_finds_it(dev_env, stack, settings, db, unique_id):
     client: Client = dev_env.client
     await seed(db, unique_id, email="ann@example.com", telegram="42", sms="+14155552671")
     handle = await start_journey(
@@ -92,7 +90,7 @@ async def test_webhook_open_stops_the_journey_and_the_ui_query_finds_it(
     assert row.status == "clicked" and row.opened_at is not None and row.clicked_at is not None
     assert [e.type for e in await _events(db)] == ["opened", "clicked"]
 
-    async def listed() -> list[str] | None:
+    async def listed() -> list[str | None] | None:
         found = [
             wf.typed_search_attributes.get(sa.STATUS)
             async for wf in client.list_workflows(f"CustomerId = {quote(unique_id)}")
@@ -149,9 +147,7 @@ async def test_bad_webhook_input_is_refused_and_changes_nothing(dev_env, stack, 
             reply = await http.post("/v1/engagement", json=body)
             assert reply.status_code == status, (body, reply.text)
             assert error in reply.json()["error"], (body, reply.json())
-        not_json = await http.post(
-            "/v1/engagement", content=b"{nope", headers={"content-type": "application/json"}
-        )
+        not_json = await http.post("/v1/engagement", content=b"{nope", headers={"content-type": "application/json"})
         assert not_json.status_code == 422 and "JSON" in not_json.json()["error"]
         huge = await http.post("/v1/engagement", content=b"x" * (settings.webhooks_max_body_bytes + 1))
         assert huge.status_code == 413

@@ -36,7 +36,11 @@ def test_durations_read_like_a_marketer_writes_them():
         ({"name": "x", "steps": [{**STEP, "wait": "0s"}]}, "steps.0.wait", "positive"),
         ({"name": "x", "steps": [{**STEP, "await": "liked"}]}, "steps.0.await", "opened"),
         ({"name": "Bad Name", "steps": [STEP]}, "name", "pattern"),
-        ({"name": "x", "steps": [{**STEP, "content": {"body": "{{ name"}}]}, "steps.0.content.body", "template"),
+        (
+            {"name": "x", "steps": [{**STEP, "content": {"body": "{{ name"}}]},
+            "steps.0.content.body",
+            "template",
+        ),
         ({"name": "x", "steps": [{**STEP, "colour": "red"}]}, "steps.0.colour", "Extra"),
     ],
 )
@@ -88,8 +92,8 @@ def test_bad_contacts_are_rejected_with_the_reason(contact, message):
 
 
 def test_contacts_are_normalised():
-    assert ContactIn(channel="sms", address="+1 (415) 555-2671").address == "+14155552671"  # type: ignore[arg-type]
-    assert ContactIn(channel="email", address="Ann@EXAMPLE.com").address == "Ann@example.com"  # type: ignore[arg-type]
+    assert ContactIn(channel="sms", address="+1 (415) 555-2671").address == "+14155552671"
+    assert ContactIn(channel="email", address="Ann@EXAMPLE.com").address == "Ann@example.com"
     with pytest.raises(ValidationError, match="id"):
         CustomerProfile(id="has space")
 

@@ -106,9 +106,7 @@ def create_app(
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         fields = _field_errors(exc)
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-        return JSONResponse(
-            {"error": f"invalid request: {summary}", "fields": fields}, status_code=422
-        )
+        return JSONResponse({"error": f"invalid request: {summary}", "fields": fields}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -126,4 +124,3 @@ def create_app(
 
     app.include_router(engagement_router)
     return app
-

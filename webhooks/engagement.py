@@ -24,6 +24,8 @@ _TIMELINE = {
     EngagementType.BOUNCED: "failed_at",
     EngagementType.FAILED: "failed_at",
 }
+# Delivery statuses that move forward with the reaction ladder.
+_TRACKED = {DeliveryStatus.DELIVERED, DeliveryStatus.OPENED, DeliveryStatus.CLICKED}
 _CONTACT_STATUS = {
     EngagementType.BOUNCED: ContactStatus.BOUNCED,
     EngagementType.UNSUBSCRIBED: ContactStatus.UNSUBSCRIBED,
@@ -31,9 +33,7 @@ _CONTACT_STATUS = {
 }
 
 
-async def _signal(
-    client: Client, workflow_id: str, run_id: str | None, event: EngagementInput
-) -> tuple[bool, str]:
+async def _signal(client: Client, workflow_id: str, run_id: str | None, event: EngagementInput) -> tuple[bool, str]:
     """Signal the journey; (False, why) when it has finished or never existed."""
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     try:
@@ -53,7 +53,13 @@ async def _signal(
     return False, f"journey already {status}; event recorded"
 
 
-async def _record(db: Database, body: EngagementRequest, workflow_id: str, delivery: Delivery | None, customer_id: str | None) -> None:
+async def _record(
+    db: Database,
+    body: EngagementRequest,
+    workflow_id: str,
+    delivery: Delivery | None,
+    customer_id: str | None,
+) -> None:
     now = utcnow()
     occurred = body.occurred_at or now
     async with db.session() as session:
@@ -74,15 +80,12 @@ async def _record(db: Database, body: EngagementRequest, workflow_id: str, deliv
         if body.event in (EngagementType.BOUNCED, EngagementType.FAILED):
             values["status"] = DeliveryStatus.FAILED
             values["failure_reason"] = f"{body.event.value} reported by provider"
-        elif REACTION_RANK.get(body.event.value, 0) > REACTION_RANK.get(delivery.status, 0):
-            if body.event.value in DeliveryStatus.__members__.values():
-                values["status"] = body.event.value
+        elif body.event.value in _TRACKED and REACTION_RANK[body.event.value] > REACTION_RANK.get(delivery.status, 0):
+            values["status"] = body.event.value
         if values:
-            await session.exec(  # type: ignore[call-overload]
-                update(Delivery).where(col(Delivery.id) == delivery.id).values(**values)
-            )
+            await session.exec(update(Delivery).where(col(Delivery.id) == delivery.id).values(**values))
         if (status := _CONTACT_STATUS.get(body.event)) and delivery.contact_point_id is not None:
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(ContactPoint)
                 .where(col(ContactPoint.id) == delivery.contact_point_id)
                 .values(status=status, status_reason=f"{body.event.value} reported", status_changed_at=now)
@@ -117,5 +120,11 @@ async def post_engagement(body: EngagementRequest, request: Request) -> Engageme
     if not signalled and delivery is None and detail == "journey not found":
         raise HTTPException(404, f"workflow_id {workflow_id!r}: no such journey")
     await _record(db, body, workflow_id, delivery, customer_id)
-    log.info("engagement.received", workflow_id=workflow_id, event_type=body.event.value, step=step, signalled=signalled)
+    log.info(
+        "engagement.received",
+        workflow_id=workflow_id,
+        event_type=body.event.value,
+        step=step,
+        signalled=signalled,
+    )
     return EngagementResponse(workflow_id=workflow_id, step=step, signalled=signalled, detail=detail)

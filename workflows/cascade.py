@@ -97,9 +97,7 @@ class CascadeJourney:
             if deadline is not None:
                 wait = min(wait, max(deadline - workflow.now(), timedelta(0)))
             try:
-                await workflow.wait_condition(
-                    lambda: self._stop is not None or self._step_lost, timeout=wait
-                )
+                await workflow.wait_condition(lambda: self._stop is not None or self._step_lost, timeout=wait)
             except TimeoutError:
                 if deadline is not None and workflow.now() >= deadline:
                     self._stop = (Outcome.DEADLINE, "deadline passed while waiting")

@@ -53,21 +53,21 @@ async def _bounce_then_cancel(handle: WorkflowHandle[Any, Any]) -> None:
 
 SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
     "cascade_reacted": (
-        [ContactIn(channel="email", address="ann@example.com")],  # type: ignore[arg-type]
+        [ContactIn(channel="email", address="ann@example.com")],
         _opened_first,
     ),
     "cascade_skip_fail_exhausted": (
         [
-            ContactIn(channel="email", address="ann@example.com", status=ContactStatus.UNSUBSCRIBED),  # type: ignore[arg-type]
-            ContactIn(channel="telegram", address="blocked-7"),  # type: ignore[arg-type]
-            ContactIn(channel="sms", address="+14155552671"),  # type: ignore[arg-type]
+            ContactIn(channel="email", address="ann@example.com", status=ContactStatus.UNSUBSCRIBED),
+            ContactIn(channel="telegram", address="blocked-7"),
+            ContactIn(channel="sms", address="+14155552671"),
         ],
         _nobody_reacts,
     ),
     "cascade_bounce_cancel": (
         [
-            ContactIn(channel="email", address="ann@example.com"),  # type: ignore[arg-type]
-            ContactIn(channel="telegram", address="42"),  # type: ignore[arg-type]
+            ContactIn(channel="email", address="ann@example.com"),
+            ContactIn(channel="telegram", address="42"),
         ],
         _bounce_then_cancel,
     ),
