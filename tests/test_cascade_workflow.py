@@ -215,6 +215,18 @@ async def test_reactions_to_steps_not_sent_in_this_run_are_ignored(client, db, s
     assert (await handle.result()).outcome == Outcome.CANCELLED
 
 
+async def test_a_purchase_before_the_first_message_ends_the_journey(client, db, settings, unique_id):
+    await _seed_all(db, unique_id)
+    # No worker yet: the journey cannot have sent anything when the order arrives.
+    handle = await _start(client, db, settings, unique_id)
+    await handle.signal(CascadeJourney.engagement, EngagementInput(type=EngagementType.CONVERTED))
+    async with build_worker(client, settings, db):
+        result = await handle.result()
+    assert result.outcome == Outcome.REACTED and result.reaction == "converted"
+    assert result.outcome_reason == "converted before the first message"
+    assert await outbox(db, unique_id) == []
+
+
 async def test_query_reports_where_the_journey_stands(client, db, settings, run_worker, unique_id):
     await _seed_all(db, unique_id)
     handle = await _start(client, db, settings, unique_id)

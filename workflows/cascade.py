@@ -177,6 +177,8 @@ class CascadeJourney:
             return
         current = self._state.current_step
         step_index = event.step if event.step is not None else current
+        if step_index is not None and not 0 <= step_index < len(self._state.steps):
+            return
         if event.type in _STOPPING:
             self._stop = (Outcome.UNSUBSCRIBED, _STOPPING[event.type])
             return
@@ -184,21 +186,30 @@ class CascadeJourney:
             if step_index is not None and step_index == current:
                 self._step_lost = True
             return
-        if step_index is None or step_index >= len(self._state.steps):
-            return
-        record = self._state.steps[step_index]
         reaction = Reaction(event.type.value)
-        if record.status != StepStatus.SENT and reaction != Reaction.CONVERTED:
+        if reaction == Reaction.CONVERTED:
+            # The goal itself (an order): it ends the journey whenever it comes, even
+            # before the first message went out.
+            if step_index is not None:
+                self._note_reaction(step_index, reaction)
+            self._state.reaction, self._state.reacted_step = reaction, step_index
+            where = f"after step {step_index}" if step_index is not None else "before the first message"
+            self._stop = (Outcome.REACTED, f"converted {where}")
+            return
+        if step_index is None or self._state.steps[step_index].status != StepStatus.SENT:
             # Nothing was sent at that step in this run: the event is about something else.
             return
-        if record.reaction is None or REACTION_RANK[reaction] > REACTION_RANK[record.reaction]:
-            record.reaction = reaction
-        awaited = self._input.spec.steps[step_index].await_reaction
-        # A conversion is the goal itself; otherwise a reaction at least as strong as the
-        # one this step waits for counts, even if it comes from an earlier step.
-        if reaction == Reaction.CONVERTED or REACTION_RANK[reaction] >= REACTION_RANK[awaited]:
+        self._note_reaction(step_index, reaction)
+        # A reaction at least as strong as the one its step waits for ends the cascade,
+        # even when it comes from an earlier step than the current one.
+        if REACTION_RANK[reaction] >= REACTION_RANK[self._input.spec.steps[step_index].await_reaction]:
             self._state.reaction, self._state.reacted_step = reaction, step_index
             self._stop = (Outcome.REACTED, f"{reaction.value} on step {step_index}")
+
+    def _note_reaction(self, step_index: int, reaction: Reaction) -> None:
+        record = self._state.steps[step_index]
+        if record.reaction is None or REACTION_RANK[reaction] > REACTION_RANK[record.reaction]:
+            record.reaction = reaction
 
     @workflow.signal
     def cancel(self, input: CancelInput) -> None:
