@@ -6,6 +6,7 @@ left to do is a timer.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -291,6 +292,33 @@ async def test_retried_send_does_not_send_twice(client, db, settings, unique_id)
     sent = await outbox(db, unique_id)
     assert len(sent) == 1  # ... but the customer got one email
     assert state.steps[0].message_id == sent[0].provider_message_id
+
+
+class ReceiptOvertakesResult:
+    """A provider whose "opened" receipt reaches the journey before the send's own result."""
+
+    def __init__(self, inner: Channel, client: Client) -> None:
+        self.name, self.inner, self.client = inner.name, inner, client
+
+    async def send(self, message: OutboundMessage) -> SendReceipt:
+        receipt = await self.inner.send(message)
+        workflow_id = message.idempotency_key.rsplit("/", 2)[0]
+        await self.client.get_workflow_handle(workflow_id).signal(
+            CascadeJourney.engagement, EngagementInput(type=EngagementType.OPENED, step=0)
+        )
+        await asyncio.sleep(0.3)
+        return receipt
+
+
+async def test_a_receipt_that_overtakes_the_send_result_still_counts(client, db, settings, unique_id):
+    await _seed_all(db, unique_id)
+    channels: dict[str, Channel] = dict(build_channels(settings, db))
+    channels["email"] = ReceiptOvertakesResult(SandboxChannel("email", db), client)
+    async with build_worker(client, settings, db, channels):
+        result = await (await _start(client, db, settings, unique_id)).result()
+    assert result.outcome == Outcome.REACTED and result.reacted_step == 0
+    assert result.finished_at - result.started_at < timedelta(hours=1)  # type: ignore[operator]
+    assert [m.channel for m in await outbox(db)] == ["email"]
 
 
 async def test_broken_template_fails_its_step_and_the_cascade_goes_on(client, db, settings, run_worker, unique_id):

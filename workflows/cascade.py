@@ -61,6 +61,9 @@ class CascadeJourney:
         )
         self._stop: tuple[Outcome, str] | None = None
         self._step_lost = False
+        # Events about the message being sent that overtook the send activity's result
+        # (a fast receipt): applied once the step is recorded as sent.
+        self._early: list[EngagementInput] = []
 
     @workflow.run
     async def run(self, input: JourneyInput) -> JourneyResult:
@@ -88,11 +91,14 @@ class CascadeJourney:
                 record.status, record.reason = StepStatus.SKIPPED, check.reason
                 continue
 
-            if not await self._send(index, record):
+            sent = await self._send(index, record)
+            early, self._early = self._early, []
+            if not sent:
                 continue
+            for event in early:
+                self.engagement(event)
 
             self._set_status("waiting")
-            self._step_lost = False
             wait = step.wait
             if deadline is not None:
                 wait = min(wait, max(deadline - workflow.now(), timedelta(0)))
@@ -145,6 +151,7 @@ class CascadeJourney:
         step = self._input.spec.steps[index]
         self._state.current_step = index
         self._state.current_channel = step.channel
+        self._step_lost = False
         workflow.upsert_search_attributes(
             [
                 sa.STEP.value_set(index),
@@ -181,6 +188,14 @@ class CascadeJourney:
             return
         if event.type in _STOPPING:
             self._stop = (Outcome.UNSUBSCRIBED, _STOPPING[event.type])
+            return
+        if (
+            event.type != EngagementType.CONVERTED
+            and step_index is not None
+            and step_index == current
+            and self._state.steps[step_index].status == StepStatus.PENDING
+        ):
+            self._early.append(event)
             return
         if event.type in _STEP_LOST:
             if step_index is not None and step_index == current:

@@ -1,0 +1,180 @@
+"""Journeys per second through the real dev server, against raw Temporal in the same run.
+
+    python bench/throughput.py [-n 1000] [--concurrency 100]
+
+Both sides do the same Temporal work per journey: start, two activities (check + send),
+one signal delivered as soon as the message is "sent", completion. Cascade's side runs
+the real CascadeJourney with the real activities (SQLite delivery log, sandbox channel);
+the raw side is a minimal hand-written workflow whose activities do nothing. The ratio
+is what Cascade's bookkeeping costs on top of Temporal itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from bench.bare_workflow import BareJourney
+from channels.base import OutboundMessage, SendReceipt
+from channels.registry import build_channels
+from channels.sandbox import SandboxChannel
+from core.db import Database, create_schema
+from core.profiles import upsert_customer
+from core.settings import Settings
+from models.events import EngagementInput, EngagementType
+from models.journey import JourneySpec
+from models.profiles import ContactIn, CustomerProfile
+from models.search_attributes import ALL
+from starter import start_journey
+from tests.conftest import binary, quiet_runtime
+from worker import build_worker
+from workflows.cascade import CascadeJourney
+
+SPEC = JourneySpec.model_validate(
+    {
+        "name": "bench",
+        "steps": [
+            {"channel": "email", "wait": "1h", "content": {"subject": "Hi {{ name }}", "body": "Hello {{ name }}"}},
+            {"channel": "sms", "wait": "1h", "content": {"body": "Hello {{ name }}"}},
+        ],
+    }
+)
+
+
+# ---------------------------------------------------------------- raw Temporal baseline
+@activity.defn(name="bare_check")
+async def bare_check(customer_id: str) -> bool:
+    return True
+
+
+@activity.defn(name="bare_send")
+async def bare_send(workflow_id: str) -> str:
+    await SENT.put((workflow_id, None))
+    return f"msg-{workflow_id}"
+
+
+# ---------------------------------------------------------------- signalling on send
+SENT: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
+
+
+class ReportingSandbox(SandboxChannel):
+    """The sandbox channel, telling the bench which journey just got its message."""
+
+    async def send(self, message: OutboundMessage) -> SendReceipt:
+        receipt = await super().send(message)
+        workflow_id, _, step = message.idempotency_key.rpartition("/")
+        await SENT.put((workflow_id.rpartition("/")[0], int(step)))
+        return receipt
+
+
+async def signaller(client: Client, cascade: bool) -> None:
+    """Deliver the reaction to each message as soon as it is sent (as a webhook would)."""
+    while True:
+        workflow_id, step = await SENT.get()
+        handle = client.get_workflow_handle(workflow_id)
+        if cascade:
+            await handle.signal(CascadeJourney.engagement, EngagementInput(type=EngagementType.OPENED, step=step))
+        else:
+            await handle.signal(BareJourney.react)
+
+
+@dataclass
+class Run:
+    side: str
+    journeys: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.journeys / self.seconds
+
+
+async def run_side(client: Client, side: str, n: int, concurrency: int, settings: Settings, db: Database) -> Run:
+    limit = asyncio.Semaphore(concurrency)
+    prefix = f"{side}-{time.monotonic_ns()}"
+
+    async def one(i: int) -> None:
+        async with limit:
+            if side == "cascade":
+                handle = await start_journey(f"b-{i}", SPEC, client=client, db=db, settings=settings, key=prefix)
+                result = await handle.result()
+                assert result.outcome == "reacted", result
+            else:
+                await client.execute_workflow(
+                    BareJourney.run, f"b-{i}", id=f"bare/{prefix}/{i}", task_queue=settings.task_queue
+                )
+
+    task = asyncio.create_task(signaller(client, side == "cascade"))
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = time.perf_counter() - started
+    task.cancel()
+    return Run(side, n, elapsed)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1000, help="journeys per side")
+    parser.add_argument("--concurrency", type=int, default=100, help="journeys in flight")
+    parser.add_argument("--warmup", type=int, default=50)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(database_url=f"sqlite:///{tmp}/bench.db", task_queue="bench")
+        db = Database.from_url(settings.database_url)
+        await create_schema(db.engine)
+        customers = max(args.n, args.warmup)
+        for i in range(customers):
+            contacts = [ContactIn.model_validate({"channel": "email", "address": f"b{i}@example.com"})]
+            await upsert_customer(db, CustomerProfile(id=f"b-{i}", name=f"B{i}", contacts=contacts))
+
+        env = await WorkflowEnvironment.start_local(
+            data_converter=pydantic_data_converter,
+            dev_server_existing_path=binary("temporal"),
+            search_attributes=ALL,
+            runtime=quiet_runtime(),
+        )
+        channels = dict(build_channels(settings, db))
+        channels["email"] = ReportingSandbox("email", db)
+        cascade_worker = build_worker(env.client, settings, db, channels)
+        bare_settings = settings.model_copy(update={"task_queue": "bench-bare"})
+        bare_worker = Worker(
+            env.client, task_queue="bench-bare", workflows=[BareJourney], activities=[bare_check, bare_send]
+        )
+        runs: list[Run] = []
+        async with cascade_worker, bare_worker:
+            for side, side_settings in (("raw", bare_settings), ("cascade", settings)):
+                await run_side(env.client, side, args.warmup, args.concurrency, side_settings, db)
+            # Alternate the order so neither side always gets the warmer server.
+            for side, side_settings in (("raw", bare_settings), ("cascade", settings), ("raw", bare_settings)):
+                runs.append(await run_side(env.client, side, args.n, args.concurrency, side_settings, db))
+                print(f"{side:8s} {args.n} journeys in {runs[-1].seconds:6.2f} s = {runs[-1].rate:7.1f}/s")
+        await env.shutdown()
+        await db.dispose()
+
+    raw = sum(r.rate for r in runs if r.side == "raw") / 2
+    cascade = next(r.rate for r in runs if r.side == "cascade")
+    print(f"\nraw Temporal {raw:.1f} journeys/s, Cascade {cascade:.1f} journeys/s, ratio {cascade / raw:.2f}")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "throughput.json").write_text(
+        json.dumps({"n": args.n, "runs": [asdict(r) for r in runs], "ratio": cascade / raw}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
