@@ -14,6 +14,7 @@ from activities.contacts import load_reachability
 from channels.base import Channel, OutboundMessage, PermanentSendError, TransientSendError
 from core.db import Database, insert_ignoring_conflicts
 from core.logging import get_logger
+from core.profiles import mark_contact_point
 from core.settings import Settings
 from core.templates import TemplateRenderError, render_content
 from models.activities import (
@@ -22,7 +23,7 @@ from models.activities import (
     SendMessageInput,
     SendMessageResult,
 )
-from models.tables import ContactPoint, Delivery, DeliveryStatus, utcnow
+from models.tables import Delivery, DeliveryStatus, utcnow
 
 _ALREADY_SENT = {
     DeliveryStatus.SENT,
@@ -30,6 +31,15 @@ _ALREADY_SENT = {
     DeliveryStatus.OPENED,
     DeliveryStatus.CLICKED,
 }
+
+
+def _finished_result(row: Delivery) -> SendMessageResult | None:
+    """The result an earlier attempt already reached for this delivery, if it finished."""
+    if row.status in _ALREADY_SENT:
+        return SendMessageResult(status="sent", message_id=row.provider_message_id, cost=row.cost, duplicate=True)
+    if row.status == DeliveryStatus.FAILED:
+        return SendMessageResult(status="failed", reason=row.failure_reason)
+    return None
 
 
 class JourneyActivities:
@@ -73,16 +83,9 @@ class JourneyActivities:
             existing = (
                 await session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key))
             ).one_or_none()
-            if existing is not None and existing.status in _ALREADY_SENT:
-                log.info("send.duplicate_suppressed", message_id=existing.provider_message_id)
-                return SendMessageResult(
-                    status="sent",
-                    message_id=existing.provider_message_id,
-                    cost=existing.cost,
-                    duplicate=True,
-                )
-            if existing is not None and existing.status == DeliveryStatus.FAILED:
-                return SendMessageResult(status="failed", reason=existing.failure_reason)
+            if existing is not None and (finished := _finished_result(existing)) is not None:
+                log.info("send.duplicate_suppressed", status=finished.status, message_id=finished.message_id)
+                return finished
             reach = await load_reachability(session, input.customer_id, input.channel)
 
         if not reach.usable or reach.contact is None or reach.customer is None:
@@ -201,10 +204,8 @@ class JourneyActivities:
             if claimed.rowcount == 1:
                 return None
             row = (await session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key))).one()
-        if row.status in _ALREADY_SENT:
-            return SendMessageResult(status="sent", message_id=row.provider_message_id, cost=row.cost, duplicate=True)
-        if row.status == DeliveryStatus.FAILED:
-            return SendMessageResult(status="failed", reason=row.failure_reason)
+        if (finished := _finished_result(row)) is not None:
+            return finished
         raise ApplicationError(
             "another attempt is sending this message; retrying after it finishes",
             type="SendInProgress",
@@ -221,19 +222,10 @@ class JourneyActivities:
     async def _record_permanent_failure(
         self, input: SendMessageInput, contact_point_id: int | None, exc: PermanentSendError
     ) -> None:
-        now = utcnow()
         async with self._db.session() as session:
             await session.exec(
                 update(Delivery)
                 .where(col(Delivery.idempotency_key) == input.idempotency_key)
-                .values(status=DeliveryStatus.FAILED, failure_reason=exc.reason[:1000], failed_at=now)
+                .values(status=DeliveryStatus.FAILED, failure_reason=exc.reason[:1000], failed_at=utcnow())
             )
-            await session.exec(
-                update(ContactPoint)
-                .where(col(ContactPoint.id) == contact_point_id)
-                .values(
-                    status=exc.contact_status,
-                    status_reason=exc.reason[:500],
-                    status_changed_at=now,
-                )
-            )
+            await mark_contact_point(session, contact_point_id, exc.contact_status, exc.reason)

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from sqlmodel import select
+from sqlmodel import col, select, update
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db import Database
 from models.profiles import CustomerProfile
-from models.tables import ContactPoint, Customer, utcnow
+from models.tables import ContactPoint, ContactStatus, Customer, utcnow
+
+
+async def mark_contact_point(
+    session: AsyncSession, contact_point_id: int | None, status: ContactStatus, reason: str
+) -> None:
+    """Record what a provider or the customer told us about a contact point (why and when)."""
+    await session.exec(
+        update(ContactPoint)
+        .where(col(ContactPoint.id) == contact_point_id)
+        .values(status=status, status_reason=reason[:500], status_changed_at=utcnow())
+    )
 
 
 async def upsert_customer(db: Database, profile: CustomerProfile) -> None:

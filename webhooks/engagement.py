@@ -9,9 +9,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from core.db import Database
 from core.logging import get_logger
+from core.profiles import mark_contact_point
 from models.events import EngagementInput, EngagementRequest, EngagementResponse, EngagementType
 from models.journey import REACTION_RANK
-from models.tables import ContactPoint, ContactStatus, Delivery, DeliveryStatus, EngagementEvent, utcnow
+from models.tables import ContactStatus, Delivery, DeliveryStatus, EngagementEvent, utcnow
 from workflows.cascade import CascadeJourney
 
 router = APIRouter()
@@ -85,11 +86,7 @@ async def _record(
         if values:
             await session.exec(update(Delivery).where(col(Delivery.id) == delivery.id).values(**values))
         if (status := _CONTACT_STATUS.get(body.event)) and delivery.contact_point_id is not None:
-            await session.exec(
-                update(ContactPoint)
-                .where(col(ContactPoint.id) == delivery.contact_point_id)
-                .values(status=status, status_reason=f"{body.event.value} reported", status_changed_at=now)
-            )
+            await mark_contact_point(session, delivery.contact_point_id, status, f"{body.event.value} reported")
 
 
 @router.post("/v1/engagement", status_code=202, response_model=EngagementResponse)
