@@ -30,8 +30,12 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine for `url`; creates the folder of a SQLite file if needed."""
+def create_engine(url: str, schema: str | None = None) -> AsyncEngine:
+    """An async engine for `url`; creates the folder of a SQLite file if needed.
+
+    `schema` (PostgreSQL only) puts every table in that schema via the search path,
+    so several installations (or concurrent test runs) can share one database.
+    """
     full = async_url(url)
     parsed = make_url(full)
     if parsed.get_backend_name() == "sqlite":
@@ -50,7 +54,10 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(full, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    connect_args: dict[str, Any] = {}
+    if schema:
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(full, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
 
 
 async def create_schema(engine: AsyncEngine) -> None:
@@ -67,9 +74,9 @@ class Database:
         self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
-        """A database for `url` (plain or async-driver form)."""
-        return cls(create_engine(url))
+    def from_url(cls, url: str, schema: str | None = None) -> Database:
+        """A database for `url` (plain or async-driver form), optionally in a PostgreSQL schema."""
+        return cls(create_engine(url, schema))
 
     @property
     def is_sqlite(self) -> bool:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlmodel import SQLModel
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
@@ -84,6 +83,14 @@ async def _postgres_reason() -> str | None:
     return None
 
 
+async def _postgres_execute(sql: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg", "postgresql"), timeout=3)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     """The same test on SQLite and on real PostgreSQL (skipped only if it is unreachable)."""
@@ -92,12 +99,16 @@ async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     else:
         if reason := await _postgres_reason():
             pytest.skip(reason)
-        database = Database.from_url(POSTGRES_URL)
-        async with database.engine.begin() as conn:
-            await conn.run_sync(SQLModel.metadata.drop_all)
+        # A schema of its own per test: concurrent runs (CI beside a developer) share
+        # the one `test` database without dropping each other's tables.
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        await _postgres_execute(f'CREATE SCHEMA "{schema}"')
+        database = Database.from_url(POSTGRES_URL, schema=schema)
     await create_schema(database.engine)
     yield database
     await database.dispose()
+    if request.param == "postgresql":
+        await _postgres_execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 async def seed(db: Database, customer_id: str, name: str = "Ann", **contacts: str | ContactIn) -> None:
