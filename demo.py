@@ -29,7 +29,7 @@ from rich.table import Table
 from sqlmodel import select
 from temporalio.client import Client, WorkflowHandle
 
-from core.db import Database, create_schema
+from core.db import Database, migrate
 from core.profiles import upsert_customer
 from core.settings import PROJECT_ROOT, Settings, get_settings
 from core.temporal import connect, register_search_attributes
@@ -273,7 +273,7 @@ async def run_demo(once: bool) -> int:
     settings = get_settings()
     env = {**os.environ, "CASCADE_LOG_FORMAT": "json"}
     stack = Stack()
-    db = Database.from_url(settings.database_url)
+    db = Database.from_settings(settings)
     try:
         if await _server_answers(settings):
             console.print(f"Using the Temporal server already at {settings.temporal_address}")
@@ -294,7 +294,7 @@ async def run_demo(once: bool) -> int:
         client = await _connect_when_up(settings, stack)
         await register_search_attributes(client)
 
-        await create_schema(db.engine)
+        await migrate(db.engine)
         for profile in CUSTOMERS:
             await upsert_customer(db, profile)
         console.print(f"Loaded {len(CUSTOMERS)} example customers into {settings.database_url}")

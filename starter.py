@@ -78,7 +78,7 @@ async def start_journey(
         raise ValueError(f"key {key!r}: must be 1-128 characters without '/'")
 
     own_db = db is None
-    db = db or Database.from_url(settings.database_url)
+    db = db or Database.from_settings(settings)
     try:
         async with db.session() as session:
             found = (await session.exec(select(Customer.id).where(Customer.id == customer_id))).first()

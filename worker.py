@@ -12,7 +12,7 @@ from temporalio.worker import Worker
 from activities.journey import JourneyActivities
 from channels.base import Channel
 from channels.registry import build_channels
-from core.db import Database, create_schema
+from core.db import Database, migrate
 from core.logging import configure_logging, get_logger
 from core.settings import Settings, get_settings
 from core.temporal import connect
@@ -42,8 +42,8 @@ async def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("worker", task_queue=settings.task_queue)
-    db = Database.from_url(settings.database_url)
-    await create_schema(db.engine)
+    db = Database.from_settings(settings)
+    await migrate(db.engine)
     client = await connect(settings)
     worker = build_worker(client, settings, db)
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import and_
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from models.tables import ContactPoint, ContactStatus, Customer
+from models.tables import Consent, ContactPoint, ContactStatus, Customer, Topic
+
+# Statuses that rule out every message; an unsubscribe rules out marketing only, since
+# receipts and order updates are part of the service the customer asked for.
+_DEAD = {ContactStatus.INVALID, ContactStatus.BOUNCED, ContactStatus.BLOCKED}
 
 
 @dataclass(frozen=True)
@@ -25,31 +29,58 @@ class Reachability:
         return self.contact is not None and self.reason is None
 
 
-def _rank(cp: ContactPoint) -> tuple[int, int, int]:
-    # Prefer a usable point, then a consented one, then the newest.
-    return (cp.status == ContactStatus.VALID and cp.consent, cp.consent, cp.id or 0)
+def _rank(cp: ContactPoint) -> tuple[bool, bool, int]:
+    # Prefer a valid point, then one that is at least alive, then the newest.
+    return (cp.status == ContactStatus.VALID, cp.status not in _DEAD, cp.id or 0)
 
 
-async def load_reachability(session: AsyncSession, customer_id: str, channel: str) -> Reachability:
-    """The customer and the contact point to use on `channel`, in a single query."""
-    stmt = (
-        select(Customer, ContactPoint)
-        .outerjoin(
-            ContactPoint,
-            and_(ContactPoint.customer_id == Customer.id, ContactPoint.channel == channel),  # type: ignore[arg-type]
+def _why_not(cp: ContactPoint, consent: Consent | None, topic: Topic) -> str | None:
+    if cp.status in _DEAD or (cp.status == ContactStatus.UNSUBSCRIBED and topic == Topic.MARKETING):
+        return f"contact {cp.status}"
+    if consent is not None and not consent.granted:
+        return "no consent"
+    if consent is None and topic == Topic.MARKETING:
+        # Marketing needs a recorded opt-in; nobody is marketed to by default.
+        return "no consent"
+    return None
+
+
+async def load_reachability(
+    session: AsyncSession, customer_id: str, channel: str, topic: Topic = Topic.MARKETING
+) -> Reachability:
+    """The customer and the contact point to use on `channel` for `topic`, in a single query.
+
+    A customer merged into another profile is followed to the survivor (a second query,
+    only in that rare case).
+    """
+    for _ in range(5):
+        stmt = (
+            select(Customer, ContactPoint, Consent)
+            .outerjoin(
+                ContactPoint,
+                and_(col(ContactPoint.customer_id) == col(Customer.id), col(ContactPoint.channel) == channel),
+            )
+            .outerjoin(
+                Consent,
+                and_(
+                    col(Consent.customer_id) == col(Customer.id),
+                    col(Consent.channel) == channel,
+                    col(Consent.topic) == topic.value,
+                ),
+            )
+            .where(Customer.id == customer_id)
         )
-        .where(Customer.id == customer_id)
-    )
-    rows = (await session.exec(stmt)).all()
-    if not rows:
-        return Reachability(None, None, "unknown customer")
-    customer = rows[0][0]
-    points = [cp for _, cp in rows if cp is not None]
+        rows = (await session.exec(stmt)).all()
+        if not rows:
+            return Reachability(None, None, "unknown customer")
+        customer, _, consent = rows[0]
+        if customer.merged_into is None:
+            break
+        customer_id = customer.merged_into
+    if customer.erased_at is not None:
+        return Reachability(customer, None, "customer erased")
+    points = [cp for _, cp, _ in rows if cp is not None]
     if not points:
         return Reachability(customer, None, f"no {channel} contact")
     best = max(points, key=_rank)
-    if best.status != ContactStatus.VALID:
-        return Reachability(customer, best, f"contact {best.status}")
-    if not best.consent:
-        return Reachability(customer, best, "no consent")
-    return Reachability(customer, best, None)
+    return Reachability(customer, best, _why_not(best, consent, topic))

@@ -14,7 +14,7 @@ from activities.contacts import load_reachability
 from channels.base import Channel, OutboundMessage, PermanentSendError, TransientSendError
 from core.db import Database, insert_ignoring_conflicts
 from core.logging import get_logger
-from core.profiles import mark_contact_point
+from core.profiles import mark_contact_point, template_fields
 from core.settings import Settings
 from core.templates import TemplateRenderError, render_content
 from models.activities import (
@@ -54,7 +54,7 @@ class JourneyActivities:
     async def check_contact(self, input: CheckContactInput) -> CheckContactResult:
         """Whether the customer can be messaged on the channel now (valid, consented)."""
         async with self._db.session() as session:
-            reach = await load_reachability(session, input.customer_id, input.channel)
+            reach = await load_reachability(session, input.customer_id, input.channel, input.topic)
         if input.channel not in self._channels:
             return CheckContactResult(usable=False, reason=f"channel {input.channel} not configured")
         return CheckContactResult(
@@ -86,7 +86,7 @@ class JourneyActivities:
             if existing is not None and (finished := _finished_result(existing)) is not None:
                 log.info("send.duplicate_suppressed", status=finished.status, message_id=finished.message_id)
                 return finished
-            reach = await load_reachability(session, input.customer_id, input.channel)
+            reach = await load_reachability(session, input.customer_id, input.channel, input.topic)
 
         if not reach.usable or reach.contact is None or reach.customer is None:
             # Consent can be withdrawn between the check and the send: never send then.
@@ -96,12 +96,7 @@ class JourneyActivities:
         channel = self._channels.get(input.channel)
         if channel is None:
             raise ApplicationError(f"channel {input.channel} is not configured", non_retryable=True)
-        fields = {
-            "customer_id": reach.customer.id,
-            "name": reach.customer.name,
-            **reach.customer.attributes,
-            **input.context,
-        }
+        fields = {**template_fields(reach.customer), **input.context}
         try:
             rendered = render_content(input.content, fields)
         except TemplateRenderError as exc:
@@ -185,6 +180,7 @@ class JourneyActivities:
                     step=input.step,
                     customer_id=input.customer_id,
                     channel=input.channel.value,
+                    topic=input.topic.value,
                     contact_point_id=contact_point_id,
                     status=DeliveryStatus.QUEUED,
                     content_hash=content_hash,

@@ -32,7 +32,7 @@ from bench.bare_workflow import BareJourney
 from channels.base import OutboundMessage, SendReceipt
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
-from core.db import Database, create_schema
+from core.db import Database, migrate
 from core.profiles import upsert_customer
 from core.settings import Settings
 from models.events import EngagementInput, EngagementType
@@ -135,8 +135,8 @@ async def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/bench.db", task_queue="bench")
-        db = Database.from_url(settings.database_url)
-        await create_schema(db.engine)
+        db = Database.from_settings(settings)
+        await migrate(db.engine)
         customers = max(args.n, args.warmup)
         for i in range(customers):
             contacts = [ContactIn.model_validate({"channel": "email", "address": f"b{i}@example.com"})]

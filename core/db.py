@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event, inspect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -16,6 +16,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import models.tables  # noqa: F401  (registers every table on SQLModel.metadata)
+from core.settings import Settings
 
 
 def async_url(url: str) -> str:
@@ -60,10 +61,43 @@ def create_engine(url: str, schema: str | None = None) -> AsyncEngine:
     return create_async_engine(full, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
 
 
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create the tables that do not exist yet (idempotent)."""
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class SchemaError(RuntimeError):
+    """The database holds tables that the migrations did not create."""
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    if connection.dialect.name == "postgresql":
+        # Worker and webhooks start together in docker compose: one migrates, the other
+        # waits here and then finds nothing left to do.
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(424242)")
+    inspector = inspect(connection)
+    tables = set(inspector.get_table_names())
+    if tables and "alembic_version" not in tables and "customers" in tables:
+        raise SchemaError(
+            "the database has Cascade tables but no migration history (made before migrations "
+            "existed): move it away (e.g. delete data/cascade.db) or run `alembic stamp head` "
+            "if it matches the current models"
+        )
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema to `revision` with the alembic migrations (idempotent, safe to repeat).
+
+    Every process that owns the database at start-up (worker, webhooks, demo) calls this;
+    the migrations take the schema from wherever it is, so an upgrade never needs a wipe.
+    """
     async with engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all)
+        await conn.run_sync(_upgrade, revision)
 
 
 class Database:
@@ -77,6 +111,11 @@ class Database:
     def from_url(cls, url: str, schema: str | None = None) -> Database:
         """A database for `url` (plain or async-driver form), optionally in a PostgreSQL schema."""
         return cls(create_engine(url, schema))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """The database the settings name (DATABASE_URL and, on PostgreSQL, the schema)."""
+        return cls(create_engine(settings.database_url, settings.database_schema))
 
     @property
     def is_sqlite(self) -> bool:

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
         default=f"sqlite:///{PROJECT_ROOT / 'data' / 'cascade.db'}",
         validation_alias=AliasChoices("DATABASE_URL", "CASCADE_DATABASE_URL"),
     )
+    # PostgreSQL only: keep Cascade's tables in their own schema of a shared database.
+    database_schema: str | None = None
 
     webhooks_host: str = "127.0.0.1"
     webhooks_port: int = 8000

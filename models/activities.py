@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from models.journey import ChannelName, MessageContent
+from models.tables import Topic
 
 
 class CheckContactInput(BaseModel):
@@ -14,6 +15,7 @@ class CheckContactInput(BaseModel):
 
     customer_id: str
     channel: ChannelName
+    topic: Topic = Topic.MARKETING
 
 
 class CheckContactResult(BaseModel):
@@ -34,6 +36,7 @@ class SendMessageInput(BaseModel):
     step: int
     customer_id: str
     channel: ChannelName
+    topic: Topic = Topic.MARKETING
     content: MessageContent
     context: dict[str, Any] = Field(default_factory=dict)
 

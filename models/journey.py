@@ -11,6 +11,8 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.tables import Topic
+
 
 class ChannelName(StrEnum):
     """Every channel a cascade step can use, cheapest first by convention."""
@@ -120,6 +122,9 @@ class JourneySpec(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Used in workflow ids")
     description: str = ""
     campaign: str | None = None
+    topic: Topic = Field(
+        default=Topic.MARKETING, description="transactional: order status, receipts (no marketing consent needed)"
+    )
     steps: list[JourneyStep] = Field(min_length=1)
     valid_for: timedelta | None = Field(
         default=None, description="Deadline relative to the start, e.g. a promo code's life"

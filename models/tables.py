@@ -5,11 +5,11 @@ Shapes only; reads and writes live in activities/ and webhooks/.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -40,6 +40,17 @@ class ContactStatus(StrEnum):
     BLOCKED = "blocked"
 
 
+class Topic(StrEnum):
+    """Why a message is sent; consent and frequency caps are kept per topic.
+
+    Transactional messages (order status, receipts) are part of a service the customer
+    asked for; marketing messages need the customer's consent and count against caps.
+    """
+
+    MARKETING = "marketing"
+    TRANSACTIONAL = "transactional"
+
+
 class DeliveryStatus(StrEnum):
     """Where one message is in its life."""
 
@@ -51,23 +62,94 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
 
 
+def _json(factory: type[dict[str, Any]] | type[list[Any]]) -> Any:
+    return Field(default_factory=factory, sa_column=Column(JSON, nullable=False))
+
+
 class Customer(SQLModel, table=True):
-    """One person, keyed by the shop's own customer id."""
+    """One person, keyed by the shop's own customer id; the single customer view.
+
+    The typed columns are what segments and templates use most; anything else the
+    shop knows lives in `attributes` (free-form JSON).
+    """
 
     __tablename__ = "customers"
 
     id: str = Field(primary_key=True, max_length=128)
     name: str | None = Field(default=None, max_length=200)
+    gender: str | None = Field(default=None, max_length=16)
+    birth_date: date | None = None
     timezone: str = Field(default="UTC", max_length=64)
-    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    city: str | None = Field(default=None, max_length=200)
+    language: str | None = Field(default=None, max_length=16)
+    children_ages: list[int] = _json(list)
+    favourite_categories: list[str] = _json(list)
+    purchase_count: int = 0
+    last_purchase_at: datetime | None = _ts()
+    loyalty_points: int = 0
+    preferred_channel: str | None = Field(default=None, max_length=32)
+    attributes: dict[str, Any] = _json(dict)
+    # Set when this profile was merged into another one: look-ups by the old id
+    # (a journey started before the merge) follow it to the surviving profile.
+    merged_into: str | None = Field(default=None, foreign_key="customers.id", index=True, max_length=128)
+    erased_at: datetime | None = _ts()
     created_at: datetime = _created()
+    updated_at: datetime | None = _ts()
+
+
+class ExternalId(SQLModel, table=True):
+    """An id of the customer in another system of the shop (CRM, loyalty cards, shop engine)."""
+
+    __tablename__ = "customer_external_ids"
+    __table_args__ = (UniqueConstraint("source", "external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(foreign_key="customers.id", index=True, max_length=128)
+    source: str = Field(max_length=64)
+    external_id: str = Field(max_length=256)
+    created_at: datetime = _created()
+
+
+class Consent(SQLModel, table=True):
+    """The customer's decision for one channel and topic, with where and when it was given.
+
+    No row means: transactional allowed, marketing not (nobody is marketed to by default).
+    """
+
+    __tablename__ = "consents"
+    __table_args__ = (UniqueConstraint("customer_id", "channel", "topic"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(foreign_key="customers.id", index=True, max_length=128)
+    channel: str = Field(max_length=32)
+    topic: str = Field(default=Topic.MARKETING, max_length=32)
+    granted: bool
+    source: str | None = Field(default=None, max_length=200)
+    changed_at: datetime = _created()
+
+
+class CustomerMerge(SQLModel, table=True):
+    """A record of two profiles merged into one: who survived, why, and what moved."""
+
+    __tablename__ = "customer_merges"
+
+    id: int | None = Field(default=None, primary_key=True)
+    survivor_id: str = Field(index=True, max_length=128)
+    merged_id: str = Field(index=True, max_length=128)
+    reason: str = Field(max_length=500)
+    details: dict[str, Any] = _json(dict)
+    merged_at: datetime = _created()
 
 
 class ContactPoint(SQLModel, table=True):
     """An address on one channel (email, phone, chat id, push token) and its state."""
 
     __tablename__ = "contact_points"
-    __table_args__ = (UniqueConstraint("customer_id", "channel", "address"),)
+    __table_args__ = (
+        UniqueConstraint("customer_id", "channel", "address"),
+        # Merging finds other profiles that share an email or phone through this index.
+        Index("ix_contact_points_channel_address", "channel", "address"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: str = Field(foreign_key="customers.id", index=True, max_length=128)
@@ -76,9 +158,7 @@ class ContactPoint(SQLModel, table=True):
     status: str = Field(default=ContactStatus.VALID, max_length=32)
     status_reason: str | None = Field(default=None, max_length=500)
     status_changed_at: datetime | None = _ts()
-    consent: bool = True
-    consent_source: str | None = Field(default=None, max_length=200)
-    consent_at: datetime | None = _ts()
+    created_at: datetime = _created()
 
 
 class Delivery(SQLModel, table=True):
@@ -96,7 +176,8 @@ class Delivery(SQLModel, table=True):
     step: int
     customer_id: str = Field(index=True, max_length=128)
     channel: str = Field(max_length=32)
-    contact_point_id: int | None = Field(default=None, foreign_key="contact_points.id")
+    topic: str = Field(default=Topic.MARKETING, max_length=32)
+    contact_point_id: int | None = Field(default=None, foreign_key="contact_points.id", ondelete="SET NULL")
     provider_message_id: str | None = Field(default=None, index=True, max_length=256)
     status: str = Field(default=DeliveryStatus.QUEUED, max_length=32)
     failure_reason: str | None = Field(default=None, max_length=1000)
@@ -115,16 +196,20 @@ class Delivery(SQLModel, table=True):
 
 
 class EngagementEvent(SQLModel, table=True):
-    """An event reported about a message or a journey (open, click, purchase, ...)."""
+    """An event about a message (open, click, bounce) or a customer (purchase, page view)."""
 
     __tablename__ = "engagement_events"
 
     id: int | None = Field(default=None, primary_key=True)
+    # The sender's own id for the event: the same event delivered twice is stored once.
+    event_id: str | None = Field(default=None, unique=True, max_length=256)
     delivery_id: int | None = Field(default=None, foreign_key="deliveries.id", index=True)
-    workflow_id: str = Field(index=True, max_length=512)
+    workflow_id: str | None = Field(default=None, index=True, max_length=512)
     customer_id: str | None = Field(default=None, index=True, max_length=128)
+    channel: str | None = Field(default=None, max_length=32)
     type: str = Field(max_length=32)
     source: str = Field(default="api", max_length=64)
+    properties: dict[str, Any] = _json(dict)
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     received_at: datetime = _created()
 

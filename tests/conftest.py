@@ -15,7 +15,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
-from core.db import Database, create_schema
+from core.db import Database, migrate
 from core.profiles import upsert_customer
 from core.settings import Settings
 from models.profiles import ContactIn, CustomerProfile
@@ -64,8 +64,8 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[Database]:
     """A fresh SQLite database with the schema created."""
-    database = Database.from_url(settings.database_url)
-    await create_schema(database.engine)
+    database = Database.from_settings(settings)
+    await migrate(database.engine)
     yield database
     await database.dispose()
 
@@ -104,7 +104,7 @@ async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         schema = f"t_{uuid.uuid4().hex[:12]}"
         await _postgres_execute(f'CREATE SCHEMA "{schema}"')
         database = Database.from_url(POSTGRES_URL, schema=schema)
-    await create_schema(database.engine)
+    await migrate(database.engine)
     yield database
     await database.dispose()
     if request.param == "postgresql":

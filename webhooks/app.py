@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
-from core.db import Database, create_schema
+from core.db import Database, migrate
 from core.logging import get_logger
 from core.settings import Settings, get_settings
 from core.temporal import connect
@@ -85,9 +85,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_db = db is None
-        app.state.db = db or Database.from_url(settings.database_url)
+        app.state.db = db or Database.from_settings(settings)
         if own_db:
-            await create_schema(app.state.db.engine)
+            await migrate(app.state.db.engine)
         app.state.client = client or await connect(settings)
         app.state.settings = settings
         yield

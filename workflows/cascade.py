@@ -84,7 +84,7 @@ class CascadeJourney:
 
             check = await workflow.execute_activity_method(
                 JourneyActivities.check_contact,
-                CheckContactInput(customer_id=input.customer_id, channel=step.channel),
+                CheckContactInput(customer_id=input.customer_id, channel=step.channel, topic=input.spec.topic),
                 start_to_close_timeout=CHECK_TIMEOUT,
             )
             if not check.usable:
@@ -127,6 +127,7 @@ class CascadeJourney:
                     step=index,
                     customer_id=self._input.customer_id,
                     channel=step.channel,
+                    topic=self._input.spec.topic,
                     content=step.content,
                     context=self._input.context,
                 ),

@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from core.db import Database, create_schema
+from core.db import Database, migrate
 from core.profiles import upsert_customer
 from core.settings import Settings
 from core.temporal import register_search_attributes
@@ -93,8 +93,8 @@ async def main() -> None:
     """Start a time-skipping server, a worker on a scratch database, and record."""
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/record.db", task_queue="record")
-        db = Database.from_url(settings.database_url)
-        await create_schema(db.engine)
+        db = Database.from_settings(settings)
+        await migrate(db.engine)
         env = await WorkflowEnvironment.start_time_skipping(
             data_converter=pydantic_data_converter,
             test_server_existing_path=binary("temporal-test-server"),
