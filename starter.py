@@ -28,14 +28,15 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.db import Database
+from core.db import Database, insert_ignoring_conflicts
 from core.journey_files import JourneyDefinitionError, describe_validation_error, load_journey
+from core.profiles import resolve_customer_id
 from core.settings import Settings, get_settings
 from core.temporal import connect, quote
 from models import search_attributes as sa
 from models.events import CancelInput
 from models.journey import JourneyInput, JourneyResult, JourneySpec, JourneyState
-from models.tables import Customer
+from models.tables import Customer, JourneyRun, utcnow
 from workflows.cascade import CascadeJourney
 
 
@@ -82,11 +83,36 @@ async def start_journey(
     try:
         async with db.session() as session:
             found = (await session.exec(select(Customer.id).where(Customer.id == customer_id))).first()
+            if found is not None:
+                # A profile merged into another one: the journey belongs to the survivor.
+                customer_id = await resolve_customer_id(session, customer_id)
+                payload.customer_id = customer_id
+        if found is None:
+            raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
+        handle = await _start(client, settings, spec, payload, key)
+        async with db.session() as session:
+            await session.exec(
+                insert_ignoring_conflicts(db, JourneyRun)
+                .values(
+                    workflow_id=handle.id,
+                    run_id=handle.result_run_id,
+                    journey=spec.name,
+                    customer_id=customer_id,
+                    campaign=spec.campaign,
+                    started_at=utcnow(),
+                )
+                .on_conflict_do_nothing()
+            )
+        return handle
     finally:
         if own_db:
             await db.dispose()
-    if found is None:
-        raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
+
+
+async def _start(
+    client: Client | None, settings: Settings, spec: JourneySpec, payload: JourneyInput, key: str | None
+) -> WorkflowHandle[CascadeJourney, JourneyResult]:
+    customer_id = payload.customer_id
 
     client = client or await connect(settings)
     attributes: list[SearchAttributePair[Any]] = [

@@ -214,6 +214,26 @@ class EngagementEvent(SQLModel, table=True):
     received_at: datetime = _created()
 
 
+class JourneyRun(SQLModel, table=True):
+    """A journey started for a customer: how events about the customer find their journeys.
+
+    Written by `start_journey`; `finished_at` is filled in lazily when a signal finds the
+    run finished, so this table never has to be in step with Temporal to be correct.
+    """
+
+    __tablename__ = "journey_runs"
+    __table_args__ = (UniqueConstraint("workflow_id", "run_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(index=True, max_length=512)
+    run_id: str = Field(max_length=64)
+    journey: str = Field(index=True, max_length=64)
+    customer_id: str = Field(index=True, max_length=128)
+    campaign: str | None = Field(default=None, max_length=128)
+    started_at: datetime = _created()
+    finished_at: datetime | None = _ts()
+
+
 class SandboxMessage(SQLModel, table=True):
     """The outbox of the sandbox channels: what a real provider would have delivered.
 
