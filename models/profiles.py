@@ -38,7 +38,9 @@ class ContactIn(BaseModel):
         if self.channel == ChannelName.EMAIL:
             try:
                 # No DNS look-up: validation must work offline and must not stall imports.
-                self.address = validate_email(self.address, check_deliverability=False).normalized
+                # Lower-cased whole: mailbox providers ignore case in practice, and two
+                # spellings of one address must find (and merge) one customer.
+                self.address = validate_email(self.address, check_deliverability=False).normalized.lower()
             except EmailNotValidError as exc:
                 raise ValueError(f"email address {self.address!r}: {exc}") from exc
         elif self.channel in PHONE_CHANNELS:

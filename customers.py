@@ -1,0 +1,150 @@
+"""`python customers.py ...`: import, export and erase customer profiles.
+
+python customers.py import customers.csv        # all rows or none; rejected rows listed
+python customers.py import big.jsonl --skip-invalid
+python customers.py show c-1001                  # the profile as the journeys see it
+python customers.py export c-1001 > c-1001.json  # GDPR access
+python customers.py erase c-1001 --yes           # GDPR erasure (aggregates kept)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.db import Database, migrate
+from core.importer import ImportAborted, ImportReport, import_profiles
+from core.privacy import UnknownCustomer, erase_customer, export_profile
+from core.profiles import ProfileError
+from core.settings import get_settings
+
+T = TypeVar("T")
+cli = typer.Typer(help="Import, export and erase Cascade customer profiles.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _with_db(work: Callable[[Database], Awaitable[T]]) -> T:
+    async def go() -> T:
+        db = Database.from_settings(get_settings())
+        try:
+            await migrate(db.engine)
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return max(sum(1 for _ in handle) - (path.suffix.lower() == ".csv"), 0)
+
+
+def _print_rejected(report: ImportReport, limit: int = 50) -> None:
+    table = Table("line", "why it was rejected", title=f"{len(report.rejected)} rejected row(s)")
+    for row in report.rejected[:limit]:
+        table.add_row(str(row.line), row.reason)
+    console.print(table)
+    if len(report.rejected) > limit:
+        console.print(f"... and {len(report.rejected) - limit} more (use --rejected FILE for all)")
+
+
+@cli.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A .csv or .jsonl file")],
+    skip_invalid: Annotated[bool, typer.Option(help="Import the valid rows even if some are rejected")] = False,
+    rejected: Annotated[Path | None, typer.Option(help="Write every rejected row (line, reason) as CSV")] = None,
+) -> None:
+    """Import customers from CSV or JSON Lines: all rows in one transaction, or none."""
+    total = _count_lines(path)
+    with Progress(
+        TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("rows", total=total)
+        try:
+            report = _with_db(
+                lambda db: import_profiles(
+                    db, path, skip_invalid=skip_invalid, progress=lambda n: bar.update(task, completed=n)
+                )
+            )
+        except ImportAborted as exc:
+            report = exc.report
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+    if rejected is not None and report.rejected:
+        rejected.write_text("line,reason\n" + "".join(f'{r.line},"{r.reason}"\n' for r in report.rejected))
+    if report.rejected:
+        _print_rejected(report)
+    if not report.written:
+        console.print("[red]nothing imported[/red]: fix the rows above, or pass --skip-invalid")
+        raise typer.Exit(1)
+    console.print(
+        f"[green]imported[/green] {report.created} new, {report.updated} updated, {report.merged} merged, "
+        f"{len(report.rejected)} rejected of {report.rows} rows in {report.seconds:.1f}s ({report.rate:,.0f} rows/s)"
+    )
+
+
+@cli.command()
+def export(customer_id: str) -> None:
+    """Print everything stored about a customer as JSON (GDPR access request)."""
+    try:
+        data = _with_db(lambda db: export_profile(db, customer_id))
+    except UnknownCustomer as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+@cli.command()
+def show(customer_id: str) -> None:
+    """Show a profile: typed fields, contact points with status, consents."""
+    try:
+        data = _with_db(lambda db: export_profile(db, customer_id))
+    except UnknownCustomer as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    out = Console()
+    profile = {k: v for k, v in data["profile"].items() if v not in (None, [], {})}
+    out.print_json(data=profile)
+    points = Table("channel", "address", "status", "why", title="contact points")
+    for cp in data["contact_points"]:
+        points.add_row(cp["channel"], cp["address"], cp["status"], cp["status_reason"] or "")
+    out.print(points)
+    consents = Table("channel", "topic", "granted", "source", "when", title="consents")
+    for c in data["consents"]:
+        consents.add_row(c["channel"], c["topic"], str(c["granted"]), c["source"] or "", c["changed_at"])
+    out.print(consents)
+    out.print(f"{len(data['messages'])} message(s), {len(data['events'])} event(s), merged: {data['merged_profiles']}")
+
+
+@cli.command()
+def erase(
+    customer_id: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do it without asking")] = False,
+) -> None:
+    """Erase a customer's personal data (GDPR erasure); delivery and event aggregates are kept."""
+    if not yes and not typer.confirm(f"Erase all personal data of {customer_id}?"):
+        raise typer.Exit(1)
+    try:
+        report = _with_db(lambda db: erase_customer(db, customer_id))
+    except (UnknownCustomer, ProfileError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    removed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.removed.items())
+    kept = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.kept.items())
+    console.print(f"[green]erased[/green] {report.customer_id}: removed {removed}; kept as {report.pseudonym}: {kept}")
+
+
+if __name__ == "__main__":
+    cli()
