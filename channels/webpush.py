@@ -9,12 +9,14 @@ key makes the push service replace a still-undelivered copy instead of adding on
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from py_vapid import Vapid02
+from cryptography.hazmat.primitives import serialization
+from py_vapid import Vapid02, VapidException
 from pywebpush import WebPusher, WebPushException
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt
@@ -37,6 +39,14 @@ class WebPushChannel:
         self._vapid = Vapid02.from_string(settings.vapid_private_key.get_secret_value())
         # Absolute URLs: every subscription has its own push service host.
         self._client = make_client("", settings.timeout_seconds)
+
+    @property
+    def application_server_key(self) -> str:
+        """The public VAPID key browsers subscribe with (PushManager applicationServerKey)."""
+        raw = self._vapid.public_key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
     async def aclose(self) -> None:
         """Close the pooled connections."""
@@ -73,8 +83,12 @@ class WebPushChannel:
             "sub": self._settings.vapid_subject,
             "exp": int(time.time()) + 12 * 3600,
         }
+        try:
+            vapid = self._vapid.sign(claims)
+        except VapidException as exc:
+            raise configuration_error("webpush", f"VAPID claims refused: {exc}") from None
         headers = {
-            **self._vapid.sign(claims),
+            **vapid,
             "TTL": str(self._settings.ttl_seconds),
             "Content-Encoding": "aes128gcm",
             "Content-Type": "application/octet-stream",
