@@ -1,24 +1,63 @@
-"""`python worker.py`: connect to Temporal, register the journey workflows and activities, run."""
+"""`python worker.py`: connect to Temporal, register the journey workflows and activities, run.
+
+One process runs the main journey queue (workflows, contact checks) and one queue
+per channel (`<task_queue>-<channel>`) for that channel's sends. The Temporal server
+enforces each channel queue's rate limit across every worker polling it, so a big
+broadcast is spread out at the provider's pace instead of being rejected by it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Mapping
+from types import TracebackType
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.journey import JourneyActivities
 from channels.base import Channel
-from channels.registry import build_channels
+from channels.queues import channel_task_queue
+from channels.registry import build_channels, close_channels
 from core.db import Database, migrate
 from core.logging import configure_logging, get_logger
 from core.settings import Settings, get_settings
 from core.temporal import connect
+from models.journey import ChannelName
 from workflows.cascade import CascadeJourney
 
 WORKFLOWS = [CascadeJourney]
+
+
+class CascadeWorkers:
+    """The main worker and one per channel queue, started and stopped together."""
+
+    def __init__(self, workers: list[Worker], channels: Mapping[str, Channel] | None = None) -> None:
+        self.workers = workers
+        # Adapters built here are closed here; adapters handed in belong to the caller.
+        self._owned_channels = channels
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def __aenter__(self) -> CascadeWorkers:
+        async with contextlib.AsyncExitStack() as stack:
+            for worker in self.workers:
+                await stack.enter_async_context(worker)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._stack is not None:
+            await self._stack.aclose()
+            self._stack = None
+        if self._owned_channels is not None:
+            await close_channels(self._owned_channels)
 
 
 def build_worker(
@@ -26,15 +65,35 @@ def build_worker(
     settings: Settings,
     db: Database,
     channels: Mapping[str, Channel] | None = None,
-) -> Worker:
-    """A worker for the journey task queue with every workflow and activity registered."""
-    acts = JourneyActivities(db, channels or build_channels(settings, db), settings)
-    return Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=WORKFLOWS,
-        activities=[acts.check_contact, acts.send_message],
-    )
+) -> CascadeWorkers:
+    """Workers for the journey task queue and every channel's send queue."""
+    owned = None
+    if channels is None:
+        channels = owned = build_channels(settings, db)
+    acts = JourneyActivities(db, channels, settings)
+    workers = [
+        Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=WORKFLOWS,
+            # send_message stays here too: journeys started before per-channel queues
+            # schedule their sends on the main queue.
+            activities=[acts.check_contact, acts.send_message],
+        )
+    ]
+    for name in ChannelName:
+        workers.append(
+            Worker(
+                client,
+                task_queue=channel_task_queue(settings.task_queue, name.value),
+                activities=[acts.send_message],
+                max_concurrent_activities=settings.channel_max_concurrent_sends,
+                max_task_queue_activities_per_second=settings.channel_rate_limits.get(name.value),
+                # A queue that is idle most of the time needs few pollers.
+                max_concurrent_activity_task_polls=2,
+            )
+        )
+    return CascadeWorkers(workers, owned)
 
 
 async def main() -> None:
@@ -52,7 +111,8 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    log.info("worker.started", address=settings.temporal_address)
+    adapters = {name.value: getattr(settings, f"channel_{name.value}") for name in ChannelName}
+    log.info("worker.started", address=settings.temporal_address, adapters=adapters)
     async with worker:
         await stop.wait()
         log.info("worker.stopping")

@@ -11,7 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contacts import load_reachability
-from channels.base import Channel, OutboundMessage, PermanentSendError, TransientSendError
+from channels.base import Button, Channel, OutboundMessage, PermanentSendError, TransientSendError
 from core.db import Database, insert_ignoring_conflicts
 from core.logging import get_logger
 from core.profiles import mark_contact_point, template_fields
@@ -98,7 +98,7 @@ class JourneyActivities:
             raise ApplicationError(f"channel {input.channel} is not configured", non_retryable=True)
         fields = {**template_fields(reach.customer), **input.context}
         try:
-            rendered = render_content(input.content, fields)
+            rendered = render_content(input.content, fields, input.channel.value)
         except TemplateRenderError as exc:
             raise ApplicationError(
                 f"template of step {input.step} ({input.channel}): {exc}",
@@ -119,6 +119,16 @@ class JourneyActivities:
             subject=rendered.subject,
             html=rendered.html,
             url=rendered.url,
+            title=rendered.title,
+            icon=rendered.icon,
+            image=rendered.image,
+            buttons=tuple(Button(text, url) for text, url in rendered.buttons),
+            template_name=rendered.template_name,
+            template_language=rendered.template_language,
+            template_params=rendered.template_params,
+            # The webhooks issue (#5) fills this with a signed one-click link.
+            unsubscribe_url=None,
+            metadata=(("journey", input.journey), ("step", str(input.step))),
             idempotency_key=input.idempotency_key,
         )
         try:
@@ -149,7 +159,7 @@ class JourneyActivities:
                     claimed_until=None,
                 )
             )
-        log.info("send.sent", message_id=receipt.provider_message_id, cost=cost)
+        log.info("send.sent", message_id=receipt.provider_message_id, cost=cost, segments=receipt.segments)
         return SendMessageResult(
             status="sent",
             message_id=receipt.provider_message_id,
@@ -224,4 +234,7 @@ class JourneyActivities:
                 .where(col(Delivery.idempotency_key) == input.idempotency_key)
                 .values(status=DeliveryStatus.FAILED, failure_reason=exc.reason[:1000], failed_at=utcnow())
             )
-            await mark_contact_point(session, contact_point_id, exc.contact_status, exc.reason)
+            if exc.contact_status is not None:
+                # None: the provider refused this message, not the address (e.g. an
+                # unknown WhatsApp template); the contact stays usable.
+                await mark_contact_point(session, contact_point_id, exc.contact_status, exc.reason)

@@ -132,7 +132,8 @@ def run_child(url: str, csv_path: Path, mode: str) -> dict[str, float]:
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 @activity.defn(name="noop")

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.tables import ContactStatus
 
 
 @dataclass(frozen=True)
+class Button:
+    """A call-to-action under a messenger message or a push notification: label and link."""
+
+    text: str
+    url: str
+
+
+@dataclass(frozen=True)
 class OutboundMessage:
-    """A rendered message for one address on one channel."""
+    """A rendered message for one address on one channel.
+
+    `body` is already the variant meant for the channel (short SMS text, messenger
+    text, push body, voice script); the other fields are used by the adapters that
+    can show them and ignored by the rest.
+    """
 
     channel: str
     to: str
@@ -19,6 +33,25 @@ class OutboundMessage:
     subject: str | None = None
     html: str | None = None
     url: str | None = None
+    # Push notification title / icon / big image.
+    title: str | None = None
+    icon: str | None = None
+    image: str | None = None
+    buttons: tuple[Button, ...] = ()
+    # RFC 8058 one-click unsubscribe link; email adds List-Unsubscribe headers for it.
+    unsubscribe_url: str | None = None
+    # Extra email headers (e.g. campaign tags for the ESP); never secrets.
+    headers: tuple[tuple[str, str], ...] = ()
+    # WhatsApp approved template: name, language code and body parameters, in order.
+    template_name: str | None = None
+    template_language: str | None = None
+    template_params: tuple[str, ...] = ()
+    # Free-form key/values some providers echo back in receipts (FCM data, Viber tracking).
+    metadata: tuple[tuple[str, str], ...] = field(default=())
+
+    def key_digest(self, length: int = 32) -> str:
+        """A stable hex digest of the idempotency key (for provider ids with size limits)."""
+        return hashlib.sha256(self.idempotency_key.encode()).hexdigest()[:length]
 
 
 @dataclass(frozen=True)
@@ -28,15 +61,19 @@ class SendReceipt:
     provider_message_id: str
     cost: float = 0.0
     duplicate: bool = False
+    # SMS parts billed (1 for every other channel).
+    segments: int = 1
 
 
 class PermanentSendError(Exception):
-    """The provider will never deliver to this address (bad number, blocked, gone).
+    """The provider will never deliver this message to this address.
 
-    The contact point gets `contact_status` and the cascade moves to the next step.
+    With a `contact_status` (bad number, blocked, gone) the contact point gets it; with
+    None the message itself was refused (a template the provider does not know, a body
+    too long) and the address stays usable. Either way the cascade moves on at once.
     """
 
-    def __init__(self, reason: str, contact_status: ContactStatus = ContactStatus.INVALID) -> None:
+    def __init__(self, reason: str, contact_status: ContactStatus | None = ContactStatus.INVALID) -> None:
         super().__init__(reason)
         self.reason = reason
         self.contact_status = contact_status

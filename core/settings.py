@@ -6,10 +6,126 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SmtpSettings(BaseModel):
+    """An SMTP relay (an ESP's or your own MTA)."""
+
+    host: str = "127.0.0.1"
+    port: int = 587
+    # "starttls": plain connect then STARTTLS (port 587); "tls": implicit TLS (465).
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    # A CA bundle to trust (a private relay's certificate); the system store otherwise.
+    ca_file: str | None = None
+    from_address: str = "Cascade <no-reply@example.com>"
+    reply_to: str | None = None
+    # The domain in our Message-IDs (RFC 5322 wants one we control).
+    message_id_domain: str = "cascade.local"
+    unsubscribe_mailto: str | None = None
+    pool_size: int = 4
+    timeout_seconds: float = 20.0
+
+
+class TwilioSettings(BaseModel):
+    """Twilio (or a compatible API) for SMS and voice calls."""
+
+    base_url: str = "https://api.twilio.com"
+    account_sid: str = ""
+    auth_token: SecretStr = SecretStr("")
+    from_number: str = ""
+    messaging_service_sid: str | None = None
+    status_callback_url: str | None = None
+    voice: str = "alice"
+    voice_language: str = "en-US"
+    timeout_seconds: float = 15.0
+
+
+class SmsRuSettings(BaseModel):
+    """SMS.ru (Russian SMS gateway)."""
+
+    base_url: str = "https://sms.ru"
+    api_id: SecretStr = SecretStr("")
+    sender: str | None = None
+    # test=1 validates without sending or charging (the gateway's own dry-run).
+    test: bool = False
+    timeout_seconds: float = 15.0
+
+
+class TelegramSettings(BaseModel):
+    """Telegram Bot API."""
+
+    base_url: str = "https://api.telegram.org"
+    bot_token: SecretStr = SecretStr("")
+    parse_mode: Literal["HTML", "MarkdownV2", "none"] = "none"
+    timeout_seconds: float = 15.0
+
+
+class WhatsAppSettings(BaseModel):
+    """WhatsApp Business Cloud API (Meta Graph API)."""
+
+    base_url: str = "https://graph.facebook.com/v21.0"
+    phone_number_id: str = ""
+    access_token: SecretStr = SecretStr("")
+    timeout_seconds: float = 15.0
+
+
+class ViberSettings(BaseModel):
+    """Viber bot (REST) API."""
+
+    base_url: str = "https://chatapi.viber.com"
+    auth_token: SecretStr = SecretStr("")
+    sender_name: str = "Shop"
+    sender_avatar: str | None = None
+    timeout_seconds: float = 15.0
+
+
+class VkSettings(BaseModel):
+    """VK community messages (messages.send)."""
+
+    base_url: str = "https://api.vk.com"
+    access_token: SecretStr = SecretStr("")
+    api_version: str = "5.199"
+    timeout_seconds: float = 15.0
+
+
+class WebPushSettings(BaseModel):
+    """Browser push through the subscriber's push service, signed with VAPID."""
+
+    # The application server's private key (raw base64url or DER/PEM as py-vapid reads).
+    vapid_private_key: SecretStr = SecretStr("")
+    vapid_subject: str = "mailto:ops@example.com"
+    ttl_seconds: int = 24 * 3600
+    timeout_seconds: float = 15.0
+
+
+class FcmSettings(BaseModel):
+    """Firebase Cloud Messaging HTTP v1 with a service account."""
+
+    base_url: str = "https://fcm.googleapis.com"
+    project_id: str = ""
+    # The service account key file's JSON (client_email, private_key, token_uri).
+    service_account_json: SecretStr = SecretStr("")
+    timeout_seconds: float = 15.0
+
+
+# Default sends per second per channel (see Settings.channel_rate_limits).
+DEFAULT_RATE_LIMITS: dict[str, float | None] = {
+    "email": 50.0,
+    "sms": 10.0,
+    "telegram": 25.0,  # Telegram allows ~30 messages/s per bot
+    "whatsapp": 70.0,  # Cloud API default throughput 80 mps
+    "viber": 50.0,
+    "vk": 20.0,
+    "webpush": 100.0,
+    "fcm": 300.0,
+    "voice": 1.0,  # Twilio queues outbound calls at 1 CPS by default
+}
 
 
 class Settings(BaseSettings):
@@ -19,7 +135,7 @@ class Settings(BaseSettings):
     answer to their conventional names (`DATABASE_URL`, `TEMPORAL_ADDRESS`).
     """
 
-    model_config = SettingsConfigDict(env_prefix="CASCADE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CASCADE_", env_file=".env", extra="ignore", env_nested_delimiter="__")
 
     temporal_address: str = Field(
         default="127.0.0.1:7233",
@@ -63,6 +179,38 @@ class Settings(BaseSettings):
 
     # How long one provider call may take before Temporal counts the attempt as failed.
     send_timeout_seconds: float = 30.0
+
+    # --- Channels (issue #6) ---------------------------------------------------------
+    # Which adapter serves each channel: CASCADE_CHANNEL_EMAIL=smtp, CASCADE_CHANNEL_SMS=
+    # twilio|smsru, ... Everything defaults to the sandbox, so the demo and tests need
+    # no provider account. Provider settings are nested: CASCADE_SMTP__HOST=...,
+    # CASCADE_TELEGRAM__BOT_TOKEN=... Secrets are SecretStr: never printed or logged.
+    channel_email: Literal["sandbox", "smtp"] = "sandbox"
+    channel_sms: Literal["sandbox", "twilio", "smsru"] = "sandbox"
+    channel_telegram: Literal["sandbox", "telegram"] = "sandbox"
+    channel_whatsapp: Literal["sandbox", "whatsapp"] = "sandbox"
+    channel_viber: Literal["sandbox", "viber"] = "sandbox"
+    channel_vk: Literal["sandbox", "vk"] = "sandbox"
+    channel_webpush: Literal["sandbox", "webpush"] = "sandbox"
+    channel_fcm: Literal["sandbox", "fcm"] = "sandbox"
+    channel_voice: Literal["sandbox", "twilio"] = "sandbox"
+
+    smtp: SmtpSettings = Field(default_factory=lambda: SmtpSettings())
+    twilio: TwilioSettings = Field(default_factory=lambda: TwilioSettings())
+    smsru: SmsRuSettings = Field(default_factory=lambda: SmsRuSettings())
+    telegram: TelegramSettings = Field(default_factory=lambda: TelegramSettings())
+    whatsapp: WhatsAppSettings = Field(default_factory=lambda: WhatsAppSettings())
+    viber: ViberSettings = Field(default_factory=lambda: ViberSettings())
+    vk: VkSettings = Field(default_factory=lambda: VkSettings())
+    webpush: WebPushSettings = Field(default_factory=lambda: WebPushSettings())
+    fcm: FcmSettings = Field(default_factory=lambda: FcmSettings())
+
+    # Sends per second per channel, enforced by the Temporal server for the channel's
+    # task queue across all workers (a 50k broadcast is spread out, never rejected).
+    # A missing channel or null means no limit. Keep below the provider's own limit.
+    channel_rate_limits: dict[str, float | None] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    # Each channel's sends run on their own task queue `<task_queue>-<channel>`.
+    channel_max_concurrent_sends: int = 50
 
 
 @lru_cache

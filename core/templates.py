@@ -1,23 +1,32 @@
-"""Rendering message content with sandboxed Jinja2.
+"""Rendering message content with sandboxed Jinja2, and checking templates before a journey runs.
 
 Templates come from journey files that marketers edit, so they run in Jinja2's
 sandbox (no attribute access to internals) with StrictUndefined (a missing field is
-an error, never a silent "Hello, !").
+an error, never a silent "Hello, !"). `check_template_fields` finds the missing
+field when the journey is validated, not at 3 am in the worker.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
-from models.journey import MessageContent
+from channels.sms_segments import SmsInfo, sms_info
+from models.journey import JourneySpec, MessageContent
 
 _TEXT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _HTML = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+
+MESSENGERS = frozenset({"telegram", "vk", "viber", "whatsapp"})
+PUSH = frozenset({"webpush", "fcm"})
+# Fields every render has besides the profile's attributes and the journey context.
+BASE_FIELDS = frozenset({"customer_id", "name"})
 
 
 class TemplateRenderError(ValueError):
@@ -26,18 +35,30 @@ class TemplateRenderError(ValueError):
 
 @dataclass(frozen=True)
 class RenderedContent:
-    """Content with every template filled in."""
+    """Content with every template the channel uses filled in."""
 
     body: str
     subject: str | None = None
     html: str | None = None
     url: str | None = None
+    title: str | None = None
+    icon: str | None = None
+    image: str | None = None
+    buttons: tuple[tuple[str, str], ...] = ()
+    template_name: str | None = None
+    template_language: str | None = None
+    template_params: tuple[str, ...] = ()
 
     @property
     def content_hash(self) -> str:
         """sha256 of what the customer sees, for the delivery log."""
         digest = hashlib.sha256()
-        for part in (self.subject, self.body, self.html, self.url):
+        parts: list[str | None] = [self.subject, self.body, self.html, self.url]
+        extra = [self.title, self.icon, self.image, self.template_name, self.template_language]
+        # Only mixed in when present, so hashes of plain content stay what they were.
+        if any(extra) or self.buttons or self.template_params:
+            parts += [*extra, *(f"{t}\x01{u}" for t, u in self.buttons), *self.template_params]
+        for part in parts:
             digest.update((part or "").encode())
             digest.update(b"\x00")
         return digest.hexdigest()
@@ -52,13 +73,122 @@ def _render(env: SandboxedEnvironment, source: str | None, fields: dict[str, Any
         raise TemplateRenderError(f"{where}: {exc.message or exc}") from exc
 
 
-def render_content(content: MessageContent, fields: dict[str, Any]) -> RenderedContent:
-    """Fill `content`'s templates from `fields` (profile attributes + journey context)."""
-    body = _render(_TEXT, content.body, fields, "body")
+def body_field(content: MessageContent, channel: str | None) -> tuple[str, str]:
+    """Which template is the body on `channel`: (field path, source)."""
+    if channel == "sms" and content.sms:
+        return "sms", content.sms
+    if channel == "voice" and content.voice:
+        return "voice", content.voice
+    if channel in MESSENGERS and content.messenger:
+        return "messenger", content.messenger
+    if channel in PUSH and content.push is not None and content.push.body:
+        return "push.body", content.push.body
+    return "body", content.body
+
+
+def render_content(content: MessageContent, fields: dict[str, Any], channel: str | None = None) -> RenderedContent:
+    """Fill the templates `channel` uses from `fields` (profile attributes + journey context).
+
+    Without a channel: body, subject, html and url, as before variants existed.
+    """
+    where, source = body_field(content, channel)
+    body = _render(_TEXT, source, fields, where)
     assert body is not None
-    return RenderedContent(
-        body=body,
-        subject=_render(_TEXT, content.subject, fields, "subject"),
-        html=_render(_HTML, content.html, fields, "html"),
-        url=_render(_TEXT, content.url, fields, "url"),
-    )
+    rendered: dict[str, Any] = {
+        "body": body,
+        "subject": _render(_TEXT, content.subject, fields, "subject"),
+        "url": _render(_TEXT, content.url, fields, "url"),
+    }
+    if channel in (None, "email"):
+        rendered["html"] = _render(_HTML, content.html, fields, "html")
+    if channel in MESSENGERS or channel in PUSH:
+        rendered["buttons"] = tuple(
+            (
+                _render(_TEXT, b.text, fields, f"buttons.{i}.text") or "",
+                _render(_TEXT, b.url, fields, f"buttons.{i}.url") or "",
+            )
+            for i, b in enumerate(content.buttons)
+        )
+    if channel in PUSH:
+        push = content.push
+        rendered["title"] = _render(_TEXT, push.title if push and push.title else content.subject, fields, "push.title")
+        if push is not None:
+            rendered["icon"] = _render(_TEXT, push.icon, fields, "push.icon")
+            rendered["image"] = _render(_TEXT, push.image, fields, "push.image")
+    if channel == "whatsapp" and content.whatsapp is not None:
+        rendered["template_name"] = content.whatsapp.name
+        rendered["template_language"] = content.whatsapp.language
+        rendered["template_params"] = tuple(
+            _render(_TEXT, p, fields, f"whatsapp.params.{i}") or "" for i, p in enumerate(content.whatsapp.params)
+        )
+    return RenderedContent(**rendered)
+
+
+def template_fields(source: str) -> set[str]:
+    """The top-level names a template reads (its undeclared variables)."""
+    return set(meta.find_undeclared_variables(_TEXT.parse(source)))
+
+
+def check_template_fields(content: MessageContent, available: Iterable[str]) -> list[str]:
+    """One error per template field that reads a name not in `available`.
+
+    `available` is what a render will have: the profile's field names, the custom
+    attributes a shop declares and the journey's context keys. An empty list: fine.
+    """
+    known = set(available)
+    errors = []
+    for path, source in content.template_sources():
+        missing = sorted(template_fields(source) - known)
+        if missing:
+            names = ", ".join(repr(m) for m in missing)
+            errors.append(f"{path}: unknown field{'s' if len(missing) > 1 else ''} {names}")
+    return errors
+
+
+def estimate_sms(source: str, placeholder_length: int = 10) -> SmsInfo:
+    """SMS length/segments of a template, each field counted as `placeholder_length` characters."""
+    sample = {name: "x" * placeholder_length for name in template_fields(source)}
+    try:
+        text = _TEXT.from_string(source).render(sample)
+    except TemplateError:
+        text = source
+    return sms_info(text)
+
+
+def check_journey(spec: JourneySpec, available: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(errors, notes) for every step: unknown fields, and SMS length and segment count."""
+    known = set(available)
+    errors: list[str] = []
+    notes: list[str] = []
+    for index, step in enumerate(spec.steps):
+        errors += [f"steps.{index}.content.{e}" for e in check_template_fields(step.content, known)]
+        if step.channel.value == "sms":
+            path, source = body_field(step.content, "sms")
+            notes.append(f"steps.{index} sms ({path}): {estimate_sms(source).describe()}, fields as 10 chars")
+        if step.channel.value == "whatsapp" and step.content.whatsapp is None:
+            notes.append(f"steps.{index} whatsapp: free text only reaches customers who wrote in the last 24 h")
+    return errors, notes
+
+
+def main(argv: list[str]) -> int:
+    """`python -m core.templates JOURNEY [FIELD ...]`: check a journey file's templates."""
+    from core.journey_files import JourneyDefinitionError, load_journey
+
+    if not argv:
+        print("usage: python -m core.templates JOURNEY [EXTRA_FIELD ...]", file=sys.stderr)
+        return 2
+    try:
+        spec = load_journey(argv[0])
+    except JourneyDefinitionError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    errors, notes = check_journey(spec, BASE_FIELDS | set(argv[1:]))
+    for note in notes:
+        print(note)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

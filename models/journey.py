@@ -73,8 +73,64 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
+def _check_template(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            _TEMPLATES.parse(value)
+        except TemplateSyntaxError as exc:
+            raise ValueError(f"template error on line {exc.lineno}: {exc.message}") from exc
+    return value
+
+
+class Button(BaseModel):
+    """A link button under a messenger message or push notification (templates allowed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=64)
+    url: str = Field(min_length=1)
+
+    _templates = field_validator("text", "url")(_check_template)
+
+
+class PushContent(BaseModel):
+    """The push-notification variant (web push, FCM): short title and body, optional images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, description="Defaults to the subject")
+    body: str | None = Field(default=None, description="Defaults to the message body")
+    icon: str | None = None
+    image: str | None = None
+
+    _templates = field_validator("title", "body", "icon", "image")(_check_template)
+
+
+class WhatsAppTemplate(BaseModel):
+    """An approved WhatsApp message template: business-initiated messages must use one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9_]{1,512}$")
+    language: str = Field(default="en", pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    params: list[str] = Field(default_factory=list, description="Body parameters {{1}}, {{2}}, ... as templates")
+
+    @field_validator("params")
+    @classmethod
+    def _params_parse(cls, value: list[str]) -> list[str]:
+        for item in value:
+            _check_template(item)
+        return value
+
+
 class MessageContent(BaseModel):
-    """One message for one channel. Text fields are Jinja2 templates over the profile."""
+    """One message, with per-channel variants. Text fields are Jinja2 templates over the profile.
+
+    `body` is the default text everywhere; a variant replaces it on its channel:
+    `sms` (short text), `messenger` (Telegram/VK/Viber/WhatsApp text), `push`
+    (title/body/icon/image), `voice` (the text-to-speech script), `whatsapp` (an
+    approved template). `buttons` go under messenger messages and push notifications.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -82,16 +138,36 @@ class MessageContent(BaseModel):
     body: str = Field(min_length=1, description="Plain text: SMS, messenger, push, voice")
     html: str | None = Field(default=None, description="Rich HTML body of an email")
     url: str | None = Field(default=None, description="Where a click should lead")
+    sms: str | None = Field(default=None, description="Short SMS variant of the body")
+    messenger: str | None = Field(default=None, description="Messenger variant of the body")
+    voice: str | None = Field(default=None, description="Text-to-speech script of a call")
+    push: PushContent | None = None
+    buttons: list[Button] = Field(default_factory=list, max_length=10)
+    whatsapp: WhatsAppTemplate | None = None
 
-    @field_validator("subject", "body", "html")
+    @field_validator("subject", "body", "html", "url", "sms", "messenger", "voice")
     @classmethod
     def _template_parses(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                _TEMPLATES.parse(value)
-            except TemplateSyntaxError as exc:
-                raise ValueError(f"template error on line {exc.lineno}: {exc.message}") from exc
-        return value
+        return _check_template(value)
+
+    def template_sources(self) -> list[tuple[str, str]]:
+        """Every template in this content as (field path, source), e.g. ("buttons.0.url", ...)."""
+        sources: list[tuple[str, str | None]] = [
+            ("subject", self.subject),
+            ("body", self.body),
+            ("html", self.html),
+            ("url", self.url),
+            ("sms", self.sms),
+            ("messenger", self.messenger),
+            ("voice", self.voice),
+        ]
+        if self.push is not None:
+            sources += [(f"push.{k}", getattr(self.push, k)) for k in ("title", "body", "icon", "image")]
+        for i, button in enumerate(self.buttons):
+            sources += [(f"buttons.{i}.text", button.text), (f"buttons.{i}.url", button.url)]
+        if self.whatsapp is not None:
+            sources += [(f"whatsapp.params.{i}", p) for i, p in enumerate(self.whatsapp.params)]
+        return [(path, source) for path, source in sources if source is not None]
 
 
 class JourneyStep(BaseModel):

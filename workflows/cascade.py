@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
+    from channels.queues import channel_task_queue
     from models import search_attributes as sa
     from models.activities import CheckContactInput, SendMessageInput
     from models.events import CancelInput, EngagementInput, EngagementType
@@ -116,6 +117,11 @@ class CascadeJourney:
         # The run id keeps keys unique when a finished journey id is started again later.
         run_id = info.first_execution_run_id
         key = f"{info.workflow_id}/{run_id}/{index}"
+        # Sends run on the channel's own rate-limited queue; journeys started before
+        # that change keep sending on the main queue, as their history says.
+        task_queue = None
+        if workflow.patched("per-channel-task-queue"):
+            task_queue = channel_task_queue(info.task_queue, step.channel.value)
         try:
             result = await workflow.execute_activity_method(
                 JourneyActivities.send_message,
@@ -134,6 +140,7 @@ class CascadeJourney:
                 start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
                 schedule_to_close_timeout=min(SEND_GIVE_UP_AFTER, step.wait),
                 retry_policy=SEND_RETRY,
+                task_queue=task_queue,
             )
         except ActivityError as err:
             record.status = StepStatus.FAILED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -64,6 +65,15 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
         ],
         _nobody_reacts,
     ),
+    # Recorded after sends moved to per-channel task queues (patch "per-channel-task-queue").
+    "cascade_per_channel_queue": (
+        [
+            ContactIn(channel="email", address="bounce@example.com"),
+            ContactIn(channel="telegram", address="42"),
+            ContactIn(channel="sms", address="+14155552671"),
+        ],
+        _nobody_reacts,
+    ),
     "cascade_bounce_cancel": (
         [
             ContactIn(channel="email", address="ann@example.com"),
@@ -74,9 +84,11 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
 }
 
 
-async def record(client: Client, db: Database, settings: Settings) -> None:
-    """Run every scenario and write its history next to this file."""
+async def record(client: Client, db: Database, settings: Settings, only: list[str] | None = None) -> None:
+    """Run every scenario (or those named in `only`) and write its history next to this file."""
     for name, (contacts, scenario) in SCENARIOS.items():
+        if only and name not in only:
+            continue
         customer = f"replay-{name}"
         await upsert_customer(db, CustomerProfile(id=customer, name="Ann", contacts=contacts))
         handle = await start_journey(
@@ -89,8 +101,12 @@ async def record(client: Client, db: Database, settings: Settings) -> None:
         print(f"recorded {name}.json ({len(history.events)} events)")
 
 
-async def main() -> None:
-    """Start a time-skipping server, a worker on a scratch database, and record."""
+async def main(only: list[str]) -> None:
+    """Start a time-skipping server, a worker on a scratch database, and record.
+
+    `python -m tests.histories.record NAME ...` records only the named scenarios, so
+    the histories of older code stay as they were recorded.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/record.db", task_queue="record")
         db = Database.from_settings(settings)
@@ -102,10 +118,10 @@ async def main() -> None:
         )
         await register_search_attributes(env.client)
         async with build_worker(env.client, settings, db):
-            await record(env.client, db, settings)
+            await record(env.client, db, settings, only)
         await env.shutdown()
         await db.dispose()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1:]))

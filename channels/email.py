@@ -1,0 +1,151 @@
+"""Email over SMTP (aiosmtplib): multipart/alternative MIME, one-click unsubscribe.
+
+Connections are pooled and reused (STARTTLS or implicit TLS, SMTP AUTH once per
+connection). The Message-ID is derived from the idempotency key, so it is the
+provider message id, and a copy re-sent after an ambiguous failure carries the same
+Message-ID, which mailbox providers use to drop duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from email.message import EmailMessage
+from email.utils import formatdate
+from urllib.parse import quote
+
+import aiosmtplib
+
+from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
+from channels.http import configuration_error
+from core.settings import SmtpSettings
+from models.tables import ContactStatus
+
+# A pooled connection idle longer than this is checked with NOOP before use: servers
+# drop idle sessions (often after 60-300 s).
+_IDLE_CHECK_SECONDS = 30.0
+
+
+def build_mime(message: OutboundMessage, settings: SmtpSettings) -> EmailMessage:
+    """The MIME message: plain text, HTML alternative, List-Unsubscribe when we have a link."""
+    mime = EmailMessage()
+    mime["From"] = settings.from_address
+    mime["To"] = message.to
+    mime["Subject"] = message.subject or ""
+    mime["Date"] = formatdate(localtime=False)
+    mime["Message-ID"] = message_id(message, settings)
+    if settings.reply_to:
+        mime["Reply-To"] = settings.reply_to
+    if message.unsubscribe_url:
+        targets = [f"<{message.unsubscribe_url}>"]
+        if settings.unsubscribe_mailto:
+            targets.append(f"<mailto:{settings.unsubscribe_mailto}?subject={quote('unsubscribe')}>")
+        mime["List-Unsubscribe"] = ", ".join(targets)
+        # RFC 8058: mailbox providers POST "List-Unsubscribe=One-Click" to the https URL.
+        mime["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    for name, value in message.headers:
+        mime[name] = value
+    mime.set_content(message.body)
+    if message.html:
+        mime.add_alternative(message.html, subtype="html")
+    return mime
+
+
+def message_id(message: OutboundMessage, settings: SmtpSettings) -> str:
+    """`<digest-of-key@domain>`: the same for every attempt at one message."""
+    return f"<{message.key_digest()}@{settings.message_id_domain}>"
+
+
+class SmtpChannel:
+    """Sends through one SMTP relay with a small pool of authenticated connections."""
+
+    name = "email"
+
+    def __init__(self, settings: SmtpSettings, cost: float = 0.0) -> None:
+        self._settings = settings
+        self._cost = cost
+        self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._last_used: dict[int, float] = {}
+        for _ in range(max(settings.pool_size, 1)):
+            self._pool.put_nowait(self._new_client())
+
+    def _new_client(self) -> aiosmtplib.SMTP:
+        s = self._settings
+        context = ssl.create_default_context(cafile=s.ca_file) if s.security != "none" else None
+        return aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            use_tls=s.security == "tls",
+            start_tls=s.security == "starttls",
+            tls_context=context,
+            timeout=s.timeout_seconds,
+        )
+
+    async def _ready(self, client: aiosmtplib.SMTP) -> None:
+        """Connect and log in if needed; NOOP-check a connection that sat idle."""
+        if client.is_connected and time.monotonic() - self._last_used.get(id(client), 0.0) > _IDLE_CHECK_SECONDS:
+            try:
+                await client.noop()
+            except aiosmtplib.SMTPException:
+                client.close()
+        if not client.is_connected:
+            await client.connect()
+            if self._settings.username and self._settings.password is not None:
+                await client.login(self._settings.username, self._settings.password.get_secret_value())
+
+    async def aclose(self) -> None:
+        """QUIT every open connection."""
+        while not self._pool.empty():
+            client = self._pool.get_nowait()
+            if client.is_connected:
+                try:
+                    await client.quit()
+                except aiosmtplib.SMTPException:
+                    client.close()
+
+    async def send(self, message: OutboundMessage) -> SendReceipt:
+        """Hand the message to the relay; its Message-ID is the message id."""
+        mime = build_mime(message, self._settings)
+        client = await self._pool.get()
+        try:
+            await self._ready(client)
+            await client.send_message(mime)
+            self._last_used[id(client)] = time.monotonic()
+        except aiosmtplib.SMTPException as exc:
+            # The session state is unknown after an error: start the next send afresh.
+            client.close()
+            raise classify(exc) from None
+        except OSError as exc:
+            client.close()
+            raise TransientSendError(f"smtp: connection failed ({type(exc).__name__})") from None
+        finally:
+            self._pool.put_nowait(client)
+        return SendReceipt(provider_message_id=str(mime["Message-ID"]).strip("<>"), cost=self._cost)
+
+
+def classify(exc: aiosmtplib.SMTPException) -> Exception:
+    """SMTP reply codes: 5xx for the recipient is a bounce, 4xx and lost connections retry."""
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        first = exc.recipients[0]
+        return _by_code(first.code, first.message, recipient=True)
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return configuration_error("smtp", f"{exc.code} authentication failed")
+    if isinstance(exc, aiosmtplib.SMTPSenderRefused):
+        return configuration_error("smtp", f"{exc.code} sender refused: {exc.message}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _by_code(exc.code, exc.message, recipient=False)
+    # Disconnected, timeout, connect error, TLS failure: nothing was accepted.
+    return TransientSendError(f"smtp: {type(exc).__name__}: {exc}")
+
+
+def _by_code(code: int, text: str, recipient: bool) -> Exception:
+    reason = f"{code} {text}".strip()
+    if 400 <= code < 500 or code == 552:
+        # 4xx: greylisting, mailbox busy, rate limits. 552 (mailbox full) is soft in practice.
+        return TransientSendError(f"smtp: {reason}", retry_after=60.0)
+    if code >= 500:
+        # A refused recipient is a hard bounce; a refused message (5.7.1 policy/spam) is
+        # about the content, not the address.
+        return PermanentSendError(reason, ContactStatus.BOUNCED if recipient else None)
+    return TransientSendError(f"smtp: unexpected reply {reason}")

@@ -1,0 +1,50 @@
+"""SMS through Twilio's Programmable Messaging REST API (or a compatible one).
+
+POST /2010-04-01/Accounts/{sid}/Messages.json, form-encoded To/From/Body, HTTP Basic
+sid:token. Twilio has no idempotency key: a send is made once per key by the
+delivery-log claim. The cost is the configured price per segment times segments.
+"""
+
+from __future__ import annotations
+
+from channels.base import OutboundMessage, SendReceipt
+from channels.http import json_body, post
+from channels.sms_segments import sms_info
+from channels.twilio_api import classify, twilio_client
+from core.settings import TwilioSettings
+
+
+class TwilioSmsChannel:
+    """Sends SMS from one Twilio number or messaging service."""
+
+    name = "sms"
+
+    def __init__(self, settings: TwilioSettings, cost_per_segment: float = 0.0) -> None:
+        self._settings = settings
+        self._cost = cost_per_segment
+        self._client = twilio_client(settings)
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
+
+    def form(self, message: OutboundMessage) -> dict[str, str]:
+        """The Messages.json form fields."""
+        form = {"To": message.to, "Body": message.body}
+        if self._settings.messaging_service_sid:
+            form["MessagingServiceSid"] = self._settings.messaging_service_sid
+        else:
+            form["From"] = self._settings.from_number
+        if self._settings.status_callback_url:
+            form["StatusCallback"] = self._settings.status_callback_url
+        return form
+
+    async def send(self, message: OutboundMessage) -> SendReceipt:
+        """Create one Message resource; 201 with its SID, or Twilio's error JSON."""
+        url = f"/2010-04-01/Accounts/{self._settings.account_sid}/Messages.json"
+        response = await post(self._client, url, "twilio", data=self.form(message))
+        if response.status_code in (200, 201):
+            data = json_body(response)
+            segments = int(data.get("num_segments") or sms_info(message.body).segments or 1)
+            return SendReceipt(provider_message_id=str(data["sid"]), cost=self._cost * segments, segments=segments)
+        raise classify(response, "twilio")

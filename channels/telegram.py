@@ -1,0 +1,82 @@
+"""Telegram Bot API: sendMessage with an inline keyboard of link buttons.
+
+Contact address: the chat id (a user who pressed /start on the bot). The Bot API has
+no idempotency key, so a send is made once per key by the delivery-log claim.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
+from channels.http import configuration_error, json_body, make_client, post, transient_for_status
+from core.settings import TelegramSettings
+from models.tables import ContactStatus
+
+# Telegram's own limit for one message's text.
+MAX_TEXT = 4096
+
+
+class TelegramChannel:
+    """Sends through one bot."""
+
+    name = "telegram"
+
+    def __init__(self, settings: TelegramSettings, cost: float = 0.0) -> None:
+        self._settings = settings
+        self._cost = cost
+        self._client = make_client(settings.base_url, settings.timeout_seconds)
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
+
+    def payload(self, message: OutboundMessage) -> dict[str, Any]:
+        """The sendMessage JSON body for `message`."""
+        body: dict[str, Any] = {"chat_id": message.to, "text": message.body[:MAX_TEXT]}
+        if self._settings.parse_mode != "none":
+            body["parse_mode"] = self._settings.parse_mode
+        keyboard = [[{"text": b.text, "url": b.url}] for b in message.buttons]
+        if message.url and not keyboard:
+            # A bare link in the text is easy to miss; a button is what the customer taps.
+            keyboard = [[{"text": "Open", "url": message.url}]]
+        if keyboard:
+            body["reply_markup"] = {"inline_keyboard": keyboard}
+        return body
+
+    async def send(self, message: OutboundMessage) -> SendReceipt:
+        """One sendMessage call; errors classified by Telegram's error_code/description."""
+        token = self._settings.bot_token.get_secret_value()
+        response = await post(self._client, f"/bot{token}/sendMessage", "telegram", json=self.payload(message))
+        data = json_body(response)
+        if response.status_code == 200 and data.get("ok"):
+            result = data.get("result") or {}
+            return SendReceipt(provider_message_id=f"tg-{message.to}-{result.get('message_id')}", cost=self._cost)
+        raise classify(response.status_code, data, response)
+
+
+def classify(status: int, data: dict[str, Any], response: Any) -> Exception:
+    """Telegram's failure: blocked / gone chats are permanent, 429 carries retry_after."""
+    code = int(data.get("error_code") or status)
+    description = str(data.get("description") or f"HTTP {status}")
+    lowered = description.lower()
+    reason = f"{code} {description}"
+    if code == 429:
+        after = (data.get("parameters") or {}).get("retry_after")
+        return TransientSendError(reason, retry_after=float(after) if after is not None else None)
+    if code == 401 or code == 404:
+        # 401 Unauthorized / 404 Not Found: the bot token is wrong, not the chat.
+        return configuration_error("telegram", reason)
+    if code == 403:
+        if "blocked" in lowered or "kicked" in lowered:
+            return PermanentSendError(reason, ContactStatus.BLOCKED)
+        # "user is deactivated", "bot can't initiate conversation with a user".
+        return PermanentSendError(reason, ContactStatus.INVALID)
+    if code == 400:
+        if "chat not found" in lowered or "user not found" in lowered or "peer_id_invalid" in lowered:
+            return PermanentSendError(reason, ContactStatus.INVALID)
+        # Anything else in a 400 is our payload (bad markup, too long): not the contact's fault.
+        return PermanentSendError(reason, None)
+    if transient := transient_for_status(response, "telegram", description):
+        return transient
+    return TransientSendError(reason)
