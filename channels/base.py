@@ -19,6 +19,8 @@ class OutboundMessage:
     subject: str | None = None
     html: str | None = None
     url: str | None = None
+    # Marketing only: the one-click unsubscribe URL (email adapters put it in List-Unsubscribe).
+    unsubscribe_url: str | None = None
 
 
 @dataclass(frozen=True)

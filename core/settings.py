@@ -6,10 +6,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Signs tracking links on a laptop only; anyone who reads this file can forge them.
+DEV_TRACKING_SECRET = "dev-only-tracking-secret-do-not-use-in-production"
 
 
 class Settings(BaseSettings):
@@ -63,6 +65,25 @@ class Settings(BaseSettings):
 
     # How long one provider call may take before Temporal counts the attempt as failed.
     send_timeout_seconds: float = 30.0
+
+    # --- Webhooks, tracking links and provider receipts (#5) ---
+    # HMAC key of open-pixel, click and unsubscribe tokens; set a long random value in
+    # production (the webhooks service logs a warning while the dev default is in use).
+    tracking_secret: SecretStr = SecretStr(DEV_TRACKING_SECRET)
+    # Where customers reach the webhooks service from the internet (links point here).
+    public_url: str = "http://127.0.0.1:8000"
+    tracking_link_ttl_days: int = Field(default=180, gt=0)
+    # Unsubscribe links must keep working long after the send (mailbox providers check).
+    unsubscribe_ttl_days: int = Field(default=730, gt=0)
+    # Provider webhook secrets; a provider whose secret is unset has its receipts refused.
+    webhook_mailgun_signing_key: SecretStr | None = None
+    webhook_twilio_auth_token: SecretStr | None = None
+    webhook_telegram_secret: SecretStr | None = None
+    webhook_whatsapp_app_secret: SecretStr | None = None
+    webhook_whatsapp_verify_token: SecretStr | None = None
+    webhook_viber_auth_token: SecretStr | None = None
+    webhook_vk_secret: SecretStr | None = None
+    webhook_vk_confirmation: str | None = None
 
 
 @lru_cache
