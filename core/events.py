@@ -89,6 +89,9 @@ async def signal_run(client: Client, workflow_id: str, run_id: str | None, event
         await handle.signal(CascadeJourney.engagement, event)
         return SignalResult(workflow_id, run_id, True, "signalled")
     except RPCError as exc:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            # Not a workflow id Temporal accepts: no such journey, not an outage.
+            return SignalResult(workflow_id, run_id, False, "journey not found", finished=False)
         if exc.status != RPCStatusCode.NOT_FOUND:
             log.warning("signal.failed", workflow_id=workflow_id, run_id=run_id, error=str(exc))
             raise EngineUnavailable("journey engine unavailable, retry later") from exc

@@ -44,10 +44,10 @@ class EngagementRequest(BaseModel):
 
     event: EngagementType
     message_id: str | None = Field(
-        default=None, max_length=256, description="Provider message id from the delivery log"
+        default=None, min_length=1, max_length=256, description="Provider message id from the delivery log"
     )
     workflow_id: str | None = Field(
-        default=None, max_length=512, description="Journey workflow id (e.g. for conversions)"
+        default=None, min_length=1, max_length=512, description="Journey workflow id (e.g. for conversions)"
     )
     occurred_at: datetime | None = None
 

@@ -29,7 +29,7 @@ SECRET = "s3cret"
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def _token(purpose=Purpose.CLICK, index=3, expires=NOW + timedelta(days=1)):
+def _token(purpose: Purpose = Purpose.CLICK, index: int = 3, expires: datetime = NOW + timedelta(days=1)) -> str:
     return sign_token(SECRET, purpose, tracking_id("journey/x/c-1/run/0"), expires, index)
 
 
@@ -67,7 +67,7 @@ def test_utm_tags_are_added_but_never_override_the_marketers_own():
     assert query["utm_content"] == ["step1"]
 
 
-def _input(channel="email", topic=Topic.MARKETING):
+def _input(channel: str = "email", topic: Topic = Topic.MARKETING) -> SendMessageInput:
     return SendMessageInput(
         idempotency_key="journey/welcome/c-1/run-1/0",
         workflow_id="journey/welcome/c-1",
@@ -96,7 +96,9 @@ def test_email_links_are_rewritten_tagged_and_get_a_pixel_and_unsubscribe():
         add_utm("https://shop.example/a?b=1&c=2", channel="email", campaign="welcome", content="step0"),
     ]
     assert "https://shop.example/sale" not in out.body
-    assert out.body.count("https://t.shop.example/t/c/") == 1 and out.body.rstrip().endswith(tracking.unsubscribe_url)
+    assert out.body.count("https://t.shop.example/t/c/") == 1 and out.body.rstrip().endswith(
+        str(tracking.unsubscribe_url)
+    )
     assert out.html is not None
     hrefs = re.findall(r'href="([^"]+)"', out.html)
     assert hrefs[0].startswith("https://t.shop.example/t/c/") and hrefs[2] == "mailto:x@y"

@@ -8,12 +8,13 @@ import hmac
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlmodel import select
+from sqlmodel import col, select
 
 from core.db import Database
 from core.settings import Settings
@@ -54,11 +55,11 @@ async def web(dev_server, settings: Settings, any_db: Database) -> AsyncIterator
 
 async def _events(db: Database) -> list[EngagementEvent]:
     async with db.session() as session:
-        return list((await session.exec(select(EngagementEvent).order_by(EngagementEvent.id))).all())
+        return list((await session.exec(select(EngagementEvent).order_by(col(EngagementEvent.id)))).all())
 
 
-async def _sent(db, handle, step=0):
-    async def ready():
+async def _sent(db: Database, handle: Any, step: int = 0) -> str:
+    async def ready() -> str | None:
         rows = await deliveries(db, handle.id)
         return rows[step].provider_message_id if len(rows) > step and rows[step].status == "sent" else None
 

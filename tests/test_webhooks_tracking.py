@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from core.db import Database
 from core.settings import Settings
 from core.tracking import PIXEL_GIF
 from models.journey import Outcome
-from models.tables import Consent, EngagementEvent
+from models.tables import Consent, EngagementEvent, SandboxMessage
 from starter import start_journey
 from tests.conftest import seed
 from tests.helpers import contact, deliveries, eventually, outbox, serve_app, spec
@@ -41,7 +42,7 @@ async def _events(db: Database) -> list[EngagementEvent]:
         return list((await session.exec(select(EngagementEvent))).all())
 
 
-async def _journey(dev_server, settings, db, unique_id, await_="clicked"):
+async def _journey(dev_server: Any, settings: Settings, db: Database, unique_id: str, await_: str = "clicked") -> Any:
     await seed(db, unique_id, email="ann@example.com", sms="+14155552671")
     journey = spec("email", "sms", wait="1h", await_=await_)
     journey.steps[0].content.html = '<p>Hi</p><a href="https://shop.example/sale?x=1">Sale</a>'
@@ -50,7 +51,7 @@ async def _journey(dev_server, settings, db, unique_id, await_="clicked"):
     return handle, messages[0]
 
 
-async def _outbox_or_none(db):
+async def _outbox_or_none(db: Database) -> list[SandboxMessage] | None:
     rows = await outbox(db)
     return rows or None
 
@@ -58,7 +59,7 @@ async def _outbox_or_none(db):
 def _link(html: str, kind: str) -> str:
     found = re.findall(rf'"(http://127\.0\.0\.1:\d+/{kind}/[^"]+)"', html)
     assert found, html
-    return found[0]
+    return str(found[0])
 
 
 async def test_click_redirects_to_the_original_link_with_utm_and_ends_the_journey(

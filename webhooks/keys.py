@@ -38,7 +38,8 @@ def hash_key(key: str) -> str:
 
 
 def _split(key: str) -> str | None:
-    parts = key.split("_")
+    # The secret part is urlsafe base64 and may itself contain "_".
+    parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != _PREFIX or not parts[1] or not parts[2]:
         return None
     return parts[1]
