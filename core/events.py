@@ -8,6 +8,8 @@ journeys from events) belongs next to `signal_customer_journeys`.
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +54,18 @@ _CONTACT_STATUS = {
     EngagementType.UNSUBSCRIBED: ContactStatus.UNSUBSCRIBED,
     EngagementType.COMPLAINED: ContactStatus.UNSUBSCRIBED,
 }
+
+
+def _writer(db: Database) -> AbstractAsyncContextManager[Any]:
+    """Serialise this process's event transactions on SQLite.
+
+    They hold the write lock across a signal; SQLite has one writer, and waiters left to its
+    busy handler back off in sleeps of up to 100 ms, so queueing here is far faster.
+    """
+    return _SQLITE_WRITER if db.is_sqlite else nullcontext()
+
+
+_SQLITE_WRITER = asyncio.Lock()
 
 
 class EngineUnavailable(RuntimeError):
@@ -261,7 +275,7 @@ async def apply_delivery_event(
     """
     at = occurred_at or utcnow()
     bound = log.bind(workflow_id=delivery.workflow_id, delivery_id=delivery.id, event_type=event.value, source=source)
-    async with db.session() as session:
+    async with _writer(db), db.session() as session:
         inserted = await insert_event(
             db,
             session,
@@ -400,7 +414,7 @@ async def record_app_event(client: Client, db: Database, tenant: str, event: App
     unreachable nothing is kept (EngineUnavailable) and the sender's retry starts afresh.
     """
     at = event.occurred_at or utcnow()
-    async with db.session() as session:
+    async with _writer(db), db.session() as session:
         customer_id = await resolve_customer_id(session, event.customer_id)
         customer = await session.get(Customer, customer_id, with_for_update=not db.is_sqlite)
         if customer is None and event.type == "registered":
