@@ -17,6 +17,7 @@ from core.logging import get_logger
 from core.profiles import mark_contact_point, template_fields
 from core.settings import Settings
 from core.templates import TemplateRenderError, render_content
+from core.tracking import add_tracking, save_tracking
 from models.activities import (
     CheckContactInput,
     CheckContactResult,
@@ -106,6 +107,10 @@ class JourneyActivities:
                 non_retryable=True,
             ) from exc
 
+        # Signed click/pixel/unsubscribe links; the originals are kept for the redirect.
+        rendered, tracking = add_tracking(rendered, input, self._settings)
+        await save_tracking(self._db, input.idempotency_key, tracking)
+
         cost = self._settings.channel_costs.get(input.channel, 0.0)
         claim = await self._claim(input, reach.contact.id, rendered.content_hash)
         if claim is not None:
@@ -126,10 +131,9 @@ class JourneyActivities:
             template_name=rendered.template_name,
             template_language=rendered.template_language,
             template_params=rendered.template_params,
-            # The webhooks issue (#5) fills this with a signed one-click link.
-            unsubscribe_url=None,
             metadata=(("journey", input.journey), ("step", str(input.step))),
             idempotency_key=input.idempotency_key,
+            unsubscribe_url=tracking.unsubscribe_url,
         )
         try:
             receipt = await channel.send(message)

@@ -10,6 +10,8 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Signs tracking links on a laptop only; anyone who reads this file can forge them.
+DEV_TRACKING_SECRET = "dev-only-tracking-secret-do-not-use-in-production"
 
 
 class SmtpSettings(BaseModel):
@@ -211,6 +213,25 @@ class Settings(BaseSettings):
     channel_rate_limits: dict[str, float | None] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     # Each channel's sends run on their own task queue `<task_queue>-<channel>`.
     channel_max_concurrent_sends: int = 50
+
+    # --- Webhooks, tracking links and provider receipts (#5) ---
+    # HMAC key of open-pixel, click and unsubscribe tokens; set a long random value in
+    # production (the webhooks service logs a warning while the dev default is in use).
+    tracking_secret: SecretStr = SecretStr(DEV_TRACKING_SECRET)
+    # Where customers reach the webhooks service from the internet (links point here).
+    public_url: str = "http://127.0.0.1:8000"
+    tracking_link_ttl_days: int = Field(default=180, gt=0)
+    # Unsubscribe links must keep working long after the send (mailbox providers check).
+    unsubscribe_ttl_days: int = Field(default=730, gt=0)
+    # Provider webhook secrets; a provider whose secret is unset has its receipts refused.
+    webhook_mailgun_signing_key: SecretStr | None = None
+    webhook_twilio_auth_token: SecretStr | None = None
+    webhook_telegram_secret: SecretStr | None = None
+    webhook_whatsapp_app_secret: SecretStr | None = None
+    webhook_whatsapp_verify_token: SecretStr | None = None
+    webhook_viber_auth_token: SecretStr | None = None
+    webhook_vk_secret: SecretStr | None = None
+    webhook_vk_confirmation: str | None = None
 
 
 @lru_cache

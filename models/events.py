@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 
 class EngagementType(StrEnum):
@@ -43,10 +44,10 @@ class EngagementRequest(BaseModel):
 
     event: EngagementType
     message_id: str | None = Field(
-        default=None, max_length=256, description="Provider message id from the delivery log"
+        default=None, min_length=1, max_length=256, description="Provider message id from the delivery log"
     )
     workflow_id: str | None = Field(
-        default=None, max_length=512, description="Journey workflow id (e.g. for conversions)"
+        default=None, min_length=1, max_length=512, description="Journey workflow id (e.g. for conversions)"
     )
     occurred_at: datetime | None = None
 
@@ -64,3 +65,71 @@ class EngagementResponse(BaseModel):
     step: int | None
     signalled: bool
     detail: str
+
+
+# Event types the engine understands; any other lower-case name is a custom event.
+KNOWN_APP_EVENTS = ("purchase", "cart_updated", "page_viewed", "registered")
+
+
+class AppEvent(BaseModel):
+    """One event from the shop's application (POST /v1/events).
+
+    `event_id` is the shop's own id for the event: sending it again (a retry) stores and
+    signals nothing new. `purchase` is a conversion unless `conversion` says otherwise;
+    a custom event is one when `conversion` is true.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=200, pattern=r"^\S+$", description="The sender's unique id")
+    customer_id: str = Field(min_length=1, max_length=128, pattern=r"^\S+$")
+    type: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,31}$",
+        description="purchase, cart_updated, page_viewed, registered, or a custom name",
+        examples=["purchase"],
+    )
+    occurred_at: AwareDatetime | None = Field(default=None, description="When it happened (default: now)")
+    properties: dict[str, Any] = Field(default_factory=dict, description="order_id, amount, currency, url ...")
+    conversion: bool | None = Field(default=None, description="Ends journeys as converted (default: purchase only)")
+
+    @model_validator(mode="after")
+    def _purchase_properties(self) -> AppEvent:
+        if self.type == "purchase":
+            amount = self.properties.get("amount")
+            if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0):
+                raise ValueError("properties.amount: must be a non-negative number")
+            points = self.properties.get("loyalty_points")
+            if points is not None and (isinstance(points, bool) or not isinstance(points, int)):
+                raise ValueError("properties.loyalty_points: must be an integer")
+        return self
+
+    @property
+    def is_conversion(self) -> bool:
+        """Whether this event ends journeys that wait for a conversion."""
+        return self.conversion if self.conversion is not None else self.type == "purchase"
+
+
+class AppEventBatch(BaseModel):
+    """Body of POST /v1/events/batch: up to 1000 events, processed in order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[AppEvent] = Field(min_length=1, max_length=1000)
+
+
+class AppEventResult(BaseModel):
+    """What happened to one application event."""
+
+    event_id: str
+    status: Literal["accepted", "duplicate", "unknown_customer"]
+    signalled: list[str] = Field(default_factory=list, description="Workflow ids of the journeys signalled")
+    detail: str = ""
+
+
+class AppEventBatchResult(BaseModel):
+    """Answer of POST /v1/events/batch, one result per event in the order sent."""
+
+    accepted: int
+    duplicates: int
+    unknown_customers: int
+    results: list[AppEventResult]

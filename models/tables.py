@@ -252,3 +252,35 @@ class SandboxMessage(SQLModel, table=True):
     body: str
     html: str | None = None
     created_at: datetime = _created()
+
+
+class TrackedMessage(SQLModel, table=True):
+    """The tracking identity of one message and the original links it carries.
+
+    Written by `send_message` before the provider call. Tracking tokens name the message
+    by `tracking_id` (a hash of the idempotency key: short enough for an SMS, and no
+    customer id in a URL); the click redirect follows only `links`, never a URL from the
+    request, so a tracking link can never become an open redirect.
+    """
+
+    __tablename__ = "tracked_messages"
+
+    tracking_id: str = Field(primary_key=True, max_length=32)
+    idempotency_key: str = Field(unique=True, max_length=600)
+    links: list[str] = _json(list)
+    created_at: datetime = _created()
+
+
+class ApiKey(SQLModel, table=True):
+    """A tenant's key for POST /v1/events: only a hash is stored, the key is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(index=True, max_length=64)
+    name: str = Field(default="default", max_length=128)
+    # The public part of the key, used to find the row; the rest is checked against the hash.
+    prefix: str = Field(unique=True, max_length=32)
+    key_hash: str = Field(max_length=128)
+    created_at: datetime = _created()
+    revoked_at: datetime | None = _ts()

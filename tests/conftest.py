@@ -123,3 +123,18 @@ async def seed(db: Database, customer_id: str, name: str = "Ann", **contacts: st
 def unique_id() -> Iterator[str]:
     """A customer id no other test uses (workflow ids derive from it)."""
     yield f"c-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server (search attributes registered) for webhook tests."""
+    from models import search_attributes as sa
+
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=binary("temporal"),
+        search_attributes=sa.ALL,
+        runtime=quiet_runtime(),
+    )
+    yield env
+    await env.shutdown()

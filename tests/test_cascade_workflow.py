@@ -71,7 +71,7 @@ async def test_reaction_on_first_step_stops_the_cascade(client, db, settings, ru
     assert [s.status for s in result.steps] == [StepStatus.SENT, StepStatus.PENDING, StepStatus.PENDING]
     sent = await outbox(db, unique_id)
     assert [m.channel for m in sent] == ["email"]
-    assert sent[0].subject == "Hi Ann" and sent[0].body == "email: hello, Ann!"
+    assert sent[0].subject == "Hi Ann" and sent[0].body.startswith("email: hello, Ann!\n\nUnsubscribe: http")
 
 
 async def test_full_escalation_when_nobody_reacts(client, db, settings, run_worker, unique_id):
@@ -339,7 +339,7 @@ async def test_context_fields_reach_the_template(client, db, settings, run_worke
         await _start(client, db, settings, unique_id, journey=journey, context={"coupon": "SAVE5"})
     ).result()
     assert result.outcome == Outcome.EXHAUSTED
-    assert (await outbox(db))[0].body == "Ann, use SAVE5"
+    assert (await outbox(db))[0].body.startswith("Ann, use SAVE5\n\nUnsubscribe: ")
 
 
 async def test_unknown_customer_starts_nothing(client, db, settings, unique_id):

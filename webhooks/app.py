@@ -18,10 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
 from core.db import Database, migrate
+from core.events import EngineUnavailable
 from core.logging import get_logger
 from core.settings import Settings, get_settings
 from core.temporal import connect
+from core.tracking import warn_if_dev_secret
+from webhooks.api_events import router as events_router
 from webhooks.engagement import router as engagement_router
+from webhooks.receipts import router as receipts_router
+from webhooks.tracking import router as tracking_router
 
 log = get_logger("webhooks")
 
@@ -90,6 +95,7 @@ def create_app(
             await migrate(app.state.db.engine)
         app.state.client = client or await connect(settings)
         app.state.settings = settings
+        warn_if_dev_secret(settings)
         yield
         if own_db:
             await app.state.db.dispose()
@@ -112,6 +118,11 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(EngineUnavailable)
+    async def _engine_down(request: Request, exc: EngineUnavailable) -> JSONResponse:
+        # 503 makes providers and the shop retry later; nothing was written.
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("webhooks.unhandled", path=request.url.path)
@@ -123,4 +134,7 @@ def create_app(
         return {"status": "ok"}
 
     app.include_router(engagement_router)
+    app.include_router(events_router)
+    app.include_router(tracking_router)
+    app.include_router(receipts_router)
     return app

@@ -1,0 +1,187 @@
+"""Webhooks benchmark: POST /v1/events -> signals on the real dev server, against a bare
+`handle.signal` loop measured in the same run.
+
+Each customer has one running journey (a workflow that counts `engagement` signals,
+recorded in journey_runs as start_journey does). Throughput: N purchase events through
+the HTTP API (uvicorn on 127.0.0.1, real API key, SQLite, idempotency insert, profile
+update, journey look-up, signal) with C in flight, vs N bare `handle.signal` calls with
+C in flight. Latency: M events one at a time, from the start of the request until the
+workflow's query shows the signal, vs the same for a bare signal.
+
+    .venv/bin/python bench/webhooks.py -n 400 -m 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.signal_sink import SignalSink
+from core.db import Database, migrate
+from core.logging import configure_logging
+from core.settings import Settings
+from models.events import EngagementInput, EngagementType
+from models.tables import Customer, JourneyRun
+from tests.helpers import serve_app
+from webhooks.app import create_app
+from webhooks.keys import create_key
+
+
+async def _pool(n: int, concurrency: int, one: Any) -> float:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            await one(queue.get_nowait())
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - start
+
+
+async def _until_count(handle: WorkflowHandle[Any, Any], at_least: int) -> None:
+    # Polling the query is the point: "visible in the workflow" means a query sees it.
+    while await handle.query(SignalSink.received) < at_least:  # noqa: ASYNC110
+        await asyncio.sleep(0.002)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description="POST /v1/events -> signals vs bare handle.signal")
+    parser.add_argument("-n", type=int, default=400, help="events for the throughput run")
+    parser.add_argument("-m", type=int, default=60, help="sequential events for the latency run")
+    parser.add_argument("-c", type=int, default=16, help="requests in flight")
+    parser.add_argument("--customers", type=int, default=16)
+    args = parser.parse_args()
+    configure_logging("WARNING", "console")
+    tmp = Path(tempfile.mkdtemp(prefix="cascade-bench-"))
+    settings = Settings(database_url=f"sqlite:///{tmp / 'cascade.db'}", task_queue="bench-webhooks")
+    db = Database.from_settings(settings)
+    await migrate(db.engine)
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=shutil.which("temporal") or str(Path(sys.executable).parent / "temporal"),
+    )
+    client: Client = env.client
+    try:
+        async with Worker(client, task_queue=settings.task_queue, workflows=[SignalSink]):
+            handles = []
+            async with db.session() as session:
+                for i in range(args.customers):
+                    customer = f"bench-{i}"
+                    handle = await client.start_workflow(
+                        SignalSink.run, id=f"bench/{customer}/{uuid.uuid4().hex[:6]}", task_queue=settings.task_queue
+                    )
+                    handles.append(handle)
+                    session.add(Customer(id=customer))
+                    session.add(
+                        JourneyRun(
+                            workflow_id=handle.id,
+                            run_id=handle.result_run_id or "",
+                            journey="bench",
+                            customer_id=customer,
+                        )
+                    )
+            key, _ = await create_key(db, "bench")
+            app = create_app(settings, client=client, db=db)
+            async with (
+                serve_app(app) as url,
+                httpx.AsyncClient(
+                    base_url=url, headers={"X-API-Key": key}, limits=httpx.Limits(max_connections=args.c), timeout=30
+                ) as http,
+            ):
+                counter = iter(range(10**9))
+
+                async def post(i: int) -> None:
+                    body = {
+                        "event_id": f"e-{next(counter)}",
+                        "customer_id": f"bench-{i % args.customers}",
+                        "type": "purchase",
+                        "properties": {"amount": 10},
+                    }
+                    reply = await http.post("/v1/events", json=body)
+                    assert reply.status_code == 202 and reply.json()["signalled"], reply.text
+
+                async def bare(i: int) -> None:
+                    await handles[i % args.customers].signal(
+                        SignalSink.engagement, EngagementInput(type=EngagementType.CONVERTED)
+                    )
+
+                await _pool(20, 4, post)  # warm-up: connections, caches
+                await _pool(20, 4, bare)
+                bare_s = await _pool(args.n, args.c, bare)
+                api_s = await _pool(args.n, args.c, post)
+
+                api_lat: list[float] = []
+                bare_lat: list[float] = []
+                target = handles[0]
+                for _ in range(args.m):
+                    for kind in ("api", "bare"):
+                        before = await target.query(SignalSink.received)
+                        start = time.perf_counter()
+                        if kind == "api":
+                            await post(0)
+                        else:
+                            await bare(0)
+                        await _until_count(target, before + 1)
+                        (api_lat if kind == "api" else bare_lat).append(time.perf_counter() - start)
+            for handle in handles:
+                await handle.signal(SignalSink.stop)
+    finally:
+        await env.shutdown()
+        await db.dispose()
+
+    result = {
+        "events": args.n,
+        "in_flight": args.c,
+        "api_events_per_s": round(args.n / api_s, 1),
+        "bare_signals_per_s": round(args.n / bare_s, 1),
+        "throughput_ratio": round(bare_s / api_s, 2),
+        "latency_samples": args.m,
+        "api_p50_ms": round(_pct(api_lat, 0.5), 1),
+        "api_p99_ms": round(_pct(api_lat, 0.99), 1),
+        "bare_p50_ms": round(_pct(bare_lat, 0.5), 1),
+        "bare_p99_ms": round(_pct(bare_lat, 0.99), 1),
+    }
+    result["p50_ratio"] = round(result["api_p50_ms"] / result["bare_p50_ms"], 2)
+    result["p99_ratio"] = round(result["api_p99_ms"] / result["bare_p99_ms"], 2)
+    print(
+        f"throughput: /v1/events {result['api_events_per_s']}/s vs bare signal {result['bare_signals_per_s']}/s "
+        f"-> ratio {result['throughput_ratio']}"
+    )
+    print(f"latency p50: {result['api_p50_ms']} ms vs {result['bare_p50_ms']} ms -> ratio {result['p50_ratio']}")
+    print(f"latency p99: {result['api_p99_ms']} ms vs {result['bare_p99_ms']} ms -> ratio {result['p99_ratio']}")
+    _save(result)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save(result: dict[str, Any]) -> None:
+    out = Path(__file__).resolve().parent / "results" / "webhooks.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

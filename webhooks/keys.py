@@ -1,0 +1,132 @@
+"""API keys of tenants for POST /v1/events, and a CLI to manage them.
+
+A key looks like `csk_<prefix>_<secret>`. Only the prefix (to find the row) and a
+sha256 hash of the whole key are stored: the keys are 190 bits of randomness, so a
+fast hash is as safe as a slow one and costs nothing per request. The key is shown
+once, at creation.
+
+    python -m webhooks.keys create --tenant shop1 --name "shop backend"
+    python -m webhooks.keys list
+    python -m webhooks.keys revoke <prefix>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import col, select, update
+
+from core.db import Database, migrate
+from core.settings import get_settings
+from models.tables import ApiKey, utcnow
+
+T = TypeVar("T")
+_PREFIX = "csk"
+
+
+def hash_key(key: str) -> str:
+    """sha256 hex of a key (what is stored)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _split(key: str) -> str | None:
+    # The secret part is urlsafe base64 and may itself contain "_".
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != _PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1]
+
+
+async def create_key(db: Database, tenant: str, name: str = "default") -> tuple[str, ApiKey]:
+    """A new key for `tenant`: (the key, shown once; its stored row)."""
+    prefix = secrets.token_hex(6)
+    key = f"{_PREFIX}_{prefix}_{secrets.token_urlsafe(24)}"
+    row = ApiKey(tenant=tenant, name=name, prefix=prefix, key_hash=hash_key(key))
+    async with db.session() as session:
+        session.add(row)
+    return key, row
+
+
+async def list_keys(db: Database, tenant: str | None = None) -> list[ApiKey]:
+    """Every key (revoked ones too), oldest first; never the keys themselves."""
+    async with db.session() as session:
+        query = select(ApiKey).order_by(col(ApiKey.id))
+        if tenant is not None:
+            query = query.where(ApiKey.tenant == tenant)
+        return list((await session.exec(query)).all())
+
+
+async def revoke_key(db: Database, prefix: str) -> bool:
+    """Revoke the key with this prefix; False when there is no such active key."""
+    async with db.session() as session:
+        result = await session.exec(
+            update(ApiKey)
+            .where(col(ApiKey.prefix) == prefix, col(ApiKey.revoked_at).is_(None))
+            .values(revoked_at=utcnow())
+        )
+    return bool(result.rowcount)
+
+
+async def authenticate(db: Database, key: str) -> ApiKey | None:
+    """The active key row matching `key`, or None (unknown, revoked, or a wrong secret)."""
+    prefix = _split(key)
+    if prefix is None:
+        return None
+    async with db.session() as session:
+        row = (await session.exec(select(ApiKey).where(ApiKey.prefix == prefix))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    return row if hmac.compare_digest(row.key_hash, hash_key(key)) else None
+
+
+cli = typer.Typer(help="Manage API keys for POST /v1/events.", no_args_is_help=True)
+
+
+def _run(work: Callable[[Database], Awaitable[T]]) -> T:
+    async def main() -> T:
+        db = Database.from_settings(get_settings())
+        try:
+            await migrate(db.engine)
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+@cli.command()
+def create(tenant: str = typer.Option(..., help="Tenant (shop) the key belongs to"), name: str = "default") -> None:
+    """Create a key and print it once."""
+    key, row = _run(lambda db: create_key(db, tenant, name))
+    typer.echo(key)
+    typer.echo(f"(tenant {row.tenant}, prefix {row.prefix}: store the key now, it is not shown again)", err=True)
+
+
+@cli.command("list")
+def list_command(tenant: str | None = None) -> None:
+    """List keys: tenant, name, prefix, created, revoked."""
+    table = Table("tenant", "name", "prefix", "created", "revoked")
+    for row in _run(lambda db: list_keys(db, tenant)):
+        table.add_row(row.tenant, row.name, row.prefix, f"{row.created_at:%Y-%m-%d %H:%M}", str(row.revoked_at or ""))
+    Console().print(table)
+
+
+@cli.command()
+def revoke(prefix: str) -> None:
+    """Revoke the key with this prefix (requests with it get 401 at once)."""
+    if not _run(lambda db: revoke_key(db, prefix)):
+        typer.echo(f"no active key with prefix {prefix!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {prefix}")
+
+
+if __name__ == "__main__":
+    cli()
