@@ -9,39 +9,23 @@ python customers.py erase c-1001 --yes           # GDPR erasure (aggregates kept
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.db import Database, migrate
+from core.db import run_with_database
 from core.importer import ImportAborted, ImportReport, import_profiles
 from core.privacy import UnknownCustomer, erase_customer, export_profile
 from core.profiles import ProfileError
-from core.settings import get_settings
 
-T = TypeVar("T")
 cli = typer.Typer(help="Import, export and erase Cascade customer profiles.", no_args_is_help=True)
 console = Console(stderr=True)
-
-
-def _with_db(work: Callable[[Database], Awaitable[T]]) -> T:
-    async def go() -> T:
-        db = Database.from_settings(get_settings())
-        try:
-            await migrate(db.engine)
-            return await work(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(go())
 
 
 def _count_lines(path: Path) -> int:
@@ -71,7 +55,7 @@ def import_(
     ) as bar:
         task = bar.add_task("rows", total=total)
         try:
-            report = _with_db(
+            report = run_with_database(
                 lambda db: import_profiles(
                     db, path, skip_invalid=skip_invalid, progress=lambda n: bar.update(task, completed=n)
                 )
@@ -94,14 +78,18 @@ def import_(
     )
 
 
-@cli.command()
-def export(customer_id: str) -> None:
-    """Print everything stored about a customer as JSON (GDPR access request)."""
+def _export_or_exit(customer_id: str) -> dict[str, Any]:
     try:
-        data = _with_db(lambda db: export_profile(db, customer_id))
+        return run_with_database(lambda db: export_profile(db, customer_id))
     except UnknownCustomer as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+@cli.command()
+def export(customer_id: str) -> None:
+    """Print everything stored about a customer as JSON (GDPR access request)."""
+    data = _export_or_exit(customer_id)
     json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
 
@@ -109,11 +97,7 @@ def export(customer_id: str) -> None:
 @cli.command()
 def show(customer_id: str) -> None:
     """Show a profile: typed fields, contact points with status, consents."""
-    try:
-        data = _with_db(lambda db: export_profile(db, customer_id))
-    except UnknownCustomer as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    data = _export_or_exit(customer_id)
     out = Console()
     profile = {k: v for k, v in data["profile"].items() if v not in (None, [], {})}
     out.print_json(data=profile)
@@ -137,7 +121,7 @@ def erase(
     if not yes and not typer.confirm(f"Erase all personal data of {customer_id}?"):
         raise typer.Exit(1)
     try:
-        report = _with_db(lambda db: erase_customer(db, customer_id))
+        report = run_with_database(lambda db: erase_customer(db, customer_id))
     except (UnknownCustomer, ProfileError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

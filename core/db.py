@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, event, inspect
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -17,6 +18,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 import models.tables  # noqa: F401  (registers every table on SQLModel.metadata)
 from core.settings import Settings
+
+T = TypeVar("T")
 
 
 def async_url(url: str) -> str:
@@ -131,6 +134,22 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def run_with_database(work: Callable[[Database], Awaitable[T]], settings: Settings | None = None) -> T:
+    """Run `work` on the configured database (migrated first) from synchronous code: a CLI."""
+
+    async def main() -> T:
+        from core.settings import get_settings
+
+        db = Database.from_settings(settings or get_settings())
+        try:
+            await migrate(db.engine)
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
 
 
 def insert_ignoring_conflicts(db: Database, table: type[SQLModel]) -> Any:

@@ -9,17 +9,14 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from core.settings import Settings, TelegramSettings
 from core.temporal import register_search_attributes
-from models import search_attributes as sa
 from models.journey import Outcome
 from models.tables import ContactStatus
 from starter import start_journey
-from tests.conftest import binary, quiet_runtime, seed
+from tests.conftest import seed
 from tests.doubles.telegram import TelegramDouble
 from tests.helpers import contact, deliveries, eventually, outbox, spec
 from worker import build_worker
@@ -83,18 +80,6 @@ async def test_journey_sends_through_the_adapter_on_the_channel_queue(ts_env, se
     assert max(retried) == 2
     # The bot token is never in a workflow payload.
     assert telegram.token not in history.to_json()
-
-
-@pytest.fixture(scope="module")
-async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=sa.ALL,
-        runtime=quiet_runtime(),
-    )
-    yield env
-    await env.shutdown()
 
 
 @pytest.mark.integration

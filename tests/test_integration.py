@@ -12,7 +12,6 @@ import httpx
 import pytest
 from sqlmodel import select
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from core.db import Database
@@ -23,7 +22,7 @@ from models.events import CancelInput
 from models.journey import Outcome
 from models.tables import EngagementEvent
 from starter import journey_state, start_journey
-from tests.conftest import binary, quiet_runtime, seed
+from tests.conftest import seed
 from tests.helpers import deliveries, eventually, serve_app, spec
 from webhooks.app import create_app
 from worker import build_worker
@@ -32,16 +31,10 @@ from workflows.cascade import CascadeJourney
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=sa.ALL,
-        runtime=quiet_runtime(),
-    )
-    yield env
-    await env.shutdown()
+@pytest.fixture
+def dev_env(dev_server: WorkflowEnvironment) -> WorkflowEnvironment:
+    """The session's real dev server (one for every integration test)."""
+    return dev_server
 
 
 @pytest.fixture

@@ -12,23 +12,18 @@ once, at creation.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from sqlmodel import col, select, update
 
-from core.db import Database, migrate
-from core.settings import get_settings
+from core.db import Database, run_with_database
 from models.tables import ApiKey, utcnow
 
-T = TypeVar("T")
 _PREFIX = "csk"
 
 
@@ -90,22 +85,10 @@ async def authenticate(db: Database, key: str) -> ApiKey | None:
 cli = typer.Typer(help="Manage API keys for POST /v1/events.", no_args_is_help=True)
 
 
-def _run(work: Callable[[Database], Awaitable[T]]) -> T:
-    async def main() -> T:
-        db = Database.from_settings(get_settings())
-        try:
-            await migrate(db.engine)
-            return await work(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(main())
-
-
 @cli.command()
 def create(tenant: str = typer.Option(..., help="Tenant (shop) the key belongs to"), name: str = "default") -> None:
     """Create a key and print it once."""
-    key, row = _run(lambda db: create_key(db, tenant, name))
+    key, row = run_with_database(lambda db: create_key(db, tenant, name))
     typer.echo(key)
     typer.echo(f"(tenant {row.tenant}, prefix {row.prefix}: store the key now, it is not shown again)", err=True)
 
@@ -114,7 +97,7 @@ def create(tenant: str = typer.Option(..., help="Tenant (shop) the key belongs t
 def list_command(tenant: str | None = None) -> None:
     """List keys: tenant, name, prefix, created, revoked."""
     table = Table("tenant", "name", "prefix", "created", "revoked")
-    for row in _run(lambda db: list_keys(db, tenant)):
+    for row in run_with_database(lambda db: list_keys(db, tenant)):
         table.add_row(row.tenant, row.name, row.prefix, f"{row.created_at:%Y-%m-%d %H:%M}", str(row.revoked_at or ""))
     Console().print(table)
 
@@ -122,7 +105,7 @@ def list_command(tenant: str | None = None) -> None:
 @cli.command()
 def revoke(prefix: str) -> None:
     """Revoke the key with this prefix (requests with it get 401 at once)."""
-    if not _run(lambda db: revoke_key(db, prefix)):
+    if not run_with_database(lambda db: revoke_key(db, prefix)):
         typer.echo(f"no active key with prefix {prefix!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {prefix}")
