@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import insert, tuple_
+from sqlalchemy import insert, text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -184,6 +184,11 @@ async def import_profiles(
     report = ImportReport()
     started = time.perf_counter()
     async with db.session() as session:
+        if not db.is_sqlite:
+            # The tables grow inside this one transaction while the planner's statistics
+            # still describe them as they were: it would pick sequential scans for the
+            # per-chunk look-ups and the import would turn quadratic. Index look-ups only.
+            await (await session.connection()).execute(text("SET LOCAL enable_seqscan = off"))
         chunk: list[CustomerProfile] = []
         for line, parsed in read_profiles(path):
             report.rows += 1
@@ -218,21 +223,25 @@ async def _write_chunk(db: Database, session: AsyncSession, chunk: list[Customer
     known = set((await session.exec(select(Customer.id).where(col(Customer.id).in_(ids)))).all())
     keys = {key for p in chunk for key in _identity_keys(p)}
     taken: set[tuple[str, str]] = set()
+    # Plain IN lists on indexed columns, filtered here: PostgreSQL plans a row-value IN
+    # over a table growing inside this very transaction as a scan, and imports went
+    # quadratic; an index look-up per address stays flat.
     if keys:
         rows = await session.exec(
             select(ContactPoint.channel, ContactPoint.address).where(
-                tuple_(col(ContactPoint.channel), col(ContactPoint.address)).in_(keys)
+                col(ContactPoint.address).in_({address for _, address in keys})
             )
         )
-        taken = {(channel, address) for channel, address in rows.all()}
+        taken = {key for key in rows.all() if key in keys}
     externals = {(s, e) for p in chunk for s, e in p.external_ids.items()}
     if externals:
         rows2 = await session.exec(
             select(ExternalId.source, ExternalId.external_id).where(
-                tuple_(col(ExternalId.source), col(ExternalId.external_id)).in_(externals)
+                col(ExternalId.source).in_({s for s, _ in externals}),
+                col(ExternalId.external_id).in_({e for _, e in externals}),
             )
         )
-        taken |= {(f"ext:{s}", e) for s, e in rows2.all()}
+        taken |= {(f"ext:{s}", e) for s, e in rows2.all() if (s, e) in externals}
 
     fast: list[CustomerProfile] = []
     slow: list[CustomerProfile] = []

@@ -101,7 +101,8 @@ class ExternalId(SQLModel, table=True):
     """An id of the customer in another system of the shop (CRM, loyalty cards, shop engine)."""
 
     __tablename__ = "customer_external_ids"
-    __table_args__ = (UniqueConstraint("source", "external_id"),)
+    # external_id first: look-ups by id (import, merge) use the index whatever the source.
+    __table_args__ = (UniqueConstraint("external_id", "source"),)
 
     id: int | None = Field(default=None, primary_key=True)
     customer_id: str = Field(foreign_key="customers.id", index=True, max_length=128)
@@ -148,7 +149,7 @@ class ContactPoint(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("customer_id", "channel", "address"),
         # Merging finds other profiles that share an email or phone through this index.
-        Index("ix_contact_points_channel_address", "channel", "address"),
+        Index("ix_contact_points_address", "address"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

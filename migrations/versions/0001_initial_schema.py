@@ -115,7 +115,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("customer_id", "channel", "address"),
     )
     with op.batch_alter_table("contact_points", schema=None) as batch_op:
-        batch_op.create_index("ix_contact_points_channel_address", ["channel", "address"], unique=False)
+        batch_op.create_index("ix_contact_points_address", ["address"], unique=False)
         batch_op.create_index(batch_op.f("ix_contact_points_customer_id"), ["customer_id"], unique=False)
 
     op.create_table(
@@ -130,7 +130,7 @@ def upgrade() -> None:
             ["customers.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("source", "external_id"),
+        sa.UniqueConstraint("external_id", "source"),
     )
     with op.batch_alter_table("customer_external_ids", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_customer_external_ids_customer_id"), ["customer_id"], unique=False)
@@ -217,7 +217,7 @@ def downgrade() -> None:
     op.drop_table("customer_external_ids")
     with op.batch_alter_table("contact_points", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_contact_points_customer_id"))
-        batch_op.drop_index("ix_contact_points_channel_address")
+        batch_op.drop_index("ix_contact_points_address")
 
     op.drop_table("contact_points")
     with op.batch_alter_table("consents", schema=None) as batch_op:
