@@ -25,6 +25,7 @@ from core.db import Database, migrate
 from core.logging import configure_logging, get_logger
 from core.settings import Settings, get_settings
 from core.temporal import connect
+from core.tracking import warn_if_dev_secret
 from models.journey import ChannelName
 from workflows.cascade import CascadeJourney
 
@@ -101,6 +102,8 @@ async def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     log = get_logger("worker", task_queue=settings.task_queue)
+    # The worker signs the tracking and unsubscribe links it sends: say so if anyone could.
+    warn_if_dev_secret(settings)
     db = Database.from_settings(settings)
     await migrate(db.engine)
     client = await connect(settings)

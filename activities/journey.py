@@ -17,7 +17,7 @@ from core.logging import get_logger
 from core.profiles import mark_contact_point, template_fields
 from core.settings import Settings
 from core.templates import TemplateRenderError, render_content
-from core.tracking import add_tracking, save_tracking
+from core.tracking import add_tracking, save_tracking, unsubscribe_link
 from models.activities import (
     CheckContactInput,
     CheckContactResult,
@@ -97,7 +97,12 @@ class JourneyActivities:
         channel = self._channels.get(input.channel)
         if channel is None:
             raise ApplicationError(f"channel {input.channel} is not configured", non_retryable=True)
-        fields = {**template_fields(reach.customer), **input.context}
+        now = utcnow()
+        fields = {
+            **template_fields(reach.customer),
+            **input.context,
+            "unsubscribe_url": unsubscribe_link(input, self._settings, now),
+        }
         try:
             rendered = render_content(input.content, fields, input.channel.value)
         except TemplateRenderError as exc:
@@ -108,7 +113,7 @@ class JourneyActivities:
             ) from exc
 
         # Signed click/pixel/unsubscribe links; the originals are kept for the redirect.
-        rendered, tracking = add_tracking(rendered, input, self._settings)
+        rendered, tracking = add_tracking(rendered, input, self._settings, now)
         await save_tracking(self._db, input.idempotency_key, tracking)
 
         cost = self._settings.channel_costs.get(input.channel, 0.0)

@@ -332,20 +332,24 @@ async def unsubscribe_contact(
     source: str,
     delivery: Delivery | None = None,
     reason: str = "unsubscribed",
+    status: ContactStatus = ContactStatus.UNSUBSCRIBED,
 ) -> UnsubscribeResult:
     """The customer opted out of marketing on a channel: contact point unsubscribed, consent
     withdrawn, an event recorded and their running marketing journeys signalled.
+
+    `status=BLOCKED` for a customer who blocked the sender (a Telegram bot): then not
+    even receipts can reach that address.
 
     Idempotent: a second unsubscribe of the same contact point changes and signals nothing.
     """
     async with db.session() as session:
         point = await session.get(ContactPoint, contact_point_id) if contact_point_id is not None else None
         customer_id = await resolve_customer_id(session, point.customer_id if point else customer_id)
-        already = point is not None and point.status == ContactStatus.UNSUBSCRIBED
+        already = point is not None and point.status == status
         if already:
             return UnsubscribeResult(False, [])
         if point is not None:
-            await mark_contact_point(session, point.id, ContactStatus.UNSUBSCRIBED, reason)
+            await mark_contact_point(session, point.id, status, reason)
         if channel in ChannelName.__members__.values():
             await set_consent(
                 session,

@@ -219,6 +219,17 @@ def add_pixel(markup: str, pixel_url: str) -> str:
     return _before_body_end(markup, img)
 
 
+def unsubscribe_link(input: SendMessageInput, settings: Settings, now: datetime) -> str | None:
+    """The one-click unsubscribe URL a marketing message will carry (None for transactional).
+
+    Offered to templates as `{{ unsubscribe_url }}`; pass the same `now` to add_tracking,
+    which then finds it in the text and adds no footer of its own.
+    """
+    if input.topic != Topic.MARKETING or input.channel.value not in _UNSUBSCRIBE_CHANNELS:
+        return None
+    return _UrlFor(settings, tracking_id(input.idempotency_key), now)(Purpose.UNSUBSCRIBE)
+
+
 def add_tracking(
     rendered: RenderedContent, input: SendMessageInput, settings: Settings, now: datetime | None = None
 ) -> tuple[RenderedContent, Tracking]:
@@ -241,8 +252,10 @@ def add_tracking(
     unsubscribe_url = None
     if input.topic == Topic.MARKETING and channel in _UNSUBSCRIBE_CHANNELS:
         unsubscribe_url = url_for(Purpose.UNSUBSCRIBE)
-        body = f"{body}\n\nUnsubscribe: {unsubscribe_url}"
-        if markup is not None:
+        # A template that placed {{ unsubscribe_url }} itself gets no second footer.
+        if unsubscribe_url not in body:
+            body = f"{body}\n\nUnsubscribe: {unsubscribe_url}"
+        if markup is not None and html.escape(unsubscribe_url) not in markup and unsubscribe_url not in markup:
             footer = (
                 f'<p style="font-size:12px;color:#888888"><a href="{html.escape(unsubscribe_url)}">Unsubscribe</a></p>'
             )

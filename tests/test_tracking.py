@@ -19,6 +19,7 @@ from core.tracking import (
     add_utm,
     sign_token,
     tracking_id,
+    unsubscribe_link,
     verify_token,
 )
 from models.activities import SendMessageInput
@@ -116,3 +117,16 @@ def test_transactional_messages_get_no_unsubscribe_and_push_no_footer():
     assert tracking.unsubscribe_url is None and "Unsubscribe" not in out.body and len(tracking.links) == 1
     push, push_tracking = add_tracking(RenderedContent(body="Hi", url="https://shop.example"), _input("fcm"), settings)
     assert push_tracking.unsubscribe_url is None and push.url and "/t/c/" in push.url
+
+
+def test_a_template_can_place_the_unsubscribe_link_itself():
+    settings = Settings(tracking_secret="s" * 32, public_url="https://t.shop.example")
+    message = _input("sms")
+    link = unsubscribe_link(message, settings, NOW)
+    assert link is not None and link.startswith("https://t.shop.example/u/")
+    rendered = RenderedContent(body=f"-20% today. Stop: {link}")
+    out, tracking = add_tracking(rendered, message, settings, now=NOW)
+    # Same link, once: no footer added, and it is not turned into a click redirect.
+    assert out.body.count(link) == 1 and "Unsubscribe:" not in out.body
+    assert tracking.unsubscribe_url == link
+    assert unsubscribe_link(_input("sms", Topic.TRANSACTIONAL), settings, NOW) is None

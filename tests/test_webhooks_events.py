@@ -194,3 +194,23 @@ async def test_signed_receipts_signal_and_bad_signatures_change_nothing(dev_serv
     assert (await web.get("/v1/receipts/whatsapp", params=verify)).text == "1158201444"
     wrong = await web.get("/v1/receipts/whatsapp", params={**verify, "hub.verify_token": "x"})
     assert wrong.status_code == 403
+
+
+async def test_a_blocked_telegram_bot_blocks_the_contact_and_stop_unsubscribes(web, any_db, unique_id):
+    await seed(any_db, unique_id, telegram="5551", email="ann@example.com")
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    kicked = {
+        "update_id": 7,
+        "my_chat_member": {"chat": {"id": 5551, "type": "private"}, "new_chat_member": {"status": "kicked"}},
+    }
+    reply = await web.post("/v1/receipts/telegram", json=kicked, headers=headers)
+    assert reply.status_code == 200 and reply.json() == {"status": "blocked"}
+    # A blocked bot reaches nobody, not even with an order update.
+    assert (await contact(any_db, unique_id, "telegram")).status == "blocked"
+    again = await web.post("/v1/receipts/telegram", json=kicked, headers=headers)
+    assert again.json() == {"status": "already blocked"}
+    stranger = {"update_id": 8, "message": {"chat": {"id": 999}, "text": "/stop"}}
+    assert (await web.post("/v1/receipts/telegram", json=stranger, headers=headers)).json() == {
+        "status": "unknown contact"
+    }
+    assert (await contact(any_db, unique_id, "email")).status == "valid"

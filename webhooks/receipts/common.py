@@ -15,7 +15,7 @@ from core.events import apply_delivery_event, delivery_by_message_id, insert_eve
 from core.logging import get_logger
 from core.settings import Settings
 from models.events import EngagementType
-from models.tables import ContactPoint, utcnow
+from models.tables import ContactPoint, ContactStatus, utcnow
 
 log = get_logger("webhooks.receipts")
 
@@ -97,7 +97,14 @@ async def message_event(
     return result.detail
 
 
-async def contact_unsubscribed(request: Request, provider: str, channel: str, address: str, reason: str) -> str:
+async def contact_unsubscribed(
+    request: Request,
+    provider: str,
+    channel: str,
+    address: str,
+    reason: str,
+    status: ContactStatus = ContactStatus.UNSUBSCRIBED,
+) -> str:
     """The customer opted out in the provider's app (blocked a bot, unsubscribed in Viber/VK)."""
     db: Database = request.app.state.db
     async with db.session() as session:
@@ -117,5 +124,6 @@ async def contact_unsubscribed(request: Request, provider: str, channel: str, ad
         contact_point_id=point.id,
         source=provider,
         reason=reason,
+        status=status,
     )
-    return "unsubscribed" if result.changed else "already unsubscribed"
+    return str(status) if result.changed else f"already {status}"

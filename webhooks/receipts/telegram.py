@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Header, Request
 
+from models.tables import ContactStatus
 from webhooks.receipts.common import check, contact_unsubscribed, require_secret, settings_of
 
 router = APIRouter()
@@ -27,10 +28,12 @@ async def telegram_update(
     member = update.get("my_chat_member")
     message = update.get("message")
     chat_id: Any = None
+    status = ContactStatus.UNSUBSCRIBED
     if isinstance(member, dict) and (member.get("new_chat_member") or {}).get("status") == "kicked":
-        chat_id, reason = (member.get("chat") or {}).get("id"), "blocked the bot"
+        # A blocked bot cannot send anything at all, not even an order update.
+        chat_id, reason, status = (member.get("chat") or {}).get("id"), "blocked the bot", ContactStatus.BLOCKED
     elif isinstance(message, dict) and str(message.get("text", "")).strip().lower() in ("/stop", "stop"):
         chat_id, reason = (message.get("chat") or {}).get("id"), "sent /stop"
     if chat_id is None:
         return {"status": "ignored"}
-    return {"status": await contact_unsubscribed(request, "telegram", "telegram", str(chat_id), reason)}
+    return {"status": await contact_unsubscribed(request, "telegram", "telegram", str(chat_id), reason, status)}
