@@ -10,6 +10,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.journey import JourneyActivities
+from activities.loyalty import LoyaltyActivities
 from channels.base import Channel
 from channels.registry import build_channels
 from core.db import Database, migrate
@@ -17,8 +18,10 @@ from core.logging import configure_logging, get_logger
 from core.settings import Settings, get_settings
 from core.temporal import connect
 from workflows.cascade import CascadeJourney
+from workflows.loyalty import LoyaltyLoop
+from workflows.scans import BirthdayScan, WinbackScan
 
-WORKFLOWS = [CascadeJourney]
+WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan]
 
 
 def build_worker(
@@ -29,11 +32,18 @@ def build_worker(
 ) -> Worker:
     """A worker for the journey task queue with every workflow and activity registered."""
     acts = JourneyActivities(db, channels or build_channels(settings, db), settings)
+    loyalty = LoyaltyActivities(db, client, settings)
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=[acts.check_contact, acts.send_message],
+        activities=[
+            acts.check_contact,
+            acts.send_message,
+            loyalty.accrue_points,
+            loyalty.scan_birthdays,
+            loyalty.scan_winback,
+        ],
     )
 
 

@@ -103,3 +103,27 @@ def journey_files(directory: Path = JOURNEYS_DIR) -> list[Path]:
 def load_all_journeys(directory: Path = JOURNEYS_DIR) -> list[JourneySpec]:
     """Every journey in `directory`, validated (the first invalid file raises)."""
     return [load_journey(path) for path in journey_files(directory)]
+
+
+# Share of customers assumed to give each reaction to one message, for the estimate
+# before launch (the analytics forecast replaces them with measured rates).
+ASSUMED_REACTION_RATE: dict[str, float] = {"delivered": 0.95, "opened": 0.2, "clicked": 0.05, "converted": 0.02}
+
+
+def estimate_cost(spec: JourneySpec, costs: dict[str, float]) -> tuple[float, float, list[float]]:
+    """(expected, worst case, reach share per step) of one customer's journey.
+
+    Expected: a step is reached only by those who did not react earlier, at the
+    assumed reaction rate of what each step awaits. Worst case: nobody reacts and
+    every step sends. Conditional steps are counted as if they always send.
+    """
+    reach = 1.0
+    expected = worst = 0.0
+    shares = []
+    for step in spec.steps:
+        cost = costs.get(step.channel.value, 0.0)
+        shares.append(reach)
+        expected += reach * cost
+        worst += cost
+        reach *= 1.0 - ASSUMED_REACTION_RATE[step.await_reaction.value]
+    return expected, worst, shares

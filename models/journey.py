@@ -98,6 +98,9 @@ class Condition(BaseModel):
     def _value_fits_op(self) -> Condition:
         if self.op in ("older_than", "within"):
             parsed = parse_duration(self.value)
+            if isinstance(self.value, int | float) and not isinstance(self.value, bool):
+                # Already seconds (a stored spec read back from a workflow's input).
+                parsed = timedelta(seconds=self.value)
             if not isinstance(parsed, timedelta):
                 raise ValueError(f"{self.op} needs a duration such as 30d or 6w, got {self.value!r}")
             self.value = parsed.total_seconds()
@@ -246,7 +249,10 @@ class JourneySpec(BaseModel):
     version: str = Field(default="1", max_length=32, description="Bump when editing; kept in the memo")
     trigger: Trigger | None = None
     entry: EntryRules = Field(default_factory=EntryRules)
-    exit_on: list[str] = Field(default_factory=list, description="Events that end a running journey")
+    exit_on: list[str] = Field(default_factory=list, description="Events that end a running journey (cancel)")
+    convert_on: list[str] = Field(
+        default_factory=list, description="Events that count as the journey's conversion (e.g. purchase)"
+    )
     frequency_cap: FrequencyCap | None = None
     quiet_hours: QuietHours | None = None
     stay_active_days: int | None = Field(
