@@ -52,3 +52,10 @@ async def test_an_incompatible_change_is_caught():
     result = await replayer.replay_workflow(_history(HISTORIES[0]), raise_on_replay_failure=False)
     assert result.replay_failure is not None
     assert "nondetermin" in str(result.replay_failure).lower()
+
+
+def test_step_rules_are_behind_a_patch_marker():
+    """Histories from before step rules have no marker; the rules history has one."""
+    markers = {p.stem: "core_patch" in p.read_text() for p in HISTORIES}
+    assert markers.pop("cascade_rules_exhausted") is True
+    assert markers and not any(markers.values())

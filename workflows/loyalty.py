@@ -10,6 +10,7 @@ history of a years-long loop stays as small as one round. No purchase within
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -102,15 +103,23 @@ class LoyaltyLoop:
         """A purchase (`converted`) ends the round; other events go to the round's cascade."""
         if event.type == EngagementType.CONVERTED:
             self._state.purchased = True
-        if self._child is not None:
-            await self._child.signal(CascadeJourney.engagement, event)
+        await self._forward(CascadeJourney.engagement, event)
 
     @workflow.signal
     async def cancel(self, input: CancelInput) -> None:
         """End the loop (and the round's cascade) gracefully."""
         self._stop = input.reason
-        if self._child is not None:
-            await self._child.signal(CascadeJourney.cancel, input)
+        await self._forward(CascadeJourney.cancel, input)
+
+    async def _forward(self, signal: Any, arg: Any) -> None:
+        # The round's cascade may finish between the check and the signal; a signal
+        # that finds it gone must not fail the loop (the flags above already count).
+        if self._child is None:
+            return
+        try:
+            await self._child.signal(signal, arg)
+        except Exception as exc:  # reported, never fatal to the loop
+            workflow.logger.info("round cascade did not take the signal: %s", exc)
 
     @workflow.query
     def state(self) -> LoyaltyState:
