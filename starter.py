@@ -4,6 +4,10 @@ python starter.py start c-42 welcome
 python starter.py status journey/welcome/c-42
 python starter.py list --customer c-42
 python starter.py cancel journey/welcome/c-42 --reason "asked by support"
+python starter.py validate                     # every file in journeys/
+python starter.py show abandoned_cart          # steps, channels, waits, cost per customer
+python starter.py event c-42 cart_abandoned --prop cart_id=9 --prop cart_value=120
+python starter.py schedules apply|list|delete  # birthday and win-back scans
 """
 
 from __future__ import annotations
@@ -29,15 +33,23 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.db import Database, insert_ignoring_conflicts
-from core.journey_files import JourneyDefinitionError, describe_validation_error, load_journey
+from core.journey_files import (
+    JourneyDefinitionError,
+    describe_validation_error,
+    estimate_cost,
+    journey_files,
+    load_journey,
+)
 from core.profiles import resolve_customer_id
 from core.settings import Settings, get_settings
 from core.temporal import connect, quote
 from models import search_attributes as sa
 from models.events import CancelInput
-from models.journey import JourneyInput, JourneyResult, JourneySpec, JourneyState
+from models.journey import JourneyInput, JourneySpec, JourneyState
+from models.loyalty import LoyaltyInput
 from models.tables import Customer, JourneyRun, utcnow
 from workflows.cascade import CascadeJourney
+from workflows.loyalty import LoyaltyLoop
 
 
 class UnknownCustomerError(LookupError):
@@ -60,10 +72,11 @@ async def start_journey(
     client: Client | None = None,
     db: Database | None = None,
     settings: Settings | None = None,
-) -> WorkflowHandle[CascadeJourney, JourneyResult]:
+) -> WorkflowHandle[Any, Any]:
     """Start `journey` for `customer_id`, or return the handle of the one already running.
 
-    `journey` is a JourneySpec or the name/path of a file in journeys/. Use `key` when
+    `journey` is a JourneySpec or the name/path of a file in journeys/; one with a
+    `loop` section runs as a LoyaltyLoop, any other as a CascadeJourney. Use `key` when
     the same journey may run more than once at a time for a customer (one per cart).
     Everything is validated before a workflow starts: a bad definition raises
     JourneyDefinitionError, an unknown customer UnknownCustomerError, a bad deadline or
@@ -111,7 +124,7 @@ async def start_journey(
 
 async def _start(
     client: Client | None, settings: Settings, spec: JourneySpec, payload: JourneyInput, key: str | None
-) -> WorkflowHandle[CascadeJourney, JourneyResult]:
+) -> WorkflowHandle[Any, Any]:
     customer_id = payload.customer_id
 
     client = client or await connect(settings)
@@ -124,17 +137,26 @@ async def _start(
     ]
     if spec.campaign:
         attributes.append(SearchAttributePair(sa.CAMPAIGN, spec.campaign))
-    return await client.start_workflow(
-        CascadeJourney.run,
-        payload,
-        id=journey_workflow_id(spec.name, customer_id, key),
-        task_queue=settings.task_queue,
+    # Which definition a running journey uses: its snapshot is in the input, the
+    # version and hash in the memo, so an operator sees who runs an older file.
+    memo = {
+        "journey": spec.name,
+        "channels": [s.channel.value for s in spec.steps],
+        "spec_version": spec.version,
+        "spec_hash": spec.content_hash(),
+    }
+    common: dict[str, Any] = {
+        "id": journey_workflow_id(spec.name, customer_id, key),
+        "task_queue": settings.task_queue,
         # A second trigger while the journey runs must not start a second cascade.
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        search_attributes=TypedSearchAttributes(attributes),
-        memo={"journey": spec.name, "channels": [s.channel.value for s in spec.steps]},
-    )
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        "search_attributes": TypedSearchAttributes(attributes),
+        "memo": memo,
+    }
+    if spec.loop is not None:
+        return await client.start_workflow(LoyaltyLoop.run, LoyaltyInput(journey=payload), **common)
+    return await client.start_workflow(CascadeJourney.run, payload, **common)
 
 
 async def journey_state(client: Client, workflow_id: str) -> JourneyState:
@@ -276,6 +298,150 @@ def cancel(
             _fail(f"no running journey with id {workflow_id!r}")
         raise
     console.print(f"cancel sent to {workflow_id}")
+
+
+def _parse_props(items: list[str]) -> dict[str, Any]:
+    return _parse_context(items)
+
+
+@cli.command()
+def validate(
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="Journey names or files (default: all in journeys/)")
+    ] = None,
+) -> None:
+    """Validate journey files; each error names the file, the field and the line."""
+    targets: list[str | Path] = list(paths or journey_files())
+    bad = 0
+    for target in targets:
+        try:
+            spec = load_journey(target)
+        except JourneyDefinitionError as exc:
+            bad += 1
+            console.print(f"[red]invalid[/red] {_escape(str(exc))}")
+            continue
+        console.print(f"[green]ok[/green] {target}: {spec.name} v{spec.version} ({len(spec.steps)} steps)")
+    if bad:
+        raise typer.Exit(1)
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+@cli.command()
+def show(journey: Annotated[str, typer.Argument(help="Name in journeys/ or a path to a YAML file")]) -> None:
+    """Pretty-print a journey: trigger, entry, rules, steps, waits and cost per customer."""
+    try:
+        spec = load_journey(journey)
+    except JourneyDefinitionError as exc:
+        _fail(_escape(str(exc)))
+        return
+    settings = get_settings()
+    expected, worst, shares = estimate_cost(spec, settings.channel_costs)
+    console.print(f"[bold]{spec.name}[/bold] v{spec.version} ({spec.topic}) hash {spec.content_hash()}")
+    if spec.description:
+        console.print(spec.description)
+    if spec.trigger:
+        console.print(f"trigger: {', '.join(spec.trigger.events)}")
+    for cond in spec.entry.conditions:
+        console.print(f"entry: {cond.field} {cond.op} {cond.value if cond.value is not None else ''}")
+    if spec.exit_on or spec.convert_on:
+        console.print(f"exit on: {', '.join(spec.exit_on) or '-'}; converts on: {', '.join(spec.convert_on) or '-'}")
+    if spec.valid_for or (spec.trigger and spec.trigger.deadline_property):
+        deadline = spec.valid_for or f"event property {spec.trigger.deadline_property if spec.trigger else ''}"
+        console.print(f"deadline: {deadline}")
+    if spec.frequency_cap:
+        console.print(f"frequency cap: {spec.frequency_cap.max} marketing messages per {spec.frequency_cap.per}")
+    if spec.quiet_hours:
+        q = spec.quiet_hours
+        only = f" ({', '.join(q.channels)})" if q.channels else ""
+        console.print(f"quiet hours: {q.start:%H:%M}-{q.end:%H:%M} customer's local time{only}")
+    if spec.stay_active_days:
+        console.print(f"stay where active: {spec.stay_active_days} days")
+    if spec.loop:
+        console.print(
+            f"loop: +{spec.loop.points_per_purchase} points per purchase, ends after {spec.loop.idle_timeout} idle"
+        )
+    table = Table()
+    for column in ("step", "delay", "channel", "awaits", "wait", "if", "reach", "cost"):
+        table.add_column(column)
+    for i, (step, share) in enumerate(zip(spec.steps, shares, strict=True)):
+        table.add_row(
+            str(i),
+            str(step.delay or ""),
+            step.channel.value,
+            step.await_reaction.value,
+            str(step.wait),
+            "; ".join(f"{c.field} {c.op} {c.value}" for c in step.when),
+            f"{share:.0%}",
+            f"{settings.channel_costs.get(step.channel.value, 0.0):.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"estimated cost per customer: {expected:.4f} {settings.currency} "
+        f"(worst case, nobody reacts: {worst:.4f}); assumed reaction rates in core/journey_files.py"
+    )
+
+
+@cli.command()
+def event(
+    customer_id: str,
+    event_type: str,
+    prop: Annotated[list[str] | None, typer.Option("--prop", help="Event property, name=value")] = None,
+) -> None:
+    """Route an event: start matching journeys, convert or end running ones."""
+    from core.triggers import route_event
+
+    async def go() -> None:
+        settings = get_settings()
+        db = Database.from_settings(settings)
+        try:
+            result = await route_event(
+                await connect(settings), db, customer_id, event_type, _parse_props(prop or []), settings=settings
+            )
+        finally:
+            await db.dispose()
+        for wid in result.started:
+            console.print(f"started {wid}")
+        for wid in result.converted:
+            console.print(f"converted {wid}")
+        for wid in result.exited:
+            console.print(f"ended {wid}")
+        for name, why in result.not_entered.items():
+            console.print(f"not entered {name}: {why}")
+        if not (result.started or result.converted or result.exited or result.not_entered):
+            console.print("no journey matches this event")
+
+    try:
+        asyncio.run(go())
+    except (JourneyDefinitionError, UnknownCustomerError, ValueError) as exc:
+        _fail(_escape(str(exc)))
+
+
+@cli.command()
+def schedules(
+    action: Annotated[str, typer.Argument(help="apply, list or delete")],
+) -> None:
+    """Manage the Temporal Schedules of the time-based journeys (no cron outside Temporal)."""
+    from core.schedules import apply_schedules, delete_schedules, list_schedules
+
+    async def go() -> None:
+        settings = get_settings()
+        client = await connect(settings)
+        if action == "apply":
+            for line in await apply_schedules(client, settings):
+                console.print(line)
+        elif action == "list":
+            for line in await list_schedules(client):
+                console.print(line)
+        elif action == "delete":
+            for line in await delete_schedules(client):
+                console.print(line)
+        else:
+            _fail(f"unknown action {action!r}: apply, list or delete")
+
+    asyncio.run(go())
 
 
 if __name__ == "__main__":

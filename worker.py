@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.journey import JourneyActivities
+from activities.loyalty import LoyaltyActivities
 from channels.base import Channel
 from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
@@ -28,8 +29,10 @@ from core.temporal import connect
 from core.tracking import warn_if_dev_secret
 from models.journey import ChannelName
 from workflows.cascade import CascadeJourney
+from workflows.loyalty import LoyaltyLoop
+from workflows.scans import BirthdayScan, WinbackScan
 
-WORKFLOWS = [CascadeJourney]
+WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan]
 
 
 class CascadeWorkers:
@@ -72,6 +75,7 @@ def build_worker(
     if channels is None:
         channels = owned = build_channels(settings, db)
     acts = JourneyActivities(db, channels, settings)
+    loyalty = LoyaltyActivities(db, client, settings)
     workers = [
         Worker(
             client,
@@ -79,7 +83,13 @@ def build_worker(
             workflows=WORKFLOWS,
             # send_message stays here too: journeys started before per-channel queues
             # schedule their sends on the main queue.
-            activities=[acts.check_contact, acts.send_message],
+            activities=[
+                acts.check_contact,
+                acts.send_message,
+                loyalty.accrue_points,
+                loyalty.scan_birthdays,
+                loyalty.scan_winback,
+            ],
         )
     ]
     for name in ChannelName:

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_
+from sqlalchemy import func, or_
 from sqlmodel import col, select, update
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.contacts import load_reachability
+from activities.rules import (
+    cap_frees_at,
+    customer_zone,
+    describe,
+    failed_condition,
+    quiet_hours_end,
+    stay_channels,
+)
 from channels.base import Button, Channel, OutboundMessage, PermanentSendError, TransientSendError
 from core.db import Database, insert_ignoring_conflicts
 from core.logging import get_logger
@@ -23,8 +31,10 @@ from models.activities import (
     CheckContactResult,
     SendMessageInput,
     SendMessageResult,
+    StepRules,
 )
-from models.tables import Delivery, DeliveryStatus, utcnow
+from models.journey import ChannelName
+from models.tables import Customer, Delivery, DeliveryStatus, EngagementEvent, Topic, utcnow
 
 _ALREADY_SENT = {
     DeliveryStatus.SENT,
@@ -58,11 +68,84 @@ class JourneyActivities:
             reach = await load_reachability(session, input.customer_id, input.channel, input.topic)
         if input.channel not in self._channels:
             return CheckContactResult(usable=False, reason=f"channel {input.channel} not configured")
-        return CheckContactResult(
+        result = CheckContactResult(
             usable=reach.usable,
             reason=reach.reason,
             contact_point_id=reach.contact.id if reach.contact else None,
         )
+        if input.rules is None or not result.usable or reach.customer is None:
+            return result
+        return await self._apply_rules(input, input.rules, reach.customer, result)
+
+    async def _apply_rules(
+        self, input: CheckContactInput, rules: StepRules, customer: Customer, result: CheckContactResult
+    ) -> CheckContactResult:
+        """Conditions, stay-where-active, quiet hours, frequency cap -- in that order.
+
+        A failed condition or another active channel skips the step; quiet hours and a
+        full cap only postpone it (`wake_at`).
+        """
+        now = rules.at
+        if (cond := failed_condition(rules.conditions, template_fields(customer), rules.context, now)) is not None:
+            return CheckContactResult(usable=False, reason=f"condition not met: {describe(cond)}")
+        if rules.stay_active_days:
+            reactions = await self._reactions(customer.id)
+            stay = stay_channels(reactions, now, rules.stay_active_days, rules.journey_channels)
+            if stay is not None:
+                kept = sorted(ChannelName(c) for c in stay)
+                result.stay_channels = kept
+                if input.channel not in stay:
+                    return CheckContactResult(
+                        usable=False,
+                        reason=f"customer is active on {', '.join(kept)}",
+                        stay_channels=kept,
+                    )
+        if rules.quiet_hours and (
+            end := quiet_hours_end(rules.quiet_hours, input.channel, customer_zone(customer.timezone), now)
+        ):
+            result.usable, result.reason, result.wake_at = False, "quiet hours", end
+            return result
+        if rules.frequency_cap and input.topic == Topic.MARKETING:
+            sent = await self._marketing_sends(customer.id, now - rules.frequency_cap.per)
+            if (frees := cap_frees_at(rules.frequency_cap, sent, now)) is not None:
+                result.usable, result.wake_at = False, frees
+                result.reason = f"frequency cap {rules.frequency_cap.max} per {rules.frequency_cap.per}"
+                return result
+        return result
+
+    async def _reactions(self, customer_id: str) -> list[tuple[str, datetime]]:
+        """(channel, when) of every open/click of the customer, from deliveries and events."""
+        reacted = func.coalesce(col(Delivery.clicked_at), col(Delivery.opened_at))
+        async with self._db.session() as session:
+            rows = (
+                await session.execute(
+                    select(Delivery.channel, reacted)
+                    .where(Delivery.customer_id == customer_id, reacted.is_not(None))
+                    .union_all(
+                        select(col(EngagementEvent.channel), col(EngagementEvent.occurred_at)).where(
+                            EngagementEvent.customer_id == customer_id,
+                            col(EngagementEvent.channel).is_not(None),
+                            col(EngagementEvent.type).in_(["opened", "clicked"]),
+                        )
+                    )
+                )
+            ).all()
+        return [(str(channel), at) for channel, at in rows if at is not None]
+
+    async def _marketing_sends(self, customer_id: str, since: datetime) -> list[datetime]:
+        """When the customer's marketing messages went out since `since`, over all journeys."""
+        async with self._db.session() as session:
+            rows = (
+                await session.exec(
+                    select(Delivery.sent_at).where(
+                        Delivery.customer_id == customer_id,
+                        Delivery.topic == Topic.MARKETING.value,
+                        col(Delivery.sent_at).is_not(None),
+                        col(Delivery.sent_at) > since,
+                    )
+                )
+            ).all()
+        return [t for t in rows if t is not None]
 
     @activity.defn
     async def send_message(self, input: SendMessageInput) -> SendMessageResult:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
@@ -123,6 +124,113 @@ class WhatsAppTemplate(BaseModel):
         return value
 
 
+Operator = Literal[
+    "eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "exists", "missing", "contains", "older_than", "within"
+]
+
+
+class Condition(BaseModel):
+    """One test on a profile field, a custom attribute or an event property.
+
+    `field` is a typed profile field (`purchase_count`, `city`, `last_purchase_at`), a
+    custom attribute (`attributes.shoe_size` or just `shoe_size`) or an event property
+    (`event.cart_value`). `older_than`/`within` take a duration and test a timestamp:
+    `{field: last_purchase_at, op: older_than, value: 180d}`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str = Field(min_length=1, max_length=128)
+    op: Operator = "eq"
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Condition:
+        if self.op in ("older_than", "within"):
+            parsed = parse_duration(self.value)
+            if isinstance(self.value, int | float) and not isinstance(self.value, bool):
+                # Already seconds (a stored spec read back from a workflow's input).
+                parsed = timedelta(seconds=self.value)
+            if not isinstance(parsed, timedelta):
+                raise ValueError(f"{self.op} needs a duration such as 30d or 6w, got {self.value!r}")
+            self.value = parsed.total_seconds()
+        elif self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"{self.op} needs a list value")
+        elif self.op not in ("exists", "missing") and self.value is None:
+            raise ValueError(f"{self.op} needs a value")
+        return self
+
+
+class Trigger(BaseModel):
+    """The events that start a journey (`cart_abandoned`, `registered`, `purchase` ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[str] = Field(min_length=1)
+    key_property: str | None = Field(
+        default=None, description="Event property that keys the run, so one journey per cart/order may run"
+    )
+    deadline_property: str | None = Field(
+        default=None, description="Event property holding the deadline (e.g. the promo code's expiry)"
+    )
+
+
+class EntryRules(BaseModel):
+    """Who may enter: every condition must hold on the profile (and the triggering event)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class FrequencyCap(BaseModel):
+    """At most `max` marketing messages per `per` to one customer, over all journeys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max: int = Field(ge=1, le=1000)
+    per: timedelta
+
+    _parse_per = field_validator("per", mode="before")(parse_duration)
+
+    @field_validator("per")
+    @classmethod
+    def _per_positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive (e.g. 7d)")
+        return value
+
+
+class QuietHours(BaseModel):
+    """No sends between `start` and `end` in the customer's own time zone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: time
+    end: time
+    channels: list[ChannelName] | None = Field(default=None, description="Only these channels (default: all)")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        return self
+
+
+class LoyaltyLoop(BaseModel):
+    """Makes a journey a loop: each purchase accrues points and starts the chain again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    points_per_purchase: int = Field(default=100, ge=0)
+    idle_timeout: timedelta = Field(
+        default=timedelta(days=90), description="The loop ends after this long without a purchase"
+    )
+    max_rounds: int | None = Field(default=None, ge=1)
+
+    _parse_idle = field_validator("idle_timeout", mode="before")(parse_duration)
+
+
 class MessageContent(BaseModel):
     """One message, with per-channel variants. Text fields are Jinja2 templates over the profile.
 
@@ -179,13 +287,22 @@ class JourneyStep(BaseModel):
     content: MessageContent
     wait: timedelta = Field(default=timedelta(days=1), description="How long to wait for a reaction")
     await_reaction: Reaction = Field(default=Reaction.OPENED, alias="await")
+    delay: timedelta | None = Field(
+        default=None, description="A plain wait before this step (e.g. 1h after the cart was left)"
+    )
+    when: list[Condition] = Field(
+        default_factory=list,
+        alias="if",
+        description="Send this step only when every condition holds on the profile and event data;"
+        " two steps with opposite conditions make a branch",
+    )
 
-    _parse_wait = field_validator("wait", mode="before")(parse_duration)
+    _parse_wait = field_validator("wait", "delay", mode="before")(parse_duration)
 
-    @field_validator("wait")
+    @field_validator("wait", "delay")
     @classmethod
-    def _wait_positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
+    def _wait_positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
             raise ValueError("must be positive (e.g. 30s, 15m, 36h, 2d)")
         return value
 
@@ -205,8 +322,38 @@ class JourneySpec(BaseModel):
     valid_for: timedelta | None = Field(
         default=None, description="Deadline relative to the start, e.g. a promo code's life"
     )
+    version: str = Field(default="1", max_length=32, description="Bump when editing; kept in the memo")
+    trigger: Trigger | None = None
+    entry: EntryRules = Field(default_factory=EntryRules)
+    exit_on: list[str] = Field(default_factory=list, description="Events that end a running journey (cancel)")
+    convert_on: list[str] = Field(
+        default_factory=list, description="Events that count as the journey's conversion (e.g. purchase)"
+    )
+    frequency_cap: FrequencyCap | None = None
+    quiet_hours: QuietHours | None = None
+    stay_active_days: int | None = Field(
+        default=None,
+        ge=1,
+        le=3650,
+        description="A customer who reacted in a channel within this many days is kept there",
+    )
+    loop: LoyaltyLoop | None = None
 
     _parse_valid_for = field_validator("valid_for", mode="before")(parse_duration)
+
+    def content_hash(self) -> str:
+        """A short hash of the whole definition: which version a running journey uses."""
+        return hashlib.sha256(self.model_dump_json(by_alias=True).encode()).hexdigest()[:12]
+
+    @property
+    def uses_rules(self) -> bool:
+        """True when any step rule or new step feature is in use (old specs stay on the old path)."""
+        return bool(
+            self.frequency_cap
+            or self.quiet_hours
+            or self.stay_active_days
+            or any(s.delay or s.when for s in self.steps)
+        )
 
     @field_validator("valid_for")
     @classmethod

@@ -13,7 +13,7 @@ from temporalio.client import WorkflowHandle
 
 from core.db import Database
 from models.journey import JourneySpec, JourneyState
-from models.tables import ContactPoint, Delivery, SandboxMessage
+from models.tables import ContactPoint, Delivery, SandboxMessage, TrackedMessage
 from workflows.cascade import CascadeJourney
 
 T = TypeVar("T")
@@ -107,3 +107,12 @@ async def eventually(check: Callable[[], Awaitable[T | None]], within: float = 1
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.1)
     return value
+
+
+async def original_links(db: Database, idempotency_key: str) -> list[str]:
+    """The links a sent message carried before tracking rewrote them (UTM-tagged)."""
+    async with db.session() as session:
+        tracked = (
+            await session.exec(select(TrackedMessage).where(TrackedMessage.idempotency_key == idempotency_key))
+        ).one()
+    return list(tracked.links)

@@ -6,6 +6,7 @@ one, a removed timer) fails here; guard it with `workflow.patched` instead.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -52,3 +53,22 @@ async def test_an_incompatible_change_is_caught():
     result = await replayer.replay_workflow(_history(HISTORIES[0]), raise_on_replay_failure=False)
     assert result.replay_failure is not None
     assert "nondetermin" in str(result.replay_failure).lower()
+
+
+def _patches(path: Path) -> set[str]:
+    """The patch ids a stored history carries in its markers."""
+    found = set()
+    for event in json.loads(path.read_text())["events"]:
+        marker = event.get("markerRecordedEventAttributes") or {}
+        if marker.get("markerName") == "core_patch":
+            for payload in marker["details"]["patch-data"]["payloads"]:
+                found.add(json.loads(base64.b64decode(payload["data"]))["id"])
+    return found
+
+
+def test_step_rules_are_behind_a_patch_marker():
+    """Histories from before step rules have no step-rules marker; the rules history has one."""
+    markers = {p.stem: _patches(p) for p in HISTORIES}
+    assert "step-rules" in markers.pop("cascade_rules_exhausted")
+    assert markers and not any("step-rules" in ids for ids in markers.values())
+    assert markers["cascade_per_channel_queue"] == {"per-channel-task-queue"}

@@ -7,7 +7,7 @@ step's wait runs out. A reaction, the deadline, a cancel or an unsubscribe ends 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
     from channels.queues import channel_task_queue
     from models import search_attributes as sa
-    from models.activities import CheckContactInput, SendMessageInput
+    from models.activities import CheckContactInput, CheckContactResult, SendMessageInput, StepRules
     from models.events import CancelInput, EngagementInput, EngagementType
     from models.journey import (
         REACTION_RANK,
@@ -41,6 +41,9 @@ SEND_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=10),
     non_retryable_error_types=["TemplateError"],
 )
+# Quiet hours and caps postpone a step; after this many wake-ups it is skipped, so a
+# customer who is always capped never holds a journey forever.
+MAX_POSTPONES = 10
 # Events that end the journey whichever step they concern.
 _STOPPING = {EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAINED: "complained"}
 # Events that make waiting on the current step pointless.
@@ -83,11 +86,19 @@ class CascadeJourney:
             record = self._state.steps[index]
             self._enter_step(index)
 
-            check = await workflow.execute_activity_method(
-                JourneyActivities.check_contact,
-                CheckContactInput(customer_id=input.customer_id, channel=step.channel, topic=input.spec.topic),
-                start_to_close_timeout=CHECK_TIMEOUT,
-            )
+            # Journeys started before step rules existed never call patched() with rules,
+            # so their histories replay on the old path unchanged.
+            if input.spec.uses_rules and workflow.patched("step-rules"):
+                ruled = await self._check_with_rules(index, deadline)
+                if ruled is None:
+                    break
+                check = ruled
+            else:
+                check = await workflow.execute_activity_method(
+                    JourneyActivities.check_contact,
+                    CheckContactInput(customer_id=input.customer_id, channel=step.channel, topic=input.spec.topic),
+                    start_to_close_timeout=CHECK_TIMEOUT,
+                )
             if not check.usable:
                 record.status, record.reason = StepStatus.SKIPPED, check.reason
                 continue
@@ -110,6 +121,59 @@ class CascadeJourney:
                     self._stop = (Outcome.DEADLINE, "deadline passed while waiting")
 
         return self._finish()
+
+    async def _check_with_rules(self, index: int, deadline: datetime | None) -> CheckContactResult | None:
+        """The step's plain delay, then the contact check with the step rules.
+
+        Quiet hours and a full frequency cap are not failures: the workflow sleeps on a
+        durable timer until `wake_at` and asks again. None: the journey stopped (a
+        signal, or the deadline came first).
+        """
+        spec = self._input.spec
+        step = spec.steps[index]
+        record = self._state.steps[index]
+        if step.delay is not None:
+            self._set_status("delayed")
+            if await self._sleep(step.delay, deadline):
+                return None
+        check = CheckContactResult(usable=False, reason="not checked")
+        for _ in range(MAX_POSTPONES):
+            check = await workflow.execute_activity_method(
+                JourneyActivities.check_contact,
+                CheckContactInput(
+                    customer_id=self._input.customer_id,
+                    channel=step.channel,
+                    topic=spec.topic,
+                    rules=StepRules(
+                        at=workflow.now(),
+                        conditions=step.when,
+                        context=self._input.context,
+                        frequency_cap=spec.frequency_cap,
+                        quiet_hours=spec.quiet_hours,
+                        stay_active_days=spec.stay_active_days,
+                        journey_channels=[s.channel for s in spec.steps],
+                    ),
+                ),
+                start_to_close_timeout=CHECK_TIMEOUT,
+            )
+            if check.wake_at is None:
+                return check
+            record.reason = f"{check.reason} until {check.wake_at.isoformat(timespec='minutes')}"
+            self._set_status("postponed")
+            if await self._sleep(check.wake_at - workflow.now(), deadline):
+                return None
+        return CheckContactResult(usable=False, reason=f"still {check.reason} after {MAX_POSTPONES} tries")
+
+    async def _sleep(self, duration: timedelta, deadline: datetime | None) -> bool:
+        """Sleep (durably) for `duration`; True when the journey must stop instead."""
+        if deadline is not None and workflow.now() + duration >= deadline:
+            duration = deadline - workflow.now()
+        try:
+            await workflow.wait_condition(lambda: self._stop is not None, timeout=max(duration, timedelta(seconds=1)))
+        except TimeoutError:
+            if deadline is not None and workflow.now() >= deadline:
+                self._stop = (Outcome.DEADLINE, "deadline passed while the step was held back")
+        return self._stop is not None
 
     async def _send(self, index: int, record: StepRecord) -> bool:
         step = self._input.spec.steps[index]

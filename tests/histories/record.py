@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from core.profiles import upsert_customer
 from core.settings import Settings
 from core.temporal import register_search_attributes
 from models.events import CancelInput, EngagementInput, EngagementType
+from models.journey import Condition
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import ContactStatus
 from starter import start_journey
@@ -51,6 +53,21 @@ async def _bounce_then_cancel(handle: WorkflowHandle[Any, Any]) -> None:
     await wait_for_state(handle, lambda s: s.current_step == 1 and s.status == "waiting")
     await handle.signal(CascadeJourney.cancel, CancelInput(reason="recorded"))
 
+
+# Step rules (patched "step-rules"): a condition skips the email, stay-where-active is
+# off, a plain delay precedes the SMS. Recorded by name (`python -m tests.histories.record
+# cascade_rules_exhausted`), so the original three histories stay what running journeys
+# of the old code look like.
+RULES_SPEC = {
+    "frequency_cap": {"max": 3, "per": "7d"},
+    "quiet_hours": {"start": "03:00", "end": "03:01"},
+}
+RULE_SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
+    "cascade_rules_exhausted": (
+        [ContactIn(channel="email", address="ann@example.com"), ContactIn(channel="sms", address="+14155552671")],
+        _nobody_reacts,
+    ),
+}
 
 SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
     "cascade_reacted": (
@@ -86,14 +103,17 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
 
 async def record(client: Client, db: Database, settings: Settings, only: list[str] | None = None) -> None:
     """Run every scenario (or those named in `only`) and write its history next to this file."""
-    for name, (contacts, scenario) in SCENARIOS.items():
+    for name, (contacts, scenario) in {**SCENARIOS, **RULE_SCENARIOS}.items():
         if only and name not in only:
             continue
         customer = f"replay-{name}"
+        rules = name in RULE_SCENARIOS
         await upsert_customer(db, CustomerProfile(id=customer, name="Ann", contacts=contacts))
-        handle = await start_journey(
-            customer, spec("email", "telegram", "sms"), client=client, db=db, settings=settings
-        )
+        journey = spec("email", "telegram", "sms", **RULES_SPEC) if rules else spec("email", "telegram", "sms")  # type: ignore[arg-type]
+        if rules:
+            journey.steps[0].when = [Condition(field="purchase_count", op="gt", value=5)]
+            journey.steps[2].delay = timedelta(hours=2)
+        handle = await start_journey(customer, journey, client=client, db=db, settings=settings)
         await scenario(handle)
         await handle.result()
         history = await handle.fetch_history()

@@ -1,0 +1,63 @@
+"""Inputs, results and state of the loyalty loop and of the scheduled scans."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from models.journey import JourneyInput, Outcome
+
+
+class LoyaltyInput(BaseModel):
+    """Input of LoyaltyLoop: the snapshotted journey and which round this run plays."""
+
+    journey: JourneyInput
+    round: int = Field(default=1, ge=1)
+    points_accrued: int = Field(default=0, ge=0, description="Points accrued by this loop in earlier rounds")
+
+
+class LoyaltyState(BaseModel):
+    """Where a loyalty loop stands (the `state` query) and, at the end, its result."""
+
+    customer_id: str
+    round: int
+    points_accrued: int
+    status: str = "running"
+    purchased: bool = False
+    round_outcome: Outcome | None = None
+    outcome_reason: str | None = None
+
+
+class LoyaltyResult(LoyaltyState):
+    """The loop's result: its final state."""
+
+
+class AccruePointsInput(BaseModel):
+    """Add points to the customer once per `idempotency_key`."""
+
+    customer_id: str
+    points: int = Field(ge=0)
+    idempotency_key: str
+    at: datetime
+
+
+class AccruePointsResult(BaseModel):
+    """The customer's balance after the accrual; `duplicate` when it was already done."""
+
+    balance: int
+    duplicate: bool = False
+
+
+class ScanInput(BaseModel):
+    """Input of a scan workflow (BirthdayScan, WinbackScan); `journey` names the file to start."""
+
+    journey: str
+    at: datetime | None = Field(default=None, description="Scan as of this time (default: workflow time)")
+
+
+class ScanResult(BaseModel):
+    """What one scan started."""
+
+    started: list[str] = Field(default_factory=list)
+    exited: list[str] = Field(default_factory=list)
