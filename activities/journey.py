@@ -117,8 +117,9 @@ class JourneyActivities:
         """(channel, when) of every open/click of the customer, from deliveries and events."""
         reacted = func.coalesce(col(Delivery.clicked_at), col(Delivery.opened_at))
         async with self._db.session() as session:
+            connection = await session.connection()
             rows = (
-                await session.execute(
+                await connection.execute(
                     select(Delivery.channel, reacted)
                     .where(Delivery.customer_id == customer_id, reacted.is_not(None))
                     .union_all(
