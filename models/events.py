@@ -123,6 +123,9 @@ class AppEventResult(BaseModel):
     event_id: str
     status: Literal["accepted", "duplicate", "unknown_customer"]
     signalled: list[str] = Field(default_factory=list, description="Workflow ids of the journeys signalled")
+    started: list[str] = Field(
+        default_factory=list, description="Workflow ids of the journeys this event triggered (journeys/*.yaml)"
+    )
     detail: str = ""
 
 

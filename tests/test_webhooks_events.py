@@ -97,6 +97,7 @@ async def test_events_need_a_key_are_idempotent_and_a_purchase_converts(dev_serv
         "event_id": "ord-1",
         "status": "duplicate",
         "signalled": [],
+        "started": [],
         "detail": "already received; nothing done",
     }
     result = await handle.result()
@@ -214,3 +215,21 @@ async def test_a_blocked_telegram_bot_blocks_the_contact_and_stop_unsubscribes(w
         "status": "unknown contact"
     }
     assert (await contact(any_db, unique_id, "email")).status == "valid"
+
+
+async def test_an_event_starts_the_journeys_it_triggers_and_a_purchase_ends_them(dev_server, web, any_db, unique_id):
+    await seed(any_db, unique_id, email="ann@example.com")
+    key, _ = await create_key(any_db, "shop1")
+    cart = {"event_id": "cart-9", "customer_id": unique_id, "type": "cart_abandoned"}
+    cart["properties"] = {"cart_id": "c9", "cart_value": 120}
+    reply = await web.post("/v1/events", json=cart, headers={"X-API-Key": key})
+    workflow_id = f"journey/abandoned_cart/{unique_id}/c9"
+    assert reply.status_code == 202 and reply.json()["started"] == [workflow_id]
+    # The same event again is a duplicate: nothing new starts.
+    assert (await web.post("/v1/events", json=cart, headers={"X-API-Key": key})).json()["started"] == []
+
+    purchase = {"event_id": "ord-9", "customer_id": unique_id, "type": "purchase", "properties": {"amount": 120}}
+    bought = await web.post("/v1/events", json=purchase, headers={"X-API-Key": key})
+    assert bought.status_code == 202 and workflow_id in bought.json()["signalled"]
+    result = await dev_server.client.get_workflow_handle(workflow_id).result()
+    assert result["outcome"] == Outcome.REACTED and result["reaction"] == "converted"

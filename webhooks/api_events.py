@@ -1,8 +1,10 @@
 """POST /v1/events (and /v1/events/batch): application events from the shop, with an API key.
 
 `Authorization: Bearer <key>` or `X-API-Key: <key>`; keys are per tenant and stored
-hashed (see webhooks/keys.py). Events are stored on the profile and a conversion
-(a purchase) is signalled to the customer's running journeys.
+hashed (see webhooks/keys.py). Events are stored on the profile, a conversion (a
+purchase) is signalled to the customer's running journeys, and then the event is routed
+(core/triggers.py): journeys whose trigger and entry conditions match start, and those
+whose `exit_on`/`convert_on` name the event end.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from temporalio.service import RPCError
 
 from core.events import record_app_event
+from core.logging import get_logger
+from core.triggers import route_event
 from models.events import AppEvent, AppEventBatch, AppEventBatchResult, AppEventResult
 from webhooks.keys import authenticate
 
 router = APIRouter(tags=["events"])
+log = get_logger("webhooks.events")
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key in X-API-Key")
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -43,10 +49,32 @@ async def tenant_of(
 
 @router.post("/v1/events", status_code=202, response_model=AppEventResult, responses=_AUTH_ERRORS)
 async def post_event(event: AppEvent, request: Request, tenant: Annotated[str, Depends(tenant_of)]) -> AppEventResult:
-    """Store one application event; a conversion signals the customer's running journeys."""
-    result = await record_app_event(request.app.state.client, request.app.state.db, tenant, event)
+    """Store one application event, signal the customer's running journeys, start triggered ones."""
+    result = await _accept(request, tenant, event)
     if result.status == "unknown_customer":
         raise HTTPException(404, result.detail)
+    return result
+
+
+async def _accept(request: Request, tenant: str, event: AppEvent) -> AppEventResult:
+    """Record the event, then route it to the journeys it starts or ends."""
+    state = request.app.state
+    result = await record_app_event(state.client, state.db, tenant, event)
+    if result.status != "accepted":
+        # A duplicate was routed the first time; routing it again could start a
+        # journey a second time once the first run has finished.
+        return result
+    try:
+        routed = await route_event(
+            state.client, state.db, event.customer_id, event.type, event.properties, settings=state.settings
+        )
+    except RPCError as exc:
+        # The event and its signals are kept; only the journeys it would start are not.
+        log.error("event.routing_failed", customer_id=event.customer_id, event_type=event.type, error=str(exc))
+        result.detail = "stored and signalled; starting triggered journeys failed (Temporal unavailable)"
+        return result
+    result.started = routed.started
+    result.signalled = sorted({*result.signalled, *routed.converted, *routed.exited})
     return result
 
 
@@ -55,7 +83,7 @@ async def post_events(
     batch: AppEventBatch, request: Request, tenant: Annotated[str, Depends(tenant_of)]
 ) -> AppEventBatchResult:
     """Up to 1000 events in order; each is idempotent, so a retried batch is safe."""
-    results = [await record_app_event(request.app.state.client, request.app.state.db, tenant, e) for e in batch.events]
+    results = [await _accept(request, tenant, e) for e in batch.events]
     return AppEventBatchResult(
         accepted=sum(r.status == "accepted" for r in results),
         duplicates=sum(r.status == "duplicate" for r in results),
