@@ -40,8 +40,11 @@ from core.journey_files import (
     journey_files,
     load_journey,
 )
-from core.profiles import resolve_customer_id
+from core.profiles import resolve_customer_id, template_fields
 from core.settings import Settings, get_settings
+from core.templates import BASE_FIELDS as BASE_TEMPLATE_FIELDS
+from core.templates import SEND_TIME_FIELDS as TEMPLATE_EXTRAS
+from core.templates import check_journey
 from core.temporal import connect, quote
 from models import search_attributes as sa
 from models.events import CancelInput
@@ -54,6 +57,10 @@ from workflows.loyalty import LoyaltyLoop
 
 class UnknownCustomerError(LookupError):
     """The customer id is not in the profile database; nothing was started."""
+
+
+class TemplateFieldError(ValueError):
+    """A template reads a field the customer's profile and the context lack; nothing was started."""
 
 
 def journey_workflow_id(journey: str, customer_id: str, key: str | None = None) -> str:
@@ -79,7 +86,8 @@ async def start_journey(
     `loop` section runs as a LoyaltyLoop, any other as a CascadeJourney. Use `key` when
     the same journey may run more than once at a time for a customer (one per cart).
     Everything is validated before a workflow starts: a bad definition raises
-    JourneyDefinitionError, an unknown customer UnknownCustomerError, a bad deadline or
+    JourneyDefinitionError, an unknown customer UnknownCustomerError, a template field
+    that neither the profile nor `context` has TemplateFieldError, a bad deadline or
     context ValueError, each naming what was wrong.
     """
     settings = settings or get_settings()
@@ -100,8 +108,18 @@ async def start_journey(
                 # A profile merged into another one: the journey belongs to the survivor.
                 customer_id = await resolve_customer_id(session, customer_id)
                 payload.customer_id = customer_id
-        if found is None:
+                customer = await session.get(Customer, customer_id)
+        if found is None or customer is None:
             raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
+        # A template field that neither the profile nor the context has would fail the
+        # send days from now, in the worker: refuse the start instead, naming it.
+        available = {*template_fields(customer), *payload.context, *TEMPLATE_EXTRAS}
+        if missing := check_journey(spec, available)[0]:
+            raise TemplateFieldError(
+                f"journey {spec.name!r} for customer {customer_id!r}: "
+                + "; ".join(missing)
+                + " (not on the profile and not in the context)"
+            )
         handle = await _start(client, settings, spec, payload, key)
         async with db.session() as session:
             await session.exec(
@@ -321,6 +339,13 @@ def validate(
             console.print(f"[red]invalid[/red] {_escape(str(exc))}")
             continue
         console.print(f"[green]ok[/green] {target}: {spec.name} v{spec.version} ({len(spec.steps)} steps)")
+        # Fields not on every profile must come from the triggering event, the context
+        # or custom attributes; start_journey refuses a start where they are missing.
+        others, notes = check_journey(spec, BASE_TEMPLATE_FIELDS)
+        for line in notes:
+            console.print(f"   {_escape(line)}")
+        for line in others:
+            console.print(f"   [yellow]needs from the event/context/custom attributes:[/yellow] {_escape(line)}")
     if bad:
         raise typer.Exit(1)
 

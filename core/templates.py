@@ -18,6 +18,7 @@ from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from channels.sms_segments import SmsInfo, sms_info
+from core.profiles import TYPED_FIELDS
 from models.journey import JourneySpec, MessageContent
 
 _TEXT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -26,7 +27,10 @@ _HTML = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
 MESSENGERS = frozenset({"telegram", "vk", "viber", "whatsapp"})
 PUSH = frozenset({"webpush", "fcm"})
 # Fields every render has besides the profile's attributes and the journey context.
-BASE_FIELDS = frozenset({"customer_id", "name"})
+# Filled in at send time, whatever the profile: the signed one-click unsubscribe link.
+SEND_TIME_FIELDS = frozenset({"unsubscribe_url"})
+# What every customer's profile offers a template (custom attributes come on top).
+BASE_FIELDS = frozenset({"customer_id", "attributes", *TYPED_FIELDS, *SEND_TIME_FIELDS})
 
 
 class TemplateRenderError(ValueError):

@@ -128,16 +128,22 @@ async def route_event(
         if spec.trigger.key_property and props.get(spec.trigger.key_property) is not None:
             key = str(props[spec.trigger.key_property]).replace("/", "_")[:128]
         deadline = _deadline(props.get(spec.trigger.deadline_property)) if spec.trigger.deadline_property else None
-        handle = await start_journey(
-            customer_id,
-            spec,
-            key=key,
-            context={**props, "event_type": event_type},
-            deadline=deadline,
-            client=client,
-            db=db,
-            settings=settings,
-        )
+        try:
+            handle = await start_journey(
+                customer_id,
+                spec,
+                key=key,
+                context={**props, "event_type": event_type},
+                deadline=deadline,
+                client=client,
+                db=db,
+                settings=settings,
+            )
+        except ValueError as exc:
+            # One journey that cannot start (a template field the event did not carry,
+            # a bad deadline) must not keep the others from starting.
+            result.not_entered[spec.name] = str(exc)
+            continue
         result.started.append(handle.id)
         result.handles[handle.id] = handle
     return result

@@ -19,14 +19,15 @@ from channels.base import Channel, OutboundMessage, SendReceipt, TransientSendEr
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
 from core.db import Database
+from core.profiles import upsert_customer
 from core.settings import Settings
 from core.temporal import register_search_attributes
 from models import search_attributes as sa
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Outcome, StepStatus
-from models.profiles import ContactIn
-from models.tables import ContactStatus
-from starter import UnknownCustomerError, start_journey
+from models.profiles import ContactIn, CustomerProfile
+from models.tables import ContactStatus, Customer
+from starter import TemplateFieldError, UnknownCustomerError, start_journey
 from tests.conftest import seed
 from tests.helpers import contact, deliveries, outbox, spec, wait_for_state
 from worker import build_worker
@@ -321,14 +322,36 @@ async def test_a_receipt_that_overtakes_the_send_result_still_counts(client, db,
     assert [m.channel for m in await outbox(db)] == ["email"]
 
 
-async def test_broken_template_fails_its_step_and_the_cascade_goes_on(client, db, settings, run_worker, unique_id):
+async def test_a_template_field_nobody_has_is_refused_at_start(client, db, settings, run_worker, unique_id):
     await _seed_all(db, unique_id)
     journey = spec("email", "sms")
     journey.steps[0].content.body = "Your code: {{ coupon }}"
-    result = await (await _start(client, db, settings, unique_id, journey=journey)).result()
-    assert result.steps[0].status == StepStatus.FAILED
-    assert "coupon" in (result.steps[0].reason or "")
-    assert [m.channel for m in await outbox(db)] == ["sms"]
+    with pytest.raises(TemplateFieldError, match=r"steps\.0\.content\.body.*'coupon'"):
+        await _start(client, db, settings, unique_id, journey=journey)
+    with pytest.raises(RPCError):
+        await client.get_workflow_handle(f"journey/test/{unique_id}").describe()
+    assert await outbox(db) == []
+
+
+async def test_a_field_gone_by_send_time_fails_its_step_and_the_cascade_goes_on(
+    client, db, settings, run_worker, unique_id, ts_env
+):
+    await _seed_all(db, unique_id)
+    await upsert_customer(db, CustomerProfile(id=unique_id, attributes={"coupon": "SAVE5"}))
+    journey = spec("email", "sms", wait="1d")
+    journey.steps[1].content.body = "Your code: {{ coupon }}"
+    handle = await _start(client, db, settings, unique_id, journey=journey)
+    await wait_for_state(handle, lambda s: s.status == "waiting")
+    # The attribute disappears while the journey waits (an admin edit, an import).
+    async with db.session() as session:
+        customer = await session.get(Customer, unique_id)
+        assert customer is not None
+        customer.attributes = {}
+        session.add(customer)
+    result = await handle.result()
+    assert result.steps[1].status == StepStatus.FAILED
+    assert "coupon" in (result.steps[1].reason or "")
+    assert [m.channel for m in await outbox(db)] == ["email"]
 
 
 async def test_context_fields_reach_the_template(client, db, settings, run_worker, unique_id):
