@@ -43,6 +43,11 @@ async def register_search_attributes(client: Client) -> None:
         if exc.status != RPCStatusCode.UNIMPLEMENTED:
             raise
     if wanted:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=wanted)  # type: ignore[arg-type]
-        )
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(namespace=client.namespace, search_attributes=wanted)  # type: ignore[arg-type]
+            )
+        except RPCError as exc:
+            # Without a listing (test server) a second registration is how we find out.
+            if exc.status != RPCStatusCode.ALREADY_EXISTS and "already exists" not in str(exc):
+                raise

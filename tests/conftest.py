@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
@@ -18,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from core.db import Database, migrate
 from core.profiles import upsert_customer
 from core.settings import Settings
+from core.temporal import register_search_attributes
 from models.profiles import ContactIn, CustomerProfile
 
 BIN = Path(sys.executable).parent
@@ -50,6 +52,13 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def client(ts_env: WorkflowEnvironment) -> Client:
+    """The time-skipping server's client, with the journey search attributes registered."""
+    await register_search_attributes(ts_env.client)
+    return ts_env.client
 
 
 @pytest.fixture

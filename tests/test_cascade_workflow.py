@@ -13,7 +13,6 @@ from datetime import timedelta
 import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from channels.base import Channel, OutboundMessage, SendReceipt, TransientSendError
 from channels.registry import build_channels
@@ -21,7 +20,6 @@ from channels.sandbox import SandboxChannel
 from core.db import Database
 from core.profiles import upsert_customer
 from core.settings import Settings
-from core.temporal import register_search_attributes
 from models import search_attributes as sa
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Outcome, StepStatus
@@ -35,12 +33,6 @@ from workflows.cascade import CascadeJourney
 
 DAY = timedelta(days=1)
 THREE = ("email", "telegram", "sms")
-
-
-@pytest.fixture(scope="session")
-async def client(ts_env: WorkflowEnvironment) -> Client:
-    await register_search_attributes(ts_env.client)
-    return ts_env.client
 
 
 @pytest.fixture

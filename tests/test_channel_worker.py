@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
-from temporalio.service import RPCError
 
 from core.settings import Settings, TelegramSettings
-from core.temporal import register_search_attributes
 from models.journey import Outcome
 from models.tables import ContactStatus
 from starter import start_journey
@@ -39,9 +36,9 @@ def _with_telegram(settings: Settings, double: TelegramDouble, **extra: object) 
     )
 
 
-async def test_journey_sends_through_the_adapter_on_the_channel_queue(ts_env, settings, db, unique_id, telegram):
-    with contextlib.suppress(RPCError):  # already registered by another test module
-        await register_search_attributes(ts_env.client)
+async def test_journey_sends_through_the_adapter_on_the_channel_queue(
+    client, ts_env, settings, db, unique_id, telegram
+):
     settings = _with_telegram(settings, telegram)
     await seed(db, unique_id, telegram="blocked-7", sms="+14155552671")
     other = f"{unique_id}-b"

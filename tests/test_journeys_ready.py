@@ -13,14 +13,12 @@ from typing import Any
 import pytest
 from sqlmodel import select
 from temporalio.client import Client
-from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from core.db import Database
 from core.journey_files import load_journey
 from core.profiles import upsert_customer
 from core.settings import Settings
-from core.temporal import register_search_attributes
 from core.triggers import route_event
 from models.events import EngagementInput, EngagementType
 from models.journey import Outcome, StepStatus
@@ -40,17 +38,6 @@ ALL = {
     "fcm": "tok-{cid}",
     "webpush": "wp-{cid}",
 }
-
-
-@pytest.fixture(scope="module")
-async def client(ts_env: WorkflowEnvironment) -> Client:
-    try:
-        await register_search_attributes(ts_env.client)
-    except RPCError as exc:
-        # Another test module registered them on the shared session server already.
-        if "already exists" not in str(exc):
-            raise
-    return ts_env.client
 
 
 @pytest.fixture

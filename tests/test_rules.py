@@ -7,9 +7,6 @@ from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client
-from temporalio.service import RPCError
-from temporalio.testing import WorkflowEnvironment
 
 from activities.journey import JourneyActivities
 from activities.rules import cap_frees_at, condition_holds, quiet_hours_end, stay_channels
@@ -18,7 +15,6 @@ from core.db import Database
 from core.journey_files import JourneyDefinitionError, estimate_cost, load_journey
 from core.profiles import upsert_customer
 from core.settings import Settings
-from core.temporal import register_search_attributes
 from models.activities import CheckContactInput, StepRules
 from models.journey import ChannelName, Condition, FrequencyCap, QuietHours, StepStatus
 from models.profiles import ContactIn, CustomerProfile
@@ -157,16 +153,6 @@ async def test_check_contact_applies_cap_quiet_hours_and_stay(any_db: Database):
     transactional = check("email", frequency_cap=FrequencyCap(max=3, per=timedelta(days=7)))
     transactional.topic = Topic.TRANSACTIONAL
     assert (await acts.check_contact(transactional)).usable
-
-
-@pytest.fixture(scope="module")
-async def client(ts_env: WorkflowEnvironment) -> Client:
-    try:
-        await register_search_attributes(ts_env.client)
-    except RPCError as exc:
-        if "already exists" not in str(exc):
-            raise
-    return ts_env.client
 
 
 async def test_quiet_hours_hold_the_step_on_a_durable_timer(client, db, settings, ts_env, unique_id):
