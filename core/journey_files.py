@@ -100,9 +100,26 @@ def journey_files(directory: Path = JOURNEYS_DIR) -> list[Path]:
     return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
 
 
+_PARSED: dict[Path, tuple[tuple[int, int], JourneySpec]] = {}
+
+
 def load_all_journeys(directory: Path = JOURNEYS_DIR) -> list[JourneySpec]:
-    """Every journey in `directory`, validated (the first invalid file raises)."""
-    return [load_journey(path) for path in journey_files(directory)]
+    """Every journey in `directory`, validated (the first invalid file raises).
+
+    Every event is routed against every journey, so a file is parsed again only when
+    it changed (size or modification time): an edit applies to the next event without
+    a restart, and an unchanged file costs a stat. Treat the specs as read-only.
+    """
+    specs = []
+    for path in journey_files(directory):
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size)
+        cached = _PARSED.get(path)
+        if cached is None or cached[0] != version:
+            cached = (version, load_journey(path))
+            _PARSED[path] = cached
+        specs.append(cached[1])
+    return specs
 
 
 # Share of customers assumed to give each reaction to one message, for the estimate

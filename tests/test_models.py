@@ -114,3 +114,17 @@ def test_templates_are_sandboxed_strict_and_escaped():
         render_content(MessageContent(body="{{ coupon }}"), {})
     with pytest.raises(TemplateRenderError, match="unsafe"):
         render_content(MessageContent(body="{{ name.__class__.__mro__ }}"), {"name": "x"})
+
+
+def test_journey_files_are_parsed_again_only_when_they_change(tmp_path):
+    import os
+
+    from core.journey_files import load_all_journeys
+
+    path = tmp_path / "j.yaml"
+    path.write_text("name: j\nsteps:\n  - channel: email\n    content: {body: one}\n")
+    first = load_all_journeys(tmp_path)
+    assert load_all_journeys(tmp_path)[0] is first[0]  # unchanged: the parsed spec is reused
+    path.write_text("name: j\nsteps:\n  - channel: sms\n    content: {body: two words}\n")
+    os.utime(path, ns=(1, 1))  # a different mtime even on coarse file systems
+    assert load_all_journeys(tmp_path)[0].steps[0].channel == "sms"
