@@ -201,7 +201,9 @@ class JourneyActivities:
         await save_tracking(self._db, input.idempotency_key, tracking)
 
         cost = self._settings.channel_costs.get(input.channel, 0.0)
-        claim = await self._claim(input, reach.contact.id, rendered.content_hash)
+        # Logged under the surviving profile's id when the journey's customer was merged
+        # away, so caps and history see one customer.
+        claim = await self._claim(input, reach.customer.id, reach.contact.id, rendered.content_hash)
         if claim is not None:
             log.info("send.duplicate_suppressed", status=claim.status)
             return claim
@@ -261,7 +263,7 @@ class JourneyActivities:
         )
 
     async def _claim(
-        self, input: SendMessageInput, contact_point_id: int | None, content_hash: str
+        self, input: SendMessageInput, customer_id: str, contact_point_id: int | None, content_hash: str
     ) -> SendMessageResult | None:
         """Make this attempt the only one that may call the provider for this key.
 
@@ -281,7 +283,7 @@ class JourneyActivities:
                     run_id=input.run_id,
                     journey=input.journey,
                     step=input.step,
-                    customer_id=input.customer_id,
+                    customer_id=customer_id,
                     channel=input.channel.value,
                     topic=input.topic.value,
                     contact_point_id=contact_point_id,

@@ -350,7 +350,9 @@ async def unsubscribe_contact(
             return UnsubscribeResult(False, [])
         if point is not None:
             await mark_contact_point(session, point.id, status, reason)
-        if channel in ChannelName.__members__.values():
+        customer = await session.get(Customer, customer_id)
+        # After an erasure the delivery names a pseudonym: no profile to record consent on.
+        if channel in ChannelName.__members__.values() and customer is not None and customer.erased_at is None:
             await set_consent(
                 session,
                 customer_id,
@@ -429,7 +431,8 @@ async def record_app_event(client: Client, db: Database, tenant: str, event: App
                 .on_conflict_do_nothing()
             )
             customer = await session.get(Customer, customer_id)
-        if customer is None:
+        if customer is None or customer.erased_at is not None:
+            # An erased customer's events would write personal data back: refused alike.
             return AppEventResult(
                 event_id=event.event_id,
                 status="unknown_customer",
@@ -461,3 +464,23 @@ async def record_app_event(client: Client, db: Database, tenant: str, event: App
             signalled = [r.workflow_id for r in results if r.signalled]
     log.info("event.app", tenant=tenant, customer_id=customer_id, event_type=event.type, workflow_ids=signalled)
     return AppEventResult(event_id=event.event_id, status="accepted", signalled=signalled)
+
+
+async def routing_pending(db: Database, tenant: str, event_id: str) -> bool:
+    """True when a stored application event has not been routed to its journeys yet."""
+    async with db.session() as session:
+        found = await session.exec(
+            select(EngagementEvent.routed_at).where(EngagementEvent.event_id == f"{tenant}:{event_id}")
+        )
+        rows = found.all()
+    return bool(rows) and rows[0] is None
+
+
+async def mark_routed(db: Database, tenant: str, event_id: str) -> None:
+    """Remember that an application event reached the journeys it triggers or ends."""
+    async with db.session() as session:
+        await session.exec(
+            update(EngagementEvent)
+            .where(col(EngagementEvent.event_id) == f"{tenant}:{event_id}")
+            .values(routed_at=utcnow())
+        )

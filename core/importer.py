@@ -26,7 +26,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db import Database
-from core.profiles import IDENTITY_CHANNELS, TYPED_FIELDS, apply_profile
+from core.profiles import IDENTITY_CHANNELS, IMPLIED_CONSENT, TYPED_FIELDS, ProfileError, apply_profile
 from models.journey import ChannelName
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import Consent, ContactPoint, Customer, ExternalId, Topic, utcnow
@@ -142,16 +142,25 @@ def read_profiles(path: Path) -> Iterator[tuple[int, CustomerProfile | str]]:
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            if not reader.fieldnames or "id" not in reader.fieldnames:
-                yield 1, "the header has no 'id' column"
-                return
-            for row in reader:
-                yield reader.line_num, _parse(lambda r=row: profile_from_csv(r))  # type: ignore[misc]
+            try:
+                if not reader.fieldnames or "id" not in reader.fieldnames:
+                    yield 1, "the header has no 'id' column"
+                    return
+                for row in reader:
+                    yield reader.line_num, _parse(lambda r=row: profile_from_csv(r))  # type: ignore[misc]
+            except (csv.Error, UnicodeDecodeError) as exc:
+                # The file itself is broken here (not UTF-8, an endless quoted cell):
+                # report where, and read no further.
+                yield reader.line_num + 1, f"unreadable from here on (is it UTF-8 CSV?): {exc}"
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    yield number, _parse(lambda text=line: CustomerProfile.model_validate_json(text))  # type: ignore[misc]
+            number = 0
+            try:
+                for number, line in enumerate(handle, start=1):
+                    if line.strip():
+                        yield number, _parse(lambda text=line: CustomerProfile.model_validate_json(text))  # type: ignore[misc]
+            except UnicodeDecodeError as exc:
+                yield number + 1, f"unreadable from here on: {exc}"
     else:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r} (use .csv or .jsonl)")
 
@@ -189,24 +198,24 @@ async def import_profiles(
             # still describe them as they were: it would pick sequential scans for the
             # per-chunk look-ups and the import would turn quadratic. Index look-ups only.
             await (await session.connection()).execute(text("SET LOCAL enable_seqscan = off"))
-        chunk: list[CustomerProfile] = []
+        chunk: list[tuple[int, CustomerProfile]] = []
         for line, parsed in read_profiles(path):
             report.rows += 1
             if isinstance(parsed, str):
                 report.rejected.append(RejectedRow(line, parsed))
             elif skip_invalid or not report.rejected:
-                chunk.append(parsed)
+                chunk.append((line, parsed))
                 if len(chunk) >= CHUNK:
                     await _write_chunk(db, session, chunk, report)
                     chunk = []
             if progress and report.rows % 500 == 0:
                 progress(report.rows)
+        if chunk and (skip_invalid or not report.rejected):
+            await _write_chunk(db, session, chunk, report)
         if report.rejected and not skip_invalid:
             report.seconds = time.perf_counter() - started
             # Raising inside the session rolls back whatever earlier chunks wrote.
             raise ImportAborted(report)
-        if chunk:
-            await _write_chunk(db, session, chunk, report)
     if progress:
         progress(report.rows)
     report.written = True
@@ -215,10 +224,19 @@ async def import_profiles(
 
 
 def _identity_keys(profile: CustomerProfile) -> list[tuple[str, str]]:
-    return [(c.channel.value, c.address) for c in profile.contacts if c.channel.value in IDENTITY_CHANNELS]
+    keys: set[tuple[str, str]] = {
+        (c.channel.value, c.address) for c in profile.contacts if c.channel.value in IDENTITY_CHANNELS
+    }
+    # A phone on SMS is the same person as that phone on WhatsApp or voice.
+    phones = {address for channel, address in keys if channel != ChannelName.EMAIL.value}
+    keys |= {(channel, phone) for phone in phones for channel in IDENTITY_CHANNELS - {ChannelName.EMAIL.value}}
+    return sorted(keys)
 
 
-async def _write_chunk(db: Database, session: AsyncSession, chunk: list[CustomerProfile], report: ImportReport) -> None:
+async def _write_chunk(
+    db: Database, session: AsyncSession, batch: list[tuple[int, CustomerProfile]], report: ImportReport
+) -> None:
+    chunk = [profile for _, profile in batch]
     ids = [p.id for p in chunk]
     known = set((await session.exec(select(Customer.id).where(col(Customer.id).in_(ids)))).all())
     keys = {key for p in chunk for key in _identity_keys(p)}
@@ -244,20 +262,27 @@ async def _write_chunk(db: Database, session: AsyncSession, chunk: list[Customer
         taken |= {(f"ext:{s}", e) for s, e in rows2.all() if (s, e) in externals}
 
     fast: list[CustomerProfile] = []
-    slow: list[CustomerProfile] = []
+    slow: list[tuple[int, CustomerProfile]] = []
     seen_ids: set[str] = set()
-    for profile in chunk:
+    for line, profile in batch:
         own = _identity_keys(profile) + [(f"ext:{s}", e) for s, e in profile.external_ids.items()]
         if profile.id in known or profile.id in seen_ids or any(k in taken for k in own):
-            slow.append(profile)
+            slow.append((line, profile))
         else:
             fast.append(profile)
             taken.update(own)
         seen_ids.add(profile.id)
     await _insert_new(session, fast)
     report.created += len(fast)
-    for profile in slow:
-        result = await apply_profile(db, session, profile)
+    for line, profile in slow:
+        try:
+            # A savepoint per row: a row refused here (an erased customer's id) leaves
+            # the rest of the import as it was.
+            async with session.begin_nested():
+                result = await apply_profile(db, session, profile)
+        except ProfileError as exc:
+            report.rejected.append(RejectedRow(line, str(exc)))
+            continue
         report.created += result.created
         report.updated += not result.created
         report.merged += len(result.merged)
@@ -301,8 +326,12 @@ async def _insert_new(session: AsyncSession, profiles: list[CustomerProfile]) ->
                     "created_at": now,
                 }
             )
-            consent = True if contact.consent is None else contact.consent
-            granted[(contact.channel.value, Topic.MARKETING.value)] = (consent, contact.consent_source)
+            key = (contact.channel.value, Topic.MARKETING.value)
+            if contact.consent is not None:
+                granted[key] = (contact.consent, contact.consent_source)
+            else:
+                # Implied by adding the contact, and never over a stated decision.
+                granted.setdefault(key, (True, IMPLIED_CONSENT))
         for c in p.consents:
             granted[(c.channel.value, c.topic.value)] = (c.granted, c.source)
         consents += [

@@ -8,7 +8,7 @@ its emails or phone numbers is merged into the older of the two.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import or_, tuple_
@@ -27,10 +27,13 @@ from models.tables import (
     Delivery,
     EngagementEvent,
     ExternalId,
+    JourneyRun,
     Topic,
     utcnow,
 )
 
+# The source of a marketing opt-in that nobody stated: a contact added without a decision.
+IMPLIED_CONSENT = "implied: contact added without a consent decision"
 # Contact points that identify a person: two profiles sharing one are the same customer.
 IDENTITY_CHANNELS = {ChannelName.EMAIL.value, *(c.value for c in PHONE_CHANNELS)}
 TYPED_FIELDS = (
@@ -123,6 +126,47 @@ async def set_consent(session: AsyncSession, customer_id: str, consent: ConsentI
         session.add(existing)
 
 
+async def set_consent_if_unset(session: AsyncSession, customer_id: str, channel: str, at: datetime) -> None:
+    """Record the implied marketing opt-in of a newly added contact, unless a decision exists."""
+    found = (
+        await session.exec(
+            select(Consent.id).where(
+                Consent.customer_id == customer_id, Consent.channel == channel, Consent.topic == Topic.MARKETING.value
+            )
+        )
+    ).first()
+    if found is None:
+        session.add(
+            Consent(
+                customer_id=customer_id,
+                channel=channel,
+                topic=Topic.MARKETING.value,
+                granted=True,
+                source=IMPLIED_CONSENT,
+                changed_at=at,
+            )
+        )
+        await session.flush()
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands timestamps back without a zone; everything we store is UTC.
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def _decision_wins(theirs: Consent, mine: Consent) -> bool:
+    """Whether the absorbed profile's consent decision replaces the survivor's in a merge.
+
+    A withdrawal beats a yes that was only implied by adding a contact; otherwise the
+    more recent decision wins.
+    """
+    if theirs.granted != mine.granted:
+        grant = mine if mine.granted else theirs
+        if grant.source == IMPLIED_CONSENT:
+            return not theirs.granted
+    return bool(_aware(theirs.changed_at) > _aware(mine.changed_at))  # type: ignore[operator]
+
+
 async def upsert_customer(db: Database, profile: CustomerProfile) -> UpsertResult:
     """Create or update a customer with their contact points, consents and external ids.
 
@@ -171,21 +215,25 @@ async def apply_profile(db: Database, session: AsyncSession, profile: CustomerPr
     for contact in profile.contacts:
         key = (contact.channel.value, contact.address)
         cp = existing.get(key)
-        consent: bool | None = contact.consent
         if cp is None:
             cp = ContactPoint(customer_id=customer_id, channel=key[0], address=key[1], status_changed_at=now)
             existing[key] = cp
-            # The shop imports a contact it may message unless it says otherwise.
-            consent = True if contact.consent is None else contact.consent
+            if contact.consent is None:
+                # The shop imports a contact it may message unless it says otherwise, but
+                # an implied yes never overrides a decision the customer already made.
+                await set_consent_if_unset(session, customer_id, contact.channel.value, now)
         if contact.status is not None and cp.status != contact.status:
             cp.status, cp.status_changed_at = contact.status, now
         session.add(cp)
-        if consent is not None:
+        if contact.consent is not None:
             await set_consent(
                 session,
                 customer_id,
                 ConsentIn(
-                    channel=contact.channel, topic=Topic.MARKETING, granted=consent, source=contact.consent_source
+                    channel=contact.channel,
+                    topic=Topic.MARKETING,
+                    granted=contact.consent,
+                    source=contact.consent_source,
                 ),
                 now,
             )
@@ -271,7 +319,8 @@ async def merge_customers(session: AsyncSession, survivor_id: str, merged_id: st
         if name in ("purchase_count", "loyalty_points"):
             setattr(survivor, name, (mine or 0) + (theirs or 0))
         elif name == "last_purchase_at":
-            setattr(survivor, name, max((d for d in (mine, theirs) if d is not None), default=None))
+            known = [d for d in (_aware(mine), _aware(theirs)) if d is not None]
+            setattr(survivor, name, max(known, default=None))
         elif name in ("children_ages", "favourite_categories"):
             setattr(survivor, name, list(dict.fromkeys([*(mine or []), *(theirs or [])])))
         elif mine is None or (name == "timezone" and mine == "UTC"):
@@ -313,12 +362,12 @@ async def merge_customers(session: AsyncSession, survivor_id: str, merged_id: st
             session.add(consent)
             moved["consents"] += 1
         else:
-            if consent.changed_at > mine_c.changed_at:
+            if _decision_wins(consent, mine_c):
                 mine_c.granted, mine_c.source, mine_c.changed_at = consent.granted, consent.source, consent.changed_at
                 session.add(mine_c)
             await session.delete(consent)
 
-    for table in (ExternalId, Delivery, EngagementEvent):
+    for table in (ExternalId, Delivery, EngagementEvent, JourneyRun):
         result = await session.exec(
             update(table).where(col(table.customer_id) == merged_id).values(customer_id=survivor_id)
         )
@@ -342,9 +391,10 @@ async def merge_customers(session: AsyncSession, survivor_id: str, merged_id: st
 
 
 def _later(a: ContactPoint, b: ContactPoint) -> bool:
-    if a.status_changed_at is None or b.status_changed_at is None:
-        return b.status_changed_at is None
-    return a.status_changed_at > b.status_changed_at
+    mine, theirs = _aware(a.status_changed_at), _aware(b.status_changed_at)
+    if mine is None or theirs is None:
+        return theirs is None
+    return mine > theirs
 
 
 async def delete_rows(session: AsyncSession, table: Any, *conditions: Any) -> int:

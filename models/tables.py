@@ -213,6 +213,9 @@ class EngagementEvent(SQLModel, table=True):
     properties: dict[str, Any] = _json(dict)
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     received_at: datetime = _created()
+    # When the event was routed to the journeys it triggers or ends; None until then,
+    # so a sender's retry after a failed routing routes it again instead of dropping it.
+    routed_at: datetime | None = _ts()
 
 
 class JourneyRun(SQLModel, table=True):

@@ -13,6 +13,7 @@ from sqlmodel import func, select
 
 from core.db import Database
 from core.importer import ImportAborted, import_profiles
+from core.privacy import erase_customer
 from core.profiles import upsert_customer
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import Consent, ContactPoint, Customer, CustomerMerge, ExternalId
@@ -115,3 +116,27 @@ def test_cli_imports_exports_and_erases(tmp_path: Path) -> None:
     assert json.loads(run("export", "c1").stdout)["contact_points"] == []
     unknown = run("export", "nobody")
     assert unknown.returncode == 2 and "nobody" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+async def test_the_same_phone_on_two_channels_is_one_customer(any_db: Database, tmp_path: Path) -> None:
+    text = "id,sms,whatsapp\nx1,+14155552671,\nx2,,+14155552671\n"
+    report = await import_profiles(any_db, _write(tmp_path, "p.csv", text))
+    assert report.merged == 1
+    async with any_db.session() as session:
+        x2 = await session.get(Customer, "x2")
+    assert x2 is not None and x2.merged_into == "x1"
+
+
+async def test_an_erased_id_or_a_broken_file_is_a_rejected_row_not_a_crash(any_db: Database, tmp_path: Path) -> None:
+    await upsert_customer(any_db, CustomerProfile(id="gone", name="Eve"))
+    await erase_customer(any_db, "gone")
+    with pytest.raises(ImportAborted) as info:
+        await import_profiles(any_db, _write(tmp_path, "e.csv", "id,name\nok1,Ann\ngone,Eve\n"))
+    assert [(r.line, "erased" in r.reason) for r in info.value.report.rejected] == [(3, True)]
+    assert await _count(any_db, Customer) == 1  # only the erased row from before
+
+    broken = tmp_path / "b.csv"
+    broken.write_bytes(b"id,name\nb1,Ann\nb2,\xff\xfe\xfa\n")
+    with pytest.raises(ImportAborted) as info:
+        await import_profiles(any_db, broken)
+    assert "unreadable" in info.value.report.rejected[0].reason

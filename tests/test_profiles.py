@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -22,6 +22,7 @@ from models.tables import (
     CustomerMerge,
     Delivery,
     EngagementEvent,
+    JourneyRun,
     SandboxMessage,
     Topic,
     utcnow,
@@ -252,3 +253,45 @@ async def test_erasure_removes_personal_data_and_keeps_aggregates(any_db: Databa
     with pytest.raises(ProfileError, match="erased"):
         await upsert_customer(any_db, CustomerProfile(id="gone", name="Eve again"))
     assert await _count(any_db, Customer, col(Customer.name).is_not(None), Customer.id == "gone") == 0
+
+
+async def test_an_implied_yes_never_overrides_an_opt_out(any_db: Database) -> None:
+    await upsert_customer(
+        any_db, CustomerProfile(id="o1", contacts=[ContactIn(channel="email", address="o1@example.com", consent=False)])
+    )
+    # A second address arrives without a consent decision (a checkout form).
+    await upsert_customer(any_db, CustomerProfile(id="o1", contacts=[ContactIn(channel="email", address="o1b@x.org")]))
+    assert await _reach(any_db, "o1", "email") == "no consent"
+
+
+async def test_a_merge_keeps_the_opt_out_over_an_implied_yes_and_survives_naive_times(any_db: Database) -> None:
+    bought = datetime(2026, 1, 5, tzinfo=UTC)
+    await upsert_customer(
+        any_db,
+        CustomerProfile(
+            id="m1",
+            last_purchase_at=bought,
+            contacts=[ContactIn(channel="email", address="m@example.com", consent=False)],
+        ),
+    )
+    async with any_db.session() as session:
+        session.add(JourneyRun(workflow_id="journey/cart/m2", run_id="r1", journey="cart", customer_id="m2"))
+        session.add(Customer(id="m2", last_purchase_at=bought + timedelta(days=3)))
+    # A guest profile with the same address and only an implied opt-in, bought later.
+    result = await upsert_customer(
+        any_db,
+        CustomerProfile(
+            id="m2",
+            last_purchase_at=bought + timedelta(days=3),
+            contacts=[ContactIn(channel="email", address="m@example.com")],
+        ),
+    )
+    assert result.customer_id == "m1" and result.merged == ["m2"]
+    assert await _reach(any_db, "m1", "email") == "no consent"
+    async with any_db.session() as session:
+        survivor = await session.get(Customer, "m1")
+        run = (await session.exec(select(JourneyRun))).one()
+    assert survivor is not None and survivor.last_purchase_at is not None
+    assert survivor.last_purchase_at.replace(tzinfo=UTC) == bought + timedelta(days=3)
+    # Events for the absorbed profile's running journeys now find them under the survivor.
+    assert run.customer_id == "m1"

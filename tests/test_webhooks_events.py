@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from sqlmodel import col, select
 
 from core.db import Database
+from core.privacy import erase_customer
 from core.settings import Settings
 from models.journey import Outcome
 from models.tables import Customer, EngagementEvent
@@ -233,3 +234,44 @@ async def test_an_event_starts_the_journeys_it_triggers_and_a_purchase_ends_them
     assert bought.status_code == 202 and workflow_id in bought.json()["signalled"]
     result = await dev_server.client.get_workflow_handle(workflow_id).result()
     assert result["outcome"] == Outcome.REACTED and result["reaction"] == "converted"
+
+
+async def test_events_about_an_erased_customer_write_nothing_back(web, any_db, unique_id):
+    await seed(any_db, unique_id, email="ann@example.com")
+    await erase_customer(any_db, unique_id)
+    key, _ = await create_key(any_db, "shop1")
+    viewed = {"event_id": "v-9", "customer_id": unique_id, "type": "page_viewed", "properties": {"url": "https://s/p"}}
+    reply = await web.post("/v1/events", json=viewed, headers={"X-API-Key": key})
+    assert reply.status_code == 404
+    async with any_db.session() as session:
+        customer = await session.get(Customer, unique_id)
+    assert customer is not None and customer.attributes == {}
+    assert await _events(any_db) == []
+
+
+async def test_a_retry_after_a_failed_routing_starts_the_journeys(dev_server, web, any_db, unique_id, monkeypatch):
+    from temporalio.service import RPCError, RPCStatusCode
+
+    import webhooks.api_events as api_events
+
+    await seed(any_db, unique_id, email="ann@example.com")
+    key, _ = await create_key(any_db, "shop1")
+    from core.triggers import route_event as real_route
+
+    async def engine_down(*args: Any, **kwargs: Any) -> Any:
+        raise RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")
+
+    monkeypatch.setattr(api_events, "route_event", engine_down)
+    cart = {"event_id": "cart-7", "customer_id": unique_id, "type": "cart_abandoned"}
+    cart["properties"] = {"cart_id": "c7", "cart_value": 30}
+    failed = await web.post("/v1/events", json=cart, headers={"X-API-Key": key})
+    assert failed.status_code == 503 and "retry" in failed.json()["error"]
+    assert [e.event_id for e in await _events(any_db)] == ["shop1:cart-7"]  # stored once
+
+    monkeypatch.setattr(api_events, "route_event", real_route)
+    retried = await web.post("/v1/events", json=cart, headers={"X-API-Key": key})
+    assert retried.status_code == 202 and retried.json()["status"] == "duplicate"
+    assert retried.json()["started"] == [f"journey/abandoned_cart/{unique_id}/c7"]
+    # Routed now: a third delivery of the same event does nothing.
+    assert (await web.post("/v1/events", json=cart, headers={"X-API-Key": key})).json()["started"] == []
+    await dev_server.client.get_workflow_handle(f"journey/abandoned_cart/{unique_id}/c7").cancel()

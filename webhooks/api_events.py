@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.service import RPCError
 
-from core.events import record_app_event
+from core.events import mark_routed, record_app_event, routing_pending
 from core.logging import get_logger
 from core.triggers import route_event
 from models.events import AppEvent, AppEventBatch, AppEventBatchResult, AppEventResult
@@ -57,22 +57,26 @@ async def post_event(event: AppEvent, request: Request, tenant: Annotated[str, D
 
 
 async def _accept(request: Request, tenant: str, event: AppEvent) -> AppEventResult:
-    """Record the event, then route it to the journeys it starts or ends."""
+    """Record the event, then route it to the journeys it starts or ends.
+
+    Routing happens after the event is stored, so it is tracked on the event row: a
+    sender's retry after a failed routing (503) finds the event stored but not routed
+    and routes it then; a repeat of a routed event does nothing at all.
+    """
     state = request.app.state
     result = await record_app_event(state.client, state.db, tenant, event)
-    if result.status != "accepted":
-        # A duplicate was routed the first time; routing it again could start a
-        # journey a second time once the first run has finished.
+    if result.status == "unknown_customer":
+        return result
+    if result.status == "duplicate" and not await routing_pending(state.db, tenant, event.event_id):
         return result
     try:
         routed = await route_event(
             state.client, state.db, event.customer_id, event.type, event.properties, settings=state.settings
         )
     except RPCError as exc:
-        # The event and its signals are kept; only the journeys it would start are not.
         log.error("event.routing_failed", customer_id=event.customer_id, event_type=event.type, error=str(exc))
-        result.detail = "stored and signalled; starting triggered journeys failed (Temporal unavailable)"
-        return result
+        raise HTTPException(503, "event stored; starting its journeys failed (Temporal unavailable): retry") from exc
+    await mark_routed(state.db, tenant, event.event_id)
     result.started = routed.started
     result.signalled = sorted({*result.signalled, *routed.converted, *routed.exited})
     return result
