@@ -8,7 +8,9 @@ credentials as SecretStr.
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Mapping
+from typing import cast
 
 from channels.base import Channel
 from channels.sandbox import SandboxChannel
@@ -16,55 +18,35 @@ from core.db import Database
 from core.settings import Settings
 from models.journey import ChannelName
 
+# (channel or None for any, adapter) -> (module, class, provider settings, cost keyword).
+# Modules are imported only when chosen, so a process using only the sandbox never
+# loads provider libraries.
+_ADAPTERS: dict[tuple[str | None, str], tuple[str, str, str, str]] = {
+    (None, "smtp"): ("channels.email", "SmtpChannel", "smtp", "cost"),
+    ("sms", "twilio"): ("channels.sms_twilio", "TwilioSmsChannel", "twilio", "cost_per_segment"),
+    ("voice", "twilio"): ("channels.voice", "TwilioVoiceChannel", "twilio", "cost"),
+    (None, "smsru"): ("channels.sms_ru", "SmsRuChannel", "smsru", "cost_per_segment"),
+    (None, "telegram"): ("channels.telegram", "TelegramChannel", "telegram", "cost"),
+    (None, "whatsapp"): ("channels.whatsapp", "WhatsAppChannel", "whatsapp", "cost"),
+    (None, "viber"): ("channels.viber", "ViberChannel", "viber", "cost"),
+    (None, "vk"): ("channels.vk", "VkChannel", "vk", "cost"),
+    (None, "webpush"): ("channels.webpush", "WebPushChannel", "webpush", "cost"),
+    (None, "fcm"): ("channels.fcm", "FcmChannel", "fcm", "cost"),
+}
+
 
 def build_channel(name: str, settings: Settings, db: Database) -> Channel:
     """The configured adapter for channel `name`."""
     cost = settings.channel_costs.get(name, 0.0)
     choice = getattr(settings, f"channel_{name}", "sandbox")
-    # Imported here so a process using only the sandbox never loads provider libraries.
-    if choice == "smtp":
-        from channels.email import SmtpChannel
-
-        return SmtpChannel(settings.smtp, cost=cost)
-    if choice == "twilio" and name == "sms":
-        from channels.sms_twilio import TwilioSmsChannel
-
-        return TwilioSmsChannel(settings.twilio, cost_per_segment=cost)
-    if choice == "twilio" and name == "voice":
-        from channels.voice import TwilioVoiceChannel
-
-        return TwilioVoiceChannel(settings.twilio, cost=cost)
-    if choice == "smsru":
-        from channels.sms_ru import SmsRuChannel
-
-        return SmsRuChannel(settings.smsru, cost_per_segment=cost)
-    if choice == "telegram":
-        from channels.telegram import TelegramChannel
-
-        return TelegramChannel(settings.telegram, cost=cost)
-    if choice == "whatsapp":
-        from channels.whatsapp import WhatsAppChannel
-
-        return WhatsAppChannel(settings.whatsapp, cost=cost)
-    if choice == "viber":
-        from channels.viber import ViberChannel
-
-        return ViberChannel(settings.viber, cost=cost)
-    if choice == "vk":
-        from channels.vk import VkChannel
-
-        return VkChannel(settings.vk, cost=cost)
-    if choice == "webpush":
-        from channels.webpush import WebPushChannel
-
-        return WebPushChannel(settings.webpush, cost=cost)
-    if choice == "fcm":
-        from channels.fcm import FcmChannel
-
-        return FcmChannel(settings.fcm, cost=cost)
-    if choice != "sandbox":
+    if choice == "sandbox":
+        return SandboxChannel(name, db, cost=cost)
+    found = _ADAPTERS.get((name, choice)) or _ADAPTERS.get((None, choice))
+    if found is None:
         raise ValueError(f"channel {name}: unknown adapter {choice!r}")
-    return SandboxChannel(name, db, cost=cost)
+    module, class_name, settings_field, cost_keyword = found
+    adapter = getattr(importlib.import_module(module), class_name)
+    return cast(Channel, adapter(getattr(settings, settings_field), **{cost_keyword: cost}))
 
 
 def build_channels(settings: Settings, db: Database) -> dict[str, Channel]:

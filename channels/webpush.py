@@ -36,7 +36,14 @@ class WebPushChannel:
     def __init__(self, settings: WebPushSettings, cost: float = 0.0) -> None:
         self._settings = settings
         self._cost = cost
-        self._vapid = Vapid02.from_string(settings.vapid_private_key.get_secret_value())
+        key = settings.vapid_private_key.get_secret_value()
+        if not key:
+            raise ValueError("channel webpush: set CASCADE_WEBPUSH__VAPID_PRIVATE_KEY (the VAPID private key)")
+        try:
+            self._vapid = Vapid02.from_string(key)
+        except ValueError:
+            # Never echo the key: the message names the setting, not its value.
+            raise ValueError("channel webpush: CASCADE_WEBPUSH__VAPID_PRIVATE_KEY is not a valid VAPID key") from None
         # Absolute URLs: every subscription has its own push service host.
         self._client = make_client("", settings.timeout_seconds)
 

@@ -15,7 +15,7 @@ from channels.webpush import WebPushChannel
 from core.settings import FcmSettings, WebPushSettings
 from models.tables import ContactStatus
 from tests.doubles.fcm import FcmDouble
-from tests.doubles.webpush import PushServiceDouble
+from tests.doubles.webpush import PushServiceDouble, new_vapid_key
 
 
 def _msg(to: str, key: str = "journey/w/c-1/run/3", **kw) -> OutboundMessage:
@@ -23,17 +23,11 @@ def _msg(to: str, key: str = "journey/w/c-1/run/3", **kw) -> OutboundMessage:
     return OutboundMessage(channel="push", to=to, idempotency_key=key, **(base | kw))
 
 
-def _vapid_key() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    raw = key.private_numbers().private_value.to_bytes(32, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 @pytest.fixture
 async def push():
     double = PushServiceDouble()
     async with double.serve():
-        channel = WebPushChannel(WebPushSettings(vapid_private_key=SecretStr(_vapid_key())), cost=0.0001)
+        channel = WebPushChannel(WebPushSettings(vapid_private_key=SecretStr(new_vapid_key())), cost=0.0001)
         yield double, channel
         await channel.aclose()
 

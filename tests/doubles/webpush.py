@@ -25,6 +25,13 @@ from starlette.routing import Route
 from tests.doubles.base import HttpDouble, json_response
 
 
+def new_vapid_key() -> str:
+    """A fresh VAPID private key, raw and base64url-encoded (as an operator would configure it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    raw = key.private_numbers().private_value.to_bytes(32, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
