@@ -35,6 +35,20 @@ async def _reach(db: Database, cid: str, channel: str, topic: Topic = Topic.MARK
     return reach.reason
 
 
+def _delivery(customer_id: str, channel: str, cost: float = 0.0) -> Delivery:
+    """A sent message of journey `x` in the delivery log."""
+    return Delivery(
+        idempotency_key=f"k-{customer_id}",
+        workflow_id=f"journey/x/{customer_id}",
+        run_id="r",
+        journey="x",
+        step=0,
+        customer_id=customer_id,
+        channel=channel,
+        cost=cost,
+    )
+
+
 async def _count(db: Database, table: type, *where: object) -> int:
     async with db.session() as session:
         return int((await session.exec(select(func.count()).select_from(table).where(*where))).one())  # type: ignore[arg-type]
@@ -145,17 +159,7 @@ async def test_profiles_sharing_an_email_are_merged_with_nothing_lost(any_db: Da
         ),
     )
     async with any_db.session() as session:
-        session.add(
-            Delivery(
-                idempotency_key="k-new",
-                workflow_id="journey/x/new",
-                run_id="r",
-                journey="x",
-                step=0,
-                customer_id="new",
-                channel="sms",
-            )
-        )
+        session.add(_delivery("new", "sms"))
     # The new profile now turns out to share Ann's e-mail (typed in another case).
     result = await upsert_customer(
         any_db, CustomerProfile(id="new", contacts=[ContactIn(channel="email", address="ANN@example.com")])
@@ -214,18 +218,7 @@ async def test_erasure_removes_personal_data_and_keeps_aggregates(any_db: Databa
         ),
     )
     async with any_db.session() as session:
-        session.add(
-            Delivery(
-                idempotency_key="k-eve",
-                workflow_id="journey/x/gone",
-                run_id="r",
-                journey="x",
-                step=0,
-                customer_id="gone",
-                channel="email",
-                cost=0.05,
-            )
-        )
+        session.add(_delivery("gone", "email", cost=0.05))
         session.add(
             EngagementEvent(customer_id="gone", type="purchase", properties={"card": "4111"}, occurred_at=utcnow())
         )
