@@ -119,6 +119,15 @@ async def signal_run(client: Client, workflow_id: str, run_id: str | None, event
     return SignalResult(workflow_id, run_id, False, f"journey already {status}; event recorded", finished=True)
 
 
+async def mark_run_finished(session: AsyncSession, workflow_id: str, run_id: str) -> None:
+    """Note a run a signal found finished, so later events skip it without asking Temporal."""
+    await session.exec(
+        update(JourneyRun)
+        .where(col(JourneyRun.workflow_id) == workflow_id, col(JourneyRun.run_id) == run_id)
+        .values(finished_at=utcnow())
+    )
+
+
 async def _customer_ids(session: AsyncSession, customer_id: str) -> list[str]:
     # Runs started before a merge carry the old id; the survivor's runs carry the new one.
     survivor = await resolve_customer_id(session, customer_id)
@@ -183,11 +192,7 @@ async def signal_customer_journeys(
     results = [await signal_run(client, wf, run, event) for wf, run in targets]
     for result in results:
         if result.finished and result.run_id is not None:
-            await session.exec(
-                update(JourneyRun)
-                .where(col(JourneyRun.workflow_id) == result.workflow_id, col(JourneyRun.run_id) == result.run_id)
-                .values(finished_at=utcnow())
-            )
+            await mark_run_finished(session, result.workflow_id, result.run_id)
     log.info(
         "signal.customer_journeys",
         customer_id=customer_id,

@@ -18,18 +18,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import col, select, update
+from sqlmodel import select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.rules import describe, failed_condition
 from core.db import Database
+from core.events import mark_run_finished, running_journeys
 from core.journey_files import load_all_journeys
 from core.profiles import resolve_customer_id, template_fields
 from core.settings import Settings, get_settings
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import JourneySpec
-from models.tables import Customer, JourneyRun, utcnow
+from models.tables import Customer, utcnow
 
 
 @dataclass
@@ -92,11 +93,7 @@ async def route_event(
         if customer is None:
             raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
         profile = template_fields(customer)
-        runs = (
-            await session.exec(
-                select(JourneyRun).where(JourneyRun.customer_id == customer_id, col(JourneyRun.finished_at).is_(None))
-            )
-        ).all()
+        runs = await running_journeys(session, customer_id)
 
     # Running journeys first, so an event that both ends one journey and starts
     # another (a purchase: cart ends, loyalty round starts) handles the old one first.
@@ -117,7 +114,7 @@ async def route_event(
                 raise
             # Finished meanwhile: note it so later events skip the look-up.
             async with db.session() as session:
-                await session.exec(update(JourneyRun).where(col(JourneyRun.id) == run.id).values(finished_at=now))
+                await mark_run_finished(session, run.workflow_id, run.run_id)
 
     for spec in matching_journeys(specs, event_type):
         if (cond := failed_condition(spec.entry.conditions, profile, props, now)) is not None:
