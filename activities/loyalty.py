@@ -9,12 +9,13 @@ from sqlmodel import col, select, update
 from temporalio import activity
 from temporalio.client import Client
 
-from core.db import Database, insert_ignoring_conflicts
+from core.db import Database
+from core.events import insert_event
 from core.journey_files import load_journey
 from core.settings import Settings
 from core.triggers import route_event
 from models.loyalty import AccruePointsInput, AccruePointsResult, ScanInput, ScanResult
-from models.tables import Customer, EngagementEvent
+from models.tables import Customer
 
 # A customer without a purchase for longer than this is dormant: win-back starts.
 WINBACK_AFTER = timedelta(days=180)
@@ -32,19 +33,16 @@ class LoyaltyActivities:
     async def accrue_points(self, input: AccruePointsInput) -> AccruePointsResult:
         """Add points once: the accrual is an engagement event keyed by the idempotency key."""
         async with self._db.session() as session:
-            inserted = await session.exec(
-                insert_ignoring_conflicts(self._db, EngagementEvent)
-                .values(
-                    event_id=input.idempotency_key,
-                    customer_id=input.customer_id,
-                    type="points_accrued",
-                    source="loyalty",
-                    properties={"points": input.points},
-                    occurred_at=input.at,
-                )
-                .on_conflict_do_nothing(index_elements=["event_id"])
+            duplicate = not await insert_event(
+                self._db,
+                session,
+                event_id=input.idempotency_key,
+                customer_id=input.customer_id,
+                type="points_accrued",
+                source="loyalty",
+                properties={"points": input.points},
+                occurred_at=input.at,
             )
-            duplicate = inserted.rowcount != 1
             if not duplicate:
                 await session.exec(
                     update(Customer)
