@@ -22,7 +22,6 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sqlmodel import select
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
@@ -103,14 +102,12 @@ async def start_journey(
     db = db or Database.from_settings(settings)
     try:
         async with db.session() as session:
-            found = (await session.exec(select(Customer.id).where(Customer.id == customer_id))).first()
-            if found is not None:
-                # A profile merged into another one: the journey belongs to the survivor.
-                customer_id = await resolve_customer_id(session, customer_id)
-                payload.customer_id = customer_id
-                customer = await session.get(Customer, customer_id)
-        if found is None or customer is None:
+            # A profile merged into another one: the journey belongs to the survivor.
+            survivor = await resolve_customer_id(session, customer_id)
+            customer = await session.get(Customer, survivor)
+        if customer is None:
             raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
+        customer_id = payload.customer_id = survivor
         # A template field that neither the profile nor the context has would fail the
         # send days from now, in the worker: refuse the start instead, naming it.
         available = {*template_fields(customer), *payload.context, *TEMPLATE_EXTRAS}
