@@ -26,7 +26,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db import Database
-from core.profiles import IDENTITY_CHANNELS, IMPLIED_CONSENT, TYPED_FIELDS, ProfileError, apply_profile
+from core.profiles import IMPLIED_CONSENT, TYPED_FIELDS, ProfileError, apply_profile, identity_keys
 from models.journey import ChannelName
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import Consent, ContactPoint, Customer, ExternalId, Topic, utcnow
@@ -223,23 +223,13 @@ async def import_profiles(
     return report
 
 
-def _identity_keys(profile: CustomerProfile) -> list[tuple[str, str]]:
-    keys: set[tuple[str, str]] = {
-        (c.channel.value, c.address) for c in profile.contacts if c.channel.value in IDENTITY_CHANNELS
-    }
-    # A phone on SMS is the same person as that phone on WhatsApp or voice.
-    phones = {address for channel, address in keys if channel != ChannelName.EMAIL.value}
-    keys |= {(channel, phone) for phone in phones for channel in IDENTITY_CHANNELS - {ChannelName.EMAIL.value}}
-    return sorted(keys)
-
-
 async def _write_chunk(
     db: Database, session: AsyncSession, batch: list[tuple[int, CustomerProfile]], report: ImportReport
 ) -> None:
     chunk = [profile for _, profile in batch]
     ids = [p.id for p in chunk]
     known = set((await session.exec(select(Customer.id).where(col(Customer.id).in_(ids)))).all())
-    keys = {key for p in chunk for key in _identity_keys(p)}
+    keys = {key for p in chunk for key in identity_keys(p)}
     taken: set[tuple[str, str]] = set()
     # Plain IN lists on indexed columns, filtered here: PostgreSQL plans a row-value IN
     # over a table growing inside this very transaction as a scan, and imports went
@@ -265,7 +255,7 @@ async def _write_chunk(
     slow: list[tuple[int, CustomerProfile]] = []
     seen_ids: set[str] = set()
     for line, profile in batch:
-        own = _identity_keys(profile) + [(f"ext:{s}", e) for s, e in profile.external_ids.items()]
+        own = identity_keys(profile) + [(f"ext:{s}", e) for s, e in profile.external_ids.items()]
         if profile.id in known or profile.id in seen_ids or any(k in taken for k in own):
             slow.append((line, profile))
         else:

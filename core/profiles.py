@@ -250,13 +250,22 @@ async def apply_profile(db: Database, session: AsyncSession, profile: CustomerPr
     return UpsertResult(customer_id=customer_id, created=created, merged=merged)
 
 
-async def _profiles_sharing_identity(session: AsyncSession, customer_id: str, profile: CustomerProfile) -> list[str]:
-    keys: list[tuple[str, str]] = [
+def identity_keys(profile: CustomerProfile) -> list[tuple[str, str]]:
+    """The (channel, address) pairs that identify the person: emails and phones.
+
+    A phone counts on every phone channel: the same number on SMS, WhatsApp and voice
+    is the same person.
+    """
+    keys: set[tuple[str, str]] = {
         (c.channel.value, c.address) for c in profile.contacts if c.channel.value in IDENTITY_CHANNELS
-    ]
-    # The same phone number on SMS, WhatsApp and voice is the same person.
+    }
     phones = {address for channel, address in keys if channel != ChannelName.EMAIL.value}
-    keys += [(channel, phone) for phone in phones for channel in IDENTITY_CHANNELS - {ChannelName.EMAIL.value}]
+    keys |= {(channel, phone) for phone in phones for channel in IDENTITY_CHANNELS - {ChannelName.EMAIL.value}}
+    return sorted(keys)
+
+
+async def _profiles_sharing_identity(session: AsyncSession, customer_id: str, profile: CustomerProfile) -> list[str]:
+    keys = identity_keys(profile)
     ids: list[str] = []
     if keys:
         rows = await session.exec(
