@@ -51,7 +51,10 @@ CONTENT = MessageContent(
     sms="{{ name }}: your cart https://shop.example/cart/{{ cart_id }}",
     messenger="{{ name }}, look: https://shop.example/new",
     push=PushContent(title="Hi", body="{{ name }}"),
-    buttons=[Button(text="Cart", url="https://shop.example/cart/{{ cart_id }}"), Button(text="You", url="{{ homepage }}")],
+    buttons=[
+        Button(text="Cart", url="https://shop.example/cart/{{ cart_id }}"),
+        Button(text="You", url="{{ homepage }}"),
+    ],
 )
 FIELDS = {
     "name": EVE,
