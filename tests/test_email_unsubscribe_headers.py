@@ -91,5 +91,5 @@ def test_a_header_value_that_would_break_the_line_is_refused():
         message = OutboundMessage(
             channel="email", to="a@example.com", body="x", idempotency_key="k", unsubscribe_url=bad
         )
-        with pytest.raises(ValueError, match="one line|linefeed"):
+        with pytest.raises(ValueError, match=r"one line|linefeed"):
             build_mime(message, settings)
