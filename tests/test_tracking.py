@@ -112,7 +112,9 @@ def test_email_links_are_rewritten_tagged_and_get_a_pixel_and_unsubscribe():
 
 def test_transactional_messages_get_no_unsubscribe_and_push_no_footer():
     settings = Settings(tracking_secret=SECRET)
-    plain = render_content(MessageContent(body="Order shipped: https://shop.example/o/{{ order }}"), {"order": 1}, "sms")
+    plain = render_content(
+        MessageContent(body="Order shipped: https://shop.example/o/{{ order }}"), {"order": 1}, "sms"
+    )
     out, tracking = add_tracking(plain, _input("sms", Topic.TRANSACTIONAL), settings)
     assert tracking.unsubscribe_url is None and "Unsubscribe" not in out.body and len(tracking.links) == 1
     pushed = render_content(MessageContent(body="Hi", url="https://shop.example"), {}, "fcm")
