@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import HTTPException, Request
 from pydantic import SecretStr
-from sqlmodel import select
+from sqlmodel import col, delete, select
 
-from core.db import Database
+from core.db import Database, insert_ignoring_conflicts
 from core.events import apply_delivery_event, delivery_by_message_id, insert_event, unsubscribe_contact
 from core.logging import get_logger
 from core.settings import Settings
 from models.events import EngagementType
-from models.tables import ContactPoint, ContactStatus, utcnow
+from models.tables import ContactPoint, ContactStatus, ReceiptToken, utcnow
 
 log = get_logger("webhooks.receipts")
 
@@ -40,6 +42,34 @@ def check(expected: str | bytes, given: str | None, header: str) -> None:
     a = expected.encode() if isinstance(expected, str) else expected
     if not hmac.compare_digest(a, given.encode()):
         raise HTTPException(401, f"{header}: signature does not match")
+
+
+async def use_token(db: Database, provider: str, token: str, body: Any, *, keep_for: timedelta) -> None:
+    """Record a verified one-time token before its body is acted on or ignored.
+
+    For providers whose signature does not cover the body (Mailgun): the first body a
+    token arrives with is the only one it may ever carry. The same body again (the
+    provider retrying after a 5xx) passes, and duplicate events are dropped further on by
+    their event id; any other body is 401 and changes nothing. Tokens older than
+    `keep_for` (past the signature's age window) are forgotten.
+    """
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    now = utcnow()
+    async with db.session() as session:
+        await session.exec(delete(ReceiptToken).where(col(ReceiptToken.seen_at) < now - keep_for))
+        await session.exec(
+            insert_ignoring_conflicts(db, ReceiptToken)
+            .values(provider=provider, token=token, body_sha256=digest, seen_at=now)
+            .on_conflict_do_nothing()
+        )
+        first = (
+            await session.exec(
+                select(ReceiptToken.body_sha256).where(ReceiptToken.provider == provider, ReceiptToken.token == token)
+            )
+        ).one()
+    if not hmac.compare_digest(first, digest):
+        log.warning("receipt.token_replayed", provider=provider)
+        raise HTTPException(401, "signature.token: already used with another body (replay refused)")
 
 
 def from_unix(value: Any) -> datetime | None:
