@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
-from models.ids import MAX_AMOUNT, MAX_POINTS_PER_EVENT, BoundedJson, CustomerId, NestedValueError
+from models.ids import (
+    MAX_AMOUNT,
+    MAX_POINTS_PER_EVENT,
+    BoundedJson,
+    CustomerId,
+    NestedValueError,
+    check_event_time,
+)
 
 
 class EngagementType(StrEnum):
@@ -51,7 +58,9 @@ class EngagementRequest(BaseModel):
     workflow_id: str | None = Field(
         default=None, min_length=1, max_length=512, description="Journey workflow id (e.g. for conversions)"
     )
-    occurred_at: datetime | None = None
+    occurred_at: Annotated[datetime | None, AfterValidator(check_event_time)] = Field(
+        default=None, description="When it happened (default: now); 1970 to one day ahead"
+    )
 
     @model_validator(mode="after")
     def _exactly_one_target(self) -> EngagementRequest:
@@ -90,7 +99,9 @@ class AppEvent(BaseModel):
         description="purchase, cart_updated, page_viewed, registered, or a custom name",
         examples=["purchase"],
     )
-    occurred_at: AwareDatetime | None = Field(default=None, description="When it happened (default: now)")
+    occurred_at: Annotated[AwareDatetime | None, AfterValidator(check_event_time)] = Field(
+        default=None, description="When it happened (default: now); 1970 to one day ahead"
+    )
     properties: BoundedJson = Field(
         default_factory=dict,
         description=(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -112,6 +113,23 @@ def _bounded_json_object(value: dict[str, Any]) -> dict[str, Any]:
 
 # A free-form object (event properties, custom attributes) with every number bounded.
 BoundedJson = Annotated[dict[str, Any], AfterValidator(_bounded_json_object)]
+
+# When an event may have happened: not before 1970 and not more than a day ahead (clock
+# skew). Year 1 or 9999 with a UTC offset cannot even be stored, and a purchase dated
+# 9999 would pin `last_purchase_at` there for good.
+EARLIEST_EVENT = datetime(1970, 1, 1, tzinfo=UTC)
+FUTURE_SKEW = timedelta(days=1)
+
+
+def check_event_time(value: datetime | None) -> datetime | None:
+    """`value` if it lies between 1970 and a day from now (a naive time is read as UTC)."""
+    if value is None:
+        return None
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not EARLIEST_EVENT <= aware <= datetime.now(UTC) + FUTURE_SKEW:
+        raise ValueError("must be between 1970-01-01 and one day from now")
+    return value
+
 
 # The one customer id type: profiles, events, imports. The message names the rule, and
 # the schema carries the pattern so API clients (and schemathesis) know it.

@@ -310,6 +310,23 @@ async def test_numbers_out_of_bounds_are_422_naming_the_field_and_nobody_gets_st
     assert customer is not None and customer.loyalty_points == MAX_LOYALTY_POINTS and customer.purchase_count == 4
 
 
+async def test_event_times_out_of_range_are_422(web, any_db, unique_id):
+    # Year 1 at +14:00 or 9999 at -14:00 cannot be stored on PostgreSQL (it was a 500), and a
+    # purchase dated 9999 would pin last_purchase_at there for good.
+    await seed(any_db, unique_id, email="ann@example.com")
+    key, _ = await create_key(any_db, "shop1")
+    for n, at in enumerate(("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "2999-01-01T00:00:00Z")):
+        event = {"event_id": f"t-{n}", "customer_id": unique_id, "type": "purchase", "occurred_at": at}
+        reply = await web.post("/v1/events", json={**event, "conversion": False}, headers={"X-API-Key": key})
+        assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "occurred_at", reply.text
+        engagement = {"event": "opened", "workflow_id": "journey/x/c-1", "occurred_at": at}
+        reply = await web.post("/v1/engagement", json=engagement)
+        assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "occurred_at", reply.text
+    assert await _events(any_db) == []
+    ok = {"event_id": "t-ok", "customer_id": unique_id, "type": "page_viewed", "occurred_at": "2020-02-29T12:00:00Z"}
+    assert (await web.post("/v1/events", json=ok, headers={"X-API-Key": key})).status_code == 202
+
+
 def test_profile_numbers_are_bounded():
     for bad in ({"purchase_count": 2**63}, {"loyalty_points": -1}, {"attributes": {"ltv": float("inf")}}):
         with pytest.raises(ValidationError):
