@@ -426,6 +426,7 @@ def event(
     from core.triggers import route_event
 
     async def go() -> None:
+        check_customer_id(customer_id)
         settings = get_settings()
         db = Database.from_settings(settings)
         try:

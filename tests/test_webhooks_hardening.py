@@ -431,8 +431,9 @@ async def test_cli_start_refuses_an_erased_customer_and_a_bad_id(tmp_path, uniqu
     erased = _cli("start", unique_id, "welcome", database_url=url)
     assert erased.returncode == 2, erased.stdout + erased.stderr
     assert "erased" in erased.stdout and "Traceback" not in erased.stdout + erased.stderr
-    bad = _cli("start", "s-3/r3", "welcome", database_url=url)
-    assert bad.returncode == 2 and "customer id" in bad.stdout, bad.stdout + bad.stderr
+    for command in (("start", "s-3/r3", "welcome"), ("event", "s-3/r3", "registered")):
+        bad = _cli(*command, database_url=url)
+        assert bad.returncode == 2 and "customer id" in bad.stdout, bad.stdout + bad.stderr
 
 
 async def test_an_erased_customer_gets_404_from_the_events_api_too(web, any_db, unique_id):
