@@ -14,6 +14,7 @@ from models.ids import (
     BoundedJson,
     CustomerId,
     NestedValueError,
+    VisibleId,
     check_event_time,
 )
 
@@ -52,10 +53,10 @@ class EngagementRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event: EngagementType
-    message_id: str | None = Field(
+    message_id: VisibleId | None = Field(
         default=None, min_length=1, max_length=256, description="Provider message id from the delivery log"
     )
-    workflow_id: str | None = Field(
+    workflow_id: VisibleId | None = Field(
         default=None, min_length=1, max_length=512, description="Journey workflow id (e.g. for conversions)"
     )
     occurred_at: Annotated[datetime | None, AfterValidator(check_event_time)] = Field(
@@ -92,7 +93,7 @@ class AppEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event_id: str = Field(min_length=1, max_length=200, pattern=r"^\S+$", description="The sender's unique id")
+    event_id: VisibleId = Field(min_length=1, max_length=200, pattern=r"^\S+$", description="The sender's unique id")
     customer_id: CustomerId
     type: str = Field(
         pattern=r"^[a-z][a-z0-9_]{0,31}$",

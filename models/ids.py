@@ -10,9 +10,14 @@ A run key (the `key` of `start_journey`, e.g. a cart id) may be any text of 1-12
 characters except `/` and control/format characters, so that the parts of a workflow
 id can always be told apart.
 
-Numbers: whatever the API stores must fit a signed 64-bit column and a JSON number
-every reader keeps exactly, so free-form numbers are limited to +/-(2**53 - 1) and must
-be finite; the typed ones have tighter bounds of their own below.
+Other ids we are handed (event ids, provider message ids, tokens) may be any text
+without spaces and without control or format characters: PostgreSQL refuses a NUL in
+a text column, and an invisible character makes two ids look the same.
+
+Numbers: whatever the API stores must fit the column it goes to (INTEGER for a
+profile's totals) and a JSON number every reader keeps exactly, so free-form numbers
+are limited to +/-(2**53 - 1) and must be finite; the typed ones have tighter bounds
+of their own below.
 """
 
 from __future__ import annotations
@@ -63,8 +68,24 @@ def _shown(value: str) -> str:
 
 
 def _is_hidden(char: str) -> bool:
-    # Cc: control (NUL, newline), Cf: format (bidi overrides, zero-width), Zl/Zp: separators.
+    # Cc control (NUL, newline), Cf format (bidi overrides, zero-width), Zl/Zp line and
+    # paragraph separators, Cs/Co/Cn surrogates, private-use and unassigned code points.
     return unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")
+
+
+def is_visible_id(value: object) -> bool:
+    """Whether `value` is non-empty text with no whitespace, control or format characters."""
+    return isinstance(value, str) and bool(value) and not any(c.isspace() or _is_hidden(c) for c in value)
+
+
+def _visible_id(value: str) -> str:
+    if not is_visible_id(value):
+        raise ValueError(f"{_shown(value)}: must not contain spaces, control or invisible characters")
+    return value
+
+
+# An id another system hands us (event id, provider message id, webhook token).
+VisibleId = Annotated[str, AfterValidator(_visible_id)]
 
 
 def check_run_key(value: str, *, loop: bool = False) -> str:

@@ -160,6 +160,14 @@ async def test_a_bad_mailgun_signature_spends_no_token(web, any_db):
         assert (await session.exec(select(ReceiptToken))).all() == []
 
 
+async def test_a_signed_receipt_with_an_unusable_message_id_is_answered_not_failed(web, any_db):
+    # A NUL in the id made the delivery look-up fail on PostgreSQL (500, and the provider retries).
+    body = _mailgun("tok-nul", {"event": "delivered", "message": {"headers": {"message-id": "<a\x00b@x>"}}})
+    reply = await web.post("/v1/receipts/email/mailgun", json=body)
+    assert reply.status_code == 200 and reply.json() == {"status": "unknown message"}, reply.text
+    assert await _events(any_db) == []
+
+
 # ------------------------------------------------------------------ item 14: one customer id rule
 
 BAD_IDS = ["s-3/r3", "a\u202eb", "nul\x00", "has space", "tab\t", "-leading", "", "x" * 129, "é"]
@@ -182,6 +190,23 @@ async def test_events_refuse_ids_the_profile_rule_refuses(web, any_db):
     ok = {"event_id": "e-ok", "customer_id": "ann@example.com", "type": "registered"}
     assert (await web.post("/v1/events", json=ok, headers={"X-API-Key": key})).status_code == 202
     assert CustomerProfile(id="ann@example.com").id == "ann@example.com"
+
+
+async def test_other_ids_we_are_handed_may_not_hide_characters(web, any_db, unique_id):
+    # A NUL in an event id or message id was a 500 on PostgreSQL; U+202E makes ids look alike.
+    await seed(any_db, unique_id, email="ann@example.com")
+    key, _ = await create_key(any_db, "shop1")
+    for bad in ("a\x00b", "a\u202eb", "a b"):
+        event = {"event_id": bad, "customer_id": unique_id, "type": "page_viewed"}
+        reply = await web.post("/v1/events", json=event, headers={"X-API-Key": key})
+        assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == "event_id", reply.text
+        for field in ("message_id", "workflow_id"):
+            reply = await web.post("/v1/engagement", json={"event": "opened", field: bad})
+            assert reply.status_code == 422 and reply.json()["fields"][0]["field"] == field, reply.text
+    assert await _events(any_db) == []
+    # Unicode that is visible is fine in a sender's event id.
+    event = {"event_id": "заказ-1", "customer_id": unique_id, "type": "page_viewed"}
+    assert (await web.post("/v1/events", json=event, headers={"X-API-Key": key})).status_code == 202
 
 
 async def test_start_journey_refuses_ids_and_keys_that_would_make_workflow_ids_ambiguous(any_db, settings):

@@ -17,6 +17,7 @@ from core.events import apply_delivery_event, delivery_by_message_id, insert_eve
 from core.logging import get_logger
 from core.settings import Settings
 from models.events import EngagementType
+from models.ids import is_visible_id
 from models.tables import ContactPoint, ContactStatus, ReceiptToken, utcnow
 
 log = get_logger("webhooks.receipts")
@@ -98,6 +99,10 @@ async def message_event(
 ) -> str:
     """Record a receipt about one message and signal the run that sent it; a short outcome."""
     db: Database = request.app.state.db
+    if not is_visible_id(message_id) or len(message_id) > 256:
+        # Signed, yet no id we could have issued (a NUL would even fail the look-up).
+        log.info("receipt.unusable_message_id", provider=provider)
+        return "unknown message"
     delivery = await delivery_by_message_id(db, message_id)
     if delivery is None:
         # Kept (and its id consumed, so a replay is refused) but nothing to signal; a 2xx
@@ -137,6 +142,9 @@ async def contact_unsubscribed(
 ) -> str:
     """The customer opted out in the provider's app (blocked a bot, unsubscribed in Viber/VK)."""
     db: Database = request.app.state.db
+    if not is_visible_id(address) or len(address) > 2048:
+        log.info("receipt.unknown_contact", provider=provider, channel=channel)
+        return "unknown contact"
     async with db.session() as session:
         point = (
             await session.exec(

@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.events import EngagementType
+from models.ids import VisibleId
 from webhooks.receipts.common import check, from_unix, message_event, require_secret, settings_of, use_token
 
 router = APIRouter()
@@ -28,7 +29,7 @@ class MailgunSignature(BaseModel):
     """The `signature` object of a Mailgun webhook."""
 
     timestamp: str = Field(max_length=20)
-    token: str = Field(min_length=1, max_length=128)
+    token: VisibleId = Field(min_length=1, max_length=128)
     signature: str = Field(max_length=128)
 
 
