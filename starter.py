@@ -47,6 +47,7 @@ from core.templates import check_journey
 from core.temporal import connect, quote
 from models import search_attributes as sa
 from models.events import CancelInput
+from models.ids import check_customer_id, check_run_key
 from models.journey import JourneyInput, JourneySpec, JourneyState
 from models.loyalty import LoyaltyInput
 from models.tables import Customer, JourneyRun, utcnow
@@ -63,7 +64,11 @@ class TemplateFieldError(ValueError):
 
 
 def journey_workflow_id(journey: str, customer_id: str, key: str | None = None) -> str:
-    """`journey/<journey>/<customer>[/<key>]`: one running journey per customer and key."""
+    """`journey/<journey>/<customer>[/<key>]`: one running journey per customer and key.
+
+    Journey names, customer ids and keys never contain '/' (models/ids.py), so the parts
+    can always be read back: two different (journey, customer, key) never share an id.
+    """
     base = f"journey/{journey}/{customer_id}"
     return f"{base}/{key}" if key else base
 
@@ -91,12 +96,14 @@ async def start_journey(
     """
     settings = settings or get_settings()
     spec = journey if isinstance(journey, JourneySpec) else load_journey(journey)
+    # One id rule everywhere (models/ids.py): no '/' in ids or keys, so workflow ids never collide.
+    check_customer_id(customer_id)
     try:
         payload = JourneyInput(spec=spec, customer_id=customer_id, deadline=deadline, context=context or {})
     except ValidationError as exc:
         raise ValueError(describe_validation_error(exc, f"journey {spec.name!r} input")) from exc
-    if key is not None and (not key or "/" in key or len(key) > 128):
-        raise ValueError(f"key {key!r}: must be 1-128 characters without '/'")
+    if key is not None:
+        check_run_key(key, loop=spec.loop is not None)
 
     own_db = db is None
     db = db or Database.from_settings(settings)
@@ -107,6 +114,9 @@ async def start_journey(
             customer = await session.get(Customer, survivor)
         if customer is None:
             raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
+        if customer.erased_at is not None:
+            # Like the events API (404): an erased customer gets no journey, ever.
+            raise UnknownCustomerError(f"customer {customer_id!r} was erased; no journey can start for them")
         customer_id = payload.customer_id = survivor
         # A template field that neither the profile nor the context has would fail the
         # send days from now, in the worker: refuse the start instead, naming it.
@@ -416,6 +426,7 @@ def event(
     from core.triggers import route_event
 
     async def go() -> None:
+        check_customer_id(customer_id)
         settings = get_settings()
         db = Database.from_settings(settings)
         try:

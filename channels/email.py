@@ -9,10 +9,14 @@ Message-ID, which mailbox providers use to drop duplicates.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import ssl
 import time
+from email.headerregistry import BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from email.policy import Policy
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import quote
 
 import aiosmtplib
@@ -22,6 +26,35 @@ from channels.http import configuration_error
 from core.settings import SmtpSettings
 from models.tables import ContactStatus
 
+
+class _OneLineHeader(UnstructuredHeader, BaseHeader):
+    """A header written exactly as given, on one line: never RFC 2047-encoded, never folded.
+
+    RFC 2369 forbids encoded-words in List-Unsubscribe, and mailbox providers look for
+    the `<https://...>` literally; the default policy encodes a value longer than 78
+    characters (`=?utf-8?q?=3Chttps...`), which hides the one-click link. Our values are
+    ASCII URLs well under the 998-character line limit.
+    """
+
+    max_count = 1
+
+    @classmethod
+    def parse(cls, value: str, kwds: dict[str, Any]) -> None:
+        if not value.isascii() or "\r" in value or "\n" in value:
+            raise ValueError(f"{kwds.get('name', 'header')}: must be ASCII on one line")
+        super().parse(value, kwds)
+        kwds["decoded"] = value
+
+    def fold(self, *, policy: Policy) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
+_HEADERS = HeaderRegistry()
+_HEADERS.map_to_type("list-unsubscribe", _OneLineHeader)
+_HEADERS.map_to_type("list-unsubscribe-post", _OneLineHeader)
+# The default policy with the one-click unsubscribe headers kept raw (see above).
+MIME_POLICY = email.policy.default.clone(header_factory=_HEADERS)
+
 # A pooled connection idle longer than this is checked with NOOP before use: servers
 # drop idle sessions (often after 60-300 s).
 _IDLE_CHECK_SECONDS = 30.0
@@ -29,7 +62,7 @@ _IDLE_CHECK_SECONDS = 30.0
 
 def build_mime(message: OutboundMessage, settings: SmtpSettings) -> EmailMessage:
     """The MIME message: plain text, HTML alternative, List-Unsubscribe when we have a link."""
-    mime = EmailMessage()
+    mime = EmailMessage(policy=MIME_POLICY)
     mime["From"] = settings.from_address
     mime["To"] = message.to
     mime["Subject"] = message.subject or ""

@@ -23,6 +23,7 @@ from core.db import Database, insert_ignoring_conflicts
 from core.logging import get_logger
 from core.profiles import mark_contact_point, resolve_customer_id, set_consent
 from models.events import AppEvent, AppEventResult, EngagementInput, EngagementType
+from models.ids import MAX_LOYALTY_POINTS, MAX_PURCHASE_COUNT
 from models.journey import REACTION_RANK, ChannelName
 from models.profiles import ConsentIn
 from models.tables import (
@@ -393,10 +394,12 @@ async def unsubscribe_contact(
 async def _update_profile(customer: Customer, event: AppEvent, at: datetime) -> None:
     attributes = dict(customer.attributes or {})
     if event.type == "purchase":
-        customer.purchase_count = (customer.purchase_count or 0) + 1
+        # Saturating: a total at its bound must never make every later purchase fail.
+        customer.purchase_count = min(MAX_PURCHASE_COUNT, (customer.purchase_count or 0) + 1)
         if customer.last_purchase_at is None or _aware(customer.last_purchase_at) < at:
             customer.last_purchase_at = at
-        customer.loyalty_points = (customer.loyalty_points or 0) + int(event.properties.get("loyalty_points") or 0)
+        points = (customer.loyalty_points or 0) + int(event.properties.get("loyalty_points") or 0)
+        customer.loyalty_points = min(MAX_LOYALTY_POINTS, points)
     elif event.type == "registered":
         attributes.setdefault("registered_at", at.isoformat())
     elif event.type == "cart_updated":

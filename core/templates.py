@@ -18,11 +18,16 @@ from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from channels.sms_segments import SmsInfo, sms_info
+from core.links import html_links, mark_value, text_links, unmark, whole_link
 from core.profiles import TYPED_FIELDS
 from models.journey import JourneySpec, MessageContent
 
 _TEXT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 _HTML = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True)
+# The same, bracketing what each expression prints, for the fields that carry links:
+# tracking must know which links the template wrote and which came in with the data.
+_TEXT_MARKED = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=mark_value)
+_HTML_MARKED = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True, finalize=mark_value)
 
 MESSENGERS = frozenset({"telegram", "vk", "viber", "whatsapp"})
 PUSH = frozenset({"webpush", "fcm"})
@@ -52,6 +57,9 @@ class RenderedContent:
     template_name: str | None = None
     template_language: str | None = None
     template_params: tuple[str, ...] = ()
+    # Links whose scheme and host the template itself wrote (see core/links.py), as they
+    # appear in body, html, url and buttons: the only ones tracking may turn into redirects.
+    template_links: frozenset[str] = frozenset()
 
     @property
     def content_hash(self) -> str:
@@ -77,6 +85,14 @@ def _render(env: SandboxedEnvironment, source: str | None, fields: dict[str, Any
         raise TemplateRenderError(f"{where}: {exc.message or exc}") from exc
 
 
+def _render_links(
+    env: SandboxedEnvironment, source: str | None, fields: dict[str, Any], where: str
+) -> tuple[str, list[bool]] | None:
+    """Render `source` and say, per character, whether data (not the template) wrote it."""
+    marked = _render(env, source, fields, where)
+    return None if marked is None else unmark(marked)
+
+
 def body_field(content: MessageContent, channel: str | None) -> tuple[str, str]:
     """Which template is the body on `channel`: (field path, source)."""
     if channel == "sms" and content.sms:
@@ -96,23 +112,24 @@ def render_content(content: MessageContent, fields: dict[str, Any], channel: str
     Without a channel: body, subject, html and url, as before variants existed.
     """
     where, source = body_field(content, channel)
-    body = _render(_TEXT, source, fields, where)
+    body = _render_links(_TEXT_MARKED, source, fields, where)
     assert body is not None
-    rendered: dict[str, Any] = {
-        "body": body,
-        "subject": _render(_TEXT, content.subject, fields, "subject"),
-        "url": _render(_TEXT, content.url, fields, "url"),
-    }
+    subject = _render(_TEXT, content.subject, fields, "subject")
+    url = _render_links(_TEXT_MARKED, content.url, fields, "url")
+    links = text_links(*body) | (whole_link(*url) if url else set())
+    rendered: dict[str, Any] = {"body": body[0], "subject": subject, "url": url[0] if url else None}
     if channel in (None, "email"):
-        rendered["html"] = _render(_HTML, content.html, fields, "html")
+        markup = _render_links(_HTML_MARKED, content.html, fields, "html")
+        rendered["html"] = markup[0] if markup else None
+        links |= html_links(*markup) if markup else set()
     if channel in MESSENGERS or channel in PUSH:
-        rendered["buttons"] = tuple(
-            (
-                _render(_TEXT, b.text, fields, f"buttons.{i}.text") or "",
-                _render(_TEXT, b.url, fields, f"buttons.{i}.url") or "",
-            )
-            for i, b in enumerate(content.buttons)
-        )
+        buttons = []
+        for i, b in enumerate(content.buttons):
+            text = _render(_TEXT, b.text, fields, f"buttons.{i}.text") or ""
+            target = _render_links(_TEXT_MARKED, b.url, fields, f"buttons.{i}.url") or ("", [])
+            links |= whole_link(*target)
+            buttons.append((text, target[0]))
+        rendered["buttons"] = tuple(buttons)
     if channel in PUSH:
         push = content.push
         rendered["title"] = _render(_TEXT, push.title if push and push.title else content.subject, fields, "push.title")
@@ -125,7 +142,7 @@ def render_content(content: MessageContent, fields: dict[str, Any], channel: str
         rendered["template_params"] = tuple(
             _render(_TEXT, p, fields, f"whatsapp.params.{i}") or "" for i, p in enumerate(content.whatsapp.params)
         )
-    return RenderedContent(**rendered)
+    return RenderedContent(**rendered, template_links=frozenset(links))
 
 
 def template_fields(source: str) -> set[str]:

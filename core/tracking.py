@@ -24,6 +24,7 @@ from enum import StrEnum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from core.db import Database, insert_ignoring_conflicts
+from core.links import HREF, TEXT_URL, TRAILING
 from core.logging import get_logger
 from core.settings import DEV_TRACKING_SECRET, Settings
 from core.templates import RenderedContent
@@ -56,10 +57,6 @@ _LINK_CHANNELS = set(_MEDIUM) - {"voice"}
 # Channels that get an unsubscribe link in the text: push and voice have no room for one
 # (a push is unsubscribed in the browser or app settings, a call by answering "stop").
 _UNSUBSCRIBE_CHANNELS = {"email", "sms", "telegram", "vk", "viber", "whatsapp"}
-
-_TEXT_URL = re.compile(r"https?://[^\s<>\"'()\[\]{}]+", re.IGNORECASE)
-_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
-_TRAILING = ".,;:!?"
 
 
 class Purpose(StrEnum):
@@ -154,16 +151,21 @@ def _trackable(url: str, public_url: str) -> bool:
 
 
 class _LinkBook:
-    """Collects original links (with UTM) in order of appearance; one index per distinct link."""
+    """Collects original links (with UTM) in order of appearance; one index per distinct link.
 
-    def __init__(self, url_for: _UrlFor, utm: dict[str, str], public_url: str) -> None:
+    Only `allowed` links are replaced: those the template wrote. A URL that came in with
+    profile or event data is left as the customer typed it, never signed by us.
+    """
+
+    def __init__(self, url_for: _UrlFor, utm: dict[str, str], public_url: str, allowed: frozenset[str]) -> None:
         self.links: list[str] = []
         self._url_for = url_for
         self._utm = utm
         self._public = public_url
+        self._allowed = allowed
 
     def replace(self, url: str) -> str:
-        if not _trackable(url, self._public):
+        if url not in self._allowed or not _trackable(url, self._public):
             return url
         tagged = add_utm(url, **self._utm)
         if tagged not in self.links:
@@ -188,24 +190,24 @@ class _UrlFor:
 
 
 def rewrite_text_links(text: str, book: _LinkBook) -> str:
-    """Replace every http(s) URL in plain text with its click-redirect URL."""
+    """Replace every http(s) URL the template wrote in plain text with its click-redirect URL."""
 
     def one(match: re.Match[str]) -> str:
         url = match.group(0)
-        stripped = url.rstrip(_TRAILING)
+        stripped = url.rstrip(TRAILING)
         return book.replace(stripped) + url[len(stripped) :]
 
-    return _TEXT_URL.sub(one, text)
+    return TEXT_URL.sub(one, text)
 
 
 def rewrite_html_links(markup: str, book: _LinkBook) -> str:
-    """Replace the href of every <a> in HTML with its click-redirect URL (entities respected)."""
+    """Replace the href of every <a> the template wrote with its click-redirect URL (entities respected)."""
 
     def one(match: re.Match[str]) -> str:
         prefix, quote, value = match.groups()
         return f"{prefix}{quote}{html.escape(book.replace(html.unescape(value)), quote=True)}{quote}"
 
-    return _HREF.sub(one, markup)
+    return HREF.sub(one, markup)
 
 
 def _before_body_end(markup: str, snippet: str) -> str:
@@ -235,6 +237,9 @@ def add_tracking(
 ) -> tuple[RenderedContent, Tracking]:
     """The message as it goes out: links rewritten to signed click redirects (UTM-tagged originals
     kept in `Tracking.links`), an open pixel in email HTML, and for marketing an unsubscribe link.
+
+    Only the links in `rendered.template_links` are rewritten (render_content fills it with
+    the links the template itself wrote); any other URL in the text is left alone.
     """
     channel = input.channel.value
     tid = tracking_id(input.idempotency_key)
@@ -243,6 +248,7 @@ def add_tracking(
         url_for,
         {"channel": channel, "campaign": input.journey, "content": f"step{input.step}"},
         settings.public_url.rstrip("/"),
+        rendered.template_links,
     )
     if channel not in _LINK_CHANNELS:
         return rendered, Tracking(tracking_id=tid, links=[], unsubscribe_url=None)

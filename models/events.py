@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, model_validator
+
+from models.ids import (
+    MAX_AMOUNT,
+    MAX_POINTS_PER_EVENT,
+    BoundedJson,
+    CustomerId,
+    NestedValueError,
+    VisibleId,
+    check_event_time,
+)
 
 
 class EngagementType(StrEnum):
@@ -43,13 +53,15 @@ class EngagementRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event: EngagementType
-    message_id: str | None = Field(
+    message_id: VisibleId | None = Field(
         default=None, min_length=1, max_length=256, description="Provider message id from the delivery log"
     )
-    workflow_id: str | None = Field(
+    workflow_id: VisibleId | None = Field(
         default=None, min_length=1, max_length=512, description="Journey workflow id (e.g. for conversions)"
     )
-    occurred_at: datetime | None = None
+    occurred_at: Annotated[datetime | None, AfterValidator(check_event_time)] = Field(
+        default=None, description="When it happened (default: now); 1970 to one day ahead"
+    )
 
     @model_validator(mode="after")
     def _exactly_one_target(self) -> EngagementRequest:
@@ -81,26 +93,43 @@ class AppEvent(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event_id: str = Field(min_length=1, max_length=200, pattern=r"^\S+$", description="The sender's unique id")
-    customer_id: str = Field(min_length=1, max_length=128, pattern=r"^\S+$")
+    event_id: VisibleId = Field(min_length=1, max_length=200, pattern=r"^\S+$", description="The sender's unique id")
+    customer_id: CustomerId
     type: str = Field(
         pattern=r"^[a-z][a-z0-9_]{0,31}$",
         description="purchase, cart_updated, page_viewed, registered, or a custom name",
         examples=["purchase"],
     )
-    occurred_at: AwareDatetime | None = Field(default=None, description="When it happened (default: now)")
-    properties: dict[str, Any] = Field(default_factory=dict, description="order_id, amount, currency, url ...")
-    conversion: bool | None = Field(default=None, description="Ends journeys as converted (default: purchase only)")
+    occurred_at: Annotated[AwareDatetime | None, AfterValidator(check_event_time)] = Field(
+        default=None, description="When it happened (default: now); 1970 to one day ahead"
+    )
+    properties: BoundedJson = Field(
+        default_factory=dict,
+        description=(
+            "order_id, amount, currency, url ... Every number must be finite and at most 2^53-1 in magnitude; "
+            f"for a purchase, amount is 0..{MAX_AMOUNT} and loyalty_points an integer 0..{MAX_POINTS_PER_EVENT}"
+        ),
+    )
+    # Strict: 0, 1, "true" are refused; a conversion flag must be a JSON boolean.
+    conversion: StrictBool | None = Field(
+        default=None, description="Ends journeys as converted (default: purchase only)"
+    )
 
     @model_validator(mode="after")
     def _purchase_properties(self) -> AppEvent:
         if self.type == "purchase":
             amount = self.properties.get("amount")
-            if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0):
-                raise ValueError("properties.amount: must be a non-negative number")
+            if amount is not None and (
+                isinstance(amount, bool) or not isinstance(amount, int | float) or not 0 <= amount <= MAX_AMOUNT
+            ):
+                raise NestedValueError(("properties", "amount"), f"must be a number from 0 to {MAX_AMOUNT}")
             points = self.properties.get("loyalty_points")
-            if points is not None and (isinstance(points, bool) or not isinstance(points, int)):
-                raise ValueError("properties.loyalty_points: must be an integer")
+            if points is not None and (
+                isinstance(points, bool) or not isinstance(points, int) or not 0 <= points <= MAX_POINTS_PER_EVENT
+            ):
+                raise NestedValueError(
+                    ("properties", "loyalty_points"), f"must be an integer from 0 to {MAX_POINTS_PER_EVENT}"
+                )
         return self
 
     @property

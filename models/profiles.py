@@ -10,6 +10,7 @@ import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from models.ids import MAX_LOYALTY_POINTS, MAX_PURCHASE_COUNT, BoundedJson, CustomerId
 from models.journey import ChannelName
 from models.tables import ContactStatus, Topic
 
@@ -76,7 +77,7 @@ class CustomerProfile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=128, pattern=r"^[^\s/]+$")
+    id: CustomerId
     name: str | None = Field(default=None, max_length=200)
     gender: str | None = Field(default=None, pattern=r"^(female|male|other|unknown)$")
     birth_date: date | None = None
@@ -87,11 +88,13 @@ class CustomerProfile(BaseModel):
     )
     children_ages: list[int] | None = None
     favourite_categories: list[str] | None = None
-    purchase_count: int | None = Field(default=None, ge=0)
+    purchase_count: int | None = Field(default=None, ge=0, le=MAX_PURCHASE_COUNT)
     last_purchase_at: AwareDatetime | None = None
-    loyalty_points: int | None = Field(default=None, ge=0)
+    loyalty_points: int | None = Field(default=None, ge=0, le=MAX_LOYALTY_POINTS)
     preferred_channel: ChannelName | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict, description="Custom attributes (JSON), merged key by key")
+    attributes: BoundedJson = Field(
+        default_factory=dict, description="Custom attributes (JSON), merged key by key; numbers finite, |n| <= 2^53-1"
+    )
     external_ids: dict[str, str] = Field(default_factory=dict, description="Ids in the shop's other systems, by source")
     contacts: list[ContactIn] = Field(default_factory=list)
     consents: list[ConsentIn] = Field(default_factory=list)

@@ -288,3 +288,22 @@ class ApiKey(SQLModel, table=True):
     key_hash: str = Field(max_length=128)
     created_at: datetime = _created()
     revoked_at: datetime | None = _ts()
+
+
+class ReceiptToken(SQLModel, table=True):
+    """A provider's one-time webhook token that has been used (Mailgun's `signature.token`).
+
+    Mailgun signs the timestamp and token only, not the body: a token is bound to the
+    first body it came with (its sha256), so a replay with another body is refused and
+    the provider's own retry of the same body still goes through. Rows older than the
+    signature's age window can never match again and are pruned as new ones arrive.
+    """
+
+    __tablename__ = "receipt_tokens"
+
+    provider: str = Field(primary_key=True, max_length=32)
+    token: str = Field(primary_key=True, max_length=128)
+    body_sha256: str = Field(max_length=64)
+    seen_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from core.settings import Settings
-from core.templates import RenderedContent
+from core.templates import RenderedContent, render_content
 from core.tracking import (
     TOKEN_LENGTH,
     ExpiredToken,
@@ -84,13 +84,13 @@ def _input(channel: str = "email", topic: Topic = Topic.MARKETING) -> SendMessag
 
 def test_email_links_are_rewritten_tagged_and_get_a_pixel_and_unsubscribe():
     settings = Settings(public_url="https://t.shop.example", tracking_secret=SECRET)
-    rendered = RenderedContent(
+    content = MessageContent(
         subject="Hi",
         body="See https://shop.example/sale. Or mailto:help@shop.example",
         html='<html><body><a href="https://shop.example/sale">Sale</a> <a href="https://shop.example/a?b=1&amp;c=2">'
         'A</a> <a href="mailto:x@y">mail</a></body></html>',
-        url=None,
     )
+    rendered = render_content(content, {}, "email")
     out, tracking = add_tracking(rendered, _input(), settings, now=NOW)
     assert tracking.links == [
         add_utm("https://shop.example/sale", channel="email", campaign="welcome", content="step0"),
@@ -112,10 +112,13 @@ def test_email_links_are_rewritten_tagged_and_get_a_pixel_and_unsubscribe():
 
 def test_transactional_messages_get_no_unsubscribe_and_push_no_footer():
     settings = Settings(tracking_secret=SECRET)
-    plain = RenderedContent(body="Order shipped: https://shop.example/o/1")
+    plain = render_content(
+        MessageContent(body="Order shipped: https://shop.example/o/{{ order }}"), {"order": 1}, "sms"
+    )
     out, tracking = add_tracking(plain, _input("sms", Topic.TRANSACTIONAL), settings)
     assert tracking.unsubscribe_url is None and "Unsubscribe" not in out.body and len(tracking.links) == 1
-    push, push_tracking = add_tracking(RenderedContent(body="Hi", url="https://shop.example"), _input("fcm"), settings)
+    pushed = render_content(MessageContent(body="Hi", url="https://shop.example"), {}, "fcm")
+    push, push_tracking = add_tracking(pushed, _input("fcm"), settings)
     assert push_tracking.unsubscribe_url is None and push.url and "/t/c/" in push.url
 
 

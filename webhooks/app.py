@@ -14,7 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 
 from core.db import Database, migrate
@@ -23,58 +22,41 @@ from core.logging import get_logger
 from core.settings import Settings, get_settings
 from core.temporal import connect
 from core.tracking import warn_if_dev_secret
+from models.ids import NestedValueError
 from webhooks.api_events import router as events_router
 from webhooks.engagement import router as engagement_router
+from webhooks.http import (
+    BodyError,
+    HttpGuard,
+    allowed_methods,
+    body_error_response,
+    document_body_limit,
+    json_error,
+)
 from webhooks.receipts import router as receipts_router
 from webhooks.tracking import router as tracking_router
 
 log = get_logger("webhooks")
 
 
-class BodyTooLarge(Exception):
-    """The request body exceeded the configured limit."""
-
-
-class BodySizeLimit:
-    """Refuse bodies over `limit` bytes with 413, whether or not Content-Length is sent."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit)(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
-            await _too_large(self.limit)(scope, receive, send)
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"error": f"request body larger than {limit} bytes"}, status_code=413)
-
-
 def _field_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     fields = []
     for err in exc.errors():
-        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        fields.append({"field": ".".join(loc) or "body", "message": str(err.get("msg", "invalid"))})
+        loc: list[Any] = [p for p in err.get("loc", ()) if p != "body"]
+        message = str(err.get("msg", "invalid"))
+        cause = (err.get("ctx") or {}).get("error")
+        if err.get("type") == "json_invalid":
+            # FastAPI puts the character offset where the field would be; it is a place in
+            # the body, told here as line and column.
+            offset = loc[0] if loc and isinstance(loc[0], int) else 0
+            doc = exc.body if isinstance(exc.body, str) else ""
+            reason = str(cause or "invalid JSON")
+            fields.append({"field": "body", "message": json_error(doc, offset, reason).message})
+            continue
+        if isinstance(cause, NestedValueError):
+            # A validator that knows which part of the field is wrong (properties.amount).
+            loc, message = [*loc, *cause.path], cause.message
+        fields.append({"field": ".".join(map(str, loc)) or "body", "message": message.removeprefix("Value error, ")})
     return fields
 
 
@@ -106,7 +88,7 @@ def create_app(
         description="Engagement events and provider receipts in, journey signals out.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodySizeLimit, limit=settings.webhooks_max_body_bytes)
+    app.add_middleware(HttpGuard, limit=settings.webhooks_max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -114,9 +96,17 @@ def create_app(
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
         return JSONResponse({"error": f"invalid request: {summary}", "fields": fields}, status_code=422)
 
+    @app.exception_handler(BodyError)
+    async def _unreadable(request: Request, exc: BodyError) -> JSONResponse:
+        return body_error_response(exc)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Every method the path has, not only those of the first route that matched.
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(EngineUnavailable)
     async def _engine_down(request: Request, exc: EngineUnavailable) -> JSONResponse:
@@ -137,4 +127,5 @@ def create_app(
     app.include_router(events_router)
     app.include_router(tracking_router)
     app.include_router(receipts_router)
+    document_body_limit(app, settings.webhooks_max_body_bytes)
     return app

@@ -30,6 +30,8 @@ class SmtpDouble:
     username: str = "cascade"
     password: str = "smtp-secret"
     messages: list[EmailMessage] = field(default_factory=list)
+    # The DATA exactly as it came over the wire (headers as written, before any parsing).
+    raw: list[bytes] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     sessions: int = 0
 
@@ -51,6 +53,7 @@ class SmtpDouble:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        self.raw.append(bytes(envelope.original_content))
         parsed = message_from_bytes(envelope.original_content, policy=policy.default)
         assert isinstance(parsed, EmailMessage)
         self.messages.append(parsed)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import HTTPException, Request
 from pydantic import SecretStr
-from sqlmodel import select
+from sqlmodel import col, delete, select
 
-from core.db import Database
+from core.db import Database, insert_ignoring_conflicts
 from core.events import apply_delivery_event, delivery_by_message_id, insert_event, unsubscribe_contact
 from core.logging import get_logger
 from core.settings import Settings
 from models.events import EngagementType
-from models.tables import ContactPoint, ContactStatus, utcnow
+from models.ids import is_visible_id
+from models.tables import ContactPoint, ContactStatus, ReceiptToken, utcnow
 
 log = get_logger("webhooks.receipts")
 
@@ -40,6 +43,34 @@ def check(expected: str | bytes, given: str | None, header: str) -> None:
     a = expected.encode() if isinstance(expected, str) else expected
     if not hmac.compare_digest(a, given.encode()):
         raise HTTPException(401, f"{header}: signature does not match")
+
+
+async def use_token(db: Database, provider: str, token: str, body: Any, *, keep_for: timedelta) -> None:
+    """Record a verified one-time token before its body is acted on or ignored.
+
+    For providers whose signature does not cover the body (Mailgun): the first body a
+    token arrives with is the only one it may ever carry. The same body again (the
+    provider retrying after a 5xx) passes, and duplicate events are dropped further on by
+    their event id; any other body is 401 and changes nothing. Tokens older than
+    `keep_for` (past the signature's age window) are forgotten.
+    """
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    now = utcnow()
+    async with db.session() as session:
+        await session.exec(delete(ReceiptToken).where(col(ReceiptToken.seen_at) < now - keep_for))
+        await session.exec(
+            insert_ignoring_conflicts(db, ReceiptToken)
+            .values(provider=provider, token=token, body_sha256=digest, seen_at=now)
+            .on_conflict_do_nothing()
+        )
+        first = (
+            await session.exec(
+                select(ReceiptToken.body_sha256).where(ReceiptToken.provider == provider, ReceiptToken.token == token)
+            )
+        ).one()
+    if not hmac.compare_digest(first, digest):
+        log.warning("receipt.token_replayed", provider=provider)
+        raise HTTPException(401, "signature.token: already used with another body (replay refused)")
 
 
 def from_unix(value: Any) -> datetime | None:
@@ -68,6 +99,10 @@ async def message_event(
 ) -> str:
     """Record a receipt about one message and signal the run that sent it; a short outcome."""
     db: Database = request.app.state.db
+    if not is_visible_id(message_id) or len(message_id) > 256:
+        # Signed, yet no id we could have issued (a NUL would even fail the look-up).
+        log.info("receipt.unusable_message_id", provider=provider)
+        return "unknown message"
     delivery = await delivery_by_message_id(db, message_id)
     if delivery is None:
         # Kept (and its id consumed, so a replay is refused) but nothing to signal; a 2xx
@@ -107,6 +142,9 @@ async def contact_unsubscribed(
 ) -> str:
     """The customer opted out in the provider's app (blocked a bot, unsubscribed in Viber/VK)."""
     db: Database = request.app.state.db
+    if not is_visible_id(address) or len(address) > 2048:
+        log.info("receipt.unknown_contact", provider=provider, channel=channel)
+        return "unknown contact"
     async with db.session() as session:
         point = (
             await session.exec(

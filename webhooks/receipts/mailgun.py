@@ -1,8 +1,9 @@
 """Email events in Mailgun's webhook format (delivered, opened, clicked, failed, complained, unsubscribed).
 
 Signature: hex HMAC-SHA256(signing key, timestamp + token). The signature does not
-cover the body, so a token is accepted once only (its id is the event id) and only
-within 15 minutes of its timestamp.
+cover the body, so a token is accepted only within 15 minutes of its timestamp and
+only ever with one body: every verified token is recorded (bound to its body) before
+the body is acted on or ignored, so a captured signature cannot carry another event.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.events import EngagementType
-from webhooks.receipts.common import check, from_unix, message_event, require_secret, settings_of
+from models.ids import VisibleId
+from webhooks.receipts.common import check, from_unix, message_event, require_secret, settings_of, use_token
 
 router = APIRouter()
 MAX_AGE_SECONDS = 15 * 60
@@ -26,7 +29,7 @@ class MailgunSignature(BaseModel):
     """The `signature` object of a Mailgun webhook."""
 
     timestamp: str = Field(max_length=20)
-    token: str = Field(min_length=1, max_length=128)
+    token: VisibleId = Field(min_length=1, max_length=128)
     signature: str = Field(max_length=128)
 
 
@@ -63,6 +66,15 @@ async def mailgun_event(body: MailgunWebhook, request: Request) -> dict[str, str
     sent_at = from_unix(sig.timestamp)
     if sent_at is None or abs(time.time() - sent_at.timestamp()) > MAX_AGE_SECONDS:
         raise HTTPException(401, "signature.timestamp: too old or in the future (replay refused)")
+    # Before anything else: an event we ignore (accepted, a temporary failure) burns its
+    # token too, or its signature could be replayed with a permanent bounce.
+    await use_token(
+        request.app.state.db,
+        "mailgun",
+        sig.token,
+        body.model_dump(mode="json", by_alias=True),
+        keep_for=timedelta(seconds=2 * MAX_AGE_SECONDS + 60),
+    )
     event = _event(body.event_data)
     message = body.event_data.get("message")
     headers = message.get("headers") if isinstance(message, dict) else None

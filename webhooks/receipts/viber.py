@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 
 from fastapi import APIRouter, Header, HTTPException, Request
 
 from models.events import EngagementType
+from webhooks.http import parse_json
 from webhooks.receipts.common import check, contact_unsubscribed, from_unix, message_event, require_secret, settings_of
 
 router = APIRouter()
@@ -27,10 +27,7 @@ async def viber_callback(
     secret = require_secret(settings_of(request).webhook_viber_auth_token, "viber")
     raw = await request.body()
     check(hmac.new(secret, raw, hashlib.sha256).hexdigest(), x_viber_content_signature, "X-Viber-Content-Signature")
-    try:
-        payload = json.loads(raw)
-    except ValueError as exc:
-        raise HTTPException(422, "body: not valid JSON") from exc
+    payload = parse_json(raw)
     if not isinstance(payload, dict):
         raise HTTPException(422, "body: must be a JSON object")
     kind = payload.get("event")

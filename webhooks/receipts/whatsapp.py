@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from typing import Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 
 from models.events import EngagementType
+from webhooks.http import parse_json
 from webhooks.receipts.common import check, from_unix, message_event, require_secret, settings_of
 
 router = APIRouter()
@@ -42,7 +42,8 @@ async def whatsapp_verify(
         or not hmac.compare_digest(verify_token.encode(), expected.get_secret_value().encode())
     ):
         raise HTTPException(403, "hub.verify_token: does not match")
-    return PlainTextResponse(challenge or "")
+    # The challenge is the caller's text echoed back: never let a browser sniff it as HTML.
+    return PlainTextResponse(challenge or "", headers={"X-Content-Type-Options": "nosniff"})
 
 
 @router.post("/v1/receipts/whatsapp", responses={401: {"description": "Bad or missing signature"}})
@@ -51,10 +52,7 @@ async def whatsapp_event(request: Request, x_hub_signature_256: str | None = Hea
     secret = require_secret(settings_of(request).webhook_whatsapp_app_secret, "whatsapp")
     raw = await request.body()
     check("sha256=" + hmac.new(secret, raw, hashlib.sha256).hexdigest(), x_hub_signature_256, "X-Hub-Signature-256")
-    try:
-        payload = json.loads(raw)
-    except ValueError as exc:
-        raise HTTPException(422, "body: not valid JSON") from exc
+    payload = parse_json(raw)
     outcomes: list[str] = []
     for status in _statuses(payload):
         event = _STATUS.get(str(status.get("status")))
