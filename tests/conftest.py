@@ -142,7 +142,7 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=binary("temporal"),
-        search_attributes=sa.ALL,
+        search_attributes=sa.REGISTERED,
         runtime=quiet_runtime(),
     )
     yield env
