@@ -81,6 +81,8 @@ def build_worker(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
+            # One pooled database connection per slot (Settings.pool_size).
+            max_concurrent_activities=settings.worker_max_concurrent_activities,
             # send_message stays here too: journeys started before per-channel queues
             # schedule their sends on the main queue.
             activities=[
