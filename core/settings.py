@@ -229,6 +229,12 @@ class Settings(BaseSettings):
     # Each channel's sends run on their own task queue `<task_queue>-<channel>`.
     channel_max_concurrent_sends: int = 50
 
+    # --- `make run` (demo.py) -----------------------------------------------------------
+    # The demo's dev server listens on TEMPORAL_ADDRESS, its UI on this port, the webhooks
+    # service on webhooks_port; state and logs go to the data folder.
+    demo_ui_port: int = Field(default=8233, ge=1, le=65535)
+    demo_data_dir: Path = PROJECT_ROOT / "data"
+
     # --- Webhooks, tracking links and provider receipts (#5) ---
     # HMAC key of open-pixel, click and unsubscribe tokens; set a long random value in
     # production (the webhooks service logs a warning while the dev default is in use).
