@@ -536,9 +536,9 @@ async def run_demo(once: bool, external_temporal: bool = False) -> int:
         if stack.children:
             say.note("Stopping worker, webhooks and the dev server...")
         stack.stop()
-        # Nothing is left to wait for. Once (not reproduced since) a demo whose stdout
-        # closed before its first line hung after this point with its threads in futex
-        # waits: should shutdown hang again, dump every thread's stack and exit anyway.
+        # Nothing is left to wait for. Once a demo whose stdout had closed hung after this
+        # point, its threads in futex waits (the Temporal client's runtime at shutdown, it
+        # seems; see main()): should that happen again, dump every stack and exit anyway.
         faulthandler.dump_traceback_later(20, exit=True)
         await db.dispose()
 
@@ -560,7 +560,13 @@ def main(
     ] = False,
 ) -> None:
     """Run the demo stack."""
-    raise SystemExit(asyncio.run(run_demo(once, external_temporal)))
+    status = asyncio.run(run_demo(once, external_temporal))
+    # The children are stopped and everything is closed. Skip the interpreter's teardown:
+    # the Temporal client's Rust threads can abort or hang it (temporalio/sdk-python#300).
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

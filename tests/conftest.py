@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -171,6 +174,28 @@ async def seed(db: Database, customer_id: str, name: str = "Ann", **contacts: st
         c if isinstance(c, ContactIn) else ContactIn(channel=channel, address=c) for channel, c in contacts.items()
     ]
     await upsert_customer(db, CustomerProfile(id=customer_id, name=name, contacts=points))
+
+
+def quiet_port() -> int:
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range.
+
+    A port from bind(("", 0)) is free only until the next process asks the kernel for
+    one: a server started a second later (the demo's dev server) may find it taken. Ports
+    below the ephemeral range are never handed out that way.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(10000, max(10001, low))
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @pytest.fixture

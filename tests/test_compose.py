@@ -40,6 +40,7 @@ from channels.registry import build_channels, close_channels
 from core.db import Database, async_url
 from core.settings import PROJECT_ROOT, Settings
 from models import search_attributes as sa
+from tests.conftest import quiet_port
 from tests.doubles.smtp import SmtpDouble, free_port
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
@@ -332,7 +333,7 @@ async def test_every_entry_point_starts_from_the_image(compose, image, dev_serve
     assert set(points) >= {"Dockerfile CMD", "worker", "webhooks"}
     for name, command in points.items():
         service = _built(compose).get(name, _built(compose)["worker"])
-        port = free_port()
+        port = quiet_port()
         local = {
             "TEMPORAL_ADDRESS": dev_server.client.service_client.config.target_host,
             "DATABASE_URL": f"sqlite:///{tmp_path / 'compose.db'}",

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import PROJECT_ROOT
+from tests.conftest import quiet_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,12 +30,6 @@ pytestmark = [
 ]
 
 UP = "are up"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -114,11 +109,11 @@ class Demo:
 def demo_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a demo of its own: free ports, a data folder in tmp_path."""
     data = tmp_path / "data"
-    webhooks = _free_port()
+    webhooks = quiet_port()
     return {
         **os.environ,
-        "TEMPORAL_ADDRESS": f"127.0.0.1:{_free_port()}",
-        "CASCADE_DEMO_UI_PORT": str(_free_port()),
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{quiet_port()}",
+        "CASCADE_DEMO_UI_PORT": str(quiet_port()),
         "CASCADE_WEBHOOKS_PORT": str(webhooks),
         "CASCADE_PUBLIC_URL": f"http://127.0.0.1:{webhooks}",
         "CASCADE_DEMO_DATA_DIR": str(data),
