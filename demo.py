@@ -6,17 +6,28 @@ example customers; starts the `demo` journey (email -> telegram -> sms, 10 s wai
 each; sends some opens/clicks/conversions through the real webhook endpoint; prints what
 happened per customer. `--once` stops everything when the journeys are done; otherwise
 everything keeps running (explore the UI) until Ctrl-C.
+
+The children end with the demo however it ends: Ctrl-C, SIGTERM, a closed terminal
+(SIGHUP), a reader that went away (`make run | head -1`), or the demo itself killed (on
+Linux each child asks the kernel for SIGTERM when its parent dies). A port the stack needs
+that is already taken is reported, with what to do, before anything starts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import faulthandler
 import os
+import select as io_select
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -39,10 +50,72 @@ from models.search_attributes import dev_server_flags
 from models.tables import ContactStatus, Delivery
 from starter import start_journey
 
-DATA = PROJECT_ROOT / "data"
-UI_PORT = 8233
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's default exits with status 1 on the spot; the demo stops its children first.
+        say.lost()
+
+
 # Wide enough for the report table when the output goes to a file or CI log.
-console = Console() if sys.stdout.isatty() else Console(width=150)
+console = _Console() if sys.stdout.isatty() else _Console(width=150)
+errors = Console(stderr=True)
+
+
+class Output:
+    """The demo's console output; a reader that went away stops the demo, not a traceback.
+
+    `make run | head -1` closes the pipe after one line: the next write fails with EPIPE
+    (Python ignores SIGPIPE). Output then goes to /dev/null and `on_gone` runs once.
+    """
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.on_gone: Callable[[], None] = lambda: None
+
+    def __call__(self, *objects: Any) -> None:
+        """Print like rich's console.print, unless stdout has no reader any more."""
+        if self.gone:
+            return
+        try:
+            console.print(*objects)
+            console.file.flush()
+        except BrokenPipeError:
+            self.lost()
+
+    def note(self, message: str) -> None:
+        """Print on stdout, or on stderr once stdout has no reader (it may have none either)."""
+        if not self.gone:
+            self(message)
+            return
+        with contextlib.suppress(OSError):
+            errors.print(message)
+
+    def lost(self) -> None:
+        """Stdout has no reader: silence it (also for the interpreter's last flush), stop."""
+        if self.gone:
+            return
+        self.gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        self.on_gone()
+
+    def reader_left(self) -> bool:
+        """True when stdout is a pipe whose reader has closed it (poll reports POLLERR),
+        so an idle demo notices without waiting for its next line."""
+        try:
+            fd = sys.stdout.fileno()
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                return False
+        except (OSError, ValueError):
+            return False
+        poller = io_select.poll()
+        poller.register(fd, 0)
+        return any(events & (io_select.POLLERR | io_select.POLLHUP) for _, events in poller.poll(0))
+
+
+say = Output()
 
 
 def _c(channel: str, address: str, **kw: object) -> ContactIn:
@@ -116,38 +189,136 @@ def _binary(name: str) -> str:
     return found
 
 
-class Stack:
-    """The child processes of the demo, stopped in reverse order of start."""
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
-    def __init__(self) -> None:
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn after which the kernel sends the child SIGTERM when the demo dies,
+    however it dies (SIGKILL included); None where prctl does not exist (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        # The demo may have died between fork and prctl: then no signal will come.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+class Stack:
+    """The child processes of the demo, stopped in reverse order of start.
+
+    Each child leads a process group of its own (a new session): Ctrl-C in the terminal
+    reaches only the demo, which stops the children in order, and a stop signal sent to
+    the group also reaches anything a child started.
+    """
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
         self.children: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = []
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
-        (DATA / "logs").mkdir(parents=True, exist_ok=True)
-        log = (DATA / "logs" / f"{name}.log").open("ab")
-        # A session of their own: Ctrl-C reaches only us, and we stop them in order.
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            args,
+            cwd=PROJECT_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            # Runs in the forked child before exec: one prctl call, no locks taken.
+            preexec_fn=_die_with_parent(),
         )
         self.children.append((name, proc, log))
 
     def check_alive(self) -> None:
         for name, proc, _ in self.children:
             if proc.poll() is not None:
-                raise SystemExit(f"{name} exited with {proc.returncode}; see data/logs/{name}.log")
+                raise SystemExit(f"{name} exited with {proc.returncode}; see {self.logs / (name + '.log')}")
 
     def stop(self) -> None:
+        """SIGTERM each child's process group, newest first; SIGKILL what outlives 15 s."""
         for name, proc, log in reversed(self.children):
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                _signal_group(proc, signal.SIGTERM)
                 try:
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
-                    console.print(f"[yellow]{name} did not stop in 15 s; killing it[/yellow]")
-                    proc.kill()
+                    errors.print(f"[yellow]{name} did not stop in 15 s; killing it[/yellow]")
+                    _signal_group(proc, signal.SIGKILL)
                     proc.wait()
+            # A grandchild left in the group (the child itself has gone) goes too.
+            _signal_group(proc, signal.SIGKILL)
             log.close()
         self.children.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+@dataclass(frozen=True)
+class Port:
+    """A port the demo's stack will listen on."""
+
+    host: str
+    number: int
+    purpose: str
+    setting: str
+
+
+def _taken(port: Port) -> bool:
+    family = socket.AF_INET6 if ":" in port.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the servers themselves bind: a port that only has connections in TIME_WAIT
+        # from an earlier run is free; one with a listener is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((port.host, port.number))
+        except OSError:
+            return True
+    return False
+
+
+def _ports(settings: Settings, external_temporal: bool) -> list[Port]:
+    host, _, number = settings.temporal_address.rpartition(":")
+    host = host or "127.0.0.1"
+    ports = [] if external_temporal else [
+        Port(host, int(number), "the Temporal dev server", "TEMPORAL_ADDRESS"),
+        Port(host, settings.demo_ui_port, "the Temporal UI", "CASCADE_DEMO_UI_PORT"),
+    ]  # fmt: skip
+    return [
+        *ports,
+        Port(settings.webhooks_host, settings.webhooks_port, "the webhooks service", "CASCADE_WEBHOOKS_PORT"),
+    ]
+
+
+def ports_in_use_message(taken: list[Port]) -> str:
+    """What to tell someone whose ports are taken: which, for what, and what to do."""
+    lines = [
+        f"Port {p.number} on {p.host} is already in use; the demo needs it for {p.purpose} ({p.setting})."
+        for p in taken
+    ]
+    first = taken[0].number
+    lines += [
+        "Probably the dev server, worker or webhooks of an earlier `make run` that is still running.",
+        f"Find what holds it with `ss -ltnp 'sport = :{first}'` (or `lsof -i :{first}`) and stop it,",
+        "or run the demo on other ports, e.g.:",
+        "  TEMPORAL_ADDRESS=127.0.0.1:17233 CASCADE_DEMO_UI_PORT=18233 CASCADE_WEBHOOKS_PORT=18000 make run",
+    ]
+    if any(p.setting == "TEMPORAL_ADDRESS" for p in taken):
+        lines.append(
+            "To use a Temporal server you started yourself at TEMPORAL_ADDRESS: "
+            ".venv/bin/python demo.py --external-temporal"
+        )
+    return "\n".join(lines)
 
 
 async def _connect_when_up(settings: Settings, stack: Stack, within: float = 60) -> Client:
@@ -210,7 +381,7 @@ async def _react(
             break
         await asyncio.sleep(0.2)
     if message_id is None:
-        console.print(f"  [yellow]{reaction.customer_id}: step {reaction.step} was never sent[/yellow]")
+        say(f"  [yellow]{reaction.customer_id}: step {reaction.step} was never sent[/yellow]")
         return
     await asyncio.sleep(2)  # a human takes a moment to open a message
     body = (
@@ -219,7 +390,7 @@ async def _react(
         else {"message_id": message_id, "event": reaction.event}
     )
     reply = await http.post(f"{webhooks_url}/v1/engagement", json=body)
-    console.print(
+    say(
         f"  webhook: {reaction.customer_id} [bold]{reaction.event}[/bold] "
         f"(step {reaction.step}) -> HTTP {reply.status_code}"
     )
@@ -260,84 +431,142 @@ def _report(results: dict[str, JourneyResult], settings: Settings) -> None:
             f"{cost:.3f}",
             f"{all_cost:.3f}",
         )
-    console.print(table)
+    say(table)
     saved = (1 - total / everywhere) * 100 if everywhere else 0.0
-    console.print(
+    say(
         f"Cascade cost {total:.3f} {settings.currency} vs {everywhere:.3f} for sending on every "
         f"usable channel: [bold]{saved:.0f}% saved[/bold]."
     )
 
 
-async def run_demo(once: bool) -> int:
-    """Bring the stack up, run the example journeys, report; keep running unless `once`."""
+async def run_demo(once: bool, external_temporal: bool = False) -> int:
+    """Bring the stack up, run the example journeys, report; keep running unless `once`.
+
+    Returns the exit status: 0 when done (or stopped with Ctrl-C while running on), 1 when
+    a port is taken, 128 + the signal's number when a signal cut the demo short.
+    """
     settings = get_settings()
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stopped_by: list[str] = []
+
+    def stop(why: str) -> None:
+        # Once: a second Ctrl-C while the children stop must not cut the cleanup short.
+        if not stopped_by:
+            stopped_by.append(why)
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop, sig.name)
+    say.on_gone = lambda: stop("stdout closed")
+
+    if taken := [p for p in _ports(settings, external_temporal) if _taken(p)]:
+        errors.print(ports_in_use_message(taken), highlight=False, soft_wrap=True)
+        return 1
+
+    data = settings.demo_data_dir
     env = {**os.environ, "CASCADE_LOG_FORMAT": "json"}
-    stack = Stack()
+    stack = Stack(data / "logs")
     db = Database.from_settings(settings)
+    watchdog = asyncio.create_task(_watch_stdout())
     try:
-        if await _server_answers(settings):
-            console.print(f"Using the Temporal server already at {settings.temporal_address}")
+        if external_temporal:
+            if not await _server_answers(settings):
+                raise SystemExit(f"--external-temporal: no Temporal server answers at {settings.temporal_address}")
+            say(f"Using the Temporal server at {settings.temporal_address}")
         else:
             host, _, port = settings.temporal_address.rpartition(":")
-            DATA.mkdir(exist_ok=True)
+            data.mkdir(parents=True, exist_ok=True)
             stack.start(
                 "temporal",
                 [
                     _binary("temporal"), "server", "start-dev",
-                    "--db-filename", str(DATA / "temporal.db"),
+                    "--db-filename", str(data / "temporal.db"),
                     "--ip", host or "127.0.0.1", "--port", port,
-                    "--ui-port", str(UI_PORT), "--log-level", "warn",
+                    "--ui-port", str(settings.demo_ui_port), "--log-level", "warn",
                     *dev_server_flags(),
                 ],
             )  # fmt: skip
-            console.print(f"Started the Temporal dev server (state in {DATA / 'temporal.db'})")
+            say(f"Started the Temporal dev server (state in {data / 'temporal.db'})")
         client = await _connect_when_up(settings, stack)
         await register_search_attributes(client)
 
         await migrate(db.engine)
         for profile in CUSTOMERS:
             await upsert_customer(db, profile)
-        console.print(f"Loaded {len(CUSTOMERS)} example customers into {settings.database_url}")
+        say(f"Loaded {len(CUSTOMERS)} example customers into {settings.database_url}")
 
         stack.start("worker", [sys.executable, "worker.py"], env)
         stack.start("webhooks", [sys.executable, "-m", "webhooks.server"], env)
         webhooks_url = f"http://{settings.webhooks_host}:{settings.webhooks_port}"
         await _wait_http(f"{webhooks_url}/healthz", stack)
-        console.print(f"Worker and webhooks ({webhooks_url}) are up; logs in data/logs/")
+        say(f"Worker and webhooks ({webhooks_url}) are up; logs in {stack.logs}")
 
         handles = {p.id: await start_journey(p.id, "demo", client=client, db=db, settings=settings) for p in CUSTOMERS}
-        console.print(f"Started the [bold]demo[/bold] journey for {len(handles)} customers; waiting for reactions...")
+        say(f"Started the [bold]demo[/bold] journey for {len(handles)} customers; waiting for reactions...")
         async with httpx.AsyncClient(timeout=10) as http:
             await asyncio.gather(*(_react(r, handles[r.customer_id], db, webhooks_url, http) for r in REACTIONS))
             results = dict(zip(handles, await asyncio.gather(*(h.result() for h in handles.values())), strict=True))
         _report(results, settings)
         query = urlquote('Journey="demo"')
-        console.print(
-            f"Temporal UI: http://localhost:{UI_PORT}/namespaces/{settings.temporal_namespace}/workflows?query={query}\n"
+        say(
+            f"Temporal UI: http://localhost:{settings.demo_ui_port}/namespaces/{settings.temporal_namespace}"
+            f"/workflows?query={query}\n"
             f"CLI: python starter.py list --customer c-1002   |   python starter.py status {handles['c-1002'].id}"
         )
         if not once:
-            console.print("Everything keeps running; press Ctrl-C to stop.")
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            while not stop.is_set():
+            say("Everything keeps running; press Ctrl-C to stop.")
+            while True:
                 stack.check_alive()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=2)
+                await asyncio.sleep(2)
         return 0
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        main.uncancel()
+        why = stopped_by[0]
+        if why == "SIGINT" and not once:
+            return 0  # Ctrl-C is how the running demo is meant to end
+        return 128 + (signal.Signals[why].value if why.startswith("SIG") else signal.SIGPIPE.value)
     finally:
-        console.print("Stopping worker, webhooks and the dev server...")
+        # Children first, before any output: the output may be what failed.
+        stopped_by.append("cleanup")
+        watchdog.cancel()
+        if stack.children:
+            say.note("Stopping worker, webhooks and the dev server...")
         stack.stop()
+        # Nothing is left to wait for. Once a demo whose stdout had closed hung after this
+        # point, its threads in futex waits (the Temporal client's runtime at shutdown, it
+        # seems; see main()): should that happen again, dump every stack and exit anyway.
+        faulthandler.dump_traceback_later(20, exit=True)
         await db.dispose()
+
+
+async def _watch_stdout() -> None:
+    """Stop the demo when the reader of its stdout pipe goes away, even while it is quiet."""
+    while True:
+        if say.reader_left():
+            say.lost()  # calls stop() through say.on_gone
+            return
+        await asyncio.sleep(0.5)
 
 
 def main(
     once: Annotated[bool, typer.Option("--once", help="Exit when the example journeys are done")] = False,
+    external_temporal: Annotated[
+        bool,
+        typer.Option("--external-temporal", help="Use the Temporal server at TEMPORAL_ADDRESS instead of starting one"),
+    ] = False,
 ) -> None:
     """Run the demo stack."""
-    raise SystemExit(asyncio.run(run_demo(once)))
+    status = asyncio.run(run_demo(once, external_temporal))
+    # The children are stopped and everything is closed. Skip the interpreter's teardown:
+    # the Temporal client's Rust threads can abort or hang it (temporalio/sdk-python#300).
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

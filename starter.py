@@ -156,7 +156,7 @@ async def _start(
     attributes: list[SearchAttributePair[Any]] = [
         SearchAttributePair(sa.CUSTOMER_ID, customer_id),
         SearchAttributePair(sa.JOURNEY, spec.name),
-        SearchAttributePair(sa.STATUS, "running"),
+        SearchAttributePair(sa.JOURNEY_STATUS, "running"),
         SearchAttributePair(sa.STEP, 0),
         SearchAttributePair(sa.CHANNEL, spec.steps[0].channel.value),
     ]
@@ -273,11 +273,11 @@ def list_journeys(
     """List journeys through Temporal's search attributes."""
     clauses = []
     if customer:
-        clauses.append(f"CustomerId = {quote(customer)}")
+        clauses.append(f"{sa.CUSTOMER_ID.name} = {quote(customer)}")
     if journey:
-        clauses.append(f"Journey = {quote(journey)}")
+        clauses.append(f"{sa.JOURNEY.name} = {quote(journey)}")
     if status_:
-        clauses.append(f"Status = {quote(status_)}")
+        clauses.append(f"{sa.JOURNEY_STATUS.name} = {quote(status_)}")
     query = " AND ".join(clauses) or None
 
     async def go() -> list[list[str]]:
@@ -289,7 +289,7 @@ def list_journeys(
                 [
                     wf.id,
                     attrs.get(sa.CUSTOMER_ID) or "",
-                    attrs.get(sa.STATUS) or "",
+                    attrs.get(sa.JOURNEY_STATUS) or "",
                     attrs.get(sa.CHANNEL) or "",
                     str(attrs.get(sa.STEP) if attrs.get(sa.STEP) is not None else ""),
                     wf.start_time.isoformat(timespec="seconds"),

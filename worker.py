@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import sys
 from collections.abc import Mapping
 from types import TracebackType
 
@@ -81,6 +83,8 @@ def build_worker(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
+            # One pooled database connection per slot (Settings.pool_size).
+            max_concurrent_activities=settings.worker_max_concurrent_activities,
             # send_message stays here too: journeys started before per-channel queues
             # schedule their sends on the main queue.
             activities=[
@@ -134,3 +138,9 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    # Everything is stopped and closed. Skip the interpreter's teardown: the Temporal
+    # client's Rust threads can abort it ("PyGILState_Release ... finalizing", SIGABRT,
+    # temporalio/sdk-python#300), which turned a clean SIGTERM stop into exit status 134.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

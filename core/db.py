@@ -7,47 +7,135 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
-from sqlalchemy import Connection, event, inspect
+from sqlalchemy import URL, Connection, event, inspect, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import models.tables  # noqa: F401  (registers every table on SQLModel.metadata)
-from core.settings import Settings
+from core.settings import Settings, check_schema_name
 
 T = TypeVar("T")
 
 
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+# Query parameters that stay in the URL: SQLAlchemy's asyncpg dialect reads them itself.
+_DIALECT_PARAMETERS = {"prepared_statement_cache_size"}
+# Query parameters asyncpg.connect() takes as keyword arguments, with their types. Every
+# other parameter is libpq's (sslmode, sslrootcert, target_session_attrs, application_name,
+# options, ...) and goes to asyncpg in a DSN, whose parser reads them the way libpq does.
+_ASYNCPG_ARGUMENTS: dict[str, type] = {
+    "ssl": str,
+    "direct_tls": bool,
+    "timeout": float,
+    "command_timeout": float,
+    "statement_cache_size": int,
+    "max_cached_statement_lifetime": float,
+    "max_cacheable_statement_size": int,
+}
+# libpq's name for asyncpg's connect timeout.
+_RENAMED = {"connect_timeout": "timeout"}
+_EXAMPLES = "e.g. sqlite:///data/cascade.db or postgresql://user:password@host:5432/dbname"
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError:
+        # SQLAlchemy's message would not help, and the URL may hold a password.
+        raise ValueError(f"DATABASE_URL is not a database URL ({_EXAMPLES})") from None
+
+
+def _normalise(url: str) -> URL:
+    parsed = _parse(url)
+    backend = parsed.drivername.partition("+")[0]
+    if backend not in _ASYNC_DRIVERS:
+        raise ValueError(f"DATABASE_URL: unsupported database {backend!r} (use sqlite or postgresql, {_EXAMPLES})")
+    return parsed.set(drivername=_ASYNC_DRIVERS[backend])
+
+
 def async_url(url: str) -> str:
-    """Map a plain database URL to the async driver we ship (aiosqlite, asyncpg)."""
-    parsed = make_url(url)
-    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
-    backend = parsed.get_backend_name()
-    if parsed.drivername in driver:
-        parsed = parsed.set(drivername=driver[parsed.drivername])
-    elif backend not in ("sqlite", "postgresql"):
-        raise ValueError(f"DATABASE_URL: unsupported database {backend!r} (use sqlite or postgresql)")
-    return parsed.render_as_string(hide_password=False)
+    """The URL with the async driver we ship, whatever driver the pasted URL names.
+
+    `sqlite://`, `sqlite+pysqlite://` -> `sqlite+aiosqlite://`; `postgres://`,
+    `postgresql://`, `postgresql+psycopg://`, `postgresql+psycopg2://`, `postgresql+pg8000://`
+    ... -> `postgresql+asyncpg://`. Anything else is refused with a ValueError.
+    """
+    return _normalise(url).render_as_string(hide_password=False)
 
 
-def create_engine(url: str, schema: str | None = None) -> AsyncEngine:
+def _argument(name: str, value: str, kind: type) -> Any:
+    if kind is str:
+        return value
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(f"DATABASE_URL: {name}={value!r} must be true or false")
+        return value.lower() in ("true", "1", "yes", "on")
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"DATABASE_URL: {name}={value!r} must be a number") from None
+
+
+def postgres_connect_args(url: URL) -> tuple[URL, dict[str, Any]]:
+    """Split a PostgreSQL URL's query into what asyncpg understands.
+
+    psycopg and libpq URLs carry libpq parameters (`?sslmode=require&connect_timeout=10`)
+    that asyncpg does not take as keyword arguments: they travel in a DSN instead.
+    """
+    kept: dict[str, str | tuple[str, ...]] = {}
+    args: dict[str, Any] = {}
+    libpq: dict[str, str] = {}
+    for key, raw in url.query.items():
+        value = raw[-1] if isinstance(raw, tuple) else raw
+        name = _RENAMED.get(key, key)
+        if key in _DIALECT_PARAMETERS:
+            kept[key] = raw
+        elif name in _ASYNCPG_ARGUMENTS:
+            if name == "ssl" and value.lower() in ("true", "false", "1", "0"):
+                args[name] = value.lower() in ("true", "1")
+            else:
+                args[name] = _argument(key, value, _ASYNCPG_ARGUMENTS[name])
+        else:
+            libpq[key] = value
+    if libpq:
+        args["dsn"] = "postgresql://?" + urlencode(libpq)
+    return url.set(query=kept), args
+
+
+def quote_identifier(name: str) -> str:
+    """`name` as a PostgreSQL quoted identifier (exact case, any character but NUL)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_engine(
+    url: str,
+    schema: str | None = None,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    pool_timeout: float = 30.0,
+) -> AsyncEngine:
     """An async engine for `url`; creates the folder of a SQLite file if needed.
 
     `schema` (PostgreSQL only) puts every table in that schema via the search path,
-    so several installations (or concurrent test runs) can share one database.
+    so several installations (or concurrent test runs) can share one database; `migrate`
+    creates it if it is missing. The pool arguments apply to PostgreSQL (see
+    `Settings.pool_size` for how they are matched to the worker).
     """
-    full = async_url(url)
-    parsed = make_url(full)
+    parsed = _normalise(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # Worker, webhooks and CLI write the same file: WAL lets readers run beside the
         # writer, and the busy timeout turns a brief lock into a wait, not an error.
-        engine = create_async_engine(full, connect_args={"timeout": 30})
+        engine = create_async_engine(parsed, connect_args={"timeout": 30})
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -58,27 +146,65 @@ def create_engine(url: str, schema: str | None = None) -> AsyncEngine:
             cur.close()
 
         return engine
-    connect_args: dict[str, Any] = {}
-    if schema:
-        connect_args["server_settings"] = {"search_path": schema}
-    return create_async_engine(full, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
+    parsed, connect_args = postgres_connect_args(parsed)
+    options: dict[str, Any] = {}
+    if schema is not None:
+        schema = check_schema_name(schema)
+        connect_args["server_settings"] = {"search_path": quote_identifier(schema)}
+        # migrate() reads it from here to create the schema.
+        options[_SCHEMA_OPTION] = schema
+    return create_async_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        connect_args=connect_args,
+        execution_options=options,
+    )
+
+
+_SCHEMA_OPTION = "cascade_schema"
+
+
+def prepare_postgres(connection: Connection) -> None:
+    """Serialise migrations across processes and create the engine's schema if missing.
+
+    Runs at the start of a migration's transaction: the advisory lock is held until it
+    ends, so of the worker and webhooks starting together one creates and migrates, the
+    other waits and finds nothing left to do.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(424242)")
+    schema = connection.get_execution_options().get(_SCHEMA_OPTION)
+    if schema is None:
+        return
+    # Look before creating: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege on the
+    # database even when the schema exists, and a DBA may have made it for a role without.
+    exists = connection.execute(text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": schema}).first()
+    if exists is None:
+        try:
+            connection.exec_driver_sql(f"CREATE SCHEMA {quote_identifier(schema)}")
+        except DBAPIError as exc:
+            raise SchemaError(
+                f"database schema {schema!r} does not exist and could not be created ({exc.orig}): "
+                "create it, or grant this user CREATE on the database"
+            ) from None
 
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 class SchemaError(RuntimeError):
-    """The database holds tables that the migrations did not create."""
+    """The database cannot be migrated: tables the migrations did not make, or no schema."""
 
 
 def _upgrade(connection: Connection, revision: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    if connection.dialect.name == "postgresql":
-        # Worker and webhooks start together in docker compose: one migrates, the other
-        # waits here and then finds nothing left to do.
-        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(424242)")
+    prepare_postgres(connection)
     inspector = inspect(connection)
     tables = set(inspector.get_table_names())
     if tables and "alembic_version" not in tables and "customers" in tables:
@@ -117,8 +243,16 @@ class Database:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        """The database the settings name (DATABASE_URL and, on PostgreSQL, the schema)."""
-        return cls(create_engine(settings.database_url, settings.database_schema))
+        """The database the settings name (DATABASE_URL, on PostgreSQL the schema and pool)."""
+        return cls(
+            create_engine(
+                settings.database_url,
+                settings.database_schema,
+                pool_size=settings.pool_size,
+                max_overflow=settings.database_max_overflow,
+                pool_timeout=settings.database_pool_timeout_seconds,
+            )
+        )
 
     @property
     def is_sqlite(self) -> bool:

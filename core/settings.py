@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -150,8 +150,23 @@ class Settings(BaseSettings):
         default=f"sqlite:///{PROJECT_ROOT / 'data' / 'cascade.db'}",
         validation_alias=AliasChoices("DATABASE_URL", "CASCADE_DATABASE_URL"),
     )
-    # PostgreSQL only: keep Cascade's tables in their own schema of a shared database.
+    # PostgreSQL only: keep Cascade's tables in their own schema of a shared database
+    # (created at start-up if missing; any name, used exactly as written).
     database_schema: str | None = None
+    # Connections per process (PostgreSQL). Every activity holds at most one, and only
+    # inside a transaction. Main-queue activities (contact checks, accruals, scans) are
+    # database work from start to end, so the pool keeps one per main-queue slot: unset,
+    # it is worker_max_concurrent_activities. Sends use a connection only for their claim
+    # and their record, not across the provider call: the channel queues share the
+    # overflow, opened under load and closed when idle, and a send that finds every
+    # connection busy waits up to the pool timeout. Keep (pool + overflow) x processes
+    # below the server's max_connections (100 by default).
+    database_pool_size: int | None = Field(default=None, ge=1)
+    database_max_overflow: int = Field(default=10, ge=0)
+    database_pool_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Activity slots of the worker's main task queue (the channel queues have
+    # channel_max_concurrent_sends each).
+    worker_max_concurrent_activities: int = Field(default=30, ge=1)
 
     webhooks_host: str = "127.0.0.1"
     webhooks_port: int = 8000
@@ -214,6 +229,12 @@ class Settings(BaseSettings):
     # Each channel's sends run on their own task queue `<task_queue>-<channel>`.
     channel_max_concurrent_sends: int = 50
 
+    # --- `make run` (demo.py) -----------------------------------------------------------
+    # The demo's dev server listens on TEMPORAL_ADDRESS, its UI on this port, the webhooks
+    # service on webhooks_port; state and logs go to the data folder.
+    demo_ui_port: int = Field(default=8233, ge=1, le=65535)
+    demo_data_dir: Path = PROJECT_ROOT / "data"
+
     # --- Webhooks, tracking links and provider receipts (#5) ---
     # HMAC key of open-pixel, click and unsubscribe tokens; set a long random value in
     # production (the webhooks service logs a warning while the dev default is in use).
@@ -232,6 +253,31 @@ class Settings(BaseSettings):
     webhook_viber_auth_token: SecretStr | None = None
     webhook_vk_secret: SecretStr | None = None
     webhook_vk_confirmation: str | None = None
+
+    @field_validator("database_schema")
+    @classmethod
+    def _schema_name(cls, value: str | None) -> str | None:
+        # An empty CASCADE_DATABASE_SCHEMA= means "no schema", as if unset.
+        return check_schema_name(value) if value else None
+
+    @property
+    def pool_size(self) -> int:
+        """PostgreSQL connections the pool keeps: the setting, or one per main-queue activity slot."""
+        return self.database_pool_size or self.worker_max_concurrent_activities
+
+
+def check_schema_name(name: str) -> str:
+    """`name` if PostgreSQL accepts it as a schema name, else a ValueError saying why."""
+    if "\x00" in name:
+        raise ValueError("database schema name must not contain NUL")
+    if len(name.encode()) > 63:
+        # PostgreSQL would silently truncate it to 63 bytes (NAMEDATALEN - 1).
+        raise ValueError(f"database schema name {name!r} is longer than 63 bytes")
+    if name.startswith("pg_"):
+        raise ValueError(f"database schema name {name!r}: names starting with pg_ are reserved by PostgreSQL")
+    if not name.strip():
+        raise ValueError("database schema name must not be blank")
+    return name
 
 
 @lru_cache

@@ -16,7 +16,7 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 import models.tables  # noqa: F401  (registers every table on SQLModel.metadata)
-from core.db import create_engine
+from core.db import Database, prepare_postgres
 from core.settings import get_settings
 
 target_metadata = SQLModel.metadata
@@ -44,9 +44,10 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_from_settings() -> None:
-    settings = get_settings()
-    engine = create_engine(settings.database_url, settings.database_schema)
+    engine = Database.from_settings(get_settings()).engine
     async with engine.connect() as connection:
+        # The same lock and schema creation as core.db.migrate().
+        await connection.run_sync(prepare_postgres)
         await connection.run_sync(_run)
         await connection.commit()
     await engine.dispose()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import random
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -11,12 +15,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
-from core.db import Database, migrate
+from core.db import Database, async_url, migrate
 from core.profiles import upsert_customer
 from core.settings import Settings
 from core.temporal import register_search_attributes
@@ -80,44 +85,87 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
 
 
 POSTGRES_URL = os.environ.get("CASCADE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+# Set where PostgreSQL is known to be there (.ci/run does it when the server answers): a
+# missing server then fails the run instead of skipping every PostgreSQL test.
+REQUIRE_POSTGRES = os.environ.get("CASCADE_REQUIRE_POSTGRES", "").lower() not in ("", "0", "false", "no")
+_SKIP_PREFIX = "PostgreSQL not reachable"
+
+
+def asyncpg_dsn(url: str) -> str:
+    """`url` in any form DATABASE_URL accepts, as a DSN asyncpg.connect() reads."""
+    return make_url(async_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def _postgres_reason() -> str | None:
     """None when PostgreSQL answers at POSTGRES_URL, else why not."""
     try:
-        conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg", "postgresql"), timeout=3)
+        conn = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL), timeout=3)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        return f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}"
+        return f"{_SKIP_PREFIX} at {POSTGRES_URL}: {exc}"
     await conn.close()
     return None
 
 
-async def _postgres_execute(sql: str) -> None:
-    conn = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg", "postgresql"), timeout=3)
+async def postgres_execute(sql: str) -> None:
+    """Run `sql` on the test database as the connecting (super)user."""
+    conn = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL), timeout=3)
     try:
         await conn.execute(sql)
     finally:
         await conn.close()
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With CASCADE_REQUIRE_POSTGRES set, stop at once when PostgreSQL is not there."""
+    if REQUIRE_POSTGRES and (reason := asyncio.run(_postgres_reason())):
+        pytest.exit(f"CASCADE_REQUIRE_POSTGRES is set but {reason}", returncode=pytest.ExitCode.TESTS_FAILED)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say loudly when PostgreSQL tests were skipped: a green run must not hide it."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if _SKIP_PREFIX in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep(
+            "!",
+            f"{len(skipped)} PostgreSQL tests did NOT run (no server at {POSTGRES_URL}); "
+            "set CASCADE_REQUIRE_POSTGRES=1 to make that a failure",
+            red=True,
+            bold=True,
+        )
+
+
+async def require_postgres() -> None:
+    """Skip the test when PostgreSQL is not there, or fail it under CASCADE_REQUIRE_POSTGRES."""
+    if reason := await _postgres_reason():
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"CASCADE_REQUIRE_POSTGRES is set but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture
+async def postgres_url() -> str:
+    """POSTGRES_URL once the server answered (see require_postgres)."""
+    await require_postgres()
+    return POSTGRES_URL
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """The same test on SQLite and on real PostgreSQL (skipped only if it is unreachable)."""
+    """The same test on SQLite and on real PostgreSQL (skipped only if it is unreachable and
+    CASCADE_REQUIRE_POSTGRES is not set)."""
     if request.param == "sqlite":
         database = Database.from_url(f"sqlite:///{tmp_path / 'cascade.db'}")
     else:
-        if reason := await _postgres_reason():
-            pytest.skip(reason)
+        await require_postgres()
         # A schema of its own per test: concurrent runs (CI beside a developer) share
-        # the one `test` database without dropping each other's tables.
+        # the one `test` database without dropping each other's tables. migrate() creates it.
         schema = f"t_{uuid.uuid4().hex[:12]}"
-        await _postgres_execute(f'CREATE SCHEMA "{schema}"')
         database = Database.from_url(POSTGRES_URL, schema=schema)
     await migrate(database.engine)
     yield database
     await database.dispose()
     if request.param == "postgresql":
-        await _postgres_execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await postgres_execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 async def seed(db: Database, customer_id: str, name: str = "Ann", **contacts: str | ContactIn) -> None:
@@ -126,6 +174,28 @@ async def seed(db: Database, customer_id: str, name: str = "Ann", **contacts: st
         c if isinstance(c, ContactIn) else ContactIn(channel=channel, address=c) for channel, c in contacts.items()
     ]
     await upsert_customer(db, CustomerProfile(id=customer_id, name=name, contacts=points))
+
+
+def quiet_port() -> int:
+    """A free TCP port on 127.0.0.1 below the kernel's ephemeral range.
+
+    A port from bind(("", 0)) is free only until the next process asks the kernel for
+    one: a server started a second later (the demo's dev server) may find it taken. Ports
+    below the ephemeral range are never handed out that way.
+    """
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(10000, max(10001, low))
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @pytest.fixture
@@ -142,7 +212,7 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=binary("temporal"),
-        search_attributes=sa.ALL,
+        search_attributes=sa.REGISTERED,
         runtime=quiet_runtime(),
     )
     yield env

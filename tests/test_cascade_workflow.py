@@ -231,12 +231,12 @@ async def test_query_reports_where_the_journey_stands(client, db, settings, run_
     assert state.steps[0].message_id == log[0].provider_message_id
     desc = await handle.describe()
     assert desc.typed_search_attributes.get(sa.CUSTOMER_ID) == unique_id
-    assert desc.typed_search_attributes.get(sa.STATUS) == "waiting"
+    assert desc.typed_search_attributes.get(sa.JOURNEY_STATUS) == "waiting"
     assert desc.typed_search_attributes.get(sa.CHANNEL) == "email"
     await handle.signal(CascadeJourney.cancel, CancelInput())
     await handle.result()
     desc = await handle.describe()
-    assert desc.typed_search_attributes.get(sa.STATUS) == "cancelled"
+    assert desc.typed_search_attributes.get(sa.JOURNEY_STATUS) == "cancelled"
 
 
 async def test_duplicate_start_returns_the_running_journey(client, db, settings, run_worker, unique_id):

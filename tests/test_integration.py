@@ -85,7 +85,7 @@ async def test_webhook_open_stops_the_journey_and_the_ui_query_finds_it(dev_env,
 
     async def listed() -> list[str | None] | None:
         found = [
-            wf.typed_search_attributes.get(sa.STATUS)
+            wf.typed_search_attributes.get(sa.JOURNEY_STATUS)
             async for wf in client.list_workflows(f"CustomerId = {quote(unique_id)}")
         ]
         return found if found == ["reacted"] else None

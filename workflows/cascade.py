@@ -228,14 +228,14 @@ class CascadeJourney:
             [
                 sa.STEP.value_set(index),
                 sa.CHANNEL.value_set(step.channel.value),
-                sa.STATUS.value_set("running"),
+                sa.JOURNEY_STATUS.value_set("running"),
             ]
         )
         self._state.status = "running"
 
     def _set_status(self, status: str) -> None:
         self._state.status = status
-        workflow.upsert_search_attributes([sa.STATUS.value_set(status)])
+        workflow.upsert_search_attributes([sa.JOURNEY_STATUS.value_set(status)])
 
     def _finish(self) -> JourneyResult:
         if self._stop is not None:

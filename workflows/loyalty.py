@@ -56,7 +56,7 @@ class LoyaltyLoop:
                 [
                     SearchAttributePair(sa.CUSTOMER_ID, journey.customer_id),
                     SearchAttributePair(sa.JOURNEY, journey.spec.name),
-                    SearchAttributePair(sa.STATUS, "running"),
+                    SearchAttributePair(sa.JOURNEY_STATUS, "running"),
                 ]
             ),
         )
