@@ -76,7 +76,9 @@ class VkChannel:
             raise transient
         data = json_body(response)
         if "response" in data:
-            return SendReceipt(provider_message_id=f"vk-{message.to}-{data['response']}", cost=self._cost)
+            # The id is the community's own message id; the peer (the customer's
+            # address) is left out so it never reaches a workflow history.
+            return SendReceipt(provider_message_id=f"vk-{data['response']}", cost=self._cost)
         error = data.get("error") or {}
         code = int(error.get("error_code") or -1)
         reason = f"{code} {error.get('error_msg') or 'no answer'}"
