@@ -23,7 +23,6 @@ import pytest
 from pydantic import SecretStr
 from sqlmodel import select
 from structlog.testing import capture_logs
-from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -31,7 +30,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.journey import JourneyActivities
-from channels.base import Channel, OutboundMessage, SendReceipt, TransientSendError, UnknownOutcomeError
+from channels.base import Channel, OutboundMessage, TransientSendError, UnknownOutcomeError
 from channels.email import SmtpChannel
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
@@ -41,8 +40,6 @@ from core.db import Database
 from core.settings import PROJECT_ROOT, Settings, SmtpSettings, TelegramSettings, VkSettings
 from core.temporal import register_search_attributes
 from models.activities import (
-    CheckContactInput,
-    CheckContactResult,
     SendMessageInput,
     SettleDeliveryInput,
 )
@@ -51,6 +48,7 @@ from models.journey import ChannelName, FrequencyCap, MessageContent, Outcome, S
 from models.tables import ChannelHealth, Delivery
 from starter import start_journey
 from tests.conftest import binary, quiet_runtime, seed
+from tests.doubles.sends import DiesAfterTheCall, FirstSendStarted, SignalDuringCheck, SlowProvider
 from tests.doubles.smtp import SmtpDouble, smtp_server
 from tests.doubles.telegram import TelegramDouble
 from tests.doubles.vk import VkDouble
@@ -217,20 +215,6 @@ async def test_an_unknown_outcome_on_vk_is_retried_with_the_same_random_id(any_d
     await channel.aclose()
 
 
-class DiesAfterTheCall:
-    """The provider takes the message, then the worker dies before writing `sent`."""
-
-    def __init__(self, inner: Channel, idempotent: bool) -> None:
-        self.name, self.inner, self.idempotent, self.calls = inner.name, inner, idempotent, 0
-
-    async def send(self, message: OutboundMessage) -> SendReceipt:
-        self.calls += 1
-        receipt = await self.inner.send(message)
-        if self.calls == 1:
-            raise RuntimeError("worker lost between the provider call and the `sent` update")
-        return receipt
-
-
 @pytest.mark.parametrize("idempotent", [True, False], ids=["keyed-provider", "provider-without-keys"])
 async def test_a_crash_between_the_call_and_the_sent_update(any_db, unique_id, idempotent):
     await seed(any_db, unique_id, email="ann@example.com")
@@ -275,20 +259,6 @@ async def test_settling_asks_the_delivery_log(any_db, unique_id):
     assert settled.status == "unknown" and settled.reason == "outcome_unknown"
     [row] = await deliveries(any_db, f"journey/t/{unique_id}")
     assert row.status == "unknown"
-
-
-class SlowProvider:
-    """A provider call that takes `seconds` (a busy SMTP pool, a slow API)."""
-
-    def __init__(self, inner: Channel, seconds: float) -> None:
-        self.name, self.inner, self.idempotent, self.seconds, self.calls = inner.name, inner, False, seconds, 0
-        self.started = asyncio.Event()
-
-    async def send(self, message: OutboundMessage) -> SendReceipt:
-        self.calls += 1
-        self.started.set()
-        await asyncio.sleep(self.seconds)
-        return await self.inner.send(message)
 
 
 async def test_the_claim_is_a_heartbeat_lease_renewed_while_a_long_send_runs(any_db, unique_id):
@@ -340,25 +310,6 @@ async def test_an_unknown_send_waits_like_a_sent_one_and_reactions_to_it_count(c
 
 
 # --- Item 3: a stop during the check, early events of a skipped step ----------------------
-
-
-class SignalDuringCheck(JourneyActivities):
-    """The contact check, with a signal reaching the journey while it runs."""
-
-    def __init__(self, db: Database, settings: Settings, client: Client, signal: Any, on: str) -> None:
-        super().__init__(db, build_channels(settings, db), settings)
-        self._client, self._signal, self._on = client, signal, on
-
-    @activity.defn(name="check_contact")
-    async def check_contact(self, input: CheckContactInput) -> CheckContactResult:
-        result = await super().check_contact(input)
-        if input.channel == self._on:
-            handle = self._client.get_workflow_handle(f"journey/test/{input.customer_id}")
-            if isinstance(self._signal, CancelInput):
-                await handle.signal(CascadeJourney.cancel, self._signal)
-            else:
-                await handle.signal(CascadeJourney.engagement, self._signal)
-        return result
 
 
 @pytest.mark.parametrize(
@@ -435,20 +386,6 @@ async def test_concurrent_journeys_cannot_both_take_the_last_slot_of_the_cap(any
     transactional = _input(unique_id, "email", "order-status", frequency_cap=cap, topic="transactional")
     assert (await _env(heartbeat=5).run(acts.send_message, transactional)).status == "sent"
     assert slow.calls == 2
-
-
-class FirstSendStarted(JourneyActivities):
-    """The SMS journey's check waits until the email journey's send is with the provider."""
-
-    def __init__(self, db: Database, settings: Settings, slow: SlowProvider) -> None:
-        super().__init__(db, {**build_channels(settings, db), "email": slow}, settings)
-        self._slow = slow
-
-    @activity.defn(name="check_contact")
-    async def check_contact(self, input: CheckContactInput) -> CheckContactResult:
-        if input.channel == ChannelName.SMS:
-            await self._slow.started.wait()
-        return await super().check_contact(input)
 
 
 @pytest.fixture
