@@ -157,15 +157,21 @@ class JourneyActivities:
         return [(str(channel), at) for channel, at in rows if at is not None]
 
     async def _marketing_sends(self, customer_id: str, since: datetime) -> list[datetime]:
-        """When the customer's marketing messages went out since `since`, over all journeys."""
+        """When the customer's marketing messages went out since `since`, over all journeys.
+
+        A message whose outcome is `unknown` counts (it may well have arrived), at the
+        time it was attempted.
+        """
         async with self._db.session() as session:
             rows = (
                 await session.exec(
-                    select(Delivery.sent_at).where(
+                    select(func.coalesce(col(Delivery.sent_at), col(Delivery.created_at))).where(
                         Delivery.customer_id == customer_id,
                         Delivery.topic == Topic.MARKETING.value,
-                        col(Delivery.sent_at).is_not(None),
-                        col(Delivery.sent_at) > since,
+                        or_(
+                            col(Delivery.sent_at) > since,
+                            and_(col(Delivery.status) == DeliveryStatus.UNKNOWN, col(Delivery.created_at) > since),
+                        ),
                     )
                 )
             ).all()

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,13 @@ from channels.vk import VkChannel
 from core.db import Database
 from core.settings import PROJECT_ROOT, Settings, SmtpSettings, TelegramSettings, VkSettings
 from core.temporal import register_search_attributes
-from models.activities import (
-    SendMessageInput,
-    SettleDeliveryInput,
-)
+from models.activities import CheckContactInput, SendMessageInput, SettleDeliveryInput, StepRules
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import ChannelName, FrequencyCap, MessageContent, Outcome, StepStatus
 from models.tables import ChannelHealth, Delivery
 from starter import start_journey
 from tests.conftest import binary, quiet_runtime, seed
-from tests.doubles.sends import DiesAfterTheCall, FirstSendStarted, SignalDuringCheck, SlowProvider
+from tests.doubles.sends import AnswerLost, DiesAfterTheCall, FirstSendStarted, SignalDuringCheck, SlowProvider
 from tests.doubles.smtp import SmtpDouble, smtp_server
 from tests.doubles.telegram import TelegramDouble
 from tests.doubles.vk import VkDouble
@@ -386,6 +383,21 @@ async def test_concurrent_journeys_cannot_both_take_the_last_slot_of_the_cap(any
     transactional = _input(unique_id, "email", "order-status", frequency_cap=cap, topic="transactional")
     assert (await _env(heartbeat=5).run(acts.send_message, transactional)).status == "sent"
     assert slow.calls == 2
+
+
+async def test_a_message_of_unknown_fate_counts_against_the_cap(any_db, unique_id):
+    await seed(any_db, unique_id, email="ann@example.com")
+    lost = AnswerLost(SandboxChannel("email", any_db))
+    acts = _acts(any_db, email=lost)
+    cap = FrequencyCap(max=1, per=timedelta(days=7))
+    first = await _env(heartbeat=5).run(acts.send_message, _input(unique_id, "email", "a", frequency_cap=cap))
+    assert first.status == "unknown"
+    now = datetime.now(UTC)
+    rules = StepRules(at=now, frequency_cap=cap)
+    check = await _env().run(acts.check_contact, CheckContactInput(customer_id=unique_id, channel="email", rules=rules))
+    assert not check.usable and check.wake_at is not None and check.wake_at - now > timedelta(days=6)
+    second = await _env(heartbeat=5).run(acts.send_message, _input(unique_id, "email", "b", frequency_cap=cap))
+    assert second.status == "postponed" and lost.calls == 1
 
 
 @pytest.fixture
