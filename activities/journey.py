@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import and_, func, or_, text
-from sqlmodel import col, select, update
+from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -457,6 +457,13 @@ class JourneyActivities:
                 return _UNKNOWN
             if row.claimed_until is None or _aware(row.claimed_until) < now:
                 if cap is not None and (postponed := await self._cap_full(session, input, customer_id, cap, now)):
+                    if row.attempts == 0:
+                        # Nothing was tried yet: no row until the send really starts.
+                        await session.exec(
+                            delete(Delivery)
+                            .where(col(Delivery.id) == row.id, col(Delivery.attempts) == 0)
+                            .execution_options(synchronize_session=False)
+                        )
                     return postponed
                 claimed = await session.exec(
                     update(Delivery)
