@@ -307,8 +307,8 @@ class JourneyActivities:
             unsubscribe_url=tracking.unsubscribe_url,
         )
         try:
-            # The provider call ends well inside the attempt, so no later attempt can
-            # find this one's claim expired while it is still talking to the provider.
+            # Bounded inside the attempt's time: a call hanging past it would go on
+            # renewing the claim for an attempt Temporal has already given up on.
             receipt = await asyncio.wait_for(channel.send(message), timeout=attempt_time.total_seconds() * 0.8)
         except TimeoutError:
             receipt_error: Exception = UnknownOutcomeError("no answer within the attempt's time")

@@ -256,6 +256,11 @@ async def test_settling_asks_the_delivery_log(any_db, unique_id):
     assert settled.status == "unknown" and settled.reason == "outcome_unknown"
     [row] = await deliveries(any_db, f"journey/t/{unique_id}")
     assert row.status == "unknown"
+    # A message that did go out (its attempt's result lost to Temporal) is `sent`.
+    delivered = await _env(heartbeat=5).run(acts.send_message, _input(unique_id, "email", "other"))
+    assert delivered.status == "sent"
+    settled = await settle(_input(unique_id, "email", "other").idempotency_key)
+    assert (settled.status, settled.message_id) == ("sent", delivered.message_id)
 
 
 async def test_the_claim_is_a_heartbeat_lease_renewed_while_a_long_send_runs(any_db, unique_id):
