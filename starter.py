@@ -8,6 +8,7 @@ python starter.py validate                     # every file in journeys/
 python starter.py show abandoned_cart          # steps, channels, waits, cost per customer
 python starter.py event c-42 cart_abandoned --prop cart_id=9 --prop cart_value=120
 python starter.py schedules apply|list|delete  # birthday and win-back scans
+python starter.py channels                     # adapters, and any refused token or account
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.db import Database, insert_ignoring_conflicts
+from channels.health import ChannelStatus, channel_report
+from core.db import Database, insert_ignoring_conflicts, run_with_database
 from core.journey_files import (
     JourneyDefinitionError,
     describe_validation_error,
@@ -48,7 +50,7 @@ from core.temporal import connect, quote
 from models import search_attributes as sa
 from models.events import CancelInput
 from models.ids import check_customer_id, check_run_key
-from models.journey import JourneyInput, JourneySpec, JourneyState
+from models.journey import ChannelName, JourneyInput, JourneySpec, JourneyState
 from models.loyalty import LoyaltyInput
 from models.tables import Customer, JourneyRun, utcnow
 from workflows.cascade import CascadeJourney
@@ -475,6 +477,37 @@ def schedules(
             _fail(f"unknown action {action!r}: apply, list or delete")
 
     asyncio.run(go())
+
+
+@cli.command("channels")
+def channels_status() -> None:
+    """Each channel's adapter and health: a refused token, account or sender shows here.
+
+    Exits 1 while any channel has a configuration error no send has got past since.
+    """
+    report = channel_health(get_settings())
+    table = Table(title="channels")
+    for column in ("channel", "adapter", "status", "last configuration error", "when", "recovered"):
+        table.add_column(column)
+    for row in report:
+        colour = {"ok": "green", "recovered": "yellow"}.get(row.status, "red")
+        table.add_row(
+            row.channel,
+            row.adapter,
+            f"[{colour}]{row.status}[/{colour}]",
+            _escape(row.last_error or ""),
+            row.last_error_at.isoformat(timespec="seconds") if row.last_error_at else "",
+            row.recovered_at.isoformat(timespec="seconds") if row.recovered_at else "",
+        )
+    console.print(table)
+    if any(row.status == "configuration error" for row in report):
+        raise typer.Exit(1)
+
+
+def channel_health(settings: Settings) -> list[ChannelStatus]:
+    """The `channels` report: each channel's configured adapter and its last configuration error."""
+    adapters = {name.value: str(getattr(settings, f"channel_{name.value}")) for name in ChannelName}
+    return run_with_database(lambda db: channel_report(db, adapters), settings)
 
 
 if __name__ == "__main__":

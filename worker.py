@@ -71,12 +71,17 @@ def build_worker(
     settings: Settings,
     db: Database,
     channels: Mapping[str, Channel] | None = None,
+    journey_activities: JourneyActivities | None = None,
 ) -> CascadeWorkers:
-    """Workers for the journey task queue and every channel's send queue."""
+    """Workers for the journey task queue and every channel's send queue.
+
+    `journey_activities` replaces the journey activities (tests that need to step in
+    between a check and a send); `channels` is then ignored.
+    """
     owned = None
-    if channels is None:
+    if channels is None and journey_activities is None:
         channels = owned = build_channels(settings, db)
-    acts = JourneyActivities(db, channels, settings)
+    acts = journey_activities or JourneyActivities(db, channels or {}, settings)
     loyalty = LoyaltyActivities(db, client, settings)
     workers = [
         Worker(
@@ -90,6 +95,7 @@ def build_worker(
             activities=[
                 acts.check_contact,
                 acts.send_message,
+                acts.settle_delivery,
                 loyalty.accrue_points,
                 loyalty.scan_birthdays,
                 loyalty.scan_winback,

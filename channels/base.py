@@ -6,7 +6,16 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from models.activities import FailureCode
 from models.tables import ContactStatus
+
+# The reason code a workflow sees for a contact point the provider condemned.
+_CONTACT_CODES = {
+    ContactStatus.BOUNCED: FailureCode.BOUNCED,
+    ContactStatus.INVALID: FailureCode.INVALID_ADDRESS,
+    ContactStatus.BLOCKED: FailureCode.BLOCKED,
+    ContactStatus.UNSUBSCRIBED: FailureCode.UNSUBSCRIBED,
+}
 
 
 @dataclass(frozen=True)
@@ -71,28 +80,80 @@ class PermanentSendError(Exception):
     With a `contact_status` (bad number, blocked, gone) the contact point gets it; with
     None the message itself was refused (a template the provider does not know, a body
     too long) and the address stays usable. Either way the cascade moves on at once.
+    `reason` is the provider's own words (kept in the delivery log only); `code` is what
+    the workflow sees, since provider texts quote addresses.
     """
 
     def __init__(self, reason: str, contact_status: ContactStatus | None = ContactStatus.INVALID) -> None:
         super().__init__(reason)
         self.reason = reason
         self.contact_status = contact_status
+        self.code = (
+            FailureCode.PROVIDER_REJECTED
+            if contact_status is None
+            else _CONTACT_CODES.get(contact_status, FailureCode.PROVIDER_REJECTED)
+        )
 
 
 class TransientSendError(Exception):
-    """Worth retrying later (rate limit, 5xx, timeout); Temporal retries with backoff."""
+    """Nothing was sent and it is worth retrying later (rate limit, 5xx, refused connection).
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    Raise it only when the provider certainly did not take the message; when it may
+    have (the request went out and no answer came back), raise UnknownOutcomeError.
+    """
+
+    def __init__(
+        self, reason: str, retry_after: float | None = None, code: FailureCode = FailureCode.PROVIDER_UNAVAILABLE
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.code = code
+
+
+class UnknownOutcomeError(Exception):
+    """The request may have reached the provider, but no answer says what it did.
+
+    A read timeout after the request was written, a connection reset before the
+    answer, an SMTP session lost after the message data. A provider that honours our
+    idempotency key makes a retry safe; for any other, repeating it could send twice,
+    so the delivery is recorded `unknown` and never repeated.
+    """
+
+    code = FailureCode.OUTCOME_UNKNOWN
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ConfigurationError(Exception):
+    """The provider refused our credentials, account or sender: no retry can succeed.
+
+    Nothing the customer did, so the contact point is untouched. `reason` carries the
+    provider's words for the operator (logged at error level and kept as the channel's
+    health); the workflow sees only the code.
+    """
+
+    code = FailureCode.CONFIGURATION_ERROR
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Channel(Protocol):
-    """A provider adapter: turns one rendered message into one provider call."""
+    """A provider adapter: turns one rendered message into one provider call.
+
+    `idempotent` is True only when the provider itself drops a second request with the
+    same idempotency key (VK's `random_id`, the sandbox): then an attempt whose outcome
+    is unknown may be repeated with that key. For every other provider it is False and
+    such an attempt is never repeated.
+    """
 
     name: str
+    idempotent: bool
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
-        """Deliver `message` once per idempotency key; raise Permanent/TransientSendError."""
+        """Deliver `message`; raise Permanent/Transient/UnknownOutcome/ConfigurationError."""
         ...

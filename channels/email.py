@@ -2,8 +2,10 @@
 
 Connections are pooled and reused (STARTTLS or implicit TLS, SMTP AUTH once per
 connection). The Message-ID is derived from the idempotency key, so it is the
-provider message id, and a copy re-sent after an ambiguous failure carries the same
-Message-ID, which mailbox providers use to drop duplicates.
+provider message id. A relay does not drop a second copy with the same Message-ID,
+so SMTP is not an idempotent channel: a session lost after the message data went
+out (before the relay's reply) is an unknown outcome, recorded and never repeated;
+a failure before that point (connect, AUTH, MAIL, RCPT) sent nothing and is retried.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import quote
 
 import aiosmtplib
 
-from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
+from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError, UnknownOutcomeError
 from channels.http import configuration_error
 from core.settings import SmtpSettings
 from models.tables import ContactStatus
@@ -85,6 +87,16 @@ def build_mime(message: OutboundMessage, settings: SmtpSettings) -> EmailMessage
     return mime
 
 
+class _TrackedSmtp(aiosmtplib.SMTP):
+    """An SMTP client that knows whether the message data has started going out."""
+
+    in_data = False
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.in_data = True
+        return await super().data(message, **kwargs)
+
+
 def message_id(message: OutboundMessage, settings: SmtpSettings) -> str:
     """`<digest-of-key@domain>`: the same for every attempt at one message."""
     return f"<{message.key_digest()}@{settings.message_id_domain}>"
@@ -94,19 +106,20 @@ class SmtpChannel:
     """Sends through one SMTP relay with a small pool of authenticated connections."""
 
     name = "email"
+    idempotent = False
 
     def __init__(self, settings: SmtpSettings, cost: float = 0.0) -> None:
         self._settings = settings
         self._cost = cost
-        self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._pool: asyncio.Queue[_TrackedSmtp] = asyncio.Queue()
         self._last_used: dict[int, float] = {}
         for _ in range(max(settings.pool_size, 1)):
             self._pool.put_nowait(self._new_client())
 
-    def _new_client(self) -> aiosmtplib.SMTP:
+    def _new_client(self) -> _TrackedSmtp:
         s = self._settings
         context = ssl.create_default_context(cafile=s.ca_file) if s.security != "none" else None
-        return aiosmtplib.SMTP(
+        return _TrackedSmtp(
             hostname=s.host,
             port=s.port,
             use_tls=s.security == "tls",
@@ -115,7 +128,7 @@ class SmtpChannel:
             timeout=s.timeout_seconds,
         )
 
-    async def _ready(self, client: aiosmtplib.SMTP) -> None:
+    async def _ready(self, client: _TrackedSmtp) -> None:
         """Connect and log in if needed; NOOP-check a connection that sat idle."""
         if client.is_connected and time.monotonic() - self._last_used.get(id(client), 0.0) > _IDLE_CHECK_SECONDS:
             try:
@@ -141,16 +154,22 @@ class SmtpChannel:
         """Hand the message to the relay; its Message-ID is the message id."""
         mime = build_mime(message, self._settings)
         client = await self._pool.get()
+        client.in_data = False
         try:
             await self._ready(client)
             await client.send_message(mime)
             self._last_used[id(client)] = time.monotonic()
-        except aiosmtplib.SMTPException as exc:
-            # The session state is unknown after an error: start the next send afresh.
+        except aiosmtplib.SMTPResponseException as exc:
+            # The relay answered with a code: it did not take the message.
             client.close()
             raise classify(exc) from None
-        except OSError as exc:
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            # The session state is unknown after an error: start the next send afresh.
             client.close()
+            if client.in_data:
+                raise UnknownOutcomeError(f"smtp: session lost after the message data ({type(exc).__name__})") from None
+            if isinstance(exc, aiosmtplib.SMTPException):
+                raise classify(exc) from None
             raise TransientSendError(f"smtp: connection failed ({type(exc).__name__})") from None
         finally:
             self._pool.put_nowait(client)

@@ -4,7 +4,8 @@ Auth is OAuth2 with a service account: we sign an RS256 JWT assertion with the
 account's private key (cryptography), exchange it at the account's token_uri for a
 one-hour access token, and cache that token until shortly before it expires. FCM has
 no idempotency key; the collapse key derived from ours makes a duplicate replace an
-undelivered copy on Android and the web.
+undelivered copy on Android and the web, not one already shown, so a lost answer is
+recorded `unknown`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, retry_after, transient_for_status
+from channels.http import (
+    configuration_error,
+    json_body,
+    make_client,
+    post,
+    rate_limited,
+    retry_after,
+    transient_for_status,
+)
 from core.settings import FcmSettings
 from models.tables import ContactStatus
 
@@ -54,6 +63,7 @@ class FcmChannel:
     """Sends to app instances of one Firebase project."""
 
     name = "fcm"
+    idempotent = False
 
     def __init__(self, settings: FcmSettings, cost: float = 0.0) -> None:
         self._settings = settings
@@ -84,11 +94,13 @@ class FcmChannel:
                 "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
                 "assertion": sign_assertion(self._account, now),
             }
-            response = await post(self._client, self._account["token_uri"], "fcm-oauth", data=form)
+            # The token exchange sends nothing: any failure of it is a plain retry.
+            response = await post(self._client, self._account["token_uri"], "fcm-oauth", sends=False, data=form)
             data = json_body(response)
             if response.status_code != 200 or "access_token" not in data:
-                if transient := transient_for_status(response, "fcm-oauth"):
-                    raise transient
+                if transient_for_status(response, "fcm-oauth") is not None:
+                    reason = f"fcm-oauth: HTTP {response.status_code}"
+                    raise TransientSendError(reason, retry_after=retry_after(response))
                 raise configuration_error("fcm", f"token exchange refused: {data.get('error', response.status_code)}")
             self._token = str(data["access_token"])
             self._token_expires = now + float(data.get("expires_in", 3600))
@@ -150,7 +162,9 @@ def _classify(response: httpx.Response, data: dict[str, Any]) -> Exception:
         # Only a bad token is the contact's problem; anything else is our payload.
         dead = "registration token" in message or "message.token" in message
         return PermanentSendError(reason, ContactStatus.INVALID if dead else None)
-    if code in ("QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL") or response.status_code in (429, 500, 503):
+    if code == "QUOTA_EXCEEDED" or response.status_code == 429:
+        return rate_limited(f"fcm: {reason}", retry_after=retry_after(response))
+    if code in ("UNAVAILABLE", "INTERNAL") or response.status_code in (500, 503):
         return TransientSendError(f"fcm: {reason}", retry_after=retry_after(response))
     if code in ("THIRD_PARTY_AUTH_ERROR", "PERMISSION_DENIED") or response.status_code == 403:
         return configuration_error("fcm", reason)

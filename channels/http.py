@@ -13,12 +13,13 @@ from typing import Any
 
 import httpx
 
-from channels.base import TransientSendError
+from channels.base import ConfigurationError, TransientSendError, UnknownOutcomeError
+from models.activities import FailureCode
 
-# How long to wait before retrying when the provider rejects our credentials or
-# configuration: nothing the customer did, and nothing a quick retry fixes; an
-# operator can fix the setting while Temporal keeps the step alive.
-CONFIGURATION_RETRY_SECONDS = 300.0
+# Failures that happen before any byte of the request reaches the provider: safe to
+# retry with any provider. Every other transport failure (read/write timeout, reset,
+# the server closing without an answer) may come after the provider took the request.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.LocalProtocolError, httpx.ProxyError)
 
 
 def make_client(base_url: str, timeout: float, **kwargs: Any) -> httpx.AsyncClient:
@@ -46,18 +47,26 @@ def retry_after(response: httpx.Response) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-async def post(client: httpx.AsyncClient, url: str, provider: str, **kwargs: Any) -> httpx.Response:
-    """POST, turning network failures (refused, reset, timeout) into a transient error.
+async def post(
+    client: httpx.AsyncClient, url: str, provider: str, *, sends: bool = True, **kwargs: Any
+) -> httpx.Response:
+    """POST, classifying network failures by whether the request may have gone out.
 
+    Not connected (refused, connect timeout, no pooled connection): TransientSendError.
+    Connected and then no answer (read timeout, reset, closed without a response):
+    UnknownOutcomeError, since the provider may have acted on it. `sends=False` for
+    calls that deliver nothing (an OAuth token exchange): every failure is transient.
     The exception text never includes the URL: some providers (Telegram) carry the
     token in the path.
     """
     try:
         return await client.post(url, **kwargs)
-    except httpx.TimeoutException as exc:
-        raise TransientSendError(f"{provider}: timeout ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
+    except _NOT_SENT as exc:
         raise TransientSendError(f"{provider}: connection failed ({type(exc).__name__})") from None
+    except httpx.TransportError as exc:
+        if not sends:
+            raise TransientSendError(f"{provider}: no answer ({type(exc).__name__})") from None
+        raise UnknownOutcomeError(f"{provider}: no answer after the request was sent ({type(exc).__name__})") from None
 
 
 def json_body(response: httpx.Response) -> dict[str, Any]:
@@ -69,15 +78,30 @@ def json_body(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def transient_for_status(response: httpx.Response, provider: str, detail: str = "") -> TransientSendError | None:
-    """The generic retryable answers: 408, 425, 429 and every 5xx (Retry-After honoured)."""
+def transient_for_status(
+    response: httpx.Response, provider: str, detail: str = ""
+) -> TransientSendError | UnknownOutcomeError | None:
+    """The generic retryable answers: 408, 425, 429 and every 5xx (Retry-After honoured).
+
+    504 is a gateway that gave up waiting for the provider behind it, which may well
+    have sent the message: an unknown outcome, not a plain retry.
+    """
     status = response.status_code
-    if status in (408, 425, 429) or status >= 500:
-        reason = f"{provider}: HTTP {status}" + (f" {detail}" if detail else "")
+    reason = f"{provider}: HTTP {status}" + (f" {detail}" if detail else "")
+    if status == 504:
+        return UnknownOutcomeError(reason)
+    if status == 429:
+        return TransientSendError(reason, retry_after=retry_after(response), code=FailureCode.RATE_LIMITED)
+    if status in (408, 425) or status >= 500:
         return TransientSendError(reason, retry_after=retry_after(response))
     return None
 
 
-def configuration_error(provider: str, detail: str) -> TransientSendError:
-    """Our credentials or account are refused: retried slowly until an operator fixes it."""
-    return TransientSendError(f"{provider}: configuration error: {detail}", retry_after=CONFIGURATION_RETRY_SECONDS)
+def rate_limited(reason: str, retry_after: float | None = None) -> TransientSendError:
+    """The provider's own "too many, try later" (429 or its own limit codes)."""
+    return TransientSendError(reason, retry_after=retry_after, code=FailureCode.RATE_LIMITED)
+
+
+def configuration_error(provider: str, detail: str) -> ConfigurationError:
+    """Our credentials, account or sender are refused: no retry helps until an operator acts."""
+    return ConfigurationError(f"{provider}: configuration error: {detail}")

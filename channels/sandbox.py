@@ -35,6 +35,9 @@ def _rejection(message: OutboundMessage) -> PermanentSendError | None:
 class SandboxChannel:
     """A channel named `name` whose provider is a table in our own database."""
 
+    # Unique by key, like a provider with idempotency keys: a repeat is safe.
+    idempotent = True
+
     def __init__(self, name: str, db: Database, cost: float = 0.0) -> None:
         self.name = name
         self._db = db

@@ -2,7 +2,7 @@
 
 The gateway answers HTTP 200 with a top-level status_code (100 = request accepted)
 and a per-number status under `sms`. No idempotency key: the delivery-log claim
-makes a send happen once per key.
+makes one call per key, and a call whose answer was lost is recorded `unknown`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, transient_for_status
+from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
 from channels.sms_segments import sms_info
 from core.settings import SmsRuSettings
 from models.tables import ContactStatus
@@ -30,6 +30,7 @@ class SmsRuChannel:
     """Sends SMS with one SMS.ru api_id."""
 
     name = "sms"
+    idempotent = False
 
     def __init__(self, settings: SmsRuSettings, cost_per_segment: float = 0.0) -> None:
         self._settings = settings
@@ -73,7 +74,7 @@ def _classify(code: int, text: str) -> Exception:
     if code in _CONTACT_CODES:
         return PermanentSendError(reason, _CONTACT_CODES[code])
     if code in _LATER_CODES:
-        return TransientSendError(f"sms.ru: {reason}", retry_after=_LATER_CODES[code])
+        return rate_limited(f"sms.ru: {reason}", retry_after=_LATER_CODES[code])
     if code in _CONFIG_CODES:
         return configuration_error("sms.ru", reason)
     if code in (203, 205):  # empty or too long text: our template, not the number

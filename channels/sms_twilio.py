@@ -1,8 +1,9 @@
 """SMS through Twilio's Programmable Messaging REST API (or a compatible one).
 
 POST /2010-04-01/Accounts/{sid}/Messages.json, form-encoded To/From/Body, HTTP Basic
-sid:token. Twilio has no idempotency key: a send is made once per key by the
-delivery-log claim. The cost is the configured price per segment times segments.
+sid:token. Twilio's Messages API has no idempotency key: the delivery-log claim makes
+one call per key, and a call whose answer was lost is recorded `unknown`. The cost is
+the configured price per segment times segments.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class TwilioSmsChannel:
     """Sends SMS from one Twilio number or messaging service."""
 
     name = "sms"
+    idempotent = False
 
     def __init__(self, settings: TwilioSettings, cost_per_segment: float = 0.0) -> None:
         self._settings = settings

@@ -1,7 +1,8 @@
 """Telegram Bot API: sendMessage with an inline keyboard of link buttons.
 
 Contact address: the chat id (a user who pressed /start on the bot). The Bot API has
-no idempotency key, so a send is made once per key by the delivery-log claim.
+no idempotency key: the delivery-log claim makes one call per key, and a call whose
+answer was lost is recorded `unknown`, never repeated.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, transient_for_status
+from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
 from core.settings import TelegramSettings
 from models.tables import ContactStatus
 
@@ -21,6 +22,7 @@ class TelegramChannel:
     """Sends through one bot."""
 
     name = "telegram"
+    idempotent = False
 
     def __init__(self, settings: TelegramSettings, cost: float = 0.0) -> None:
         self._settings = settings
@@ -51,7 +53,10 @@ class TelegramChannel:
         data = json_body(response)
         if response.status_code == 200 and data.get("ok"):
             result = data.get("result") or {}
-            return SendReceipt(provider_message_id=f"tg-{message.to}-{result.get('message_id')}", cost=self._cost)
+            # Telegram numbers messages per chat; the key's digest stands in for the chat
+            # id, which is the customer's address and must stay out of the history.
+            message_id = f"tg-{message.key_digest(16)}-{result.get('message_id')}"
+            return SendReceipt(provider_message_id=message_id, cost=self._cost)
         raise classify(response.status_code, data, response)
 
 
@@ -63,7 +68,7 @@ def classify(status: int, data: dict[str, Any], response: Any) -> Exception:
     reason = f"{code} {description}"
     if code == 429:
         after = (data.get("parameters") or {}).get("retry_after")
-        return TransientSendError(reason, retry_after=float(after) if after is not None else None)
+        return rate_limited(reason, retry_after=float(after) if after is not None else None)
     if code == 401 or code == 404:
         # 401 Unauthorized / 404 Not Found: the bot token is wrong, not the chat.
         return configuration_error("telegram", reason)

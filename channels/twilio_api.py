@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from channels.base import PermanentSendError, TransientSendError
-from channels.http import configuration_error, json_body, make_client, retry_after, transient_for_status
+from channels.http import configuration_error, json_body, make_client, rate_limited, retry_after, transient_for_status
 from core.settings import TwilioSettings
 from models.tables import ContactStatus
 
@@ -25,7 +25,7 @@ _CONTACT_CODES: dict[int, ContactStatus] = {
 }
 # Our account or sender is refused: fix the configuration, then it works again.
 _CONFIG_CODES = {20003, 20404, 21212, 21606, 21659, 30034}
-_TRANSIENT_CODES = {20429, 20500, 20503, 30001}
+_TRANSIENT_CODES = {20500, 20503, 30001}
 
 
 def twilio_client(settings: TwilioSettings) -> httpx.AsyncClient:
@@ -44,6 +44,8 @@ def classify(response: httpx.Response, provider: str) -> Exception:
     reason = f"{code or response.status_code} {data.get('message') or response.reason_phrase}"
     if code in _CONTACT_CODES:
         return PermanentSendError(reason, _CONTACT_CODES[code])
+    if code == 20429:
+        return rate_limited(f"{provider}: {reason}", retry_after=retry_after(response))
     if code in _TRANSIENT_CODES:
         return TransientSendError(f"{provider}: {reason}", retry_after=retry_after(response))
     if code in _CONFIG_CODES or response.status_code in (401, 403):

@@ -1,8 +1,9 @@
 """Viber bot API: POST /pa/send_message with X-Viber-Auth-Token.
 
 Viber answers HTTP 200 and puts the outcome in JSON `status` (0 = ok). Only users
-subscribed to the bot can be messaged, by their Viber user id. No idempotency key;
-the key goes in `tracking_data`, which Viber echoes in delivery callbacks.
+subscribed to the bot can be messaged, by their Viber user id. No idempotency key
+(a lost answer is recorded `unknown`, never repeated); the key goes in
+`tracking_data`, which Viber echoes in delivery callbacks.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, transient_for_status
+from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
 from core.settings import ViberSettings
 from models.tables import ContactStatus
 
@@ -26,6 +27,7 @@ class ViberChannel:
     """Sends as one Viber bot."""
 
     name = "viber"
+    idempotent = False
 
     def __init__(self, settings: ViberSettings, cost: float = 0.0) -> None:
         self._settings = settings
@@ -78,7 +80,7 @@ class ViberChannel:
         if status in _CONTACT_STATUS:
             raise PermanentSendError(reason, _CONTACT_STATUS[status])
         if status == 12:  # tooManyRequests
-            raise TransientSendError(f"viber: {reason}", retry_after=1.0)
+            raise rate_limited(f"viber: {reason}", retry_after=1.0)
         if status in _CONFIG_STATUS:
             raise configuration_error("viber", reason)
         if status in (3, 4):  # badData / missingData: our payload

@@ -2,7 +2,8 @@
 
 VK answers HTTP 200 with `{"response": id}` or `{"error": {error_code, error_msg}}`.
 `random_id` is VK's idempotency key: a repeated random_id to the same peer is not
-sent again, so it is derived from our key and a retry after a lost answer is safe.
+sent again, so it is derived from our key and a retry after a lost answer (a read
+timeout, a worker crash mid-send) is safe: VK is one of the two `idempotent` channels.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from typing import Any
 
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, transient_for_status
+from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
 from core.settings import VkSettings
 from models.tables import ContactStatus
 
@@ -22,7 +23,8 @@ _CONTACT_CODES = {
     902: ContactStatus.BLOCKED,  # privacy settings forbid messages
     936: ContactStatus.INVALID,  # contact not found
 }
-_LATER_CODES = {6: 1.0, 9: 60.0, 10: 5.0, 29: 3600.0}  # too many requests, flood control, server error, rate limit
+_LIMIT_CODES = {6: 1.0, 9: 60.0, 29: 3600.0}  # too many requests, flood control, rate limit
+_LATER_CODES = {10: 5.0}  # internal server error
 _CONFIG_CODES = {5, 7, 15, 27, 28, 917, 945}  # auth, permissions, community token / chat access
 
 
@@ -36,6 +38,7 @@ class VkChannel:
     """Sends as one VK community."""
 
     name = "vk"
+    idempotent = True
 
     def __init__(self, settings: VkSettings, cost: float = 0.0) -> None:
         self._settings = settings
@@ -73,12 +76,16 @@ class VkChannel:
             raise transient
         data = json_body(response)
         if "response" in data:
-            return SendReceipt(provider_message_id=f"vk-{message.to}-{data['response']}", cost=self._cost)
+            # The id is the community's own message id; the peer (the customer's
+            # address) is left out so it never reaches a workflow history.
+            return SendReceipt(provider_message_id=f"vk-{data['response']}", cost=self._cost)
         error = data.get("error") or {}
         code = int(error.get("error_code") or -1)
         reason = f"{code} {error.get('error_msg') or 'no answer'}"
         if code in _CONTACT_CODES:
             raise PermanentSendError(reason, _CONTACT_CODES[code])
+        if code in _LIMIT_CODES:
+            raise rate_limited(f"vk: {reason}", retry_after=_LIMIT_CODES[code])
         if code in _LATER_CODES:
             raise TransientSendError(f"vk: {reason}", retry_after=_LATER_CODES[code])
         if code in _CONFIG_CODES:

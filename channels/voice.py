@@ -2,7 +2,8 @@
 
 POST /2010-04-01/Accounts/{sid}/Calls.json with To/From and inline TwiML
 `<Response><Say>…</Say></Response>`. Meant as the last, most expensive cascade
-step. No idempotency key on the API: the delivery-log claim makes it one call.
+step. No idempotency key on the API: the delivery-log claim makes it one call, and a
+call request whose answer was lost is recorded `unknown`, never placed twice.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class TwilioVoiceChannel:
     """Places calls from one Twilio number."""
 
     name = "voice"
+    idempotent = False
 
     def __init__(self, settings: TwilioSettings, cost: float = 0.0) -> None:
         self._settings = settings

@@ -4,7 +4,8 @@ The contact address is the browser's PushSubscription as JSON
 (`{"endpoint": ..., "keys": {"p256dh": ..., "auth": ...}}`). pywebpush does the
 aes128gcm payload encryption and py-vapid the RFC 8292 JWT; the POST itself goes
 through our pooled httpx client. Idempotency: the `Topic` header derived from our
-key makes the push service replace a still-undelivered copy instead of adding one.
+key makes the push service replace a still-undelivered copy instead of adding one, but
+a copy already shown is shown again, so a lost answer is recorded `unknown`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class WebPushChannel:
     """Sends browser notifications signed with one VAPID key."""
 
     name = "webpush"
+    idempotent = False
 
     def __init__(self, settings: WebPushSettings, cost: float = 0.0) -> None:
         self._settings = settings

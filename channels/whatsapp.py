@@ -4,15 +4,16 @@ Business-initiated messages outside a 24-hour customer-service window must be
 approved templates, so a message with `template_name` goes as `type: template`
 (body parameters in order); without one it is a free-form `text` message, which
 the API refuses (131047) when the window is closed. The API has no idempotency
-key: the delivery-log claim makes one send per key.
+key: the delivery-log claim makes one call per key, and a call whose answer was lost
+is recorded `unknown`, never repeated.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, retry_after
+from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError, UnknownOutcomeError
+from channels.http import configuration_error, json_body, make_client, post, rate_limited, retry_after
 from core.settings import WhatsAppSettings
 from models.tables import ContactStatus
 
@@ -32,6 +33,7 @@ class WhatsAppChannel:
     """Sends from one WhatsApp business phone number."""
 
     name = "whatsapp"
+    idempotent = False
 
     def __init__(self, settings: WhatsAppSettings, cost: float = 0.0) -> None:
         self._settings = settings
@@ -81,8 +83,12 @@ class WhatsAppChannel:
         if code in _CONTACT_CODES:
             raise PermanentSendError(reason, _CONTACT_CODES[code])
         if code in _LATER_CODES:
-            raise TransientSendError(f"whatsapp: {reason}", retry_after=retry_after(response) or _LATER_CODES[code])
-        if code in _TRANSIENT_CODES or response.status_code == 429 or response.status_code >= 500:
+            raise rate_limited(f"whatsapp: {reason}", retry_after=retry_after(response) or _LATER_CODES[code])
+        if response.status_code == 504:
+            raise UnknownOutcomeError(f"whatsapp: {reason}")
+        if response.status_code == 429:
+            raise rate_limited(f"whatsapp: {reason}", retry_after=retry_after(response))
+        if code in _TRANSIENT_CODES or response.status_code >= 500:
             raise TransientSendError(f"whatsapp: {reason}", retry_after=retry_after(response))
         if code in _CONFIG_CODES or response.status_code in (401, 403):
             raise configuration_error("whatsapp", reason)

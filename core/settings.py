@@ -193,9 +193,9 @@ class Settings(BaseSettings):
         }
     )
     currency: str = "USD"
-
-    # How long one provider call may take before Temporal counts the attempt as failed.
-    send_timeout_seconds: float = 30.0
+    # A send's time limits are the send activity's own (workflows/cascade.py: the
+    # attempt timeout, and the heartbeat timeout that is also the delivery-log claim's
+    # lease); each provider's `timeout_seconds` below must stay inside the attempt.
 
     # --- Channels (issue #6) ---------------------------------------------------------
     # Which adapter serves each channel: CASCADE_CHANNEL_EMAIL=smtp, CASCADE_CHANNEL_SMS=

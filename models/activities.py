@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from models.journey import ChannelName, Condition, FrequencyCap, MessageContent, QuietHours
 from models.tables import Topic
+
+
+class FailureCode(StrEnum):
+    """Why a send did not (certainly) reach the customer, as the workflow records it.
+
+    Provider texts stay in the delivery log (`failure_reason`, which erasure scrubs):
+    they quote addresses ("550 5.1.1 <ann@example.com>: no such user"), and workflow
+    histories must not carry personal data.
+    """
+
+    BOUNCED = "bounced"
+    INVALID_ADDRESS = "invalid_address"
+    BLOCKED = "blocked"
+    UNSUBSCRIBED = "unsubscribed"
+    # The provider refused this message (template, length, content), not the address.
+    PROVIDER_REJECTED = "provider_rejected"
+    RATE_LIMITED = "rate_limited"
+    # 5xx, refused connections, timeouts before the request went out.
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    # Our token, account or sender was refused: an operator must act.
+    CONFIGURATION_ERROR = "configuration_error"
+    # The request may have reached the provider; nobody knows (recorded `unknown`).
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    TEMPLATE_ERROR = "template_error"
 
 
 class CheckContactInput(BaseModel):
@@ -61,13 +86,43 @@ class SendMessageInput(BaseModel):
     topic: Topic = Topic.MARKETING
     content: MessageContent
     context: dict[str, Any] = Field(default_factory=dict)
+    frequency_cap: FrequencyCap | None = Field(
+        default=None, description="Checked again atomically with the send's claim (marketing only)"
+    )
+    at: datetime | None = Field(default=None, description="workflow.now() when the send was scheduled")
 
 
 class SendMessageResult(BaseModel):
-    """`sent`, or `failed` for a permanent failure (the contact point was marked)."""
+    """What became of one send.
+
+    `sent`; `failed` (permanent: the contact point was marked, or the message refused);
+    `skipped` (consent gone since the check); `unknown` (the provider may have it, and
+    it cannot be asked again without risking a second message); `postponed` (another
+    journey of the customer filled the frequency cap first: try again at `wake_at`).
+    `reason` is a FailureCode (or the template error), never a provider's text.
+    """
 
     status: str
     message_id: str | None = None
     reason: str | None = None
     cost: float = 0.0
     duplicate: bool = Field(default=False, description="True when an earlier attempt had sent it")
+    wake_at: datetime | None = None
+
+
+class SettleDeliveryInput(BaseModel):
+    """Ask the delivery log what became of one send, by its idempotency key."""
+
+    idempotency_key: str
+
+
+class SettleDeliveryResult(BaseModel):
+    """The delivery log's answer: `sent`, `unknown`, `failed` or `not_sent` (no attempt reached it).
+
+    An attempt that claimed the send and then vanished (a crash after the provider
+    call, before the result was written) is settled as `unknown` here, once.
+    """
+
+    status: str
+    message_id: str | None = None
+    reason: str | None = None

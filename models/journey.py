@@ -59,6 +59,9 @@ class StepStatus(StrEnum):
     SKIPPED = "skipped"
     SENT = "sent"
     FAILED = "failed"
+    # The request may have reached the provider and cannot be repeated safely (no
+    # idempotency key there): treated like a send without a receipt.
+    UNKNOWN = "unknown"
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.I)

@@ -60,6 +60,9 @@ class DeliveryStatus(StrEnum):
     OPENED = "opened"
     CLICKED = "clicked"
     FAILED = "failed"
+    # The provider may have it: the request went out and no answer came back, on a
+    # provider that cannot be asked again with the same key. Never sent again.
+    UNKNOWN = "unknown"
 
 
 def _json(factory: type[dict[str, Any]] | type[list[Any]]) -> Any:
@@ -181,7 +184,10 @@ class Delivery(SQLModel, table=True):
     contact_point_id: int | None = Field(default=None, foreign_key="contact_points.id", ondelete="SET NULL")
     provider_message_id: str | None = Field(default=None, index=True, max_length=256)
     status: str = Field(default=DeliveryStatus.QUEUED, max_length=32)
+    # The provider's own words (may quote the address; erasure clears it) ...
     failure_reason: str | None = Field(default=None, max_length=1000)
+    # ... and the reason code the workflow is told instead (models.activities.FailureCode).
+    failure_code: str | None = Field(default=None, max_length=32)
     content_hash: str | None = Field(default=None, max_length=64)
     cost: float = 0.0
     currency: str = Field(default="USD", max_length=3)
@@ -194,6 +200,23 @@ class Delivery(SQLModel, table=True):
     # The attempt that holds this until-time is the only one allowed to call the provider.
     claimed_until: datetime | None = _ts()
     attempts: int = 0
+
+
+class ChannelHealth(SQLModel, table=True):
+    """The last configuration error of one channel (a refused token, account or sender).
+
+    Written by the send activity when a provider refuses our credentials; `recovered_at`
+    is set by the next send that goes through. `python starter.py channels` shows it.
+    """
+
+    __tablename__ = "channel_health"
+
+    channel: str = Field(primary_key=True, max_length=32)
+    last_error: str = Field(max_length=1000)
+    last_error_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    # Configuration errors since the channel last worked.
+    errors: int = 0
+    recovered_at: datetime | None = _ts()
 
 
 class EngagementEvent(SQLModel, table=True):

@@ -95,6 +95,7 @@ class CountingChannel:
 
     def __init__(self, inner: Channel) -> None:
         self.name, self.inner, self.calls = inner.name, inner, 0
+        self.idempotent = inner.idempotent
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         self.calls += 1
@@ -129,11 +130,13 @@ async def test_concurrent_attempts_call_the_provider_once(any_db, unique_id):
 async def test_permanent_failure_marks_the_contact(any_db, unique_id):
     await seed(any_db, unique_id, sms="+15005550001")
     result = await ActivityEnvironment().run(_acts(any_db).send_message, _send_input(unique_id, "sms"))
-    assert result.status == "failed" and "21211" in (result.reason or "")
+    # The workflow is told a code; the provider's words stay in the delivery log.
+    assert result.status == "failed" and result.reason == "invalid_address"
     point = await contact(any_db, unique_id, "sms")
     assert point.status == ContactStatus.INVALID and "21211" in (point.status_reason or "")
     [row] = await deliveries(any_db, f"journey/t/{unique_id}")
     assert row.status == "failed" and row.failed_at is not None
+    assert row.failure_code == "invalid_address" and "21211" in (row.failure_reason or "")
     assert await outbox(any_db) == []
     # Loading the same profile again does not clear what the provider told us ...
     await seed(any_db, unique_id, sms="+15005550001")

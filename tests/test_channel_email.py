@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from channels.base import OutboundMessage, PermanentSendError, TransientSendError
+from channels.base import ConfigurationError, OutboundMessage, PermanentSendError, TransientSendError
 from channels.email import SmtpChannel
 from core.settings import SmtpSettings
 from models.tables import ContactStatus
@@ -101,7 +101,7 @@ async def test_wrong_password_is_a_configuration_problem_not_a_bounce(smtp):
     _, settings = smtp
     channel = SmtpChannel(settings.model_copy(update={"password": SecretStr("wrong")}))
     try:
-        with pytest.raises(TransientSendError) as err:
+        with pytest.raises(ConfigurationError) as err:
             await channel.send(_msg("ann@example.com"))
     finally:
         await channel.aclose()

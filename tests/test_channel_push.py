@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
-from channels.base import Button, OutboundMessage, PermanentSendError, TransientSendError
+from channels.base import Button, ConfigurationError, OutboundMessage, PermanentSendError, TransientSendError
 from channels.fcm import FcmChannel
 from channels.webpush import WebPushChannel
 from core.settings import FcmSettings, WebPushSettings
@@ -74,7 +74,7 @@ async def test_webpush_signed_with_another_key_is_refused_as_configuration(push)
     ).decode()
     other = WebPushChannel(WebPushSettings(vapid_private_key=SecretStr(der)))
     try:
-        with pytest.raises(TransientSendError) as err:
+        with pytest.raises(ConfigurationError) as err:
             await other.send(_msg(subscription))
     finally:
         await other.aclose()
@@ -137,7 +137,7 @@ async def test_fcm_refused_assertion_is_configuration(fcm):
         FcmSettings(base_url=double.url, project_id="shop-app", service_account_json=SecretStr(account))
     )
     try:
-        with pytest.raises(TransientSendError) as err:
+        with pytest.raises(ConfigurationError) as err:
             await channel.send(_msg("tok-1"))
     finally:
         await channel.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from channels.base import OutboundMessage, PermanentSendError, TransientSendError
+from channels.base import ConfigurationError, OutboundMessage, PermanentSendError, TransientSendError
 from channels.sms_ru import SmsRuChannel
 from channels.sms_segments import sms_info
 from channels.sms_twilio import TwilioSmsChannel
@@ -96,7 +96,7 @@ async def test_twilio_error_codes_are_classified(twilio):
     finally:
         await channel.aclose()
     wrong = TwilioSmsChannel(settings.model_copy(update={"auth_token": SecretStr("wrong")}))
-    with pytest.raises(TransientSendError) as config:
+    with pytest.raises(ConfigurationError) as config:
         await wrong.send(_msg("+14155552671"))
     await wrong.aclose()
     assert "configuration" in config.value.reason and "20003" in config.value.reason
@@ -153,7 +153,7 @@ async def test_smsru_codes_are_classified(smsru):
         await channel.send(_msg("+79990000230"))
     assert limit.value.retry_after == 3600.0
     wrong = SmsRuChannel(SmsRuSettings(base_url=double.url, api_id=SecretStr("bad")))
-    with pytest.raises(TransientSendError) as config:
+    with pytest.raises(ConfigurationError) as config:
         await wrong.send(_msg("+79991234567"))
     await wrong.aclose()
     assert "configuration" in config.value.reason and "200" in config.value.reason

@@ -66,9 +66,28 @@ def _patches(path: Path) -> set[str]:
     return found
 
 
+# Recorded before step rules existed (or before later patches): what old journeys look like.
+_BEFORE_RULES = ("cascade_reacted", "cascade_skip_fail_exhausted", "cascade_per_channel_queue", "cascade_bounce_cancel")
+
+
 def test_step_rules_are_behind_a_patch_marker():
     """Histories from before step rules have no step-rules marker; the rules history has one."""
     markers = {p.stem: _patches(p) for p in HISTORIES}
-    assert "step-rules" in markers.pop("cascade_rules_exhausted")
-    assert markers and not any("step-rules" in ids for ids in markers.values())
+    assert "step-rules" in markers["cascade_rules_exhausted"]
+    assert not any("step-rules" in markers[name] for name in _BEFORE_RULES)
     assert markers["cascade_per_channel_queue"] == {"per-channel-task-queue"}
+
+
+def test_each_send_change_of_issue_11_has_a_history_with_its_marker():
+    """The new send path, the stop before a send, the dropped early events, the cap postponement.
+
+    The histories recorded before them carry none of these markers, and still replay
+    (above): journeys running when the change is deployed keep the old behaviour.
+    """
+    markers = {p.stem: _patches(p) for p in HISTORIES}
+    assert markers["cascade_send_outcomes"] == {"send-outcome-from-log"}
+    assert markers["cascade_stop_before_send"] == {"stop-before-send"}
+    assert markers["cascade_skipped_step_event"] == {"early-events-per-step", "send-outcome-from-log"}
+    assert markers["cascade_cap_postponed"] == {"step-rules", "send-outcome-from-log"}
+    new = {"send-outcome-from-log", "stop-before-send", "early-events-per-step"}
+    assert not any(new & markers[name] for name in (*_BEFORE_RULES, "cascade_rules_exhausted"))

@@ -11,13 +11,21 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
     from channels.queues import channel_task_queue
     from models import search_attributes as sa
-    from models.activities import CheckContactInput, CheckContactResult, SendMessageInput, StepRules
+    from models.activities import (
+        CheckContactInput,
+        CheckContactResult,
+        FailureCode,
+        SendMessageInput,
+        SendMessageResult,
+        SettleDeliveryInput,
+        StepRules,
+    )
     from models.events import CancelInput, EngagementInput, EngagementType
     from models.journey import (
         REACTION_RANK,
@@ -32,8 +40,13 @@ with workflow.unsafe.imports_passed_through():
 
 CHECK_TIMEOUT = timedelta(seconds=30)
 SEND_ATTEMPT_TIMEOUT = timedelta(seconds=60)
+# The send's claim on the delivery log is a lease of this long, renewed by heartbeats
+# while the provider call runs: a worker killed mid-send is noticed (and its send
+# retried, or settled `unknown`) after this, not after the whole attempt timeout.
+SEND_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 # A provider that stays down this long loses its turn: the cascade falls over to the
-# next channel instead of holding the customer on a dead one.
+# next channel instead of holding the customer on a dead one. Never the step's wait:
+# a short wait must not turn a worker restart into a failed (or double) send.
 SEND_GIVE_UP_AFTER = timedelta(hours=6)
 SEND_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -41,6 +54,10 @@ SEND_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=10),
     non_retryable_error_types=["TemplateError"],
 )
+SETTLE_TIMEOUT = timedelta(seconds=30)
+SETTLE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
+# Steps whose message may be with the customer: waited on, reactions to them count.
+_OUT = {StepStatus.SENT, StepStatus.UNKNOWN}
 # Quiet hours and caps postpone a step; after this many wake-ups it is skipped, so a
 # customer who is always capped never holds a journey forever.
 MAX_POSTPONES = 10
@@ -101,9 +118,19 @@ class CascadeJourney:
                 )
             if not check.usable:
                 record.status, record.reason = StepStatus.SKIPPED, check.reason
+                if self._early and workflow.patched("early-events-per-step"):
+                    # Events held for this step's message: there is none now, and they
+                    # must not be taken for the next step's.
+                    self._early = []
                 continue
+            if self._stop is not None and workflow.patched("stop-before-send"):
+                # A cancel, an exit event or a purchase arrived during the check.
+                break
 
-            sent = await self._send(index, record)
+            if workflow.patched("send-outcome-from-log"):
+                sent = await self._send_settled(index, record, deadline)
+            else:
+                sent = await self._send(index, record)
             early, self._early = self._early, []
             if not sent:
                 continue
@@ -122,39 +149,25 @@ class CascadeJourney:
 
         return self._finish()
 
-    async def _check_with_rules(self, index: int, deadline: datetime | None) -> CheckContactResult | None:
-        """The step's plain delay, then the contact check with the step rules.
+    async def _check_with_rules(
+        self, index: int, deadline: datetime | None, delay: bool = True
+    ) -> CheckContactResult | None:
+        """The step's plain delay (unless `delay` is False), then the contact check with the step rules.
 
         Quiet hours and a full frequency cap are not failures: the workflow sleeps on a
         durable timer until `wake_at` and asks again. None: the journey stopped (a
         signal, or the deadline came first).
         """
-        spec = self._input.spec
-        step = spec.steps[index]
+        step = self._input.spec.steps[index]
         record = self._state.steps[index]
-        if step.delay is not None:
+        if delay and step.delay is not None:
             self._set_status("delayed")
             if await self._sleep(step.delay, deadline):
                 return None
         check = CheckContactResult(usable=False, reason="not checked")
         for _ in range(MAX_POSTPONES):
             check = await workflow.execute_activity_method(
-                JourneyActivities.check_contact,
-                CheckContactInput(
-                    customer_id=self._input.customer_id,
-                    channel=step.channel,
-                    topic=spec.topic,
-                    rules=StepRules(
-                        at=workflow.now(),
-                        conditions=step.when,
-                        context=self._input.context,
-                        frequency_cap=spec.frequency_cap,
-                        quiet_hours=spec.quiet_hours,
-                        stay_active_days=spec.stay_active_days,
-                        journey_channels=[s.channel for s in spec.steps],
-                    ),
-                ),
-                start_to_close_timeout=CHECK_TIMEOUT,
+                JourneyActivities.check_contact, self._rules_check(index), start_to_close_timeout=CHECK_TIMEOUT
             )
             if check.wake_at is None:
                 return check
@@ -163,6 +176,25 @@ class CascadeJourney:
             if await self._sleep(check.wake_at - workflow.now(), deadline):
                 return None
         return CheckContactResult(usable=False, reason=f"still {check.reason} after {MAX_POSTPONES} tries")
+
+    def _rules_check(self, index: int) -> CheckContactInput:
+        """The contact check of step `index` with every rule of the journey, at the journey's time."""
+        spec = self._input.spec
+        step = spec.steps[index]
+        return CheckContactInput(
+            customer_id=self._input.customer_id,
+            channel=step.channel,
+            topic=spec.topic,
+            rules=StepRules(
+                at=workflow.now(),
+                conditions=step.when,
+                context=self._input.context,
+                frequency_cap=spec.frequency_cap,
+                quiet_hours=spec.quiet_hours,
+                stay_active_days=spec.stay_active_days,
+                journey_channels=[s.channel for s in spec.steps],
+            ),
+        )
 
     async def _sleep(self, duration: timedelta, deadline: datetime | None) -> bool:
         """Sleep (durably) for `duration`; True when the journey must stop instead."""
@@ -219,6 +251,96 @@ class CascadeJourney:
         record.reason = result.reason
         return False
 
+    async def _send_settled(self, index: int, record: StepRecord, deadline: datetime | None) -> bool:
+        """Send step `index`; True when its message is (or may be) with the customer.
+
+        The send may take up to SEND_GIVE_UP_AFTER whatever the step's wait. If it gives
+        up, the delivery log says what happened before the step is called failed: an
+        attempt whose result was lost may have sent it. `unknown` (the provider may
+        have it, and asking again could send twice) counts like a send without a
+        receipt: the step's wait runs and reactions to it count. A frequency cap that
+        another journey of the customer filled first postpones the send; the rules are
+        checked again when it frees.
+        """
+        step = self._input.spec.steps[index]
+        info = workflow.info()
+        # The run id keeps keys unique when a finished journey id is started again later.
+        run_id = info.first_execution_run_id
+        key = f"{info.workflow_id}/{run_id}/{index}"
+        task_queue = channel_task_queue(info.task_queue, step.channel.value)
+        for _ in range(MAX_POSTPONES):
+            try:
+                result = await workflow.execute_activity_method(
+                    JourneyActivities.send_message,
+                    SendMessageInput(
+                        idempotency_key=key,
+                        workflow_id=info.workflow_id,
+                        run_id=run_id,
+                        journey=self._input.spec.name,
+                        step=index,
+                        customer_id=self._input.customer_id,
+                        channel=step.channel,
+                        topic=self._input.spec.topic,
+                        content=step.content,
+                        context=self._input.context,
+                        frequency_cap=self._input.spec.frequency_cap,
+                        at=workflow.now(),
+                    ),
+                    start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
+                    heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+                    schedule_to_close_timeout=SEND_GIVE_UP_AFTER,
+                    retry_policy=SEND_RETRY,
+                    task_queue=task_queue,
+                )
+            except ActivityError as err:
+                result = await self._settle(key, err)
+            if result.status != "postponed" or result.wake_at is None:
+                break
+            record.reason = f"{result.reason} until {result.wake_at.isoformat(timespec='minutes')}"
+            self._set_status("postponed")
+            if await self._sleep(result.wake_at - workflow.now(), deadline):
+                return False
+            # Everything is judged again at the new time (quiet hours may have begun).
+            check = await self._check_with_rules(index, deadline, delay=False)
+            if check is None or self._stop is not None:
+                return False
+            if not check.usable:
+                record.status, record.reason = StepStatus.SKIPPED, check.reason
+                return False
+            self._set_status("running")
+        else:
+            record.status, record.reason = StepStatus.SKIPPED, f"still capped after {MAX_POSTPONES} tries"
+            return False
+        record.reason = None
+        if result.status in ("sent", "unknown"):
+            record.status = StepStatus.SENT if result.status == "sent" else StepStatus.UNKNOWN
+            record.message_id, record.reason = result.message_id, result.reason
+            record.sent_at = workflow.now()
+            return True
+        record.status = StepStatus.SKIPPED if result.status == "skipped" else StepStatus.FAILED
+        record.reason = result.reason
+        return False
+
+    async def _settle(self, key: str, err: ActivityError) -> SendMessageResult:
+        """The send gave up: learn from the delivery log whether its message went out."""
+        settled = await workflow.execute_activity_method(
+            JourneyActivities.settle_delivery,
+            SettleDeliveryInput(idempotency_key=key),
+            start_to_close_timeout=SETTLE_TIMEOUT,
+            retry_policy=SETTLE_RETRY,
+        )
+        if settled.status in ("sent", "unknown", "failed"):
+            return SendMessageResult(status=settled.status, message_id=settled.message_id, reason=settled.reason)
+        cause = err.cause
+        reason: str = settled.reason or FailureCode.PROVIDER_UNAVAILABLE
+        if isinstance(cause, ApplicationError) and cause.type == "TemplateError":
+            # Our own template (a field missing at send time), not a provider text.
+            reason = cause.message
+        elif isinstance(cause, ApplicationError) and cause.type == "ChannelConfigurationError":
+            reason = FailureCode.CONFIGURATION_ERROR
+        workflow.logger.warning("step send gave up: %s", reason)
+        return SendMessageResult(status="failed", reason=reason)
+
     def _enter_step(self, index: int) -> None:
         step = self._input.spec.steps[index]
         self._state.current_step = index
@@ -240,7 +362,7 @@ class CascadeJourney:
     def _finish(self) -> JourneyResult:
         if self._stop is not None:
             outcome, reason = self._stop
-        elif any(s.status == StepStatus.SENT for s in self._state.steps):
+        elif any(s.status in _OUT for s in self._state.steps):
             outcome, reason = Outcome.EXHAUSTED, "no reaction on any step"
         else:
             outcome, reason = Outcome.UNREACHABLE, "no step could be sent"
@@ -283,7 +405,7 @@ class CascadeJourney:
             where = f"after step {step_index}" if step_index is not None else "before the first message"
             self._stop = (Outcome.REACTED, f"converted {where}")
             return
-        if step_index is None or self._state.steps[step_index].status != StepStatus.SENT:
+        if step_index is None or self._state.steps[step_index].status not in _OUT:
             # Nothing was sent at that step in this run: the event is about something else.
             return
         self._note_reaction(step_index, reaction)

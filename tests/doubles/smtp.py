@@ -1,10 +1,13 @@
 """A real SMTP server (aiosmtpd) with STARTTLS and AUTH, as an ESP's submission port.
 
-RCPT to `bounce@…` is refused 550 5.1.1, `grey@…` 451 4.7.1 (greylisting).
+RCPT to `bounce@…` is refused 550 5.1.1, `grey@…` 451 4.7.1 (greylisting); both
+replies quote the address, as real MTAs do. `answer_delay` holds the reply to the
+message data back after the message was accepted (a lost "250 queued").
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import socket
@@ -34,6 +37,7 @@ class SmtpDouble:
     raw: list[bytes] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     sessions: int = 0
+    answer_delay: float = 0.0
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -47,7 +51,7 @@ class SmtpDouble:
         if local == "bounce":
             return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
         if local == "grey":
-            return "451 4.7.1 Greylisted, please try again later"
+            return f"451 4.7.1 <{address}>: Recipient address rejected: Greylisted, please try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -57,6 +61,8 @@ class SmtpDouble:
         parsed = message_from_bytes(envelope.original_content, policy=policy.default)
         assert isinstance(parsed, EmailMessage)
         self.messages.append(parsed)
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
         return "250 2.0.0 Ok: queued"
 
     def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
