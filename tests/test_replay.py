@@ -18,13 +18,18 @@ from temporalio.worker import Replayer
 
 from models.journey import JourneyInput, JourneyResult
 from workflows.cascade import CascadeJourney
+from workflows.loyalty import LoyaltyLoop
+from workflows.scans import BirthdayScan, WinbackScan
 
+# Every workflow the worker runs (worker.WORKFLOWS is not imported: this module is loaded
+# into the workflow sandbox for ReorderedCascade below, and the worker module is not sandbox-safe).
+WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan]
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def _history(path: Path) -> WorkflowHistory:
     data = json.loads(path.read_text())
-    return WorkflowHistory.from_json(f"replay-{path.stem}", data)
+    return WorkflowHistory.from_json(data.pop("workflowId", f"replay-{path.stem}"), data)
 
 
 def test_histories_are_stored():
@@ -33,7 +38,7 @@ def test_histories_are_stored():
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_history_replays_on_current_code(path: Path):
-    replayer = Replayer(workflows=[CascadeJourney], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
 
@@ -72,3 +77,14 @@ def test_step_rules_are_behind_a_patch_marker():
     assert "step-rules" in markers.pop("cascade_rules_exhausted")
     assert markers and not any("step-rules" in ids for ids in markers.values())
     assert markers["cascade_per_channel_queue"] == {"per-channel-task-queue"}
+
+
+def test_every_workflow_of_the_worker_is_replayed():
+    from worker import WORKFLOWS as registered
+
+    assert {w.__name__ for w in registered} == {w.__name__ for w in WORKFLOWS}
+    recorded = {
+        json.loads(p.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"]
+        for p in HISTORIES
+    }
+    assert recorded == {w.__name__ for w in WORKFLOWS}
