@@ -45,6 +45,7 @@ from core.templates import BASE_FIELDS as BASE_TEMPLATE_FIELDS
 from core.templates import SEND_TIME_FIELDS as TEMPLATE_EXTRAS
 from core.templates import check_journey
 from core.temporal import connect, quote
+from core.triggers import UnknownCustomerError, journey_context, journey_workflow_id
 from models import search_attributes as sa
 from models.events import CancelInput
 from models.journey import JourneyInput, JourneySpec, JourneyState
@@ -53,19 +54,11 @@ from models.tables import Customer, JourneyRun, utcnow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 
-
-class UnknownCustomerError(LookupError):
-    """The customer id is not in the profile database; nothing was started."""
+__all__ = ["TemplateFieldError", "UnknownCustomerError", "journey_workflow_id", "start_journey"]
 
 
 class TemplateFieldError(ValueError):
     """A template reads a field the customer's profile and the context lack; nothing was started."""
-
-
-def journey_workflow_id(journey: str, customer_id: str, key: str | None = None) -> str:
-    """`journey/<journey>/<customer>[/<key>]`: one running journey per customer and key."""
-    base = f"journey/{journey}/{customer_id}"
-    return f"{base}/{key}" if key else base
 
 
 async def start_journey(
@@ -78,21 +71,27 @@ async def start_journey(
     client: Client | None = None,
     db: Database | None = None,
     settings: Settings | None = None,
+    rerun: bool = True,
 ) -> WorkflowHandle[Any, Any]:
     """Start `journey` for `customer_id`, or return the handle of the one already running.
 
     `journey` is a JourneySpec or the name/path of a file in journeys/; one with a
     `loop` section runs as a LoyaltyLoop, any other as a CascadeJourney. Use `key` when
     the same journey may run more than once at a time for a customer (one per cart).
-    Everything is validated before a workflow starts: a bad definition raises
-    JourneyDefinitionError, an unknown customer UnknownCustomerError, a template field
-    that neither the profile nor `context` has TemplateFieldError, a bad deadline or
-    context ValueError, each naming what was wrong.
+    Only the `context` entries the journey's templates and step conditions read go into
+    the workflow input (it is readable in Temporal: no stray email or address). With
+    `rerun` False, a closed run of the same id is not run again (temporalio's
+    WorkflowAlreadyStartedError). Everything is validated before a workflow starts: a bad
+    definition raises JourneyDefinitionError, an unknown customer UnknownCustomerError,
+    a template field that neither the profile nor `context` has TemplateFieldError, a
+    bad deadline or context ValueError, each naming what was wrong.
     """
     settings = settings or get_settings()
     spec = journey if isinstance(journey, JourneySpec) else load_journey(journey)
     try:
-        payload = JourneyInput(spec=spec, customer_id=customer_id, deadline=deadline, context=context or {})
+        payload = JourneyInput(
+            spec=spec, customer_id=customer_id, deadline=deadline, context=journey_context(spec, context or {})
+        )
     except ValidationError as exc:
         raise ValueError(describe_validation_error(exc, f"journey {spec.name!r} input")) from exc
     if key is not None and (not key or "/" in key or len(key) > 128):
@@ -117,7 +116,11 @@ async def start_journey(
                 + "; ".join(missing)
                 + " (not on the profile and not in the context)"
             )
-        handle = await _start(client, settings, spec, payload, key)
+        handle = await _start(client, settings, spec, payload, key, rerun)
+        # The workflow records its run itself (activities/runs.py), so the row exists even
+        # if this process dies right here; written here too, so an event a moment after
+        # the start finds the run before the workflow's first task has run. The same row
+        # either way: whoever comes second changes nothing.
         async with db.session() as session:
             await session.exec(
                 insert_ignoring_conflicts(db, JourneyRun)
@@ -127,6 +130,9 @@ async def start_journey(
                     journey=spec.name,
                     customer_id=customer_id,
                     campaign=spec.campaign,
+                    workflow_type=LoyaltyLoop.__name__ if spec.loop is not None else CascadeJourney.__name__,
+                    convert_on=spec.convert_on,
+                    exit_on=spec.exit_on,
                     started_at=utcnow(),
                 )
                 .on_conflict_do_nothing()
@@ -138,7 +144,7 @@ async def start_journey(
 
 
 async def _start(
-    client: Client | None, settings: Settings, spec: JourneySpec, payload: JourneyInput, key: str | None
+    client: Client | None, settings: Settings, spec: JourneySpec, payload: JourneyInput, key: str | None, rerun: bool
 ) -> WorkflowHandle[Any, Any]:
     customer_id = payload.customer_id
 
@@ -165,7 +171,7 @@ async def _start(
         "task_queue": settings.task_queue,
         # A second trigger while the journey runs must not start a second cascade.
         "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE if rerun else WorkflowIDReusePolicy.REJECT_DUPLICATE,
         "search_attributes": TypedSearchAttributes(attributes),
         "memo": memo,
     }

@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 
 from activities.journey import JourneyActivities
 from activities.loyalty import LoyaltyActivities
+from activities.runs import RunActivities
 from channels.base import Channel
 from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
@@ -76,6 +77,7 @@ def build_worker(
         channels = owned = build_channels(settings, db)
     acts = JourneyActivities(db, channels, settings)
     loyalty = LoyaltyActivities(db, client, settings)
+    runs = RunActivities(db)
     workers = [
         Worker(
             client,
@@ -89,6 +91,8 @@ def build_worker(
                 loyalty.accrue_points,
                 loyalty.scan_birthdays,
                 loyalty.scan_winback,
+                runs.record_run_started,
+                runs.record_run_finished,
             ],
         )
     ]

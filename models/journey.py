@@ -173,6 +173,20 @@ class Trigger(BaseModel):
     deadline_property: str | None = Field(
         default=None, description="Event property holding the deadline (e.g. the promo code's expiry)"
     )
+    reentry: timedelta | None = Field(
+        default=None,
+        description="A customer may enter again this long after their last entry (same key); without it a"
+        " keyed journey runs once per key, ever, and an unkeyed one again once the last run ended",
+    )
+
+    _parse_reentry = field_validator("reentry", mode="before")(parse_duration)
+
+    @field_validator("reentry")
+    @classmethod
+    def _reentry_positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be positive (e.g. 180d)")
+        return value
 
 
 class EntryRules(BaseModel):
@@ -343,7 +357,9 @@ class JourneySpec(BaseModel):
 
     def content_hash(self) -> str:
         """A short hash of the whole definition: which version a running journey uses."""
-        return hashlib.sha256(self.model_dump_json(by_alias=True).encode()).hexdigest()[:12]
+        # A field added later and left unset is left out, so an unchanged file keeps its hash.
+        exclude: Any = {"trigger": {"reentry"}} if self.trigger is not None and self.trigger.reentry is None else None
+        return hashlib.sha256(self.model_dump_json(by_alias=True, exclude=exclude).encode()).hexdigest()[:12]
 
     @property
     def uses_rules(self) -> bool:

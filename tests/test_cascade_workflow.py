@@ -245,6 +245,7 @@ async def test_duplicate_start_returns_the_running_journey(client, db, settings,
     second = await _start(client, db, settings, unique_id)
     assert first.id == second.id == f"journey/test/{unique_id}"
     assert first.result_run_id == second.result_run_id
+    await wait_for_state(first, lambda s: s.status == "waiting")
     await first.signal(CascadeJourney.engagement, EngagementInput(type=EngagementType.CONVERTED))
     await first.result()
     assert len(await outbox(db, unique_id)) == 1

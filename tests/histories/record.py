@@ -172,7 +172,7 @@ async def _scans(env: WorkflowEnvironment, db: Database, settings: Settings, nam
     )
     for workflow, journey in ((BirthdayScan, "birthday"), (WinbackScan, "winback")):
         handle = await env.client.start_workflow(
-            workflow.run,  # type: ignore[attr-defined]
+            workflow.run,
             ScanInput(journey=journey, at=now),
             id=f"replay-{name}-{journey}",
             task_queue=settings.task_queue,
