@@ -49,7 +49,7 @@ from core.triggers import UnknownCustomerError, journey_context, journey_workflo
 from models import search_attributes as sa
 from models.events import CancelInput
 from models.journey import JourneyInput, JourneySpec, JourneyState
-from models.loyalty import LoyaltyInput
+from models.loyalty import LoyaltyInput, LoyaltyState
 from models.tables import Customer, JourneyRun, utcnow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
@@ -180,13 +180,33 @@ async def _start(
     return await client.start_workflow(CascadeJourney.run, payload, **common)
 
 
-async def journey_state(client: Client, workflow_id: str) -> JourneyState:
-    """The `state` query of a running journey, or the result of a finished one."""
+async def journey_state(client: Client, workflow_id: str) -> JourneyState | LoyaltyState:
+    """Where a journey stands: the `state` query of a running one, the result of a finished one.
+
+    A loyalty loop answers with its LoyaltyState (round, points); the cascade of its
+    current round is `journey_state(client, f"{workflow_id}/round-{state.round}")`.
+    """
+    description = await client.get_workflow_handle(workflow_id).describe()
+    running = description.status is not None and description.status.name == "RUNNING"
+    if description.workflow_type == LoyaltyLoop.__name__:
+        loop = client.get_workflow_handle_for(LoyaltyLoop.run, workflow_id)
+        return await loop.query(LoyaltyLoop.state) if running else await loop.result()
     handle = client.get_workflow_handle_for(CascadeJourney.run, workflow_id)
-    description = await handle.describe()
-    if description.status is not None and description.status.name == "RUNNING":
-        return await handle.query(CascadeJourney.state)
-    return await handle.result()
+    return await handle.query(CascadeJourney.state) if running else await handle.result()
+
+
+async def _status(client: Client, workflow_id: str) -> list[tuple[str, JourneyState | LoyaltyState]]:
+    """The journey's state, and for a loop also its current round's cascade (if it exists)."""
+    state = await journey_state(client, workflow_id)
+    found: list[tuple[str, JourneyState | LoyaltyState]] = [(workflow_id, state)]
+    if isinstance(state, LoyaltyState):
+        round_id = f"{workflow_id}/round-{state.round}"
+        try:
+            found.append((round_id, await journey_state(client, round_id)))
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+    return found
 
 
 # ---------------------------------------------------------------- CLI
@@ -233,30 +253,38 @@ def start(
 
 @cli.command()
 def status(workflow_id: str) -> None:
-    """Show where a journey stands, step by step."""
+    """Show where a journey stands, step by step (a loyalty loop: its round, points and round)."""
 
-    async def go() -> JourneyState:
-        return await journey_state(await connect(get_settings()), workflow_id)
+    async def go() -> list[tuple[str, JourneyState | LoyaltyState]]:
+        return await _status(await connect(get_settings()), workflow_id)
 
     try:
-        state = asyncio.run(go())
+        found = asyncio.run(go())
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             _fail(f"no journey with id {workflow_id!r}")
         raise
-    table = Table(title=f"{workflow_id}: {state.outcome or state.status}")
-    for column in ("step", "channel", "status", "reaction", "message id", "reason"):
-        table.add_column(column)
-    for step in state.steps:
-        table.add_row(
-            str(step.index),
-            step.channel.value,
-            step.status.value,
-            step.reaction.value if step.reaction else "",
-            step.message_id or "",
-            step.reason or "",
-        )
-    console.print(table)
+    for wid, state in found:
+        if isinstance(state, LoyaltyState):
+            console.print(
+                f"[bold]{_escape(wid)}[/bold]: loyalty loop, round {state.round}, {state.status}; "
+                f"{state.points_accrued} points accrued, {state.purchases} purchase(s) this round"
+                + (f"; {_escape(state.outcome_reason)}" if state.outcome_reason else "")
+            )
+            continue
+        table = Table(title=f"{_escape(wid)}: {state.outcome or state.status}")
+        for column in ("step", "channel", "status", "reaction", "message id", "reason"):
+            table.add_column(column)
+        for step in state.steps:
+            table.add_row(
+                str(step.index),
+                step.channel.value,
+                step.status.value,
+                step.reaction.value if step.reaction else "",
+                step.message_id or "",
+                step.reason or "",
+            )
+        console.print(table)
 
 
 @cli.command("list")

@@ -88,3 +88,17 @@ def test_every_workflow_of_the_worker_is_replayed():
         for p in HISTORIES
     }
     assert recorded == {w.__name__ for w in WORKFLOWS}
+
+
+def test_lifecycle_changes_are_behind_patch_markers():
+    """Histories recorded before issue 11's workflow changes carry none of their markers;
+    those recorded after carry each change's own."""
+    markers = {p.stem: _patches(p) for p in HISTORIES}
+    ours = {"record-run", "signal-dedup", "loyalty-round-v2", "paged-scans"}
+    old = [name for name in markers if name.endswith("_v1") or name.rsplit("_", 1)[0].endswith("_v1")]
+    old += ["cascade_reacted", "cascade_skip_fail_exhausted", "cascade_bounce_cancel", "cascade_per_channel_queue"]
+    assert len(old) == 8 and not any(markers[name] & ours for name in old)
+    assert markers["loyalty_v2_purchase"] == {"loyalty-round-v2", "record-run", "signal-dedup"}
+    assert markers["loyalty_v2_left"] == {"loyalty-round-v2", "record-run"}
+    assert markers["scan_v2_birthday"] == markers["scan_v2_winback"] == {"paged-scans"}
+    assert markers["cascade_run_recorded_dedup"] >= {"record-run", "signal-dedup"}

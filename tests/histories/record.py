@@ -52,6 +52,13 @@ async def _nobody_reacts(handle: WorkflowHandle[Any, Any]) -> None:
     return None
 
 
+async def _opened_twice(handle: WorkflowHandle[Any, Any]) -> None:
+    await wait_for_state(handle, lambda s: s.status == "waiting")
+    opened = EngagementInput(type=EngagementType.OPENED, step=0, event_id="replay-open-1")
+    await handle.signal(CascadeJourney.engagement, opened)
+    await handle.signal(CascadeJourney.engagement, opened)
+
+
 async def _bounce_then_cancel(handle: WorkflowHandle[Any, Any]) -> None:
     await wait_for_state(handle, lambda s: s.status == "waiting")
     await handle.signal(CascadeJourney.engagement, EngagementInput(type=EngagementType.BOUNCED, step=0))
@@ -96,6 +103,12 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
         ],
         _nobody_reacts,
     ),
+    # Recorded after runs recorded themselves ("record-run") and signals carried event
+    # ids ("signal-dedup"): the open is sent twice and taken once.
+    "cascade_run_recorded_dedup": (
+        [ContactIn(channel="email", address="ann@example.com")],
+        _opened_twice,
+    ),
     "cascade_bounce_cancel": (
         [
             ContactIn(channel="email", address="ann@example.com"),
@@ -124,7 +137,9 @@ async def _loyalty_round(env: WorkflowEnvironment, db: Database, settings: Setti
     first_run = handle.result_run_id
     child = env.client.get_workflow_handle(f"{handle.id}/round-1")
     await _until(lambda: _child_waiting(child))
-    await handle.signal(LoyaltyLoop.engagement, EngagementInput(type=EngagementType.CONVERTED))
+    purchase = EngagementInput(type=EngagementType.CONVERTED, event_id=f"{name}-purchase-1")
+    await handle.signal(LoyaltyLoop.engagement, purchase)
+    await handle.signal(LoyaltyLoop.engagement, purchase)  # sent again: counted once
     second = env.client.get_workflow_handle(f"{handle.id}/round-2")
     await _until(lambda: _child_waiting(second))
     await handle.signal(LoyaltyLoop.cancel, CancelInput(reason="loyalty_left"))
@@ -183,8 +198,12 @@ async def _scans(env: WorkflowEnvironment, db: Database, settings: Settings, nam
 
 # Whole-workflow scenarios beyond the cascade: recorded only when named.
 OTHER_SCENARIOS: dict[str, Callable[[WorkflowEnvironment, Database, Settings, str], Awaitable[None]]] = {
+    # Recorded on the code before "loyalty-round-v2", "record-run", "signal-dedup" and
+    # "paged-scans"; the _v2 ones after.
     "loyalty_v1": _loyalty_round,
     "scan_v1": _scans,
+    "loyalty_v2": _loyalty_round,
+    "scan_v2": _scans,
 }
 
 
