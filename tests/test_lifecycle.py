@@ -207,7 +207,8 @@ async def in_round(client: Client, handle: Any, number: int) -> Any:
 
 
 async def status_attribute(handle: Any) -> str | None:
-    return (await handle.describe()).typed_search_attributes.get(sa.STATUS)
+    status: str | None = (await handle.describe()).typed_search_attributes.get(sa.STATUS)
+    return status
 
 
 async def test_a_purchase_while_the_round_starts_counts_and_no_message_goes_out(
@@ -260,7 +261,8 @@ async def test_every_purchase_of_a_round_counts_once(client, db, settings, run_w
     assert result.outcome_reason == "no purchase within the idle timeout" and result.points_accrued == 200
     assert await status_attribute(handle) == "finished"
     async with db.session() as session:
-        assert (await session.get(Customer, unique_id)).loyalty_points == 200  # type: ignore[union-attr]
+        bought = await session.get(Customer, unique_id)
+    assert bought is not None and bought.loyalty_points == 200
     [run] = await runs_of(db, handle.id)
     assert run.finished_at is not None and run.outcome == "idle"
     assert not [r for r in caplog.records if "still running" in r.getMessage()]
@@ -286,7 +288,7 @@ async def test_starter_status_shows_a_loop_and_its_round(client, db, settings, r
     assert cli.returncode == 0, text
     assert f"{handle.id}: loyalty loop, round 1, running; 0 points accrued" in text
     assert f"{handle.id}/round-1: waiting" in text and "email" in text and "sent" in text
-    await handle.signal(LoyaltyLoop.cancel, {"reason": "test over"})
+    await handle.signal(LoyaltyLoop.cancel, CancelInput(reason="test over"))
     await handle.result()
 
 
