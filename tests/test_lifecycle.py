@@ -352,7 +352,10 @@ async def test_a_scan_pages_heartbeats_its_place_and_resumes_there(client, db, s
     lapse = (now - timedelta(days=400)).date().isoformat()
     for cid in ids:  # one journey each, started by the first pass
         assert len(await runs_of(db, f"journey/winback/{cid}/{lapse}")) == 1
-        await client.get_workflow_handle(f"journey/winback/{cid}/{lapse}").cancel()
+        journey = client.get_workflow_handle(f"journey/winback/{cid}/{lapse}")
+        await wait_for_state(journey, lambda s: s.status == "waiting")
+        await journey.signal(CascadeJourney.cancel, CancelInput(reason="test over"))
+        assert (await journey.result())["outcome"] == "cancelled"
 
 
 def beats_of(done: int) -> dict[str, Any]:
@@ -378,7 +381,8 @@ async def test_a_raw_history_holds_only_the_event_properties_the_journey_uses(
     handle = routed.handles[routed.started[0]]
     await ts_env.sleep(timedelta(hours=2))
     await wait_for_state(handle, lambda s: s.status == "waiting")
-    await handle.cancel()
+    await handle.signal(CascadeJourney.cancel, CancelInput(reason="test over"))
+    await handle.result()
     history = await handle.fetch_history()
     [payload] = history.events[0].workflow_execution_started_event_attributes.input.payloads
     assert json.loads(payload.data)["context"] == {"cart_id": "c-77", "cart_value": 150}
