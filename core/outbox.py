@@ -221,7 +221,7 @@ async def claim(db: Database, limit: int, lease: timedelta) -> list[OutboxSignal
             .values(not_before=now + lease)
             .returning(col(OutboxSignal.id))
         )
-        ids = list(claimed.all())
+        ids = list(claimed.scalars().all())
         if not ids:
             return []
         rows = (
