@@ -59,7 +59,7 @@ async def test_a_backfilled_birthday_scan_judges_by_its_scheduled_day(
 
             async def scan_started() -> str | None:
                 actions = (await handle.describe()).info.recent_actions
-                return actions[0].action.workflow_id if actions else None  # type: ignore[attr-defined]
+                return actions[0].action.workflow_id if actions else None
 
             scan_id = await eventually(scan_started)
             result = await client.get_workflow_handle_for(BirthdayScan.run, scan_id).result()
