@@ -10,7 +10,15 @@ from typing import Any, Literal
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from models.tables import Topic
 
@@ -180,6 +188,16 @@ class Trigger(BaseModel):
     )
 
     _parse_reentry = field_validator("reentry", mode="before")(parse_duration)
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_reentry(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A spec without re-entry serialises as before it existed: workers of the previous
+        # release (a rolling deploy, a rollback) still read the journeys this one starts,
+        # and an unchanged file keeps its content hash.
+        data: dict[str, Any] = handler(self)
+        if data.get("reentry") is None:
+            data.pop("reentry", None)
+        return data
 
     @field_validator("reentry")
     @classmethod
@@ -357,9 +375,7 @@ class JourneySpec(BaseModel):
 
     def content_hash(self) -> str:
         """A short hash of the whole definition: which version a running journey uses."""
-        # A field added later and left unset is left out, so an unchanged file keeps its hash.
-        exclude: Any = {"trigger": {"reentry"}} if self.trigger is not None and self.trigger.reentry is None else None
-        return hashlib.sha256(self.model_dump_json(by_alias=True, exclude=exclude).encode()).hexdigest()[:12]
+        return hashlib.sha256(self.model_dump_json(by_alias=True).encode()).hexdigest()[:12]
 
     @property
     def uses_rules(self) -> bool:

@@ -31,16 +31,19 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.db import Database
 from core.outbox import PlannedSignal, enqueue, pending_signals
 from core.settings import Settings
-from models.events import EngagementInput, EngagementType
+from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Outcome
+from models.loyalty import LoyaltyState
 from models.tables import OutboxSignal, utcnow
 from starter import start_journey
 from tests.conftest import seed
 from tests.helpers import deliveries, eventually, serve_app, spec
+from tests.test_lifecycle import LOOP
 from webhooks.app import create_app
 from webhooks.keys import create_key
 from worker import build_worker
 from workflows.cascade import CascadeJourney
+from workflows.loyalty import LoyaltyLoop
 
 pytestmark = pytest.mark.integration
 
@@ -183,9 +186,11 @@ async def test_no_transaction_is_open_during_a_temporal_call(dev_server, stack, 
 
 async def test_a_failed_signal_is_retried_and_none_is_taken_twice(dev_server, stack, settings, any_db, unique_id):
     await seed(any_db, unique_id, email=f"{unique_id}@example.com")
+    # A loyalty loop counts every purchase and outlives it: a second delivery would show.
+    loop = await start_journey(unique_id, LOOP, client=dev_server.client, db=any_db, settings=settings)
+    await eventually(lambda: _sent(any_db, f"{loop.id}/round-1"))
     journeys = [
-        await started(dev_server, settings, any_db, unique_id, name, convert_on=["purchase"])
-        for name in ("a", "b", "c")
+        await started(dev_server, settings, any_db, unique_id, name, convert_on=["purchase"]) for name in ("a", "b")
     ]
     # Temporal refuses the third signal of the three the purchase implies (once).
     stack.probe.fail = lambda n, s: n == 3
@@ -196,10 +201,26 @@ async def test_a_failed_signal_is_retried_and_none_is_taken_twice(dev_server, st
     for handle in journeys:
         result = await handle.result()
         assert result.outcome == Outcome.REACTED and result.reaction == "converted"
+    first_round = dev_server.client.get_workflow_handle(loop.id, run_id=loop.result_run_id)
+    for handle in [first_round, *journeys]:
         taken = await signals_taken(handle)
-        assert [s.event_id for s in taken] == ["shop1:ord-7"], handle.id
+        assert len(taken) == 1, f"{handle.id} took the purchase {len(taken)} times"
+        assert taken[0].event_id == "shop1:ord-7"
     assert len(stack.probe.signals) == 4  # three, and the one that failed again
     assert await pending_signals(any_db) == 0
+
+    async def next_round() -> LoyaltyState | None:
+        state = await loop.query(LoyaltyLoop.state)
+        return state if state.round == 2 else None
+
+    assert (await eventually(next_round)).points_accrued == 100
+    await loop.signal(LoyaltyLoop.cancel, CancelInput(reason="test over"))
+    await loop.result()
+
+
+async def _sent(db: Database, workflow_id: str) -> bool | None:
+    rows = await deliveries(db, workflow_id)
+    return True if rows and rows[0].status == "sent" else None
 
 
 async def test_a_message_event_waits_in_the_outbox_while_temporal_is_down(
