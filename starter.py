@@ -39,6 +39,7 @@ from core.journey_files import (
     journey_files,
     load_journey,
 )
+from core.outbox import EngineUnavailable
 from core.profiles import resolve_customer_id, template_fields
 from core.settings import Settings, get_settings
 from core.templates import BASE_FIELDS as BASE_TEMPLATE_FIELDS
@@ -471,7 +472,7 @@ def event(
 
     try:
         asyncio.run(go())
-    except (JourneyDefinitionError, UnknownCustomerError, ValueError) as exc:
+    except (JourneyDefinitionError, UnknownCustomerError, ValueError, EngineUnavailable) as exc:
         _fail(_escape(str(exc)))
 
 

@@ -183,8 +183,6 @@ class LoyaltyLoop:
     async def _end(self, reason: str, outcome: str) -> LoyaltyResult:
         self._state.status, self._state.outcome_reason = "finished", reason
         if self._v2:
-            # A signal still being handled (forwarded to the round) finishes first.
-            await workflow.wait_condition(workflow.all_handlers_finished)
             self._set_status("finished")
         if self._record_run:
             info = workflow.info()
@@ -198,6 +196,9 @@ class LoyaltyLoop:
                 ),
                 start_to_close_timeout=ACTIVITY_TIMEOUT,
             )
+        if self._v2:
+            # A signal still being handled (forwarded to the round) finishes first.
+            await workflow.wait_condition(workflow.all_handlers_finished)
         return LoyaltyResult.model_validate(self._state.model_dump())
 
     async def _record_started(self) -> None:
