@@ -63,7 +63,7 @@ __all__ = [
 log = get_logger(__name__)
 
 # How long this process holds the outbox rows it is about to send before any relay may
-# take them over (the webhooks app passes its `outbox_lease_seconds`).
+# take them over (POST /v1/events passes the `outbox_lease_seconds` setting).
 DEFAULT_LEASE = timedelta(seconds=30)
 
 _TIMELINE = {

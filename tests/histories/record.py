@@ -3,6 +3,8 @@
 Run it only when a history of the *current* code is wanted as a new fixture; the
 stored files are what running journeys look like, and every later change to the
 workflow must still replay them (or guard the change with `workflow.patched`).
+The loyalty-loop and scan scenarios (OTHER_SCENARIOS) are recorded only when named,
+e.g. `python -m tests.histories.record loyalty_v2 scan_v2`.
 """
 
 from __future__ import annotations
