@@ -41,38 +41,28 @@ from core.journey_files import (
     journey_files,
     load_journey,
 )
+from core.outbox import EngineUnavailable
 from core.profiles import resolve_customer_id, template_fields
 from core.settings import Settings, get_settings
 from core.templates import BASE_FIELDS as BASE_TEMPLATE_FIELDS
 from core.templates import SEND_TIME_FIELDS as TEMPLATE_EXTRAS
 from core.templates import check_journey
 from core.temporal import connect, quote
+from core.triggers import UnknownCustomerError, journey_context, journey_workflow_id
 from models import search_attributes as sa
 from models.events import CancelInput
 from models.ids import check_customer_id, check_run_key
 from models.journey import ChannelName, JourneyInput, JourneySpec, JourneyState
-from models.loyalty import LoyaltyInput
+from models.loyalty import LoyaltyInput, LoyaltyState
 from models.tables import Customer, JourneyRun, utcnow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 
-
-class UnknownCustomerError(LookupError):
-    """The customer id is not in the profile database; nothing was started."""
+__all__ = ["TemplateFieldError", "UnknownCustomerError", "journey_workflow_id", "start_journey"]
 
 
 class TemplateFieldError(ValueError):
     """A template reads a field the customer's profile and the context lack; nothing was started."""
-
-
-def journey_workflow_id(journey: str, customer_id: str, key: str | None = None) -> str:
-    """`journey/<journey>/<customer>[/<key>]`: one running journey per customer and key.
-
-    Journey names, customer ids and keys never contain '/' (models/ids.py), so the parts
-    can always be read back: two different (journey, customer, key) never share an id.
-    """
-    base = f"journey/{journey}/{customer_id}"
-    return f"{base}/{key}" if key else base
 
 
 async def start_journey(
@@ -85,23 +75,29 @@ async def start_journey(
     client: Client | None = None,
     db: Database | None = None,
     settings: Settings | None = None,
+    rerun: bool = True,
 ) -> WorkflowHandle[Any, Any]:
     """Start `journey` for `customer_id`, or return the handle of the one already running.
 
     `journey` is a JourneySpec or the name/path of a file in journeys/; one with a
     `loop` section runs as a LoyaltyLoop, any other as a CascadeJourney. Use `key` when
     the same journey may run more than once at a time for a customer (one per cart).
-    Everything is validated before a workflow starts: a bad definition raises
-    JourneyDefinitionError, an unknown customer UnknownCustomerError, a template field
-    that neither the profile nor `context` has TemplateFieldError, a bad deadline or
-    context ValueError, each naming what was wrong.
+    Only the `context` entries the journey's templates and step conditions read go into
+    the workflow input (it is readable in Temporal: no stray email or address). With
+    `rerun` False, a closed run of the same id is not run again (temporalio's
+    WorkflowAlreadyStartedError). Everything is validated before a workflow starts: a bad
+    definition raises JourneyDefinitionError, an unknown customer UnknownCustomerError,
+    a template field that neither the profile nor `context` has TemplateFieldError, a
+    bad deadline or context ValueError, each naming what was wrong.
     """
     settings = settings or get_settings()
     spec = journey if isinstance(journey, JourneySpec) else load_journey(journey)
     # One id rule everywhere (models/ids.py): no '/' in ids or keys, so workflow ids never collide.
     check_customer_id(customer_id)
     try:
-        payload = JourneyInput(spec=spec, customer_id=customer_id, deadline=deadline, context=context or {})
+        payload = JourneyInput(
+            spec=spec, customer_id=customer_id, deadline=deadline, context=journey_context(spec, context or {})
+        )
     except ValidationError as exc:
         raise ValueError(describe_validation_error(exc, f"journey {spec.name!r} input")) from exc
     if key is not None:
@@ -129,7 +125,11 @@ async def start_journey(
                 + "; ".join(missing)
                 + " (not on the profile and not in the context)"
             )
-        handle = await _start(client, settings, spec, payload, key)
+        handle = await _start(client, settings, spec, payload, key, rerun)
+        # The workflow records its run itself (activities/runs.py), so the row exists even
+        # if this process dies right here; written here too, so an event a moment after
+        # the start finds the run before the workflow's first task has run. The same row
+        # either way: whoever comes second changes nothing.
         async with db.session() as session:
             await session.exec(
                 insert_ignoring_conflicts(db, JourneyRun)
@@ -139,6 +139,9 @@ async def start_journey(
                     journey=spec.name,
                     customer_id=customer_id,
                     campaign=spec.campaign,
+                    workflow_type=LoyaltyLoop.__name__ if spec.loop is not None else CascadeJourney.__name__,
+                    convert_on=spec.convert_on,
+                    exit_on=spec.exit_on,
                     started_at=utcnow(),
                 )
                 .on_conflict_do_nothing()
@@ -150,7 +153,7 @@ async def start_journey(
 
 
 async def _start(
-    client: Client | None, settings: Settings, spec: JourneySpec, payload: JourneyInput, key: str | None
+    client: Client | None, settings: Settings, spec: JourneySpec, payload: JourneyInput, key: str | None, rerun: bool
 ) -> WorkflowHandle[Any, Any]:
     customer_id = payload.customer_id
 
@@ -177,7 +180,7 @@ async def _start(
         "task_queue": settings.task_queue,
         # A second trigger while the journey runs must not start a second cascade.
         "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE if rerun else WorkflowIDReusePolicy.REJECT_DUPLICATE,
         "search_attributes": TypedSearchAttributes(attributes),
         "memo": memo,
     }
@@ -186,13 +189,33 @@ async def _start(
     return await client.start_workflow(CascadeJourney.run, payload, **common)
 
 
-async def journey_state(client: Client, workflow_id: str) -> JourneyState:
-    """The `state` query of a running journey, or the result of a finished one."""
+async def journey_state(client: Client, workflow_id: str) -> JourneyState | LoyaltyState:
+    """Where a journey stands: the `state` query of a running one, the result of a finished one.
+
+    A loyalty loop answers with its LoyaltyState (round, points); the cascade of its
+    current round is `journey_state(client, f"{workflow_id}/round-{state.round}")`.
+    """
+    description = await client.get_workflow_handle(workflow_id).describe()
+    running = description.status is not None and description.status.name == "RUNNING"
+    if description.workflow_type == LoyaltyLoop.__name__:
+        loop = client.get_workflow_handle_for(LoyaltyLoop.run, workflow_id)
+        return await loop.query(LoyaltyLoop.state) if running else await loop.result()
     handle = client.get_workflow_handle_for(CascadeJourney.run, workflow_id)
-    description = await handle.describe()
-    if description.status is not None and description.status.name == "RUNNING":
-        return await handle.query(CascadeJourney.state)
-    return await handle.result()
+    return await handle.query(CascadeJourney.state) if running else await handle.result()
+
+
+async def _status(client: Client, workflow_id: str) -> list[tuple[str, JourneyState | LoyaltyState]]:
+    """The journey's state, and for a loop also its current round's cascade (if it exists)."""
+    state = await journey_state(client, workflow_id)
+    found: list[tuple[str, JourneyState | LoyaltyState]] = [(workflow_id, state)]
+    if isinstance(state, LoyaltyState):
+        round_id = f"{workflow_id}/round-{state.round}"
+        try:
+            found.append((round_id, await journey_state(client, round_id)))
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+    return found
 
 
 # ---------------------------------------------------------------- CLI
@@ -239,30 +262,38 @@ def start(
 
 @cli.command()
 def status(workflow_id: str) -> None:
-    """Show where a journey stands, step by step."""
+    """Show where a journey stands, step by step (a loyalty loop: its round, points and round)."""
 
-    async def go() -> JourneyState:
-        return await journey_state(await connect(get_settings()), workflow_id)
+    async def go() -> list[tuple[str, JourneyState | LoyaltyState]]:
+        return await _status(await connect(get_settings()), workflow_id)
 
     try:
-        state = asyncio.run(go())
+        found = asyncio.run(go())
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             _fail(f"no journey with id {workflow_id!r}")
         raise
-    table = Table(title=f"{workflow_id}: {state.outcome or state.status}")
-    for column in ("step", "channel", "status", "reaction", "message id", "reason"):
-        table.add_column(column)
-    for step in state.steps:
-        table.add_row(
-            str(step.index),
-            step.channel.value,
-            step.status.value,
-            step.reaction.value if step.reaction else "",
-            step.message_id or "",
-            step.reason or "",
-        )
-    console.print(table)
+    for wid, state in found:
+        if isinstance(state, LoyaltyState):
+            console.print(
+                f"[bold]{_escape(wid)}[/bold]: loyalty loop, round {state.round}, {state.status}; "
+                f"{state.points_accrued} points accrued, {state.purchases} purchase(s) this round"
+                + (f"; {_escape(state.outcome_reason)}" if state.outcome_reason else "")
+            )
+            continue
+        table = Table(title=f"{_escape(wid)}: {state.outcome or state.status}")
+        for column in ("step", "channel", "status", "reaction", "message id", "reason"):
+            table.add_column(column)
+        for step in state.steps:
+            table.add_row(
+                str(step.index),
+                step.channel.value,
+                step.status.value,
+                step.reaction.value if step.reaction else "",
+                step.message_id or "",
+                step.reason or "",
+            )
+        console.print(table)
 
 
 @cli.command("list")
@@ -450,7 +481,7 @@ def event(
 
     try:
         asyncio.run(go())
-    except (JourneyDefinitionError, UnknownCustomerError, ValueError) as exc:
+    except (JourneyDefinitionError, UnknownCustomerError, ValueError, EngineUnavailable) as exc:
         _fail(_escape(str(exc)))
 
 

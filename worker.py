@@ -21,6 +21,7 @@ from temporalio.worker import Worker
 
 from activities.journey import JourneyActivities
 from activities.loyalty import LoyaltyActivities
+from activities.runs import RunActivities
 from channels.base import Channel
 from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
@@ -83,6 +84,7 @@ def build_worker(
         channels = owned = build_channels(settings, db)
     acts = journey_activities or JourneyActivities(db, channels or {}, settings)
     loyalty = LoyaltyActivities(db, client, settings)
+    runs = RunActivities(db)
     workers = [
         Worker(
             client,
@@ -99,6 +101,8 @@ def build_worker(
                 loyalty.accrue_points,
                 loyalty.scan_birthdays,
                 loyalty.scan_winback,
+                runs.record_run_started,
+                runs.record_run_finished,
             ],
         )
     ]

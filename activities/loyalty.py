@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, extract, or_
 from sqlmodel import col, select, update
@@ -12,10 +15,13 @@ from temporalio.client import Client
 from core.db import Database
 from core.events import insert_event
 from core.journey_files import load_journey
+from core.logging import get_logger
 from core.settings import Settings
-from core.triggers import route_event
+from core.triggers import RouteResult, UnknownCustomerError, route_event
 from models.loyalty import AccruePointsInput, AccruePointsResult, ScanInput, ScanResult
 from models.tables import Customer
+
+log = get_logger(__name__)
 
 # A customer without a purchase for longer than this is dormant: win-back starts.
 WINBACK_AFTER = timedelta(days=180)
@@ -59,32 +65,32 @@ class LoyaltyActivities:
         """Start the birthday journey for everyone born on this day (once per year)."""
         assert input.at is not None
         at = input.at
-        async with self._db.session() as session:
-            ids = (
-                await session.exec(
-                    select(Customer.id).where(
-                        col(Customer.birth_date).is_not(None),
-                        col(Customer.merged_into).is_(None),
-                        extract("month", col(Customer.birth_date)) == at.month,
-                        extract("day", col(Customer.birth_date)) == at.day,
-                    )
-                )
-            ).all()
         spec = load_journey(input.journey)
-        result = ScanResult()
-        for cid in ids:
-            routed = await route_event(
+
+        def page(after: str | None) -> Any:
+            query = select(Customer.id).where(
+                col(Customer.birth_date).is_not(None),
+                col(Customer.merged_into).is_(None),
+                col(Customer.erased_at).is_(None),
+                extract("month", col(Customer.birth_date)) == at.month,
+                extract("day", col(Customer.birth_date)) == at.day,
+            )
+            return query if after is None else query.where(col(Customer.id) > after)
+
+        async def route(row: Any, event_id: str) -> RouteResult:
+            return await route_event(
                 self._client,
                 self._db,
-                cid,
+                row,
                 "birthday",
                 {"year": at.year},
                 journeys=[spec],
                 settings=self._settings,
                 now=at,
+                event_id=event_id,
             )
-            result.started += routed.started
-        return result
+
+        return await self._scan(at, page, route)
 
     @activity.defn
     async def scan_winback(self, input: ScanInput) -> ScanResult:
@@ -96,25 +102,91 @@ class LoyaltyActivities:
         """
         assert input.at is not None
         at = input.at
-        async with self._db.session() as session:
-            rows = (
-                await session.exec(
-                    select(Customer.id, Customer.last_purchase_at).where(
-                        col(Customer.merged_into).is_(None),
-                        col(Customer.erased_at).is_(None),
-                        or_(
-                            col(Customer.last_purchase_at) < at - WINBACK_AFTER,
-                            and_(col(Customer.last_purchase_at).is_(None), col(Customer.purchase_count) > 0),
-                        ),
-                    )
-                )
-            ).all()
-        result = ScanResult()
-        for cid, last in rows:
-            lapse = last.date().isoformat() if last is not None else "unknown"
-            routed = await route_event(
-                self._client, self._db, cid, "winback_due", {"lapse": lapse}, settings=self._settings, now=at
+
+        def page(after: str | None) -> Any:
+            query = select(Customer.id, Customer.last_purchase_at).where(
+                col(Customer.merged_into).is_(None),
+                col(Customer.erased_at).is_(None),
+                or_(
+                    col(Customer.last_purchase_at) < at - WINBACK_AFTER,
+                    and_(col(Customer.last_purchase_at).is_(None), col(Customer.purchase_count) > 0),
+                ),
             )
-            result.started += routed.started
-            result.exited += routed.exited
+            return query if after is None else query.where(col(Customer.id) > after)
+
+        async def route(row: Any, event_id: str) -> RouteResult:
+            cid, last = row
+            lapse = last.date().isoformat() if last is not None else "unknown"
+            return await route_event(
+                self._client,
+                self._db,
+                cid,
+                "winback_due",
+                {"lapse": lapse},
+                settings=self._settings,
+                now=at,
+                event_id=event_id,
+            )
+
+        return await self._scan(at, page, route)
+
+    async def _scan(
+        self,
+        at: datetime,
+        page: Callable[[str | None], Any],
+        route: Callable[[Any, str], Awaitable[RouteResult]],
+    ) -> ScanResult:
+        """Route every customer `page` selects, a page at a time in id order.
+
+        After each page the activity heartbeats its cursor and counts, so a retry (the
+        worker died) resumes after the last finished page instead of starting over; a
+        customer routed twice that way is harmless (journey ids and event ids make it a
+        no-op). Only counts come back: a million customers fit in a few bytes.
+        """
+        info = activity.info()
+        result, cursor = ScanResult(at=at), None
+        if info.heartbeat_details:
+            saved = info.heartbeat_details[0]
+            cursor, result = saved["cursor"], ScanResult.model_validate(saved["result"])
+        limit = asyncio.Semaphore(self._settings.scan_concurrency)
+        scan_id = f"scan:{info.workflow_id}:{info.workflow_run_id}"
+
+        async def one(row: Any) -> RouteResult | None:
+            cid = _row_id(row)
+            async with limit:
+                try:
+                    return await route(row, f"{scan_id}:{cid}")
+                except UnknownCustomerError:
+                    return None  # merged or erased since the page was read
+
+        while True:
+            async with self._db.session() as session:
+                rows = list(
+                    (
+                        await session.exec(page(cursor).order_by(col(Customer.id)).limit(self._settings.scan_page_size))
+                    ).all()
+                )
+            if not rows:
+                break
+            for routed in await asyncio.gather(*(one(row) for row in rows)):
+                result.scanned += 1
+                if routed is not None:
+                    result.started += len(routed.started)
+                    result.exited += len(routed.exited)
+                    result.not_entered += len(routed.not_entered)
+            cursor = _row_id(rows[-1])
+            activity.heartbeat({"cursor": cursor, "result": result.model_dump(mode="json")})
+        log.info(
+            "scan.done",
+            workflow_id=info.workflow_id,
+            scanned=result.scanned,
+            started=result.started,
+            exited=result.exited,
+            not_entered=result.not_entered,
+        )
         return result
+
+
+def _row_id(row: Any) -> str:
+    # A page of one column is a list of ids; of several, rows whose first column is the id.
+    return row if isinstance(row, str) else str(row[0])

@@ -2,29 +2,44 @@
 
 Used by every webhook (engagement API, tracking links, provider receipts, application
 events). Finding a journey is a database look-up (the delivery log for a message, the
-journey runs for a customer), never a scan of Temporal. Trigger routing (starting new
-journeys from events) belongs next to `signal_customer_journeys`.
+journey runs for a customer), never a scan of Temporal. No transaction is held while
+Temporal is called: an event, what it changes and the signals it implies are stored
+together in one short transaction (the signals as outbox rows, core/outbox.py), and the
+signals are sent after the commit. A message event (a receipt, an open) sends its one
+signal right away and reports whether the journey took it; an application event
+(POST /v1/events) hands its signals to the webhooks process's relay.
 """
 
 from __future__ import annotations
 
-import asyncio
-from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
 
 from core.db import Database, insert_ignoring_conflicts
+from core.journey_files import load_all_journeys
 from core.logging import get_logger
+from core.outbox import (
+    EngineUnavailable,
+    PlannedSignal,
+    SignalResult,
+    deliver,
+    enqueue,
+    mark_run_finished,
+    signal_run,
+    writer,
+)
 from core.profiles import mark_contact_point, resolve_customer_id, set_consent
+from core.triggers import PlannedStart, plan_event, running_journeys
 from models.events import AppEvent, AppEventResult, EngagementInput, EngagementType
 from models.ids import MAX_LOYALTY_POINTS, MAX_PURCHASE_COUNT
-from models.journey import REACTION_RANK, ChannelName
+from models.journey import REACTION_RANK, ChannelName, JourneySpec
 from models.profiles import ConsentIn
 from models.tables import (
     ContactPoint,
@@ -33,13 +48,24 @@ from models.tables import (
     Delivery,
     DeliveryStatus,
     EngagementEvent,
-    JourneyRun,
+    OutboxSignal,
     Topic,
     utcnow,
 )
-from workflows.cascade import CascadeJourney
+
+__all__ = [
+    "EngineUnavailable",
+    "SignalResult",
+    "mark_run_finished",
+    "running_journeys",
+    "signal_run",
+]
 
 log = get_logger(__name__)
+
+# How long this process holds the outbox rows it is about to send before any relay may
+# take them over (POST /v1/events passes the `outbox_lease_seconds` setting).
+DEFAULT_LEASE = timedelta(seconds=30)
 
 _TIMELINE = {
     EngagementType.DELIVERED: "delivered_at",
@@ -57,33 +83,6 @@ _CONTACT_STATUS = {
 }
 
 
-def _writer(db: Database) -> AbstractAsyncContextManager[Any]:
-    """Serialise this process's event transactions on SQLite.
-
-    They hold the write lock across a signal; SQLite has one writer, and waiters left to its
-    busy handler back off in sleeps of up to 100 ms, so queueing here is far faster.
-    """
-    return _SQLITE_WRITER if db.is_sqlite else nullcontext()
-
-
-_SQLITE_WRITER = asyncio.Lock()
-
-
-class EngineUnavailable(RuntimeError):
-    """Temporal could not be reached: the caller should answer 503 so the sender retries."""
-
-
-@dataclass(frozen=True)
-class SignalResult:
-    """Whether a signal reached a running journey, and if not, why."""
-
-    workflow_id: str
-    run_id: str | None
-    signalled: bool
-    detail: str
-    finished: bool = False
-
-
 @dataclass(frozen=True)
 class DeliveryEventResult:
     """What an event about one message did."""
@@ -92,115 +91,6 @@ class DeliveryEventResult:
     recorded: bool
     signal: SignalResult | None
     detail: str
-
-
-async def signal_run(client: Client, workflow_id: str, run_id: str | None, event: EngagementInput) -> SignalResult:
-    """Signal one journey run; a finished or unknown run is reported, not raised.
-
-    Raises EngineUnavailable when Temporal cannot be reached.
-    """
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    try:
-        await handle.signal(CascadeJourney.engagement, event)
-        return SignalResult(workflow_id, run_id, True, "signalled")
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
-            # Not a workflow id Temporal accepts: no such journey, not an outage.
-            return SignalResult(workflow_id, run_id, False, "journey not found", finished=False)
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            log.warning("signal.failed", workflow_id=workflow_id, run_id=run_id, error=str(exc))
-            raise EngineUnavailable("journey engine unavailable, retry later") from exc
-    try:
-        description = await handle.describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return SignalResult(workflow_id, run_id, False, "journey not found", finished=True)
-        raise EngineUnavailable("journey engine unavailable, retry later") from exc
-    status = description.status.name.lower() if description.status else "finished"
-    return SignalResult(workflow_id, run_id, False, f"journey already {status}; event recorded", finished=True)
-
-
-async def mark_run_finished(session: AsyncSession, workflow_id: str, run_id: str) -> None:
-    """Note a run a signal found finished, so later events skip it without asking Temporal."""
-    await session.exec(
-        update(JourneyRun)
-        .where(col(JourneyRun.workflow_id) == workflow_id, col(JourneyRun.run_id) == run_id)
-        .values(finished_at=utcnow())
-    )
-
-
-async def _customer_ids(session: AsyncSession, customer_id: str) -> list[str]:
-    # Runs started before a merge carry the old id; the survivor's runs carry the new one.
-    survivor = await resolve_customer_id(session, customer_id)
-    return list(dict.fromkeys([customer_id, survivor]))
-
-
-async def running_journeys(
-    session: AsyncSession, customer_id: str, *, marketing_only: bool = False
-) -> list[JourneyRun]:
-    """The customer's journey runs not yet known to be finished (journey_runs look-up).
-
-    `marketing_only` leaves out runs that sent a transactional message: an unsubscribe
-    from marketing must not stop an order-status journey.
-    """
-    ids = await _customer_ids(session, customer_id)
-    runs = list(
-        (
-            await session.exec(
-                select(JourneyRun)
-                .where(col(JourneyRun.customer_id).in_(ids), col(JourneyRun.finished_at).is_(None))
-                .order_by(col(JourneyRun.id))
-            )
-        ).all()
-    )
-    if marketing_only and runs:
-        transactional = set(
-            (
-                await session.exec(
-                    select(Delivery.run_id).where(
-                        col(Delivery.run_id).in_([r.run_id for r in runs]), Delivery.topic == Topic.TRANSACTIONAL
-                    )
-                )
-            ).all()
-        )
-        runs = [r for r in runs if r.run_id not in transactional]
-    return runs
-
-
-async def signal_customer_journeys(
-    client: Client,
-    db: Database,
-    customer_id: str,
-    event: EngagementInput,
-    *,
-    marketing_only: bool = False,
-    extra_runs: list[tuple[str, str | None]] | None = None,
-    session: AsyncSession | None = None,
-) -> list[SignalResult]:
-    """Signal every running journey of a customer (run-exact); mark the ones found finished.
-
-    `extra_runs` are (workflow id, run id) pairs to signal as well (e.g. the run that sent
-    the message being unsubscribed from, even if it was started without a journey_runs row).
-    Pass `session` to do it inside the caller's transaction (SQLite has one writer).
-    """
-    if session is None:
-        async with db.session() as own:
-            return await signal_customer_journeys(
-                client, db, customer_id, event, marketing_only=marketing_only, extra_runs=extra_runs, session=own
-            )
-    runs = await running_journeys(session, customer_id, marketing_only=marketing_only)
-    targets = list(dict.fromkeys([*(extra_runs or []), *((r.workflow_id, r.run_id) for r in runs)]))
-    results = [await signal_run(client, wf, run, event) for wf, run in targets]
-    for result in results:
-        if result.finished and result.run_id is not None:
-            await mark_run_finished(session, result.workflow_id, result.run_id)
-    log.info(
-        "signal.customer_journeys",
-        customer_id=customer_id,
-        event_type=event.type.value,
-        workflow_ids=[r.workflow_id for r in results if r.signalled],
-    )
-    return results
 
 
 async def insert_event(
@@ -258,6 +148,16 @@ async def _apply_to_delivery(session: AsyncSession, delivery: Delivery, event: E
         await mark_contact_point(session, delivery.contact_point_id, status, f"{event.value} reported")
 
 
+def _signal_event_id(event_id: str | None) -> str:
+    # Journeys drop an event id they have seen: the sender's own id where there is one,
+    # else a fresh one (stored with the outbox row, so every retry carries the same).
+    return event_id if event_id else f"ev:{uuid.uuid4().hex}"
+
+
+def _unsent(rows: Sequence[OutboxSignal]) -> list[SignalResult]:
+    return [SignalResult(r.workflow_id, r.run_id, False, "queued", retry=True) for r in rows]
+
+
 async def apply_delivery_event(
     client: Client,
     db: Database,
@@ -269,19 +169,22 @@ async def apply_delivery_event(
     event_id: str | None = None,
     properties: dict[str, Any] | None = None,
     signal_repeats: bool = True,
+    lease: timedelta = DEFAULT_LEASE,
 ) -> DeliveryEventResult:
     """Record an event about a message and signal the run that sent it.
 
-    The event row, the delivery's timeline and the contact point change in one
-    transaction that stays open across the signal: if Temporal is unreachable nothing is
-    written (EngineUnavailable -> 503, the sender retries), and a duplicate `event_id`
-    (a provider retrying) is neither stored nor signalled twice. With `signal_repeats`
-    False, an event the delivery's timeline already has (the tenth pixel load) is recorded
-    but not signalled again, so no journey history fills up with repeats.
+    The event row, the delivery's timeline, the contact point and the signal (an outbox
+    row) are written in one transaction; the signal is sent after the commit. If Temporal
+    is unreachable the event stays recorded and its signal queued: the relay sends it
+    later (`signalled` False, `detail` says so). A duplicate `event_id` (a provider
+    retrying) is neither stored nor signalled twice. With `signal_repeats` False, an event
+    the delivery's timeline already has (the tenth pixel load) is recorded but not
+    signalled again, so no journey history fills up with repeats.
     """
     at = occurred_at or utcnow()
     bound = log.bind(workflow_id=delivery.workflow_id, delivery_id=delivery.id, event_type=event.value, source=source)
-    async with _writer(db), db.session() as session:
+    rows: list[OutboxSignal] = []
+    async with writer(db), db.session() as session:
         inserted = await insert_event(
             db,
             session,
@@ -301,21 +204,24 @@ async def apply_delivery_event(
         column = _TIMELINE.get(event)
         repeat = column is not None and getattr(delivery, column) is not None
         await _apply_to_delivery(session, delivery, event, at)
-        signal = None
         if signal_repeats or not repeat:
+            signal_id = _signal_event_id(event_id)
             signal_input = EngagementInput(
-                type=event, step=delivery.step, message_id=delivery.provider_message_id, occurred_at=at
+                type=event,
+                step=delivery.step,
+                message_id=delivery.provider_message_id,
+                occurred_at=at,
+                event_id=signal_id,
             )
-            signal = await signal_run(client, delivery.workflow_id, delivery.run_id, signal_input)
-            if signal.finished:
-                await session.exec(
-                    update(JourneyRun)
-                    .where(
-                        col(JourneyRun.workflow_id) == delivery.workflow_id, col(JourneyRun.run_id) == delivery.run_id
-                    )
-                    .values(finished_at=utcnow())
-                )
-    detail = signal.detail if signal else f"{event.value} already recorded for this message"
+            planned = PlannedSignal(delivery.workflow_id, delivery.run_id, "engagement", signal_input)
+            rows = enqueue(session, [planned], signal_id, lease)
+    signal = (await deliver(client, db, rows))[0] if rows else None
+    if signal is None:
+        detail = f"{event.value} already recorded for this message"
+    elif signal.retry:
+        detail = "event recorded; the journey engine is unavailable, the signal is queued and will be retried"
+    else:
+        detail = signal.detail
     bound.info("event.delivery", signalled=bool(signal and signal.signalled), detail=detail)
     return DeliveryEventResult(delivery, True, signal, detail)
 
@@ -339,6 +245,7 @@ async def unsubscribe_contact(
     delivery: Delivery | None = None,
     reason: str = "unsubscribed",
     status: ContactStatus = ContactStatus.UNSUBSCRIBED,
+    lease: timedelta = DEFAULT_LEASE,
 ) -> UnsubscribeResult:
     """The customer opted out of marketing on a channel: contact point unsubscribed, consent
     withdrawn, an event recorded and their running marketing journeys signalled.
@@ -347,8 +254,12 @@ async def unsubscribe_contact(
     even receipts can reach that address.
 
     Idempotent: a second unsubscribe of the same contact point changes and signals nothing.
+    The opt-out and its signals are stored together; the signals go out after the commit
+    (and, if Temporal is down, later through the relay): the contact point is already
+    unsubscribed, so no further message goes out on this channel meanwhile.
     """
-    async with db.session() as session:
+    signal_id = _signal_event_id(None)
+    async with writer(db), db.session() as session:
         point = await session.get(ContactPoint, contact_point_id) if contact_point_id is not None else None
         customer_id = await resolve_customer_id(session, point.customer_id if point else customer_id)
         already = point is not None and point.status == status
@@ -375,19 +286,28 @@ async def unsubscribe_contact(
             channel=channel,
             source=source,
         )
-    event = EngagementInput(
-        type=EngagementType.UNSUBSCRIBED,
-        message_id=delivery.provider_message_id if delivery else None,
-        occurred_at=utcnow(),
-    )
-    extra: list[tuple[str, str | None]] = [(delivery.workflow_id, delivery.run_id)] if delivery else []
-    # Recorded first: the opt-out must stick even if Temporal is down right now (the
-    # contact point is unsubscribed, so no further message goes out on this channel).
-    try:
-        signals = await signal_customer_journeys(client, db, customer_id, event, marketing_only=True, extra_runs=extra)
-    except EngineUnavailable:
+        event = EngagementInput(
+            type=EngagementType.UNSUBSCRIBED,
+            message_id=delivery.provider_message_id if delivery else None,
+            occurred_at=utcnow(),
+            event_id=signal_id,
+        )
+        # The run that sent the message being unsubscribed from, even if it was started
+        # without a journey_runs row, and every running marketing journey of the customer.
+        targets: list[tuple[str, str | None]] = [(delivery.workflow_id, delivery.run_id)] if delivery else []
+        for run in await running_journeys(session, customer_id, marketing_only=True):
+            targets.append((run.workflow_id, None if run.workflow_type == "LoyaltyLoop" else run.run_id))
+        planned = [PlannedSignal(wf, run_id, "engagement", event) for wf, run_id in dict.fromkeys(targets)]
+        rows = enqueue(session, planned, signal_id, lease)
+    signals = await deliver(client, db, rows)
+    if any(s.retry for s in signals):
         log.warning("unsubscribe.signal_deferred", customer_id=customer_id, channel=channel)
-        signals = []
+    log.info(
+        "signal.customer_journeys",
+        customer_id=customer_id,
+        event_type=EngagementType.UNSUBSCRIBED.value,
+        workflow_ids=[r.workflow_id for r in signals if r.signalled],
+    )
     return UnsubscribeResult(True, signals)
 
 
@@ -420,15 +340,40 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-async def record_app_event(client: Client, db: Database, tenant: str, event: AppEvent) -> AppEventResult:
-    """Store an application event on the profile and signal the customer's running journeys.
+@dataclass
+class RecordedEvent:
+    """An application event as stored: the answer, its signals (stored, to be sent) and the
+    journeys it starts (to be started by the caller: `core.triggers.start_planned`)."""
 
-    Idempotent by (tenant, event_id): a repeat is neither stored nor signalled again. The
-    event, the profile change and the signals share one transaction: if Temporal is
-    unreachable nothing is kept (EngineUnavailable) and the sender's retry starts afresh.
+    result: AppEventResult
+    customer_id: str | None = None
+    rows: list[OutboxSignal] = field(default_factory=list)
+    starts: list[PlannedStart] = field(default_factory=list)
+    not_entered: dict[str, str] = field(default_factory=dict)
+
+
+async def record_app_event(
+    db: Database,
+    tenant: str,
+    event: AppEvent,
+    *,
+    journeys: Sequence[JourneySpec] | None = None,
+    lease: timedelta = DEFAULT_LEASE,
+) -> RecordedEvent:
+    """Store an application event on the profile, with the signals it implies.
+
+    One transaction, no network call inside: the event row, the profile change and one
+    outbox row per signal (a `cancel` to each running journey whose `exit_on` names the
+    event, a `converted` to each whose `convert_on` does, unless the event says
+    `conversion: false`). The caller hands `rows` to the relay and starts `starts`.
+    Idempotent by (tenant, event_id): a repeat is neither stored nor signalled again.
+    The journeys to start are planned on the profile as this event leaves it (a purchase
+    counts before `purchase_count` conditions are judged).
     """
     at = event.occurred_at or utcnow()
-    async with _writer(db), db.session() as session:
+    specs = list(journeys) if journeys is not None else load_all_journeys()
+    stored_id = f"{tenant}:{event.event_id}"
+    async with writer(db), db.session() as session:
         customer_id = await resolve_customer_id(session, event.customer_id)
         customer = await session.get(Customer, customer_id, with_for_update=not db.is_sqlite)
         if customer is None and event.type == "registered":
@@ -441,54 +386,97 @@ async def record_app_event(client: Client, db: Database, tenant: str, event: App
             customer = await session.get(Customer, customer_id)
         if customer is None or customer.erased_at is not None:
             # An erased customer's events would write personal data back: refused alike.
-            return AppEventResult(
-                event_id=event.event_id,
-                status="unknown_customer",
-                detail=f"customer_id {event.customer_id!r}: no such customer",
+            return RecordedEvent(
+                AppEventResult(
+                    event_id=event.event_id,
+                    status="unknown_customer",
+                    detail=f"customer_id {event.customer_id!r}: no such customer",
+                )
             )
         inserted = await insert_event(
             db,
             session,
             type=event.type,
             occurred_at=at,
-            event_id=f"{tenant}:{event.event_id}",
+            event_id=stored_id,
             customer_id=customer_id,
             source=f"api:{tenant}",
             properties=event.properties,
         )
         if not inserted:
-            return AppEventResult(event_id=event.event_id, status="duplicate", detail="already received; nothing done")
+            return RecordedEvent(
+                AppEventResult(event_id=event.event_id, status="duplicate", detail="already received; nothing done"),
+                customer_id=customer_id,
+            )
         await _update_profile(customer, event, at)
         session.add(customer)
-        signalled: list[str] = []
-        if event.is_conversion:
-            results = await signal_customer_journeys(
-                client,
-                db,
-                customer_id,
-                EngagementInput(type=EngagementType.CONVERTED, occurred_at=at),
-                session=session,
-            )
-            signalled = [r.workflow_id for r in results if r.signalled]
-    log.info("event.app", tenant=tenant, customer_id=customer_id, event_type=event.type, workflow_ids=signalled)
-    return AppEventResult(event_id=event.event_id, status="accepted", signalled=signalled)
-
-
-async def routing_pending(db: Database, tenant: str, event_id: str) -> bool:
-    """True when a stored application event has not been routed to its journeys yet."""
-    async with db.session() as session:
-        found = await session.exec(
-            select(EngagementEvent.routed_at).where(EngagementEvent.event_id == f"{tenant}:{event_id}")
+        plan = await plan_event(
+            session,
+            customer,
+            event.type,
+            event.properties,
+            specs=specs,
+            now=at,
+            event_id=stored_id,
+            conversion=event.conversion is not False,
         )
-        rows = found.all()
-    return bool(rows) and rows[0] is None
+        rows = enqueue(session, plan.signals, stored_id, lease)
+        if not plan.starts:
+            await _mark_routed(session, stored_id)
+    result = AppEventResult(
+        event_id=event.event_id, status="accepted", signalled=sorted({*plan.converted, *plan.exited})
+    )
+    log.info(
+        "event.app",
+        tenant=tenant,
+        customer_id=customer_id,
+        event_type=event.type,
+        workflow_ids=result.signalled,
+        starts=[s.spec.name for s in plan.starts],
+    )
+    return RecordedEvent(result, customer_id, rows, plan.starts, plan.not_entered)
+
+
+async def pending_starts(
+    db: Database, tenant: str, event: AppEvent, *, journeys: Sequence[JourneySpec] | None = None
+) -> RecordedEvent | None:
+    """For a stored event whose journeys did not all start (Temporal was down): plan the
+    starts again (its signals were stored with it the first time). None when it was routed."""
+    stored_id = f"{tenant}:{event.event_id}"
+    async with db.session() as session:
+        row = (await session.exec(select(EngagementEvent).where(EngagementEvent.event_id == stored_id))).first()
+        if row is None or row.routed_at is not None or row.customer_id is None:
+            return None
+        customer = await session.get(Customer, row.customer_id)
+        if customer is None:
+            return None
+        plan = await plan_event(
+            session,
+            customer,
+            event.type,
+            row.properties,
+            specs=list(journeys) if journeys is not None else load_all_journeys(),
+            now=_aware(row.occurred_at),
+            event_id=stored_id,
+            signals=False,
+        )
+    return RecordedEvent(
+        AppEventResult(
+            event_id=event.event_id, status="duplicate", detail="already received; its journeys started now"
+        ),
+        customer.id,
+        starts=plan.starts,
+        not_entered=plan.not_entered,
+    )
+
+
+async def _mark_routed(session: AsyncSession, stored_id: str) -> None:
+    await session.exec(
+        update(EngagementEvent).where(col(EngagementEvent.event_id) == stored_id).values(routed_at=utcnow())
+    )
 
 
 async def mark_routed(db: Database, tenant: str, event_id: str) -> None:
-    """Remember that an application event reached the journeys it triggers or ends."""
+    """Remember that an application event started the journeys it triggers."""
     async with db.session() as session:
-        await session.exec(
-            update(EngagementEvent)
-            .where(col(EngagementEvent.event_id) == f"{tenant}:{event_id}")
-            .values(routed_at=utcnow())
-        )
+        await _mark_routed(session, f"{tenant}:{event_id}")

@@ -254,6 +254,19 @@ class Settings(BaseSettings):
     webhook_vk_secret: SecretStr | None = None
     webhook_vk_confirmation: str | None = None
 
+    # --- Event relay and scans (#11) ---
+    # Signals an event implies are stored with it (the outbox) and sent by a relay in
+    # the webhooks process: this many at once, a row leased this long by the process
+    # sending it (a crashed process's rows are taken over after it), and stored rows
+    # (left behind or backing off after a failure) looked for this often.
+    outbox_concurrency: int = Field(default=64, ge=1, le=1000)
+    outbox_lease_seconds: float = Field(default=30.0, gt=0)
+    outbox_poll_seconds: float = Field(default=2.0, gt=0)
+    # Scheduled scans (birthdays, win-back) read customers this many at a time, routing
+    # up to `scan_concurrency` of them at once, and heartbeat after every page.
+    scan_page_size: int = Field(default=500, ge=1, le=10000)
+    scan_concurrency: int = Field(default=8, ge=1, le=100)
+
     @field_validator("database_schema")
     @classmethod
     def _schema_name(cls, value: str | None) -> str | None:

@@ -1,36 +1,81 @@
 """Trigger routing: one customer event -> the journeys it starts, converts and ends.
 
-`route_event` is what the webhooks service (POST /v1/events) and the CLI
-(`python starter.py event c-42 cart_abandoned --prop cart_id=9`) call:
+`plan_event` decides, from the database alone, what an event does:
 
-- every journey file whose `trigger.events` names the event and whose `entry`
-  conditions hold on the customer's profile (and the event's properties) is started
-  (a no-op for one already running under the same id);
-- running journeys of the customer (found in journey_runs) whose `convert_on` names
-  the event get a `converted` engagement signal; those whose `exit_on` names it get
-  a graceful `cancel`.
+- running journeys of the customer (found in journey_runs) whose `exit_on` names the
+  event get a graceful `cancel`; those whose `convert_on` names it get a `converted`
+  engagement signal. No other journey is converted: a purchase does not end an order-
+  status or referral journey that does not list `purchase` in its `convert_on`;
+- every journey file whose `trigger.events` names the event, whose `entry` conditions
+  hold on the profile (and the event's properties), and whose trigger key has not been
+  used before (see `_reentry_refusal`) is started, with only the event properties the
+  journey's templates and conditions read as its context.
+
+`route_event` carries a plan out at once (the CLI, `python starter.py event c-42
+cart_abandoned --prop cart_id=9`, and the scheduled scans); POST /v1/events stores the
+plan's signals in the outbox with the event instead (core/events.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowHandle
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.rules import describe, failed_condition
 from core.db import Database
-from core.events import mark_run_finished, running_journeys
 from core.journey_files import load_all_journeys
+from core.outbox import PlannedSignal, mark_run_finished, signal_run
 from core.profiles import resolve_customer_id, template_fields
 from core.settings import Settings, get_settings
+from core.templates import template_fields as template_names
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import JourneySpec
-from models.tables import Customer, utcnow
+from models.tables import Customer, Delivery, JourneyRun, Topic, utcnow
+
+
+class UnknownCustomerError(LookupError):
+    """The customer id is not in the profile database; nothing was started."""
+
+
+def journey_workflow_id(journey: str, customer_id: str, key: str | None = None) -> str:
+    """`journey/<journey>/<customer>[/<key>]`: one running journey per customer and key.
+
+    Journey names, customer ids and keys never contain '/' (models/ids.py), so the parts
+    can always be read back: two different (journey, customer, key) never share an id.
+    """
+    base = f"journey/{journey}/{customer_id}"
+    return f"{base}/{key}" if key else base
+
+
+@dataclass
+class PlannedStart:
+    """A journey an event starts; `rerun` False: only if no run of this id has closed."""
+
+    spec: JourneySpec
+    key: str | None
+    context: dict[str, Any]
+    deadline: datetime | None
+    rerun: bool = True
+
+
+@dataclass
+class EventPlan:
+    """What one event does: signals to running journeys, journeys to start, and why not."""
+
+    signals: list[PlannedSignal] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)
+    exited: list[str] = field(default_factory=list)
+    starts: list[PlannedStart] = field(default_factory=list)
+    not_entered: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -44,9 +89,14 @@ class RouteResult:
     not_entered: dict[str, str] = field(default_factory=dict)
 
 
+def _aware(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes for timezone-aware columns; they were stored in UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _deadline(value: Any) -> datetime | None:
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return _aware(value)
     if isinstance(value, str):
         try:
             return _deadline(datetime.fromisoformat(value))
@@ -60,6 +110,226 @@ def matching_journeys(specs: Sequence[JourneySpec], event_type: str) -> list[Jou
     return [s for s in specs if s.trigger is not None and event_type in s.trigger.events]
 
 
+def context_fields(spec: JourneySpec) -> set[str]:
+    """The names a journey reads from its context: template fields and step conditions.
+
+    Top-level names only (`cart` for `{{ cart.total }}` or `event.cart.total`): the
+    value under such a name is passed whole.
+    """
+    names: set[str] = set()
+    for step in spec.steps:
+        for _, source in step.content.template_sources():
+            names |= template_names(source)
+        for cond in step.when:
+            names.add(cond.field.removeprefix("event.").split(".", 1)[0])
+    return names
+
+
+def journey_context(spec: JourneySpec, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the entries of `data` the journey uses: nothing else enters its (readable)
+    workflow input, so an event's email, phone or street address stays out of Temporal."""
+    used = context_fields(spec)
+    return {k: v for k, v in data.items() if k in used}
+
+
+def _run_key(spec: JourneySpec, props: Mapping[str, Any]) -> str | None:
+    assert spec.trigger is not None
+    if spec.trigger.key_property and props.get(spec.trigger.key_property) is not None:
+        return str(props[spec.trigger.key_property]).replace("/", "_")[:128]
+    return None
+
+
+async def _reentry_refusal(
+    session: AsyncSession, spec: JourneySpec, workflow_id: str, keyed: bool, now: datetime
+) -> tuple[str | None, bool]:
+    """(why the customer may not enter again, or None; whether a closed run may be rerun).
+
+    A keyed journey runs once per key, ever; with `trigger.reentry` again once that long
+    has passed since the last entry; an unkeyed one without it again once its last run
+    ended. Judged from journey_runs, which outlives Temporal's retention of closed runs.
+    """
+    assert spec.trigger is not None
+    reentry = spec.trigger.reentry
+    if not keyed and reentry is None:
+        return None, True
+    last = (
+        await session.exec(
+            select(JourneyRun).where(JourneyRun.workflow_id == workflow_id).order_by(col(JourneyRun.started_at).desc())
+        )
+    ).first()
+    if last is None:
+        return None, True
+    entered = _aware(last.started_at)
+    if last.finished_at is None:
+        # Running (a start is then a no-op returning it), or closed without our knowing:
+        # Temporal refuses to rerun it instead of starting a second chain.
+        return None, False
+    if reentry is not None:
+        if entered + reentry <= now:
+            return None, True
+        return f"entered on {entered.date().isoformat()}; again from {(entered + reentry).date().isoformat()}", False
+    return "already entered for this key (once per key; set trigger.reentry to allow more)", False
+
+
+async def _customer_ids(session: AsyncSession, customer_id: str) -> list[str]:
+    # Runs started before a merge carry the old id; the survivor's runs carry the new one.
+    survivor = await resolve_customer_id(session, customer_id)
+    return list(dict.fromkeys([customer_id, survivor]))
+
+
+async def running_journeys(
+    session: AsyncSession, customer_id: str, *, marketing_only: bool = False
+) -> list[JourneyRun]:
+    """The customer's journey runs not yet known to be finished (journey_runs look-up).
+
+    `marketing_only` leaves out runs that sent a transactional message: an unsubscribe
+    from marketing must not stop an order-status journey.
+    """
+    ids = await _customer_ids(session, customer_id)
+    runs = list(
+        (
+            await session.exec(
+                select(JourneyRun)
+                .where(col(JourneyRun.customer_id).in_(ids), col(JourneyRun.finished_at).is_(None))
+                .order_by(col(JourneyRun.id))
+            )
+        ).all()
+    )
+    if marketing_only and runs:
+        transactional = set(
+            (
+                await session.exec(
+                    select(Delivery.run_id).where(
+                        col(Delivery.run_id).in_([r.run_id for r in runs]), Delivery.topic == Topic.TRANSACTIONAL
+                    )
+                )
+            ).all()
+        )
+        runs = [r for r in runs if r.run_id not in transactional]
+    return runs
+
+
+async def plan_event(
+    session: AsyncSession,
+    customer: Customer,
+    event_type: str,
+    properties: Mapping[str, Any] | None,
+    *,
+    specs: Sequence[JourneySpec],
+    now: datetime,
+    event_id: str,
+    conversion: bool = True,
+    signals: bool = True,
+    starts: bool = True,
+) -> EventPlan:
+    """What `event_type` does to `customer`'s journeys (reads only; nothing is sent).
+
+    `conversion` False keeps the event from converting anything (an event the shop
+    marked `conversion: false`). `signals`/`starts` False leave that half out.
+    """
+    props = dict(properties or {})
+    by_name = {s.name: s for s in specs}
+    plan = EventPlan()
+    if signals:
+        targets: set[tuple[str, str | None]] = set()
+        for run in await running_journeys(session, customer.id):
+            spec = by_name.get(run.journey)
+            exit_on = run.exit_on if run.exit_on is not None else (spec.exit_on if spec else [])
+            convert_on = run.convert_on if run.convert_on is not None else (spec.convert_on if spec else [])
+            # A loop's row stands for its continue-as-new chain: signal whichever run is current.
+            target = None if run.workflow_type == "LoyaltyLoop" else run.run_id
+            if (run.workflow_id, target) in targets:
+                continue
+            targets.add((run.workflow_id, target))
+            if event_type in exit_on:
+                arg: CancelInput | EngagementInput = CancelInput(reason=f"exit event {event_type}")
+                plan.signals.append(PlannedSignal(run.workflow_id, target, "cancel", arg))
+                plan.exited.append(run.workflow_id)
+            elif event_type in convert_on and conversion:
+                arg = EngagementInput(type=EngagementType.CONVERTED, occurred_at=now, event_id=event_id)
+                plan.signals.append(PlannedSignal(run.workflow_id, target, "engagement", arg))
+                plan.converted.append(run.workflow_id)
+    if not starts:
+        return plan
+    profile = template_fields(customer)
+    for spec in matching_journeys(specs, event_type):
+        assert spec.trigger is not None
+        if (cond := failed_condition(spec.entry.conditions, profile, props, now)) is not None:
+            plan.not_entered[spec.name] = f"entry condition not met: {describe(cond)}"
+            continue
+        key = _run_key(spec, props)
+        workflow_id = journey_workflow_id(spec.name, customer.id, key)
+        refusal, rerun = await _reentry_refusal(session, spec, workflow_id, key is not None, now)
+        if refusal is not None:
+            plan.not_entered[spec.name] = refusal
+            continue
+        deadline = _deadline(props.get(spec.trigger.deadline_property)) if spec.trigger.deadline_property else None
+        context = journey_context(spec, {**props, "event_type": event_type})
+        plan.starts.append(PlannedStart(spec, key, context, deadline, rerun))
+    return plan
+
+
+async def send_planned(client: Client, db: Database, signals: Sequence[PlannedSignal]) -> None:
+    """Send a plan's signals now, all at once, outside any transaction.
+
+    A run found finished is marked so. Raises core.outbox.EngineUnavailable when Temporal
+    cannot be reached; every signal carries the event's id, so a retry of the whole event
+    (an activity's next attempt) is ignored by the journeys that already took it.
+    """
+    results = await asyncio.gather(*(signal_run(client, s.workflow_id, s.run_id, s.arg, s.signal) for s in signals))
+    finished = [r for r in results if r.finished]
+    if finished:
+        async with db.session() as session:
+            for r in finished:
+                await mark_run_finished(session, r.workflow_id, r.run_id)
+
+
+async def start_planned(
+    client: Client,
+    db: Database,
+    settings: Settings,
+    customer_id: str,
+    starts: Sequence[PlannedStart],
+    result: RouteResult,
+) -> None:
+    """Start the planned journeys (a no-op for one already running under the same id).
+
+    Raises temporalio's RPCError when Temporal cannot be reached.
+    """
+    from starter import start_journey  # starter builds on this module
+
+    for planned in starts:
+        try:
+            handle = await start_journey(
+                customer_id,
+                planned.spec,
+                key=planned.key,
+                context=planned.context,
+                deadline=planned.deadline,
+                client=client,
+                db=db,
+                settings=settings,
+                rerun=planned.rerun,
+            )
+        except WorkflowAlreadyStartedError:
+            # The key's run closed without our knowing: once per key, so not again.
+            async with db.session() as session:
+                await mark_run_finished(session, _workflow_id(planned, customer_id), None)
+            result.not_entered[planned.spec.name] = "already entered for this key (once per key)"
+            continue
+        except ValueError as exc:
+            # One journey that cannot start (a template field the event did not carry,
+            # a bad deadline) must not keep the others from starting.
+            result.not_entered[planned.spec.name] = str(exc)
+            continue
+        result.started.append(handle.id)
+        result.handles[handle.id] = handle
+
+
+def _workflow_id(planned: PlannedStart, customer_id: str) -> str:
+    return journey_workflow_id(planned.spec.name, customer_id, planned.key)
+
+
 async def route_event(
     client: Client,
     db: Database,
@@ -70,77 +340,40 @@ async def route_event(
     journeys: Sequence[JourneySpec] | None = None,
     settings: Settings | None = None,
     now: datetime | None = None,
+    event_id: str | None = None,
+    conversion: bool = True,
 ) -> RouteResult:
-    """Start, convert and end the customer's journeys for one event.
+    """Start, convert and end the customer's journeys for one event, now.
 
     `journeys` defaults to every file in journeys/ (read now, so an edited file
     applies to the next start while running journeys keep their snapshot). `now`
-    is the time entry conditions judge against (default: the current time). Raises
-    starter.UnknownCustomerError for a customer not in the profile database.
+    is the time entry conditions judge against (default: the current time).
+    `event_id` identifies the event in the signals it sends (journeys ignore an id
+    they have seen; default: a new one). Raises starter.UnknownCustomerError for a
+    customer not in the profile database, core.outbox.EngineUnavailable or RPCError
+    when Temporal cannot be reached.
     """
-    from starter import UnknownCustomerError, start_journey  # starter imports this module's users
-
     settings = settings or get_settings()
-    props = dict(properties or {})
     specs = list(journeys) if journeys is not None else load_all_journeys()
-    by_name = {s.name: s for s in specs}
-    result = RouteResult()
     now = now or utcnow()
-
     async with db.session() as session:
         customer_id = await resolve_customer_id(session, customer_id)
-        customer = (await session.exec(select(Customer).where(Customer.id == customer_id))).one_or_none()
+        customer = await session.get(Customer, customer_id)
         if customer is None:
             raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
-        profile = template_fields(customer)
-        runs = await running_journeys(session, customer_id)
-
+        plan = await plan_event(
+            session,
+            customer,
+            event_type,
+            properties,
+            specs=specs,
+            now=now,
+            event_id=event_id or f"route:{uuid.uuid4().hex}",
+            conversion=conversion,
+        )
+    result = RouteResult(converted=plan.converted, exited=plan.exited, not_entered=plan.not_entered)
     # Running journeys first, so an event that both ends one journey and starts
     # another (a purchase: cart ends, loyalty round starts) handles the old one first.
-    for run in runs:
-        spec = by_name.get(run.journey)
-        if spec is None:
-            continue
-        handle = client.get_workflow_handle(run.workflow_id)
-        try:
-            if event_type in spec.exit_on:
-                await handle.signal("cancel", CancelInput(reason=f"exit event {event_type}"))
-                result.exited.append(run.workflow_id)
-            elif event_type in spec.convert_on:
-                await handle.signal("engagement", EngagementInput(type=EngagementType.CONVERTED, occurred_at=now))
-                result.converted.append(run.workflow_id)
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-            # Finished meanwhile: note it so later events skip the look-up.
-            async with db.session() as session:
-                await mark_run_finished(session, run.workflow_id, run.run_id)
-
-    for spec in matching_journeys(specs, event_type):
-        if (cond := failed_condition(spec.entry.conditions, profile, props, now)) is not None:
-            result.not_entered[spec.name] = f"entry condition not met: {describe(cond)}"
-            continue
-        assert spec.trigger is not None
-        key = None
-        if spec.trigger.key_property and props.get(spec.trigger.key_property) is not None:
-            key = str(props[spec.trigger.key_property]).replace("/", "_")[:128]
-        deadline = _deadline(props.get(spec.trigger.deadline_property)) if spec.trigger.deadline_property else None
-        try:
-            handle = await start_journey(
-                customer_id,
-                spec,
-                key=key,
-                context={**props, "event_type": event_type},
-                deadline=deadline,
-                client=client,
-                db=db,
-                settings=settings,
-            )
-        except ValueError as exc:
-            # One journey that cannot start (a template field the event did not carry,
-            # a bad deadline) must not keep the others from starting.
-            result.not_entered[spec.name] = str(exc)
-            continue
-        result.started.append(handle.id)
-        result.handles[handle.id] = handle
+    await send_planned(client, db, plan.signals)
+    await start_planned(client, db, settings, customer_id, plan.starts, result)
     return result

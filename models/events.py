@@ -39,6 +39,11 @@ class EngagementInput(BaseModel):
     step: int | None = Field(default=None, ge=0, description="Step index of the message, if known")
     message_id: str | None = None
     occurred_at: datetime | None = None
+    event_id: str | None = Field(
+        default=None,
+        max_length=300,
+        description="Identifies the event: a journey ignores an id it has already seen (signals are at least once)",
+    )
 
 
 class CancelInput(BaseModel):

@@ -10,7 +10,15 @@ from typing import Any, Literal
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from models.tables import Topic
 
@@ -176,6 +184,30 @@ class Trigger(BaseModel):
     deadline_property: str | None = Field(
         default=None, description="Event property holding the deadline (e.g. the promo code's expiry)"
     )
+    reentry: timedelta | None = Field(
+        default=None,
+        description="A customer may enter again this long after their last entry (same key); without it a"
+        " keyed journey runs once per key, ever, and an unkeyed one again once the last run ended",
+    )
+
+    _parse_reentry = field_validator("reentry", mode="before")(parse_duration)
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_reentry(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A spec without re-entry serialises as before it existed: workers of the previous
+        # release (a rolling deploy, a rollback) still read the journeys this one starts,
+        # and an unchanged file keeps its content hash.
+        data: dict[str, Any] = handler(self)
+        if data.get("reentry") is None:
+            data.pop("reentry", None)
+        return data
+
+    @field_validator("reentry")
+    @classmethod
+    def _reentry_positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be positive (e.g. 180d)")
+        return value
 
 
 class EntryRules(BaseModel):

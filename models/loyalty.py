@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from models.journey import JourneyInput, Outcome
 
@@ -15,6 +16,10 @@ class LoyaltyInput(BaseModel):
     journey: JourneyInput
     round: int = Field(default=1, ge=1)
     points_accrued: int = Field(default=0, ge=0, description="Points accrued by this loop in earlier rounds")
+    seen_event_ids: list[str] = Field(
+        default_factory=list,
+        description="Ids of the latest events taken, so a repeat sent after a round ended is dropped",
+    )
 
 
 class LoyaltyState(BaseModel):
@@ -25,6 +30,7 @@ class LoyaltyState(BaseModel):
     points_accrued: int
     status: str = "running"
     purchased: bool = False
+    purchases: int = Field(default=0, description="Purchases counted in this round (each accrues points)")
     round_outcome: Outcome | None = None
     outcome_reason: str | None = None
 
@@ -53,11 +59,23 @@ class ScanInput(BaseModel):
     """Input of a scan workflow (BirthdayScan, WinbackScan); `journey` names the file to start."""
 
     journey: str
-    at: datetime | None = Field(default=None, description="Scan as of this time (default: workflow time)")
+    at: datetime | None = Field(
+        default=None, description="Scan as of this time (default: the schedule's time for this run)"
+    )
 
 
 class ScanResult(BaseModel):
-    """What one scan started."""
+    """How many customers one scan looked at, and what routing them did (counts, so the
+    result stays small whatever the size of the shop)."""
 
-    started: list[str] = Field(default_factory=list)
-    exited: list[str] = Field(default_factory=list)
+    scanned: int = 0
+    started: int = 0
+    exited: int = 0
+    not_entered: int = 0
+    at: datetime | None = Field(default=None, description="The time the scan judged by")
+
+    @field_validator("started", "exited", mode="before")
+    @classmethod
+    def _count_ids(cls, value: Any) -> Any:
+        # Scans of older code returned every workflow id; their histories still replay.
+        return len(value) if isinstance(value, list) else value

@@ -244,8 +244,16 @@ class EngagementEvent(SQLModel, table=True):
 class JourneyRun(SQLModel, table=True):
     """A journey started for a customer: how events about the customer find their journeys.
 
-    Written by `start_journey`; `finished_at` is filled in lazily when a signal finds the
-    run finished, so this table never has to be in step with Temporal to be correct.
+    The workflow records its own start and finish (activities/runs.py), so a row exists
+    for every run even when the starter died right after starting it; `start_journey`
+    writes the same row too (first writer wins), so an event right after the start finds
+    the run before its first workflow task has run. Runs of older code are marked finished
+    lazily, when a signal finds them gone.
+
+    A loyalty loop is one row for its whole continue-as-new chain (`run_id` is the first
+    run's), signalled by workflow id. `convert_on`/`exit_on` are the run's own snapshot of
+    its definition (None on rows written before they were recorded: the journey file
+    then decides).
     """
 
     __tablename__ = "journey_runs"
@@ -257,8 +265,38 @@ class JourneyRun(SQLModel, table=True):
     journey: str = Field(index=True, max_length=64)
     customer_id: str = Field(index=True, max_length=128)
     campaign: str | None = Field(default=None, max_length=128)
+    workflow_type: str = Field(default="CascadeJourney", max_length=64)
+    convert_on: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    exit_on: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     started_at: datetime = _created()
     finished_at: datetime | None = _ts()
+    outcome: str | None = Field(default=None, max_length=32)
+
+
+class OutboxSignal(SQLModel, table=True):
+    """A signal an event implies, stored in the event's own transaction; the relay sends it.
+
+    At least once: a row is deleted only after Temporal took the signal (or the journey
+    was found finished), so a crash in between sends it again, and the journey ignores
+    an `event_id` it has already seen. `not_before` is both the lease of the process that
+    is sending it and the back-off after a failed attempt.
+    """
+
+    __tablename__ = "signal_outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=256)
+    workflow_id: str = Field(max_length=512)
+    # None: the current run of the workflow id (a loyalty loop's continue-as-new chain).
+    run_id: str | None = Field(default=None, max_length=64)
+    signal: str = Field(max_length=32)
+    payload: dict[str, Any] = _json(dict)
+    created_at: datetime = _created()
+    not_before: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True), nullable=True, index=True)
+    )
+    attempts: int = 0
+    last_error: str | None = Field(default=None, max_length=500)
 
 
 class SandboxMessage(SQLModel, table=True):

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import uvicorn
 from sqlmodel import col, select
 from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.db import Database
 from models.journey import JourneySpec, JourneyState
@@ -43,11 +44,20 @@ async def wait_for_state(
     predicate: Callable[[JourneyState], bool],
     within: float = 15.0,
 ) -> JourneyState:
-    """Poll the `state` query until `predicate` holds (real seconds, not workflow time)."""
+    """Poll the `state` query until `predicate` holds (real seconds, not workflow time).
+
+    A workflow not started yet (a loop's round a moment before its parent starts it)
+    is waited for like any other state.
+    """
     deadline = asyncio.get_running_loop().time() + within
+    state = None
     while True:
-        state = await handle.query(CascadeJourney.state)
-        if predicate(state):
+        try:
+            state = await handle.query(CascadeJourney.state)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+        if state is not None and predicate(state):
             return state
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"journey never reached the expected state; last: {state}")

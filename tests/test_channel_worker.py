@@ -71,7 +71,13 @@ async def test_journey_sends_through_the_adapter_on_the_channel_queue(
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     ]
     queues = {a.activity_type.name: a.task_queue.name for a in scheduled}
-    assert queues == {"check_contact": settings.task_queue, "send_message": f"{settings.task_queue}-telegram"}
+    main = settings.task_queue
+    assert queues == {
+        "check_contact": main,
+        "send_message": f"{main}-telegram",
+        "record_run_started": main,
+        "record_run_finished": main,
+    }
     retried = [
         e.activity_task_started_event_attributes.attempt
         for e in history.events

@@ -19,7 +19,7 @@ from core.settings import Settings
 from core.temporal import quote
 from models import search_attributes as sa
 from models.events import CancelInput
-from models.journey import Outcome
+from models.journey import JourneyState, Outcome
 from models.tables import EngagementEvent
 from starter import journey_state, start_journey
 from tests.conftest import seed
@@ -92,7 +92,7 @@ async def test_webhook_open_stops_the_journey_and_the_ui_query_finds_it(dev_env,
 
     assert await eventually(listed) == ["reacted"]
     state = await journey_state(client, handle.id)
-    assert state.outcome == Outcome.REACTED
+    assert isinstance(state, JourneyState) and state.outcome == Outcome.REACTED
 
 
 async def test_an_event_about_an_earlier_run_does_not_touch_the_new_one(dev_env, stack, settings, db, unique_id):

@@ -95,9 +95,9 @@ async def test_abandoned_cart_ends_on_purchase(client, db, settings, run_worker,
     await wait_for_state(handle, lambda s: s.status == "waiting" and s.current_step == 0)
 
     ended = await route(client, db, settings, unique_id, "purchase", order_id="o1")
-    assert ended.exited == [handle.id]
+    assert (ended.converted, ended.exited) == ([handle.id], [])
     result = await handle.result()
-    assert result.outcome == Outcome.CANCELLED and result.outcome_reason == "exit event purchase"
+    assert result.outcome == Outcome.REACTED and result.reaction == "converted"
     assert [m.channel for m in await outbox(db, unique_id)] == ["email"]
 
 
@@ -189,8 +189,8 @@ async def test_birthday_scan_starts_the_birthday_journey_once(client, db, settin
     first = await client.execute_workflow(
         BirthdayScan.run, scan, id=f"scan-bday-{unique_id}", task_queue=settings.task_queue
     )
-    assert first.started == [f"journey/birthday/{unique_id}/{now.year}"]
-    result = await result_of(ts_env, first.started[0])
+    assert (first.scanned, first.started, first.at) == (1, 1, now)
+    result = await result_of(ts_env, f"journey/birthday/{unique_id}/{now.year}")
     assert result.steps[0].status == StepStatus.SENT
     assert (await outbox(db, unique_id))[0].subject == "Happy birthday, Ann!"
 
@@ -211,7 +211,7 @@ async def test_winback_after_six_months_without_purchase(client, db, settings, r
 
     # Three months on: still an active customer, nothing happens (the news waits 7d and ends).
     await ts_env.sleep(timedelta(days=90))
-    assert (await scan("3m")).started == []
+    assert (await scan("3m")).started == 0
     # Seven months on: dormant. A news issue no longer enters, the scan starts win-back.
     await ts_env.sleep(timedelta(days=120))
     late_news = await route_event(
@@ -219,10 +219,13 @@ async def test_winback_after_six_months_without_purchase(client, db, settings, r
     )
     assert late_news.not_entered == {"news": "entry condition not met: last_purchase_at within 15552000.0"}
     found = await scan("7m")
-    assert found.started == [f"journey/winback/{unique_id}/{start.date().isoformat()}"]
+    assert (found.started, found.exited) == (1, 0)  # the news journey of 7 months ago has ended
+    winback_id = f"journey/winback/{unique_id}/{start.date().isoformat()}"
+    first_run = (await client.get_workflow_handle(winback_id).describe()).run_id
     # Scanning again the same lapse is a no-op: the same journey, not a second one.
-    assert (await scan("7m-again")).started == found.started
-    result = await result_of(ts_env, found.started[0])
+    assert (await scan("7m-again")).started == 1
+    assert (await client.get_workflow_handle(winback_id).describe()).run_id == first_run
+    result = await result_of(ts_env, winback_id)
     assert [s.status for s in result.steps] == [StepStatus.SENT] * 3
     assert result.started_at - start > timedelta(days=180)
     assert (await outbox(db, "+14155552671"))[-1].body.startswith("Ann, 20% off")

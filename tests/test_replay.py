@@ -18,13 +18,18 @@ from temporalio.worker import Replayer
 
 from models.journey import JourneyInput, JourneyResult
 from workflows.cascade import CascadeJourney
+from workflows.loyalty import LoyaltyLoop
+from workflows.scans import BirthdayScan, WinbackScan
 
+# Every workflow the worker runs (worker.WORKFLOWS is not imported: this module is loaded
+# into the workflow sandbox for ReorderedCascade below, and the worker module is not sandbox-safe).
+WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan]
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def _history(path: Path) -> WorkflowHistory:
     data = json.loads(path.read_text())
-    return WorkflowHistory.from_json(f"replay-{path.stem}", data)
+    return WorkflowHistory.from_json(data.pop("workflowId", f"replay-{path.stem}"), data)
 
 
 def test_histories_are_stored():
@@ -33,7 +38,7 @@ def test_histories_are_stored():
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_history_replays_on_current_code(path: Path):
-    replayer = Replayer(workflows=[CascadeJourney], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
 
@@ -91,3 +96,28 @@ def test_each_send_change_of_issue_11_has_a_history_with_its_marker():
     assert markers["cascade_cap_postponed"] == {"step-rules", "send-outcome-from-log"}
     new = {"send-outcome-from-log", "stop-before-send", "early-events-per-step"}
     assert not any(new & markers[name] for name in (*_BEFORE_RULES, "cascade_rules_exhausted"))
+
+
+def test_every_workflow_of_the_worker_is_replayed():
+    from worker import WORKFLOWS as registered
+
+    assert {w.__name__ for w in registered} == {w.__name__ for w in WORKFLOWS}
+    recorded = {
+        json.loads(p.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowType"]["name"]
+        for p in HISTORIES
+    }
+    assert recorded == {w.__name__ for w in WORKFLOWS}
+
+
+def test_lifecycle_changes_are_behind_patch_markers():
+    """Histories recorded before issue 11's workflow changes carry none of their markers;
+    those recorded after carry each change's own."""
+    markers = {p.stem: _patches(p) for p in HISTORIES}
+    ours = {"record-run", "signal-dedup", "loyalty-round-v2", "paged-scans"}
+    old = [name for name in markers if name.endswith("_v1") or name.rsplit("_", 1)[0].endswith("_v1")]
+    old += ["cascade_reacted", "cascade_skip_fail_exhausted", "cascade_bounce_cancel", "cascade_per_channel_queue"]
+    assert len(old) == 8 and not any(markers[name] & ours for name in old)
+    assert markers["loyalty_v2_purchase"] == {"loyalty-round-v2", "record-run", "signal-dedup"}
+    assert markers["loyalty_v2_left"] == {"loyalty-round-v2", "record-run"}
+    assert markers["scan_v2_birthday"] == markers["scan_v2_winback"] == {"paged-scans"}
+    assert markers["cascade_run_recorded_dedup"] >= {"record-run", "signal-dedup"}

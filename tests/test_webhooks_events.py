@@ -70,7 +70,11 @@ async def _sent(db: Database, handle: Any, step: int = 0) -> str:
 async def test_events_need_a_key_are_idempotent_and_a_purchase_converts(dev_server, web, settings, any_db, unique_id):
     await seed(any_db, unique_id, email="ann@example.com")
     handle = await start_journey(
-        unique_id, spec("email", wait="1h"), client=dev_server.client, db=any_db, settings=settings
+        unique_id,
+        spec("email", wait="1h", convert_on=["purchase"]),
+        client=dev_server.client,
+        db=any_db,
+        settings=settings,
     )
     await _sent(any_db, handle)
     key, _ = await create_key(any_db, "shop1")
@@ -256,19 +260,19 @@ async def test_a_retry_after_a_failed_routing_starts_the_journeys(dev_server, we
 
     await seed(any_db, unique_id, email="ann@example.com")
     key, _ = await create_key(any_db, "shop1")
-    from core.triggers import route_event as real_route
+    from core.triggers import start_planned as real_start
 
     async def engine_down(*args: Any, **kwargs: Any) -> Any:
         raise RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")
 
-    monkeypatch.setattr(api_events, "route_event", engine_down)
+    monkeypatch.setattr(api_events, "start_planned", engine_down)
     cart = {"event_id": "cart-7", "customer_id": unique_id, "type": "cart_abandoned"}
     cart["properties"] = {"cart_id": "c7", "cart_value": 30}
     failed = await web.post("/v1/events", json=cart, headers={"X-API-Key": key})
     assert failed.status_code == 503 and "retry" in failed.json()["error"]
     assert [e.event_id for e in await _events(any_db)] == ["shop1:cart-7"]  # stored once
 
-    monkeypatch.setattr(api_events, "route_event", real_route)
+    monkeypatch.setattr(api_events, "start_planned", real_start)
     retried = await web.post("/v1/events", json=cart, headers={"X-API-Key": key})
     assert retried.status_code == 202 and retried.json()["status"] == "duplicate"
     assert retried.json()["started"] == [f"journey/abandoned_cart/{unique_id}/c7"]

@@ -1,23 +1,25 @@
 """POST /v1/events (and /v1/events/batch): application events from the shop, with an API key.
 
 `Authorization: Bearer <key>` or `X-API-Key: <key>`; keys are per tenant and stored
-hashed (see webhooks/keys.py). Events are stored on the profile, a conversion (a
-purchase) is signalled to the customer's running journeys, and then the event is routed
-(core/triggers.py): journeys whose trigger and entry conditions match start, and those
-whose `exit_on`/`convert_on` name the event end.
+hashed (see webhooks/keys.py). An event is stored on the profile together with the
+signals it implies (a `cancel` to running journeys whose `exit_on` names it, a
+`converted` to those whose `convert_on` does) in one transaction; the answer comes once
+it is stored, and the process's outbox relay sends the signals (core/outbox.py). The
+journeys the event triggers (core/triggers.py) are started before the answer.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.service import RPCError
 
-from core.events import mark_routed, record_app_event, routing_pending
+from core.events import mark_routed, pending_starts, record_app_event
 from core.logging import get_logger
-from core.triggers import route_event
+from core.triggers import RouteResult, start_planned
 from models.events import AppEvent, AppEventBatch, AppEventBatchResult, AppEventResult
 from webhooks.keys import authenticate
 
@@ -49,7 +51,12 @@ async def tenant_of(
 
 @router.post("/v1/events", status_code=202, response_model=AppEventResult, responses=_AUTH_ERRORS)
 async def post_event(event: AppEvent, request: Request, tenant: Annotated[str, Depends(tenant_of)]) -> AppEventResult:
-    """Store one application event, signal the customer's running journeys, start triggered ones."""
+    """Store one application event and the signals it implies, start the journeys it triggers.
+
+    `signalled` lists the running journeys the event converts or ends: their signals are
+    stored with the event and sent by the relay right after (at least once; a journey
+    ignores a repeat). `started` lists the journeys it started (or found running).
+    """
     result = await _accept(request, tenant, event)
     if result.status == "unknown_customer":
         raise HTTPException(404, result.detail)
@@ -57,29 +64,36 @@ async def post_event(event: AppEvent, request: Request, tenant: Annotated[str, D
 
 
 async def _accept(request: Request, tenant: str, event: AppEvent) -> AppEventResult:
-    """Record the event, then route it to the journeys it starts or ends.
+    """Store the event with its signals, hand them to the relay, start triggered journeys.
 
-    Routing happens after the event is stored, so it is tracked on the event row: a
-    sender's retry after a failed routing (503) finds the event stored but not routed
-    and routes it then; a repeat of a routed event does nothing at all.
+    Starting is tracked on the event row: a sender's retry after a failed start (503)
+    finds the event stored but not routed and starts its journeys then (its signals were
+    stored the first time); a repeat of a routed event does nothing at all.
     """
     state = request.app.state
-    result = await record_app_event(state.client, state.db, tenant, event)
+    lease = timedelta(seconds=state.settings.outbox_lease_seconds)
+    recorded = await record_app_event(state.db, tenant, event, lease=lease)
+    result = recorded.result
     if result.status == "unknown_customer":
         return result
-    if result.status == "duplicate" and not await routing_pending(state.db, tenant, event.event_id):
-        return result
-    try:
-        routed = await route_event(
-            state.client, state.db, event.customer_id, event.type, event.properties, settings=state.settings
-        )
-    except RPCError as exc:
-        log.error("event.routing_failed", customer_id=event.customer_id, event_type=event.type, error=str(exc))
-        raise HTTPException(503, "event stored; starting its journeys failed (Temporal unavailable): retry") from exc
-    await mark_routed(state.db, tenant, event.event_id)
-    result.started = routed.started
-    result.signalled = sorted({*result.signalled, *routed.converted, *routed.exited})
-    return result
+    if result.status == "duplicate":
+        pending = await pending_starts(state.db, tenant, event)
+        if pending is None:
+            return result
+        recorded = pending
+    state.relay.submit(recorded.rows)
+    if recorded.starts and recorded.customer_id is not None:
+        routed = RouteResult()
+        try:
+            await start_planned(state.client, state.db, state.settings, recorded.customer_id, recorded.starts, routed)
+        except RPCError as exc:
+            log.error("event.routing_failed", customer_id=event.customer_id, event_type=event.type, error=str(exc))
+            raise HTTPException(
+                503, "event stored; starting its journeys failed (Temporal unavailable): retry"
+            ) from exc
+        await mark_routed(state.db, tenant, event.event_id)
+        recorded.result.started = routed.started
+    return recorded.result
 
 
 @router.post("/v1/events/batch", status_code=202, response_model=AppEventBatchResult, responses=_AUTH_ERRORS)

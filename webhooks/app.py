@@ -19,6 +19,7 @@ from temporalio.client import Client
 from core.db import Database, migrate
 from core.events import EngineUnavailable
 from core.logging import get_logger
+from core.outbox import OutboxRelay
 from core.settings import Settings, get_settings
 from core.temporal import connect
 from core.tracking import warn_if_dev_secret
@@ -78,7 +79,10 @@ def create_app(
         app.state.client = client or await connect(settings)
         app.state.settings = settings
         warn_if_dev_secret(settings)
-        yield
+        # Sends the signals events store (and whatever a crashed process left behind).
+        async with OutboxRelay(app.state.client, app.state.db, settings) as relay:
+            app.state.relay = relay
+            yield
         if own_db:
             await app.state.db.dispose()
 

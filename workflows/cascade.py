@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
+    from activities.runs import RunActivities
     from channels.queues import channel_task_queue
     from models import search_attributes as sa
     from models.activities import (
@@ -37,8 +38,10 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         StepStatus,
     )
+    from models.runs import RecordRunFinishedInput, RecordRunStartedInput
 
 CHECK_TIMEOUT = timedelta(seconds=30)
+RECORD_TIMEOUT = timedelta(seconds=30)
 SEND_ATTEMPT_TIMEOUT = timedelta(seconds=60)
 # The send's claim on the delivery log is a lease of this long, renewed by heartbeats
 # while the provider call runs: a worker killed mid-send is noticed (and its send
@@ -85,11 +88,20 @@ class CascadeJourney:
         # Events about the message being sent that overtook the send activity's result
         # (a fast receipt): applied once the step is recorded as sent.
         self._early: list[EngagementInput] = []
+        # Event ids taken already: signals are sent at least once (core/outbox.py).
+        self._seen_events: set[str] = set()
+        self._record_run = False
 
     @workflow.run
     async def run(self, input: JourneyInput) -> JourneyResult:
         """Walk the cascade until a reaction, the deadline, a cancel, or the last step."""
         self._state.started_at = workflow.now()
+        # The run records itself in journey_runs (a starter that died after starting it
+        # left no row); a loop's round is recorded by the loop. Journeys started before
+        # this replay without the activities.
+        self._record_run = workflow.info().parent is None and workflow.patched("record-run")
+        if self._record_run:
+            await self._record_started()
         deadline = input.deadline
         if deadline is None and input.spec.valid_for is not None:
             deadline = workflow.now() + input.spec.valid_for
@@ -147,7 +159,42 @@ class CascadeJourney:
                 if deadline is not None and workflow.now() >= deadline:
                     self._stop = (Outcome.DEADLINE, "deadline passed while waiting")
 
-        return self._finish()
+        result = self._finish()
+        if self._record_run:
+            await self._record_finished(result)
+        return result
+
+    async def _record_started(self) -> None:
+        info = workflow.info()
+        spec = self._input.spec
+        await workflow.execute_activity_method(
+            RunActivities.record_run_started,
+            RecordRunStartedInput(
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                journey=spec.name,
+                customer_id=self._input.customer_id,
+                campaign=spec.campaign,
+                workflow_type=info.workflow_type,
+                convert_on=spec.convert_on,
+                exit_on=spec.exit_on,
+                started_at=workflow.now(),
+            ),
+            start_to_close_timeout=RECORD_TIMEOUT,
+        )
+
+    async def _record_finished(self, result: JourneyResult) -> None:
+        info = workflow.info()
+        await workflow.execute_activity_method(
+            RunActivities.record_run_finished,
+            RecordRunFinishedInput(
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                outcome=result.outcome.value if result.outcome else "finished",
+                finished_at=workflow.now(),
+            ),
+            start_to_close_timeout=RECORD_TIMEOUT,
+        )
 
     async def _check_with_rules(
         self, index: int, deadline: datetime | None, delay: bool = True
@@ -374,6 +421,12 @@ class CascadeJourney:
     @workflow.signal
     def engagement(self, event: EngagementInput) -> None:
         """An event about one of this journey's messages (or the journey as a whole)."""
+        # A repeat of an event already taken (the outbox sends at least once) is dropped.
+        # Only signals that carry an id ask for the patch, so older histories replay as they ran.
+        if event.event_id is not None and workflow.patched("signal-dedup"):
+            if event.event_id in self._seen_events:
+                return
+            self._seen_events.add(event.event_id)
         if self._stop is not None or self._state.outcome is not None:
             return
         current = self._state.current_step

@@ -3,6 +3,8 @@
 Run it only when a history of the *current* code is wanted as a new fixture; the
 stored files are what running journeys look like, and every later change to the
 workflow must still replay them (or guard the change with `workflow.patched`).
+The loyalty-loop and scan scenarios (OTHER_SCENARIOS) are recorded only when named,
+e.g. `python -m tests.histories.record loyalty_v2 scan_v2`.
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
 from core.db import Database, migrate
+from core.journey_files import load_journey
 from core.profiles import upsert_customer
 from core.settings import Settings
 from core.temporal import register_search_attributes
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Condition
+from models.loyalty import ScanInput
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import ContactStatus
 from starter import start_journey
@@ -36,6 +41,8 @@ from tests.doubles.sends import AnswerLost, FirstSendStarted, RefusesCredentials
 from tests.helpers import spec, wait_for_state
 from worker import build_worker
 from workflows.cascade import CascadeJourney
+from workflows.loyalty import LoyaltyLoop
+from workflows.scans import BirthdayScan, WinbackScan
 
 HERE = Path(__file__).parent
 Scenario = Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]
@@ -48,6 +55,13 @@ async def _opened_first(handle: WorkflowHandle[Any, Any]) -> None:
 
 async def _nobody_reacts(handle: WorkflowHandle[Any, Any]) -> None:
     return None
+
+
+async def _opened_twice(handle: WorkflowHandle[Any, Any]) -> None:
+    await wait_for_state(handle, lambda s: s.status == "waiting")
+    opened = EngagementInput(type=EngagementType.OPENED, step=0, event_id="replay-open-1")
+    await handle.signal(CascadeJourney.engagement, opened)
+    await handle.signal(CascadeJourney.engagement, opened)
 
 
 async def _bounce_then_cancel(handle: WorkflowHandle[Any, Any]) -> None:
@@ -93,6 +107,12 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
             ContactIn(channel="sms", address="+14155552671"),
         ],
         _nobody_reacts,
+    ),
+    # Recorded after runs recorded themselves ("record-run") and signals carried event
+    # ids ("signal-dedup"): the open is sent twice and taken once.
+    "cascade_run_recorded_dedup": (
+        [ContactIn(channel="email", address="ann@example.com")],
+        _opened_twice,
     ),
     "cascade_bounce_cancel": (
         [
@@ -188,14 +208,100 @@ SEND_SCENARIOS: dict[str, SendScenario] = {
 }
 
 
-async def _write(name: str, handle: WorkflowHandle[Any, Any]) -> None:
-    history = await handle.fetch_history()
-    (HERE / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1))
+def _write(name: str, history: WorkflowHistory) -> None:
+    # The workflow id rides along: a loop derives its children's ids from it on replay.
+    data = {"workflowId": history.workflow_id, **json.loads(history.to_json())}
+    (HERE / f"{name}.json").write_text(json.dumps(data, indent=1))
     print(f"recorded {name}.json ({len(history.events)} events)")
 
 
-async def record(client: Client, db: Database, settings: Settings, only: list[str] | None = None) -> None:
+async def _loyalty_round(env: WorkflowEnvironment, db: Database, settings: Settings, name: str) -> None:
+    """A loyalty loop: round 1 is bought in (continue-as-new), round 2 is left (cancel)."""
+    customer = f"replay-{name}"
+    contacts = [ContactIn(channel="email", address="ann@example.com"), ContactIn(channel="sms", address="+14155552671")]
+    await upsert_customer(db, CustomerProfile(id=customer, name="Ann", contacts=contacts))
+    journey = load_journey("loyalty")
+    journey.quiet_hours = None
+    handle = await start_journey(customer, journey, client=env.client, db=db, settings=settings)
+    first_run = handle.result_run_id
+    child = env.client.get_workflow_handle(f"{handle.id}/round-1")
+    await _until(lambda: _child_waiting(child))
+    purchase = EngagementInput(type=EngagementType.CONVERTED, event_id=f"{name}-purchase-1")
+    await handle.signal(LoyaltyLoop.engagement, purchase)
+    await handle.signal(LoyaltyLoop.engagement, purchase)  # sent again: counted once
+    second = env.client.get_workflow_handle(f"{handle.id}/round-2")
+    await _until(lambda: _child_waiting(second))
+    await handle.signal(LoyaltyLoop.cancel, CancelInput(reason="loyalty_left"))
+    await env.client.get_workflow_handle(handle.id).result()
+    _write(f"{name}_purchase", await env.client.get_workflow_handle(handle.id, run_id=first_run).fetch_history())
+    _write(f"{name}_left", await env.client.get_workflow_handle(handle.id).fetch_history())
+
+
+async def _child_waiting(child: WorkflowHandle[Any, Any]) -> bool:
+    try:
+        return (await child.query(CascadeJourney.state)).status == "waiting"
+    except RPCError:
+        return False
+
+
+async def _until(check: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(600):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("scenario never reached the expected state")
+
+
+async def _scans(env: WorkflowEnvironment, db: Database, settings: Settings, name: str) -> None:
+    """A birthday scan and a win-back scan, each finding one customer."""
+    now = await env.get_current_time()
+    await upsert_customer(
+        db,
+        CustomerProfile(
+            id=f"replay-{name}-b",
+            name="Ann",
+            contacts=[ContactIn(channel="email", address="ann.b@example.com")],
+            birth_date=now.date().replace(year=1990),
+        ),
+    )
+    await upsert_customer(
+        db,
+        CustomerProfile(
+            id=f"replay-{name}-w",
+            name="Bob",
+            contacts=[ContactIn(channel="email", address="bob.w@example.com")],
+            purchase_count=2,
+            last_purchase_at=now - timedelta(days=400),
+        ),
+    )
+    for workflow, journey in ((BirthdayScan, "birthday"), (WinbackScan, "winback")):
+        handle = await env.client.start_workflow(
+            workflow.run,
+            ScanInput(journey=journey, at=now),
+            id=f"replay-{name}-{journey}",
+            task_queue=settings.task_queue,
+        )
+        await handle.result()
+        _write(f"{name}_{journey}", await handle.fetch_history())
+
+
+# Whole-workflow scenarios beyond the cascade: recorded only when named.
+OTHER_SCENARIOS: dict[str, Callable[[WorkflowEnvironment, Database, Settings, str], Awaitable[None]]] = {
+    # Recorded on the code before "loyalty-round-v2", "record-run", "signal-dedup" and
+    # "paged-scans"; the _v2 ones after.
+    "loyalty_v1": _loyalty_round,
+    "scan_v1": _scans,
+    "loyalty_v2": _loyalty_round,
+    "scan_v2": _scans,
+}
+
+
+async def record(env: WorkflowEnvironment, db: Database, settings: Settings, only: list[str] | None = None) -> None:
     """Run every scenario (or those named in `only`) and write its history next to this file."""
+    client = env.client
+    for name, other in OTHER_SCENARIOS.items():
+        if only and name in only:
+            await other(env, db, settings, name)
     for name, (contacts, scenario) in {**SCENARIOS, **RULE_SCENARIOS}.items():
         if only and name not in only:
             continue
@@ -209,7 +315,7 @@ async def record(client: Client, db: Database, settings: Settings, only: list[st
         handle = await start_journey(customer, journey, client=client, db=db, settings=settings)
         await scenario(handle)
         await handle.result()
-        await _write(name, handle)
+        _write(name, await handle.fetch_history())
 
 
 async def main(only: list[str]) -> None:
@@ -224,14 +330,14 @@ async def main(only: list[str]) -> None:
         await migrate(db.engine)
         env = await _server()
         async with build_worker(env.client, settings, db):
-            await record(env.client, db, settings, only)
+            await record(env, db, settings, only)
         await env.shutdown()
         for name, scenario in SEND_SCENARIOS.items():
             if only and name not in only:
                 continue
             env = await _server()
             handle = await scenario(env.client, db, settings.model_copy(update={"task_queue": f"record-{name}"}))
-            await _write(name, handle)
+            _write(name, await handle.fetch_history())
             await env.shutdown()
         await db.dispose()
 

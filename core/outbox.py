@@ -1,0 +1,340 @@
+"""The signal outbox: signals an event implies are stored with the event, then relayed.
+
+No transaction is ever open while Temporal is called. Event handling stores the event,
+its effects on the profile or the delivery log, and one `signal_outbox` row per signal
+it implies, in one short transaction; the signals are sent after the commit, many at
+once, and a row is deleted only once Temporal has taken its signal (or the journey was
+found finished). A failure or a crash in between leaves the row, which is sent again:
+at least once, never lost. Every signal carries an `event_id` and a journey ignores an
+id it has already seen, so "again" never counts twice.
+
+Rows are leased: `not_before` is set to now + lease by the process about to send them
+(or, after a failed attempt, to the time of the next try). The relay of the webhooks
+process sends what that process queued right away, and every `outbox_poll_seconds`
+claims stored rows whose lease ran out, which is how it drains what a crashed process
+left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import delete, func, or_
+from sqlmodel import col, select, update
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from core.db import Database
+from core.logging import get_logger
+from core.settings import Settings
+from models.tables import JourneyRun, OutboxSignal, utcnow
+
+log = get_logger(__name__)
+
+# Back-off between attempts at a signal Temporal did not take: doubling, capped.
+RETRY_FIRST = timedelta(seconds=2)
+RETRY_MAX = timedelta(minutes=5)
+
+
+class EngineUnavailable(RuntimeError):
+    """Temporal could not be reached: the caller should answer 503 so the sender retries."""
+
+
+_SQLITE_WRITER = asyncio.Lock()
+
+
+def writer(db: Database) -> AbstractAsyncContextManager[Any]:
+    """Serialise this process's write transactions on SQLite.
+
+    SQLite has one writer, and waiters left to its busy handler back off in sleeps of
+    up to 100 ms, so queueing here is far faster. Transactions under this lock are short
+    (no network call inside), so it is never held while Temporal answers.
+    """
+    return _SQLITE_WRITER if db.is_sqlite else nullcontext()
+
+
+@dataclass(frozen=True)
+class SignalResult:
+    """Whether a signal reached a running journey, and if not, why.
+
+    `finished`: the run is gone (finished, or never existed); `retry`: it was not
+    delivered and stays in the outbox for another attempt.
+    """
+
+    workflow_id: str
+    run_id: str | None
+    signalled: bool
+    detail: str
+    finished: bool = False
+    retry: bool = False
+
+
+@dataclass(frozen=True)
+class PlannedSignal:
+    """A signal to send: to a run (`run_id`), or to whatever run of the id is current."""
+
+    workflow_id: str
+    run_id: str | None
+    signal: str
+    arg: BaseModel
+
+
+async def signal_run(
+    client: Client, workflow_id: str, run_id: str | None, arg: Any, signal: str = "engagement"
+) -> SignalResult:
+    """Signal one journey run; a finished or unknown run is reported, not raised.
+
+    Raises EngineUnavailable when Temporal cannot be reached.
+    """
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        await handle.signal(signal, arg)
+        return SignalResult(workflow_id, run_id, True, "signalled")
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            # Not a workflow id Temporal accepts: no such journey, not an outage.
+            return SignalResult(workflow_id, run_id, False, "journey not found", finished=False)
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            log.warning("signal.failed", workflow_id=workflow_id, run_id=run_id, error=str(exc))
+            raise EngineUnavailable("journey engine unavailable, retry later") from exc
+    try:
+        description = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return SignalResult(workflow_id, run_id, False, "journey not found", finished=True)
+        raise EngineUnavailable("journey engine unavailable, retry later") from exc
+    status = description.status.name.lower() if description.status else "finished"
+    return SignalResult(workflow_id, run_id, False, f"journey already {status}; event recorded", finished=True)
+
+
+async def mark_run_finished(session: AsyncSession, workflow_id: str, run_id: str | None) -> None:
+    """Note a run a signal found finished, so later events skip it without asking Temporal.
+
+    `run_id` None: every unfinished row of the workflow id (a loop's chain has ended).
+    """
+    where = [col(JourneyRun.workflow_id) == workflow_id, col(JourneyRun.finished_at).is_(None)]
+    if run_id is not None:
+        where.append(col(JourneyRun.run_id) == run_id)
+    await session.exec(update(JourneyRun).where(*where).values(finished_at=utcnow()))
+
+
+def enqueue(
+    session: AsyncSession, signals: Sequence[PlannedSignal], event_id: str, lease: timedelta
+) -> list[OutboxSignal]:
+    """Add one outbox row per signal to the caller's transaction, leased to this process.
+
+    The rows are sent after the caller commits (`deliver` or `OutboxRelay.submit`); if
+    this process dies first, another relay takes them over when the lease ends.
+    """
+    until = utcnow() + lease
+    rows = [
+        OutboxSignal(
+            event_id=event_id[:256],
+            workflow_id=s.workflow_id,
+            run_id=s.run_id,
+            signal=s.signal,
+            payload=s.arg.model_dump(mode="json"),
+            not_before=until,
+        )
+        for s in signals
+    ]
+    session.add_all(rows)
+    return rows
+
+
+async def _send(client: Client, row: OutboxSignal) -> SignalResult:
+    try:
+        return await signal_run(client, row.workflow_id, row.run_id, row.payload, row.signal)
+    except EngineUnavailable:
+        return SignalResult(row.workflow_id, row.run_id, False, "journey engine unavailable; will retry", retry=True)
+    except Exception as exc:  # any other failure is retried, never lost
+        log.warning("outbox.send_failed", workflow_id=row.workflow_id, error=repr(exc)[:300])
+        return SignalResult(row.workflow_id, row.run_id, False, "signal failed; will retry", retry=True)
+
+
+def _backoff(attempts: int) -> timedelta:
+    delay: timedelta = RETRY_FIRST * (2 ** min(attempts, 16))
+    return min(delay, RETRY_MAX)
+
+
+async def settle(db: Database, rows: Sequence[OutboxSignal], results: Sequence[SignalResult]) -> None:
+    """Record what the attempts did, in one short transaction: delivered rows go, failed
+    ones back off, runs found finished are marked so."""
+    done = [row.id for row, res in zip(rows, results, strict=True) if not res.retry]
+    failed = [(row, res) for row, res in zip(rows, results, strict=True) if res.retry]
+    finished = {(res.workflow_id, res.run_id) for res in results if res.finished}
+    if not (done or failed or finished):
+        return
+    now = utcnow()
+    async with writer(db), db.session() as session:
+        if done:
+            await session.exec(delete(OutboxSignal).where(col(OutboxSignal.id).in_(done)))
+        for row, res in failed:
+            await session.exec(
+                update(OutboxSignal)
+                .where(col(OutboxSignal.id) == row.id)
+                .values(attempts=row.attempts + 1, not_before=now + _backoff(row.attempts), last_error=res.detail)
+            )
+        for workflow_id, run_id in finished:
+            await mark_run_finished(session, workflow_id, run_id)
+    for row, _ in failed:
+        row.attempts += 1
+
+
+async def deliver(
+    client: Client, db: Database, rows: Sequence[OutboxSignal], concurrency: int = 64
+) -> list[SignalResult]:
+    """Send committed outbox rows now, up to `concurrency` at once, then settle them."""
+    if not rows:
+        return []
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(row: OutboxSignal) -> SignalResult:
+        async with limit:
+            return await _send(client, row)
+
+    results = await asyncio.gather(*(one(r) for r in rows))
+    await settle(db, rows, results)
+    return list(results)
+
+
+async def claim(db: Database, limit: int, lease: timedelta) -> list[OutboxSignal]:
+    """Lease up to `limit` stored rows that are due (left behind, or backing off), oldest first."""
+    now = utcnow()
+    due = or_(col(OutboxSignal.not_before).is_(None), col(OutboxSignal.not_before) <= now)
+    oldest = select(OutboxSignal.id).where(due).order_by(col(OutboxSignal.id)).limit(limit)
+    async with writer(db), db.session() as session:
+        # `due` again in the outer WHERE: on PostgreSQL a concurrent claimer re-checks it
+        # on the locked row and skips what the other one took.
+        claimed = await session.exec(
+            update(OutboxSignal)
+            .where(col(OutboxSignal.id).in_(oldest.scalar_subquery()), due)
+            .values(not_before=now + lease)
+            .returning(col(OutboxSignal.id))
+        )
+        ids = list(claimed.scalars().all())
+        if not ids:
+            return []
+        rows = (
+            await session.exec(select(OutboxSignal).where(col(OutboxSignal.id).in_(ids)).order_by(col(OutboxSignal.id)))
+        ).all()
+    return list(rows)
+
+
+async def pending_signals(db: Database) -> int:
+    """How many signals are stored and not yet delivered."""
+    async with db.session() as session:
+        return (await session.exec(select(func.count()).select_from(OutboxSignal))).one()
+
+
+class OutboxRelay:
+    """Sends outbox rows: what this process queued at once, stored ones on a timer.
+
+    `async with OutboxRelay(...)` runs it in the background (the webhooks app does);
+    `submit` hands it committed rows. Rows are sent in batches, several batches and
+    `outbox_concurrency` signals at a time; each batch is settled in one transaction, so
+    under load the relay writes far less often than events arrive.
+    """
+
+    BATCH = 256
+    BATCHES_IN_FLIGHT = 4
+
+    def __init__(self, client: Client, db: Database, settings: Settings) -> None:
+        self._client = client
+        self._db = db
+        self._lease = timedelta(seconds=settings.outbox_lease_seconds)
+        self._poll = settings.outbox_poll_seconds
+        self._concurrency = settings.outbox_concurrency
+        self._queue: list[OutboxSignal] = []
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.BATCHES_IN_FLIGHT)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def __aenter__(self) -> OutboxRelay:
+        self._loop_task = asyncio.create_task(self._loop(), name="outbox-relay")
+        self._wake.set()  # drain what an earlier process left, now
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        # What is still queued is stored and leased: sent now if Temporal answers in
+        # time, otherwise by the next relay once the lease ends.
+        await self._dispatch_queued()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=10)
+
+    def submit(self, rows: Sequence[OutboxSignal]) -> None:
+        """Send these committed rows soon (they are stored: nothing is lost if we die)."""
+        if rows:
+            self._queue.extend(rows)
+            self._wake.set()
+
+    async def idle(self, within: float = 30.0) -> None:
+        """Wait until everything submitted has been sent and settled (tests, benchmarks)."""
+        deadline = time.monotonic() + within
+        while self._queue or self._in_flight:
+            if time.monotonic() > deadline:
+                raise TimeoutError("outbox relay still busy")
+            await asyncio.sleep(0.005)
+
+    async def drain(self) -> int:
+        """Claim and send every due stored row now; the number of rows sent."""
+        total = 0
+        while rows := await claim(self._db, self.BATCH, self._lease):
+            total += len(rows)
+            await self._dispatch(rows)
+            if len(rows) < self.BATCH:
+                break
+        return total
+
+    async def _loop(self) -> None:
+        next_poll = 0.0
+        while not self._stopping:
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+            self._wake.clear()
+            try:
+                await self._dispatch_queued()
+                if not self._stopping and time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + self._poll
+                    await self.drain()
+            except Exception as exc:  # the database hiccupped: the rows are stored, try later
+                log.warning("outbox.relay_error", error=repr(exc)[:300])
+
+    async def _dispatch_queued(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self.BATCH], self._queue[self.BATCH :]
+            await self._dispatch(batch)
+
+    async def _dispatch(self, rows: Sequence[OutboxSignal]) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._deliver(rows))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _deliver(self, rows: Sequence[OutboxSignal]) -> None:
+        try:
+            results = await deliver(self._client, self._db, rows, self._concurrency)
+            retried = sum(r.retry for r in results)
+            if retried:
+                log.warning("outbox.retry_later", signals=retried, delivered=len(results) - retried)
+        except Exception as exc:  # settling failed: the rows stay stored and leased, so they come back
+            log.warning("outbox.deliver_failed", signals=len(rows), error=repr(exc)[:300])
+        finally:
+            self._slots.release()
