@@ -250,7 +250,13 @@ async def test_loyalty_loop_rounds_continue_as_new(client, db, settings, run_wor
         await wait_for_state(child, lambda s: s.status == "waiting")
         run_ids.add((await handle.describe()).run_id)
         assert (await route(client, db, settings, unique_id, "purchase")).converted == [handle.id]
-    # The fourth round: nobody buys; the cascade runs out and the loop ends after the idle time.
+    # The fourth round: nobody buys, and the customer leaves the programme. Left only once
+    # round 4 has begun: a leave that overtakes the third purchase's continue-as-new
+    # rightly ends the loop in round 3.
+    for _ in range(300):
+        if (await handle.query(LoyaltyLoop.state)).round == 4:
+            break
+        await ts_env.sleep(timedelta(seconds=1))
     await route(client, db, settings, unique_id, "loyalty_left")
     result = await handle.result()
     assert result.round == 4 and result.points_accrued == 300
