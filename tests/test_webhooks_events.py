@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -18,11 +19,12 @@ from sqlmodel import col, select
 
 from core.db import Database
 from core.privacy import erase_customer
-from core.settings import Settings
+from core.settings import Settings, VkSettings
 from models.journey import Outcome
 from models.tables import Customer, EngagementEvent
 from starter import start_journey
 from tests.conftest import seed
+from tests.doubles.vk import VkDouble
 from tests.helpers import contact, deliveries, eventually, serve_app, spec
 from webhooks.app import create_app
 from webhooks.keys import create_key, revoke_key
@@ -200,6 +202,42 @@ async def test_signed_receipts_signal_and_bad_signatures_change_nothing(dev_serv
     assert (await web.get("/v1/receipts/whatsapp", params=verify)).text == "1158201444"
     wrong = await web.get("/v1/receipts/whatsapp", params={**verify, "hub.verify_token": "x"})
     assert wrong.status_code == 403
+
+
+async def test_a_vk_read_callback_opens_the_message_the_adapter_sent(dev_server, settings, any_db, unique_id):
+    """The real VK adapter (against its double) sends; VK's `message_read` names the bare id."""
+    vk = VkDouble()
+    async with vk.serve():
+        settings = settings.model_copy(
+            update={
+                "channel_vk": "vk",
+                "vk": VkSettings(base_url=vk.url, access_token=SecretStr(vk.access_token)),
+                "webhook_vk_secret": SecretStr(SECRET),
+            }
+        )
+        async with (
+            build_worker(dev_server.client, settings, any_db),
+            serve_app(create_app(settings, client=dev_server.client, db=any_db)) as url,
+            httpx.AsyncClient(base_url=url) as web,
+        ):
+            await seed(any_db, unique_id, vk="123456")
+            journey = spec("vk", wait="1h", await_="opened")
+            handle = await start_journey(unique_id, journey, client=dev_server.client, db=any_db, settings=settings)
+            message_id = await _sent(any_db, handle)
+            assert message_id.startswith("vk-") and len(vk.messages) == 1
+            read = {
+                "type": "message_read",
+                "group_id": 1,
+                "event_id": f"ev-{unique_id}",
+                "secret": SECRET,
+                "object": {"from_id": 123456, "peer_id": 123456, "read_message_id": int(message_id[3:])},
+            }
+            answer = await web.post("/v1/receipts/vk", json=read)
+            assert answer.status_code == 200 and answer.text == "ok"
+            # Real time on the dev server: the step waits an hour unless the read counts.
+            result = await asyncio.wait_for(handle.result(), timeout=20)
+    assert result.outcome == Outcome.REACTED and result.reaction == "opened"
+    assert (await deliveries(any_db, handle.id))[0].opened_at is not None
 
 
 async def test_a_blocked_telegram_bot_blocks_the_contact_and_stop_unsubscribes(web, any_db, unique_id):

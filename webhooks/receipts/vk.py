@@ -38,5 +38,7 @@ async def vk_callback(payload: dict[str, Any], request: Request) -> PlainTextRes
     if kind == "message_deny" and obj.get("user_id") is not None:
         await contact_unsubscribed(request, "vk", "vk", str(obj["user_id"]), "denied messages from the community")
     elif kind == "message_read" and obj.get("read_message_id") is not None:
-        await message_event(request, "vk", str(obj["read_message_id"]), EngagementType.OPENED, event_id=event_id)
+        # The adapter stores VK's message id as `vk-<id>` (channels/vk.py).
+        message_id = f"vk-{obj['read_message_id']}"
+        await message_event(request, "vk", message_id, EngagementType.OPENED, event_id=event_id)
     return PlainTextResponse("ok")
