@@ -344,6 +344,9 @@ def _channel_assumption(
 
 def _as_mapping(history: Mapping[str, ChannelHistory] | Sequence[ChannelHistory]) -> dict[str, ChannelHistory]:
     if isinstance(history, Mapping):
+        for key, item in history.items():
+            if key != item.channel:
+                raise ValueError(f"history[{key!r}] holds the counts of channel {item.channel!r}")
         return dict(history)
     result: dict[str, ChannelHistory] = {}
     for item in history:

@@ -9,15 +9,19 @@ Method:
 1. **Hour of week** = ``weekday * 24 + hour`` of the reaction in the customer's time zone
    (Monday 00:00-00:59 is 0, Sunday 23:00-23:59 is 167).
 2. **Own histogram** of the customer's reaction hours, smoothed over neighbouring hours
-   with the circular kernel ``[smooth/2, 1 - smooth, smooth/2]`` (``smooth`` = 0.5: a
-   reaction at 19:00 also says something about 18:00 and 20:00; the week wraps around).
+   with a Gaussian kernel of ``smooth_hours`` (1 h) standard deviation, cut at 4 h, wrapping
+   around the week: a reaction at 19:00 also says something about 18:00 and 20:00, and a
+   night owl's nearest evening hour outranks an arbitrary morning when quiet hours forbid
+   the night. Smoothing keeps the total, ``n`` reactions.
 3. **Shrinkage toward the segment** (a Dirichlet prior): with own smoothed counts ``c_h``
-   (``n`` reactions in all) and the segment's hour-of-week distribution ``q_h`` (its
-   reaction counts, normalised), the customer's distribution is
-   ``pi_h = (c_h + a * q_h) / (n + a)`` with ``a = strength`` pseudo-reactions (24): two own
-   reactions barely move the segment's pattern, fifty outweigh it.
-4. **Fallback** without own history and segment: a profile peaked at ``fallback_hour``
-   (10:00 local) on every day, falling off with the distance in hours.
+   and the segment's hour-of-week distribution ``q_h`` (its reaction counts, normalised),
+   the customer's distribution is ``pi_h = (c_h + a * q_h) / (n + a)`` with
+   ``a = strength`` pseudo-reactions (24): two own reactions barely move the segment's
+   pattern, fifty outweigh it. Without a segment, ``q`` is uniform when the customer has
+   reactions of their own.
+4. **Fallback** without own history and without segment: a profile peaked at
+   ``fallback_hour`` (10:00 local) on every day, ``q_h`` proportional to
+   ``1 / (1 + distance in hours to it)``.
 5. **Next send time** (:func:`next_send_time`): the candidates are `now`, every full local
    hour in ``(now, now + window]`` and every end of a quiet period in that window; those
    inside quiet hours are dropped; the candidate whose hour of week has the highest
@@ -111,22 +115,23 @@ def _fallback(fallback_hour: int) -> NDArray[np.float64]:
 def hour_profile(
     own_reactions: Sequence[datetime],
     zone: ZoneInfo,
-    segment_counts: Sequence[float] | None = None,
+    segment_counts: Sequence[float] | NDArray[np.float64] | None = None,
     *,
     strength: float = 24.0,
-    smooth: float = 0.5,
+    smooth_hours: float = 1.0,
     fallback_hour: int = 10,
 ) -> HourProfile:
     """The customer's hour-of-week distribution, shrunk toward the segment's (module docstring)."""
-    if not 0 <= smooth < 1:
-        raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+    if not 0 <= smooth_hours <= 24:
+        raise ValueError(f"smooth_hours must be in [0, 24], got {smooth_hours}")
     if strength <= 0:
         raise ValueError(f"strength must be > 0, got {strength}")
     if not 0 <= fallback_hour < 24:
         raise ValueError(f"fallback_hour must be 0..23, got {fallback_hour}")
     own = hour_histogram(own_reactions, zone)
     n = float(own.sum())
-    own = ndimage.convolve1d(own, np.array([smooth / 2, 1 - smooth, smooth / 2]), mode="wrap")
+    if smooth_hours > 0:
+        own = ndimage.gaussian_filter1d(own, sigma=smooth_hours, mode="wrap", truncate=4.0)
 
     segment: NDArray[np.float64] | None = None
     if segment_counts is not None:
@@ -136,10 +141,12 @@ def hour_profile(
         if seg.sum() > 0:
             segment = seg / seg.sum()
     source: Literal["customer", "segment", "fallback"]
-    if segment is None:
-        prior, source = _fallback(fallback_hour), "fallback"
-    else:
+    if segment is not None:
         prior, source = segment, "segment"
+    elif n > 0:
+        prior, source = np.full(HOURS_PER_WEEK, 1 / HOURS_PER_WEEK), "customer"
+    else:
+        prior, source = _fallback(fallback_hour), "fallback"
     if n > 0:
         source = "customer"
     pi = (own + strength * prior) / (n + strength)
