@@ -1,0 +1,1 @@
+"""Analytics: funnel, money, savings and forecast of Cascade journeys."""

@@ -1,0 +1,1 @@
+"""Cascade: omnichannel customer journeys on Temporal."""
