@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.db import run_with_database
-from core.importer import ImportAborted, ImportReport, import_profiles
-from core.privacy import UnknownCustomer, erase_customer, export_profile
-from core.profiles import ProfileError
+from cascade.infra.db import run_with_database
+from cascade.profiles.importer import ImportAborted, ImportReport, import_profiles
+from cascade.profiles.privacy import UnknownCustomer, erase_customer, export_profile
+from cascade.profiles.service import ProfileError
 
 cli = typer.Typer(help="Import, export and erase Cascade customer profiles.", no_args_is_help=True)
 console = Console(stderr=True)

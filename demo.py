@@ -40,10 +40,10 @@ from rich.table import Table
 from sqlmodel import select
 from temporalio.client import Client, WorkflowHandle
 
-from core.db import Database, migrate
-from core.profiles import upsert_customer
-from core.settings import PROJECT_ROOT, Settings, get_settings
-from core.temporal import connect, register_search_attributes
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import PROJECT_ROOT, Settings, get_settings
+from cascade.infra.temporal import connect, register_search_attributes
+from cascade.profiles.service import upsert_customer
 from models.journey import JourneyResult, StepStatus
 from models.profiles import ContactIn, CustomerProfile
 from models.search_attributes import dev_server_flags

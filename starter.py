@@ -32,23 +32,23 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from channels.health import ChannelStatus, channel_report
-from core.db import Database, insert_ignoring_conflicts, run_with_database
-from core.journey_files import (
+from cascade.content.templates import BASE_FIELDS as BASE_TEMPLATE_FIELDS
+from cascade.content.templates import SEND_TIME_FIELDS as TEMPLATE_EXTRAS
+from cascade.content.templates import check_journey
+from cascade.events.outbox import EngineUnavailable
+from cascade.infra.db import Database, insert_ignoring_conflicts, run_with_database
+from cascade.infra.settings import Settings, get_settings
+from cascade.infra.temporal import connect, quote
+from cascade.journeys.files import (
     JourneyDefinitionError,
     describe_validation_error,
     estimate_cost,
     journey_files,
     load_journey,
 )
-from core.outbox import EngineUnavailable
-from core.profiles import resolve_customer_id, template_fields
-from core.settings import Settings, get_settings
-from core.templates import BASE_FIELDS as BASE_TEMPLATE_FIELDS
-from core.templates import SEND_TIME_FIELDS as TEMPLATE_EXTRAS
-from core.templates import check_journey
-from core.temporal import connect, quote
-from core.triggers import UnknownCustomerError, journey_context, journey_workflow_id
+from cascade.journeys.triggers import UnknownCustomerError, journey_context, journey_workflow_id
+from cascade.profiles.service import resolve_customer_id, template_fields
+from channels.health import ChannelStatus, channel_report
 from models import search_attributes as sa
 from models.events import CancelInput
 from models.ids import check_customer_id, check_run_key
@@ -445,7 +445,7 @@ def show(journey: Annotated[str, typer.Argument(help="Name in journeys/ or a pat
     console.print(table)
     console.print(
         f"estimated cost per customer: {expected:.4f} {settings.currency} "
-        f"(worst case, nobody reacts: {worst:.4f}); assumed reaction rates in core/journey_files.py"
+        f"(worst case, nobody reacts: {worst:.4f}); assumed reaction rates in cascade/journeys/files.py"
     )
 
 
@@ -456,7 +456,7 @@ def event(
     prop: Annotated[list[str] | None, typer.Option("--prop", help="Event property, name=value")] = None,
 ) -> None:
     """Route an event: start matching journeys, convert or end running ones."""
-    from core.triggers import route_event
+    from cascade.journeys.triggers import route_event
 
     async def go() -> None:
         check_customer_id(customer_id)
@@ -490,7 +490,7 @@ def schedules(
     action: Annotated[str, typer.Argument(help="apply, list or delete")],
 ) -> None:
     """Manage the Temporal Schedules of the time-based journeys (no cron outside Temporal)."""
-    from core.schedules import apply_schedules, delete_schedules, list_schedules
+    from cascade.journeys.schedules import apply_schedules, delete_schedules, list_schedules
 
     async def go() -> None:
         settings = get_settings()

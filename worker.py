@@ -22,14 +22,14 @@ from temporalio.worker import Worker
 from activities.journey import JourneyActivities
 from activities.loyalty import LoyaltyActivities
 from activities.runs import RunActivities
+from cascade.infra.db import Database, migrate
+from cascade.infra.logging import configure_logging, get_logger
+from cascade.infra.settings import Settings, get_settings
+from cascade.infra.temporal import connect
+from cascade.tracking.tokens import warn_if_dev_secret
 from channels.base import Channel
 from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
-from core.db import Database, migrate
-from core.logging import configure_logging, get_logger
-from core.settings import Settings, get_settings
-from core.temporal import connect
-from core.tracking import warn_if_dev_secret
 from models.journey import ChannelName
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop

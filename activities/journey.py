@@ -15,8 +15,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.contacts import load_reachability
-from activities.rules import (
+from cascade.content.templates import TemplateRenderError, render_content
+from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.infra.logging import get_logger
+from cascade.infra.settings import Settings
+from cascade.journeys.rules import (
     cap_frees_at,
     customer_zone,
     describe,
@@ -24,6 +27,9 @@ from activities.rules import (
     quiet_hours_end,
     stay_channels,
 )
+from cascade.profiles.contacts import load_reachability
+from cascade.profiles.service import mark_contact_point, template_fields
+from cascade.tracking.tokens import add_tracking, save_tracking, unsubscribe_link
 from channels.base import (
     Button,
     Channel,
@@ -35,12 +41,6 @@ from channels.base import (
     UnknownOutcomeError,
 )
 from channels.health import failing_channels, record_configuration_error, record_recovery
-from core.db import Database, insert_ignoring_conflicts
-from core.logging import get_logger
-from core.profiles import mark_contact_point, template_fields
-from core.settings import Settings
-from core.templates import TemplateRenderError, render_content
-from core.tracking import add_tracking, save_tracking, unsubscribe_link
 from models.activities import (
     CheckContactInput,
     CheckContactResult,

@@ -12,12 +12,12 @@ from sqlmodel import col, select, update
 from temporalio import activity
 from temporalio.client import Client
 
-from core.db import Database
-from core.events import insert_event
-from core.journey_files import load_journey
-from core.logging import get_logger
-from core.settings import Settings
-from core.triggers import RouteResult, UnknownCustomerError, route_event
+from cascade.events.service import insert_event
+from cascade.infra.db import Database
+from cascade.infra.logging import get_logger
+from cascade.infra.settings import Settings
+from cascade.journeys.files import load_journey
+from cascade.journeys.triggers import RouteResult, UnknownCustomerError, route_event
 from models.loyalty import AccruePointsInput, AccruePointsResult, ScanInput, ScanResult
 from models.tables import Customer
 

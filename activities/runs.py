@@ -11,7 +11,7 @@ from __future__ import annotations
 from sqlmodel import col, update
 from temporalio import activity
 
-from core.db import Database, insert_ignoring_conflicts
+from cascade.infra.db import Database, insert_ignoring_conflicts
 from models.runs import RecordRunFinishedInput, RecordRunStartedInput
 from models.tables import JourneyRun
 

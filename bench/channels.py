@@ -26,6 +26,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
+from cascade.infra.settings import (
+    FcmSettings,
+    SmsRuSettings,
+    SmtpSettings,
+    TelegramSettings,
+    TwilioSettings,
+    ViberSettings,
+    VkSettings,
+    WebPushSettings,
+    WhatsAppSettings,
+)
 from channels.base import Button, Channel, OutboundMessage
 from channels.email import SmtpChannel
 from channels.fcm import FcmChannel
@@ -37,17 +48,6 @@ from channels.vk import VkChannel
 from channels.voice import TwilioVoiceChannel
 from channels.webpush import WebPushChannel
 from channels.whatsapp import WhatsAppChannel
-from core.settings import (
-    FcmSettings,
-    SmsRuSettings,
-    SmtpSettings,
-    TelegramSettings,
-    TwilioSettings,
-    ViberSettings,
-    VkSettings,
-    WebPushSettings,
-    WhatsAppSettings,
-)
 from tests.doubles.fcm import FcmDouble
 from tests.doubles.smsru import SmsRuDouble
 from tests.doubles.smtp import SmtpDouble, smtp_server

@@ -3,7 +3,7 @@
     python bench/profiles.py [-n 100000] [--checks 500] [--no-postgres]
 
 1. Import: N generated customers (email + phone + custom attributes) through
-   `core.importer.import_profiles` (validation, normalisation, one transaction), on
+   `cascade.profiles.importer.import_profiles` (validation, normalisation, one transaction), on
    SQLite and on PostgreSQL at 127.0.0.1:5432/test when it answers. Each import runs in
    a child process so its peak memory (max RSS) is its own. Baseline in the same run:
    the same rows written by bare multi-row INSERTs with no validation.
@@ -37,9 +37,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from bench.activity_loop import ActivityLoop
-from core.db import Database, migrate
-from core.importer import import_profiles
-from core.settings import Settings
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import Settings
+from cascade.profiles.importer import import_profiles
 from models.activities import CheckContactInput
 from models.tables import ContactPoint, Customer
 from tests.conftest import binary, quiet_runtime

@@ -29,12 +29,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from bench.bare_workflow import BareJourney
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import Settings
+from cascade.profiles.service import upsert_customer
 from channels.base import OutboundMessage, SendReceipt
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
-from core.db import Database, migrate
-from core.profiles import upsert_customer
-from core.settings import Settings
 from models.events import EngagementInput, EngagementType
 from models.journey import JourneySpec
 from models.profiles import ContactIn, CustomerProfile

@@ -34,9 +34,9 @@ from temporalio.worker import Worker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.signal_sink import SignalSink
-from core.db import Database, migrate
-from core.logging import configure_logging
-from core.settings import Settings
+from cascade.infra.db import Database, migrate
+from cascade.infra.logging import configure_logging
+from cascade.infra.settings import Settings
 from models.events import EngagementInput, EngagementType
 from models.tables import Customer, JourneyRun
 from tests.helpers import serve_app

@@ -23,9 +23,9 @@ from urllib.parse import quote
 
 import aiosmtplib
 
+from cascade.infra.settings import SmtpSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError, UnknownOutcomeError
 from channels.http import configuration_error
-from core.settings import SmtpSettings
 from models.tables import ContactStatus
 
 

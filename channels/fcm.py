@@ -20,6 +20,7 @@ import httpx
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from cascade.infra.settings import FcmSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
 from channels.http import (
     configuration_error,
@@ -30,7 +31,6 @@ from channels.http import (
     retry_after,
     transient_for_status,
 )
-from core.settings import FcmSettings
 from models.tables import ContactStatus
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from sqlmodel import col, select, update
 
-from core.db import Database, insert_ignoring_conflicts
+from cascade.infra.db import Database, insert_ignoring_conflicts
 from models.tables import ChannelHealth, utcnow
 
 

@@ -12,10 +12,10 @@ import importlib
 from collections.abc import Mapping
 from typing import cast
 
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
 from channels.base import Channel
 from channels.sandbox import SandboxChannel
-from core.db import Database
-from core.settings import Settings
 from models.journey import ChannelName
 
 # (channel or None for any, adapter) -> (module, class, provider settings, cost keyword).

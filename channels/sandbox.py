@@ -13,8 +13,8 @@ import uuid
 
 from sqlmodel import select
 
+from cascade.infra.db import Database, insert_ignoring_conflicts
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt
-from core.db import Database, insert_ignoring_conflicts
 from models.tables import ContactStatus, SandboxMessage
 
 _INVALID_NUMBER = "+15005550001"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from cascade.infra.settings import SmsRuSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
 from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
 from channels.sms_segments import sms_info
-from core.settings import SmsRuSettings
 from models.tables import ContactStatus
 
 _CONTACT_CODES = {

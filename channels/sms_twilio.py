@@ -8,11 +8,11 @@ the configured price per segment times segments.
 
 from __future__ import annotations
 
+from cascade.infra.settings import TwilioSettings
 from channels.base import OutboundMessage, SendReceipt
 from channels.http import json_body, post
 from channels.sms_segments import sms_info
 from channels.twilio_api import classify, twilio_client
-from core.settings import TwilioSettings
 
 
 class TwilioSmsChannel:

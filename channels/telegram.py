@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cascade.infra.settings import TelegramSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
 from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
-from core.settings import TelegramSettings
 from models.tables import ContactStatus
 
 # Telegram's own limit for one message's text.

@@ -6,9 +6,9 @@ from typing import Any
 
 import httpx
 
+from cascade.infra.settings import TwilioSettings
 from channels.base import PermanentSendError, TransientSendError
 from channels.http import configuration_error, json_body, make_client, rate_limited, retry_after, transient_for_status
-from core.settings import TwilioSettings
 from models.tables import ContactStatus
 
 # Send-time error codes that say the number will never take this message.

@@ -12,9 +12,9 @@ import hashlib
 import json
 from typing import Any
 
+from cascade.infra.settings import VkSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
 from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
-from core.settings import VkSettings
 from models.tables import ContactStatus
 
 _CONTACT_CODES = {

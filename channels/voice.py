@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
+from cascade.infra.settings import TwilioSettings
 from channels.base import OutboundMessage, SendReceipt
 from channels.http import json_body, post
 from channels.twilio_api import classify, twilio_client
-from core.settings import TwilioSettings
 
 
 class TwilioVoiceChannel:

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from py_vapid import Vapid02, VapidException
 from pywebpush import WebPusher, WebPushException
 
+from cascade.infra.settings import WebPushSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt
 from channels.http import configuration_error, make_client, post, transient_for_status
-from core.settings import WebPushSettings
 from models.tables import ContactStatus
 
 # Push services accept about 4 KB of encrypted payload; keep the JSON well under it.

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from cascade.infra.settings import WhatsAppSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError, UnknownOutcomeError
 from channels.http import configuration_error, json_body, make_client, post, rate_limited, retry_after
-from core.settings import WhatsAppSettings
 from models.tables import ContactStatus
 
 _CONTACT_CODES = {

@@ -1,6 +1,6 @@
 """Alembic environment: runs migrations on the connection the app hands over, or on DATABASE_URL.
 
-`core.db.migrate()` passes its own (async engine's) connection in `config.attributes`, so
+`cascade.infra.db.migrate()` passes its own (async engine's) connection in `config.attributes`, so
 the worker, the webhooks service and the tests migrate without a second event loop; the
 `alembic` command line opens its own connection from the settings.
 """
@@ -16,8 +16,8 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 import models.tables  # noqa: F401  (registers every table on SQLModel.metadata)
-from core.db import Database, prepare_postgres
-from core.settings import get_settings
+from cascade.infra.db import Database, prepare_postgres
+from cascade.infra.settings import get_settings
 
 target_metadata = SQLModel.metadata
 
@@ -46,7 +46,7 @@ def _run(connection: Connection) -> None:
 async def _run_from_settings() -> None:
     engine = Database.from_settings(get_settings()).engine
     async with engine.connect() as connection:
-        # The same lock and schema creation as core.db.migrate().
+        # The same lock and schema creation as cascade.infra.db.migrate().
         await connection.run_sync(prepare_postgres)
         await connection.run_sync(_run)
         await connection.commit()

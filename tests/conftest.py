@@ -21,10 +21,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
-from core.db import Database, async_url, migrate
-from core.profiles import upsert_customer
-from core.settings import Settings
-from core.temporal import register_search_attributes
+from cascade.infra.db import Database, async_url, migrate
+from cascade.infra.settings import Settings
+from cascade.infra.temporal import register_search_attributes
+from cascade.profiles.service import upsert_customer
 from models.profiles import ContactIn, CustomerProfile
 
 BIN = Path(sys.executable).parent

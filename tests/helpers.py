@@ -12,7 +12,7 @@ from sqlmodel import col, select
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.db import Database
+from cascade.infra.db import Database
 from models.journey import JourneySpec, JourneyState
 from models.tables import ContactPoint, Delivery, SandboxMessage, TrackedMessage
 from workflows.cascade import CascadeJourney

@@ -9,11 +9,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
 from channels.base import Channel, OutboundMessage, SendReceipt
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
-from core.db import Database
-from core.settings import Settings
 from models.activities import CheckContactInput, SendMessageInput
 from models.journey import ChannelName, MessageContent
 from models.profiles import ContactIn

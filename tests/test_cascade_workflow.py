@@ -14,12 +14,12 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+from cascade.profiles.service import upsert_customer
 from channels.base import Channel, OutboundMessage, SendReceipt, UnknownOutcomeError
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
-from core.db import Database
-from core.profiles import upsert_customer
-from core.settings import Settings
 from models import search_attributes as sa
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Outcome, StepStatus

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from cascade.infra.settings import SmtpSettings
 from channels.base import ConfigurationError, OutboundMessage, PermanentSendError, TransientSendError
 from channels.email import SmtpChannel
-from core.settings import SmtpSettings
 from models.tables import ContactStatus
 from tests.doubles.smtp import SmtpDouble, smtp_server
 

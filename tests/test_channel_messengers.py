@@ -7,12 +7,12 @@ import json
 import pytest
 from pydantic import SecretStr
 
+from cascade.infra.settings import TelegramSettings, ViberSettings, VkSettings, WhatsAppSettings
 from channels.base import Button, ConfigurationError, OutboundMessage, PermanentSendError, TransientSendError
 from channels.telegram import TelegramChannel
 from channels.viber import ViberChannel
 from channels.vk import VkChannel, random_id
 from channels.whatsapp import WhatsAppChannel
-from core.settings import TelegramSettings, ViberSettings, VkSettings, WhatsAppSettings
 from models.tables import ContactStatus
 from tests.doubles.telegram import TelegramDouble
 from tests.doubles.viber import ViberDouble

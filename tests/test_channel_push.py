@@ -9,10 +9,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 
+from cascade.infra.settings import FcmSettings, WebPushSettings
 from channels.base import Button, ConfigurationError, OutboundMessage, PermanentSendError, TransientSendError
 from channels.fcm import FcmChannel
 from channels.webpush import WebPushChannel
-from core.settings import FcmSettings, WebPushSettings
 from models.tables import ContactStatus
 from tests.doubles.fcm import FcmDouble
 from tests.doubles.webpush import PushServiceDouble, new_vapid_key

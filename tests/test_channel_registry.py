@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
 from channels.registry import build_channel, close_channels
 from channels.sandbox import SandboxChannel
-from core.db import Database
-from core.settings import Settings
 from tests.doubles.webpush import new_vapid_key
 
 CHOICES = [

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from cascade.infra.settings import SmsRuSettings, TwilioSettings
 from channels.base import ConfigurationError, OutboundMessage, PermanentSendError, TransientSendError
 from channels.sms_ru import SmsRuChannel
 from channels.sms_segments import sms_info
 from channels.sms_twilio import TwilioSmsChannel
 from channels.voice import TwilioVoiceChannel
-from core.settings import SmsRuSettings, TwilioSettings
 from models.tables import ContactStatus
 from tests.doubles.smsru import SmsRuDouble
 from tests.doubles.twilio import TwilioDouble

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from core.journey_files import load_journey
-from core.templates import BASE_FIELDS, TemplateRenderError, check_journey, check_template_fields, render_content
+from cascade.content.templates import (
+    BASE_FIELDS,
+    TemplateRenderError,
+    check_journey,
+    check_template_fields,
+    render_content,
+)
+from cascade.journeys.files import load_journey
 from models.journey import JourneySpec, MessageContent
 
 CONTENT = MessageContent.model_validate(

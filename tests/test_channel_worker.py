@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
 
-from core.settings import Settings, TelegramSettings
+from cascade.infra.settings import Settings, TelegramSettings
 from models.journey import Outcome
 from models.tables import ContactStatus
 from starter import start_journey

@@ -35,10 +35,10 @@ from aiosmtpd.controller import Controller
 from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
+from cascade.infra.db import Database, async_url
+from cascade.infra.settings import PROJECT_ROOT, Settings
 from channels.base import OutboundMessage
 from channels.registry import build_channels, close_channels
-from core.db import Database, async_url
-from core.settings import PROJECT_ROOT, Settings
 from models import search_attributes as sa
 from tests.conftest import quiet_port
 from tests.doubles.smtp import SmtpDouble, free_port
@@ -120,7 +120,7 @@ def context_files(root: Path = PROJECT_ROOT, extra_ignores: str = "") -> list[st
 
 def test_dockerignore_rules_follow_docker():
     rules = _rules("**/__pycache__\n.venv\ndocs/*.md\n!docs/keep.md\n")
-    assert _excluded("core/__pycache__/db.pyc", rules) and _excluded("__pycache__/x.pyc", rules)
+    assert _excluded("cascade/__pycache__/db.pyc", rules) and _excluded("__pycache__/x.pyc", rules)
     assert _excluded(".venv/bin/python", rules) and not _excluded("core/venv.py", rules)
     assert _excluded("docs/a.md", rules) and not _excluded("docs/keep.md", rules)
 
@@ -219,6 +219,11 @@ def _env(**overrides: str) -> dict[str, str]:
     return {**env, **overrides}
 
 
+def _top_packages(project: dict[str, Any]) -> list[str]:
+    """The top-level packages setuptools' package finder installs (its `include` patterns)."""
+    return [pattern.removesuffix("*") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+
+
 def test_the_dockerfile_installs_the_project_from_the_copied_context(image):
     steps = _instructions(DOCKERFILE.read_text())
     copies = [args for keyword, args in steps if keyword == "COPY"]
@@ -229,7 +234,7 @@ def test_the_dockerfile_installs_the_project_from_the_copied_context(image):
     app, _ = image
     project = tomllib.loads((app / "pyproject.toml").read_text())
     assert (app / project["project"]["readme"]).exists()
-    for package in project["tool"]["setuptools"]["packages"]:
+    for package in _top_packages(project):
         assert (app / package / "__init__.py").exists(), package
     for module in project["tool"]["setuptools"]["py-modules"]:
         assert (app / f"{module}.py").exists(), module
@@ -237,9 +242,9 @@ def test_the_dockerfile_installs_the_project_from_the_copied_context(image):
 
 def _import_everything(app: Path) -> subprocess.CompletedProcess[str]:
     """Import every module of the project from the image's workdir, in a subprocess."""
-    modules = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    names = list(modules["py-modules"])
-    for package in modules["packages"]:
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    names = list(project["tool"]["setuptools"]["py-modules"])
+    for package in _top_packages(project):
         names += [
             ".".join(p.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__")
             for p in sorted((PROJECT_ROOT / package).rglob("*.py"))
@@ -283,11 +288,11 @@ def test_alembic_upgrades_a_database_from_the_image(image, tmp_path):
 
 
 def test_a_file_the_image_lacks_fails_these_checks(tmp_path):
-    """The checks can fail: the image of a context without customers.py and migrations/
-    (as before this test existed) is caught."""
-    app, _ = build_image_tree(tmp_path / "fs", extra_ignores="customers.py\nmigrations\nalembic.ini\n")
+    """The checks can fail: the image of a context without a project module (starter.py)
+    and migrations/ is caught."""
+    app, _ = build_image_tree(tmp_path / "fs", extra_ignores="starter.py\nmigrations\nalembic.ini\n")
     imported = _import_everything(app)
-    assert imported.returncode != 0 and "customers" in imported.stderr
+    assert imported.returncode != 0 and "starter" in imported.stderr
     migrated = _alembic(app, tmp_path / "x.db")
     assert migrated.returncode != 0
 

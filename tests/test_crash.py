@@ -25,8 +25,8 @@ from pydantic import SecretStr
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from core.db import Database, migrate
-from core.settings import PROJECT_ROOT, Settings, TelegramSettings, VkSettings
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import PROJECT_ROOT, Settings, TelegramSettings, VkSettings
 from models.journey import JourneyResult, Outcome, StepStatus
 from starter import start_journey
 from tests.conftest import seed

@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from core.db import Database, SchemaError, async_url, migrate, postgres_connect_args
-from core.profiles import upsert_customer
-from core.settings import PROJECT_ROOT, Settings
+from cascade.infra.db import Database, SchemaError, async_url, migrate, postgres_connect_args
+from cascade.infra.settings import PROJECT_ROOT, Settings
+from cascade.profiles.service import upsert_customer
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import Customer
 from tests.conftest import POSTGRES_URL, asyncpg_dsn, postgres_execute

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import PROJECT_ROOT
+from cascade.infra.settings import PROJECT_ROOT
 from tests.conftest import quiet_port
 
 pytestmark = [

@@ -11,9 +11,9 @@ import re
 import pytest
 from pydantic import SecretStr
 
+from cascade.infra.settings import SmtpSettings
 from channels.base import OutboundMessage
 from channels.email import SmtpChannel
-from core.settings import SmtpSettings
 from tests.doubles.smtp import SmtpDouble, smtp_server
 
 # What a real tracking link looks like: public URL + /u/ + a 52-character token, so the

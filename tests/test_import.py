@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import func, select
 
-from core.db import Database
-from core.importer import ImportAborted, import_profiles
-from core.privacy import erase_customer
-from core.profiles import upsert_customer
+from cascade.infra.db import Database
+from cascade.profiles.importer import ImportAborted, import_profiles
+from cascade.profiles.privacy import erase_customer
+from cascade.profiles.service import upsert_customer
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import Consent, ContactPoint, Customer, CustomerMerge, ExternalId
 

@@ -14,9 +14,9 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from core.db import Database
-from core.settings import Settings
-from core.temporal import quote
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+from cascade.infra.temporal import quote
 from models import search_attributes as sa
 from models.events import CancelInput
 from models.journey import JourneyState, Outcome

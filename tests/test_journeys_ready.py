@@ -15,11 +15,11 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from core.db import Database
-from core.journey_files import load_journey
-from core.profiles import upsert_customer
-from core.settings import Settings
-from core.triggers import route_event
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+from cascade.journeys.files import load_journey
+from cascade.journeys.triggers import route_event
+from cascade.profiles.service import upsert_customer
 from models.events import EngagementInput, EngagementType
 from models.journey import Outcome, StepStatus
 from models.loyalty import ScanInput

@@ -24,10 +24,10 @@ from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
 from activities.loyalty import LoyaltyActivities
-from core.db import Database
-from core.journey_files import JourneyDefinitionError, load_journey
-from core.settings import Settings
-from core.triggers import route_event
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+from cascade.journeys.files import JourneyDefinitionError, load_journey
+from cascade.journeys.triggers import route_event
 from models import search_attributes as sa
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import JourneyInput, Outcome

@@ -7,7 +7,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 from sqlmodel import SQLModel
 
-from core.db import Database, migrate
+from cascade.infra.db import Database, migrate
 
 
 def _diff(connection: Connection) -> list[object]:

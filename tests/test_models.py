@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from core.journey_files import JOURNEYS_DIR, JourneyDefinitionError, load_journey
-from core.templates import TemplateRenderError, render_content
+from cascade.content.templates import TemplateRenderError, render_content
+from cascade.journeys.files import JOURNEYS_DIR, JourneyDefinitionError, load_journey
 from models.events import EngagementRequest
 from models.journey import JourneyInput, JourneySpec, MessageContent
 from models.profiles import ContactIn, CustomerProfile
@@ -119,7 +119,7 @@ def test_templates_are_sandboxed_strict_and_escaped():
 def test_journey_files_are_parsed_again_only_when_they_change(tmp_path):
     import os
 
-    from core.journey_files import load_all_journeys
+    from cascade.journeys.files import load_all_journeys
 
     path = tmp_path / "j.yaml"
     path.write_text("name: j\nsteps:\n  - channel: email\n    content: {body: one}\n")

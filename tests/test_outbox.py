@@ -28,9 +28,9 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.db import Database
-from core.outbox import PlannedSignal, enqueue, pending_signals
-from core.settings import Settings
+from cascade.events.outbox import PlannedSignal, enqueue, pending_signals
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Outcome
 from models.loyalty import LoyaltyState

@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 from sqlmodel import col, func, select
 
-from activities.contacts import load_reachability
-from core.db import Database
-from core.privacy import erase_customer, export_profile, pseudonym
-from core.profiles import ProfileError, template_fields, upsert_customer
+from cascade.infra.db import Database
+from cascade.profiles.contacts import load_reachability
+from cascade.profiles.privacy import erase_customer, export_profile, pseudonym
+from cascade.profiles.service import ProfileError, template_fields, upsert_customer
 from models.profiles import ConsentIn, ContactIn, CustomerProfile, typed_attribute
 from models.tables import (
     Consent,

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from activities.journey import JourneyActivities
-from activities.rules import cap_frees_at, condition_holds, quiet_hours_end, stay_channels
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+from cascade.journeys.files import JourneyDefinitionError, estimate_cost, load_journey
+from cascade.journeys.rules import cap_frees_at, condition_holds, quiet_hours_end, stay_channels
+from cascade.profiles.service import upsert_customer
 from channels.registry import build_channels
-from core.db import Database
-from core.journey_files import JourneyDefinitionError, estimate_cost, load_journey
-from core.profiles import upsert_customer
-from core.settings import Settings
 from models.activities import CheckContactInput, StepRules
 from models.journey import ChannelName, Condition, FrequencyCap, QuietHours, StepStatus
 from models.profiles import ContactIn, CustomerProfile

@@ -8,9 +8,9 @@ from datetime import date, timedelta
 import pytest
 from temporalio.client import ScheduleBackfill, ScheduleOverlapPolicy, ScheduleState
 
-from core.db import Database
-from core.schedules import SCHEDULES, _schedule
-from core.settings import Settings
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+from cascade.journeys.schedules import SCHEDULES, _schedule
 from models.events import CancelInput
 from models.tables import Customer, utcnow
 from tests.conftest import seed

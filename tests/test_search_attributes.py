@@ -23,9 +23,9 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from core.db import Database
-from core.settings import PROJECT_ROOT, Settings
-from core.temporal import quote
+from cascade.infra.db import Database
+from cascade.infra.settings import PROJECT_ROOT, Settings
+from cascade.infra.temporal import quote
 from models import search_attributes as sa
 from models.events import CancelInput
 from models.journey import JourneyInput

@@ -30,15 +30,15 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.journey import JourneyActivities
+from cascade.infra.db import Database
+from cascade.infra.settings import PROJECT_ROOT, Settings, SmtpSettings, TelegramSettings, VkSettings
+from cascade.infra.temporal import register_search_attributes
 from channels.base import Channel, OutboundMessage, TransientSendError, UnknownOutcomeError
 from channels.email import SmtpChannel
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
 from channels.telegram import TelegramChannel
 from channels.vk import VkChannel
-from core.db import Database
-from core.settings import PROJECT_ROOT, Settings, SmtpSettings, TelegramSettings, VkSettings
-from core.temporal import register_search_attributes
 from models.activities import CheckContactInput, SendMessageInput, SettleDeliveryInput, StepRules
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import ChannelName, FrequencyCap, MessageContent, Outcome, StepStatus

@@ -8,9 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from core.settings import Settings
-from core.templates import RenderedContent, render_content
-from core.tracking import (
+from cascade.content.templates import RenderedContent, render_content
+from cascade.infra.settings import Settings
+from cascade.tracking.tokens import (
     TOKEN_LENGTH,
     ExpiredToken,
     InvalidToken,

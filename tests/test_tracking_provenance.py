@@ -12,10 +12,10 @@ import pytest
 from temporalio.testing import ActivityEnvironment
 
 from activities.journey import JourneyActivities
+from cascade.content.templates import render_content
+from cascade.infra.settings import Settings
+from cascade.tracking.tokens import add_tracking
 from channels.registry import build_channels
-from core.settings import Settings
-from core.templates import render_content
-from core.tracking import add_tracking
 from models.activities import SendMessageInput
 from models.journey import Button, ChannelName, MessageContent, PushContent
 from tests.conftest import seed

@@ -17,9 +17,9 @@ import pytest
 from pydantic import SecretStr
 from sqlmodel import col, select
 
-from core.db import Database
-from core.privacy import erase_customer
-from core.settings import Settings, VkSettings
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings, VkSettings
+from cascade.profiles.privacy import erase_customer
 from models.journey import Outcome
 from models.tables import Customer, EngagementEvent
 from starter import start_journey
@@ -298,7 +298,7 @@ async def test_a_retry_after_a_failed_routing_starts_the_journeys(dev_server, we
 
     await seed(any_db, unique_id, email="ann@example.com")
     key, _ = await create_key(any_db, "shop1")
-    from core.triggers import start_planned as real_start
+    from cascade.journeys.triggers import start_planned as real_start
 
     async def engine_down(*args: Any, **kwargs: Any) -> Any:
         raise RPCError("connection refused", RPCStatusCode.UNAVAILABLE, b"")

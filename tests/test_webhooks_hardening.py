@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 from sqlmodel import col, select
 
-from core.db import Database, migrate
-from core.importer import import_profiles
-from core.privacy import erase_customer
-from core.profiles import upsert_customer
-from core.settings import Settings
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import Settings
+from cascade.profiles.importer import import_profiles
+from cascade.profiles.privacy import erase_customer
+from cascade.profiles.service import upsert_customer
 from models.ids import (
     CUSTOMER_ID_PATTERN,
     MAX_AMOUNT,

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
 from pydantic import SecretStr
 
-from core.settings import Settings
+from cascade.infra.settings import Settings
 from webhooks.app import create_app
 
 pytestmark = pytest.mark.integration

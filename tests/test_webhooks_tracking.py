@@ -11,9 +11,9 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from core.db import Database
-from core.settings import Settings
-from core.tracking import PIXEL_GIF
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+from cascade.tracking.tokens import PIXEL_GIF
 from models.journey import Outcome
 from models.tables import Consent, EngagementEvent, SandboxMessage
 from starter import start_journey

@@ -4,8 +4,8 @@
 hashed (see webhooks/keys.py). An event is stored on the profile together with the
 signals it implies (a `cancel` to running journeys whose `exit_on` names it, a
 `converted` to those whose `convert_on` does) in one transaction; the answer comes once
-it is stored, and the process's outbox relay sends the signals (core/outbox.py). The
-journeys the event triggers (core/triggers.py) are started before the answer.
+it is stored, and the process's outbox relay sends the signals (cascade/events/outbox.py). The
+journeys the event triggers (cascade/journeys/triggers.py) are started before the answer.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.service import RPCError
 
-from core.events import mark_routed, pending_starts, record_app_event
-from core.logging import get_logger
-from core.triggers import RouteResult, start_planned
+from cascade.events.service import mark_routed, pending_starts, record_app_event
+from cascade.infra.logging import get_logger
+from cascade.journeys.triggers import RouteResult, start_planned
 from models.events import AppEvent, AppEventBatch, AppEventBatchResult, AppEventResult
 from webhooks.keys import authenticate
 

@@ -16,13 +16,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
-from core.db import Database, migrate
-from core.events import EngineUnavailable
-from core.logging import get_logger
-from core.outbox import OutboxRelay
-from core.settings import Settings, get_settings
-from core.temporal import connect
-from core.tracking import warn_if_dev_secret
+from cascade.events.outbox import OutboxRelay
+from cascade.events.service import EngineUnavailable
+from cascade.infra.db import Database, migrate
+from cascade.infra.logging import get_logger
+from cascade.infra.settings import Settings, get_settings
+from cascade.infra.temporal import connect
+from cascade.tracking.tokens import warn_if_dev_secret
 from models.ids import NestedValueError
 from webhooks.api_events import router as events_router
 from webhooks.engagement import router as engagement_router

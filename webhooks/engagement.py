@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from temporalio.client import Client
 
-from core.db import Database
-from core.events import apply_delivery_event, delivery_by_message_id, insert_event, signal_run
-from core.logging import get_logger
+from cascade.events.service import apply_delivery_event, delivery_by_message_id, insert_event, signal_run
+from cascade.infra.db import Database
+from cascade.infra.logging import get_logger
 from models.events import EngagementInput, EngagementRequest, EngagementResponse
 from models.tables import utcnow
 

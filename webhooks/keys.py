@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import col, select, update
 
-from core.db import Database, run_with_database
+from cascade.infra.db import Database, run_with_database
 from models.tables import ApiKey, utcnow
 
 _PREFIX = "csk"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uvicorn
 
-from core.logging import configure_logging
-from core.settings import get_settings
+from cascade.infra.logging import configure_logging
+from cascade.infra.settings import get_settings
 from webhooks.app import create_app
 
 

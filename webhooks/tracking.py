@@ -17,11 +17,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import col, select
 from temporalio.client import Client
 
-from core.db import Database
-from core.events import EngineUnavailable, apply_delivery_event, unsubscribe_contact
-from core.logging import get_logger
-from core.settings import Settings
-from core.tracking import PIXEL_GIF, ExpiredToken, InvalidToken, Purpose, TokenData, verify_token
+from cascade.events.service import EngineUnavailable, apply_delivery_event, unsubscribe_contact
+from cascade.infra.db import Database
+from cascade.infra.logging import get_logger
+from cascade.infra.settings import Settings
+from cascade.tracking.tokens import PIXEL_GIF, ExpiredToken, InvalidToken, Purpose, TokenData, verify_token
 from models.events import EngagementType
 from models.tables import Delivery, TrackedMessage
 

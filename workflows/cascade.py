@@ -88,7 +88,7 @@ class CascadeJourney:
         # Events about the message being sent that overtook the send activity's result
         # (a fast receipt): applied once the step is recorded as sent.
         self._early: list[EngagementInput] = []
-        # Event ids taken already: signals are sent at least once (core/outbox.py).
+        # Event ids taken already: signals are sent at least once (cascade/events/outbox.py).
         self._seen_events: set[str] = set()
         self._record_run = False
 

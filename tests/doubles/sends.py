@@ -13,10 +13,10 @@ from temporalio import activity
 from temporalio.client import Client
 
 from activities.journey import JourneyActivities
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
 from channels.base import Channel, ConfigurationError, OutboundMessage, SendReceipt, UnknownOutcomeError
 from channels.registry import build_channels
-from core.db import Database
-from core.settings import Settings
 from models.activities import CheckContactInput, CheckContactResult
 from models.events import CancelInput
 from models.journey import ChannelName

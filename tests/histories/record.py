@@ -23,13 +23,13 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import Settings
+from cascade.infra.temporal import register_search_attributes
+from cascade.journeys.files import load_journey
+from cascade.profiles.service import upsert_customer
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
-from core.db import Database, migrate
-from core.journey_files import load_journey
-from core.profiles import upsert_customer
-from core.settings import Settings
-from core.temporal import register_search_attributes
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Condition
 from models.loyalty import ScanInput

@@ -12,10 +12,10 @@ from fastapi import HTTPException, Request
 from pydantic import SecretStr
 from sqlmodel import col, delete, select
 
-from core.db import Database, insert_ignoring_conflicts
-from core.events import apply_delivery_event, delivery_by_message_id, insert_event, unsubscribe_contact
-from core.logging import get_logger
-from core.settings import Settings
+from cascade.events.service import apply_delivery_event, delivery_by_message_id, insert_event, unsubscribe_contact
+from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.infra.logging import get_logger
+from cascade.infra.settings import Settings
 from models.events import EngagementType
 from models.ids import is_visible_id
 from models.tables import ContactPoint, ContactStatus, ReceiptToken, utcnow

@@ -22,7 +22,7 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-from core.settings import Settings
+from cascade.infra.settings import Settings
 from models.loyalty import ScanInput
 from workflows.scans import BirthdayScan, WinbackScan
 

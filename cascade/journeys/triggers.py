@@ -13,7 +13,7 @@
 
 `route_event` carries a plan out at once (the CLI, `python starter.py event c-42
 cart_abandoned --prop cart_id=9`, and the scheduled scans); POST /v1/events stores the
-plan's signals in the outbox with the event instead (core/events.py).
+plan's signals in the outbox with the event instead (cascade/events/service.py).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.rules import describe, failed_condition
-from core.db import Database
-from core.journey_files import load_all_journeys
-from core.outbox import PlannedSignal, mark_run_finished, signal_run
-from core.profiles import resolve_customer_id, template_fields
-from core.settings import Settings, get_settings
-from core.templates import template_fields as template_names
+from cascade.content.templates import template_fields as template_names
+from cascade.events.outbox import PlannedSignal, mark_run_finished, signal_run
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings, get_settings
+from cascade.journeys.files import load_all_journeys
+from cascade.journeys.rules import describe, failed_condition
+from cascade.profiles.service import resolve_customer_id, template_fields
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import JourneySpec
 from models.tables import Customer, Delivery, JourneyRun, Topic, utcnow
@@ -272,7 +272,7 @@ async def plan_event(
 async def send_planned(client: Client, db: Database, signals: Sequence[PlannedSignal]) -> None:
     """Send a plan's signals now, all at once, outside any transaction.
 
-    A run found finished is marked so. Raises core.outbox.EngineUnavailable when Temporal
+    A run found finished is marked so. Raises cascade.events.outbox.EngineUnavailable when Temporal
     cannot be reached; every signal carries the event's id, so a retry of the whole event
     (an activity's next attempt) is ignored by the journeys that already took it.
     """
@@ -350,7 +350,7 @@ async def route_event(
     is the time entry conditions judge against (default: the current time).
     `event_id` identifies the event in the signals it sends (journeys ignore an id
     they have seen; default: a new one). Raises starter.UnknownCustomerError for a
-    customer not in the profile database, core.outbox.EngineUnavailable or RPCError
+    customer not in the profile database, cascade.events.outbox.EngineUnavailable or RPCError
     when Temporal cannot be reached.
     """
     settings = settings or get_settings()

@@ -7,7 +7,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.settings import Settings
+from cascade.infra.settings import Settings
 from models import search_attributes as sa
 
 

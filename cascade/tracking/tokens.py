@@ -23,11 +23,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from core.db import Database, insert_ignoring_conflicts
-from core.links import HREF, TEXT_URL, TRAILING
-from core.logging import get_logger
-from core.settings import DEV_TRACKING_SECRET, Settings
-from core.templates import RenderedContent
+from cascade.content.templates import RenderedContent
+from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.infra.logging import get_logger
+from cascade.infra.settings import DEV_TRACKING_SECRET, Settings
+from cascade.tracking.links import HREF, TEXT_URL, TRAILING
 from models.activities import SendMessageInput
 from models.tables import Topic, TrackedMessage
 

@@ -15,7 +15,7 @@ from sqlalchemy import or_, tuple_
 from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.db import Database, insert_ignoring_conflicts
+from cascade.infra.db import Database, insert_ignoring_conflicts
 from models.journey import ChannelName
 from models.profiles import PHONE_CHANNELS, ConsentIn, CustomerProfile
 from models.tables import (

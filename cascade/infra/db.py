@@ -19,7 +19,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import models.tables  # noqa: F401  (registers every table on SQLModel.metadata)
-from core.settings import Settings, check_schema_name
+from cascade.infra.settings import Settings, check_schema_name
 
 T = TypeVar("T")
 
@@ -193,7 +193,7 @@ def prepare_postgres(connection: Connection) -> None:
             ) from None
 
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 
 
 class SchemaError(RuntimeError):
@@ -274,7 +274,7 @@ def run_with_database(work: Callable[[Database], Awaitable[T]], settings: Settin
     """Run `work` on the configured database (migrated first) from synchronous code: a CLI."""
 
     async def main() -> T:
-        from core.settings import get_settings
+        from cascade.infra.settings import get_settings
 
         db = Database.from_settings(settings or get_settings())
         try:

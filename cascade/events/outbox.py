@@ -33,9 +33,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from core.db import Database
-from core.logging import get_logger
-from core.settings import Settings
+from cascade.infra.db import Database
+from cascade.infra.logging import get_logger
+from cascade.infra.settings import Settings
 from models.tables import JourneyRun, OutboxSignal, utcnow
 
 log = get_logger(__name__)

@@ -17,9 +17,9 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
+from cascade.profiles.service import TYPED_FIELDS
+from cascade.tracking.links import html_links, mark_value, text_links, unmark, whole_link
 from channels.sms_segments import SmsInfo, sms_info
-from core.links import html_links, mark_value, text_links, unmark, whole_link
-from core.profiles import TYPED_FIELDS
 from models.journey import JourneySpec, MessageContent
 
 _TEXT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -57,7 +57,7 @@ class RenderedContent:
     template_name: str | None = None
     template_language: str | None = None
     template_params: tuple[str, ...] = ()
-    # Links whose scheme and host the template itself wrote (see core/links.py), as they
+    # Links whose scheme and host the template itself wrote (see cascade/tracking/links.py), as they
     # appear in body, html, url and buttons: the only ones tracking may turn into redirects.
     template_links: frozenset[str] = frozenset()
 
@@ -192,11 +192,11 @@ def check_journey(spec: JourneySpec, available: Iterable[str]) -> tuple[list[str
 
 
 def main(argv: list[str]) -> int:
-    """`python -m core.templates JOURNEY [FIELD ...]`: check a journey file's templates."""
-    from core.journey_files import JourneyDefinitionError, load_journey
+    """`python -m cascade.content.templates JOURNEY [FIELD ...]`: check a journey file's templates."""
+    from cascade.journeys.files import JourneyDefinitionError, load_journey
 
     if not argv:
-        print("usage: python -m core.templates JOURNEY [EXTRA_FIELD ...]", file=sys.stderr)
+        print("usage: python -m cascade.content.templates JOURNEY [EXTRA_FIELD ...]", file=sys.stderr)
         return 2
     try:
         spec = load_journey(argv[0])

@@ -25,8 +25,8 @@ from sqlalchemy import insert, text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.db import Database
-from core.profiles import IMPLIED_CONSENT, TYPED_FIELDS, ProfileError, apply_profile, identity_keys
+from cascade.infra.db import Database
+from cascade.profiles.service import IMPLIED_CONSENT, TYPED_FIELDS, ProfileError, apply_profile, identity_keys
 from models.journey import ChannelName
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import Consent, ContactPoint, Customer, ExternalId, Topic, utcnow

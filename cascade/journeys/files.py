@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from core.settings import PROJECT_ROOT
+from cascade.infra.settings import PROJECT_ROOT
 from models.journey import JourneySpec
 
 JOURNEYS_DIR = PROJECT_ROOT / "journeys"

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Signs tracking links on a laptop only; anyone who reads this file can forge them.
 DEV_TRACKING_SECRET = "dev-only-tracking-secret-do-not-use-in-production"
 

@@ -4,7 +4,7 @@ Used by every webhook (engagement API, tracking links, provider receipts, applic
 events). Finding a journey is a database look-up (the delivery log for a message, the
 journey runs for a customer), never a scan of Temporal. No transaction is held while
 Temporal is called: an event, what it changes and the signals it implies are stored
-together in one short transaction (the signals as outbox rows, core/outbox.py), and the
+together in one short transaction (the signals as outbox rows, cascade/events/outbox.py), and the
 signals are sent after the commit. A message event (a receipt, an open) sends its one
 signal right away and reports whether the journey took it; an application event
 (POST /v1/events) hands its signals to the webhooks process's relay.
@@ -22,10 +22,7 @@ from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from core.db import Database, insert_ignoring_conflicts
-from core.journey_files import load_all_journeys
-from core.logging import get_logger
-from core.outbox import (
+from cascade.events.outbox import (
     EngineUnavailable,
     PlannedSignal,
     SignalResult,
@@ -35,8 +32,11 @@ from core.outbox import (
     signal_run,
     writer,
 )
-from core.profiles import mark_contact_point, resolve_customer_id, set_consent
-from core.triggers import PlannedStart, plan_event, running_journeys
+from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.infra.logging import get_logger
+from cascade.journeys.files import load_all_journeys
+from cascade.journeys.triggers import PlannedStart, plan_event, running_journeys
+from cascade.profiles.service import mark_contact_point, resolve_customer_id, set_consent
 from models.events import AppEvent, AppEventResult, EngagementInput, EngagementType
 from models.ids import MAX_LOYALTY_POINTS, MAX_PURCHASE_COUNT
 from models.journey import REACTION_RANK, ChannelName, JourneySpec
@@ -343,7 +343,7 @@ def _aware(value: datetime) -> datetime:
 @dataclass
 class RecordedEvent:
     """An application event as stored: the answer, its signals (stored, to be sent) and the
-    journeys it starts (to be started by the caller: `core.triggers.start_planned`)."""
+    journeys it starts (to be started by the caller: `cascade.journeys.triggers.start_planned`)."""
 
     result: AppEventResult
     customer_id: str | None = None

@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlmodel import col, select, update
 
-from core.db import Database
-from core.profiles import TYPED_FIELDS, ProfileError, delete_rows, resolve_customer_id
+from cascade.infra.db import Database
+from cascade.profiles.service import TYPED_FIELDS, ProfileError, delete_rows, resolve_customer_id
 from models.tables import (
     Consent,
     ContactPoint,
