@@ -17,7 +17,8 @@ from cascade.infra.db import Database
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings
 from cascade.journeys.files import load_journey
-from cascade.journeys.triggers import RouteResult, UnknownCustomerError, route_event
+from cascade.journeys.inputs import UnknownCustomerError
+from cascade.journeys.triggers import RouteResult, route_event
 from models.loyalty import AccruePointsInput, AccruePointsResult, ScanInput, ScanResult
 from models.tables import Customer
 

@@ -24,7 +24,7 @@ from temporalio.client import (
 
 from cascade.infra.settings import Settings
 from models.loyalty import ScanInput
-from workflows.scans import BirthdayScan, WinbackScan
+from models.workflow_types import BIRTHDAY_SCAN, WINBACK_SCAN
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ class ScanSchedule:
 
 SCHEDULES = (
     # 06:00 UTC: early enough for the morning in Europe; quiet hours hold the rest.
-    ScanSchedule("cascade-birthday-scan", BirthdayScan.__name__, "birthday", timedelta(days=1), timedelta(hours=6)),
-    ScanSchedule("cascade-winback-scan", WinbackScan.__name__, "winback", timedelta(days=7), timedelta(hours=7)),
+    ScanSchedule("cascade-birthday-scan", BIRTHDAY_SCAN, "birthday", timedelta(days=1), timedelta(hours=6)),
+    ScanSchedule("cascade-winback-scan", WINBACK_SCAN, "winback", timedelta(days=7), timedelta(hours=7)),
 )
 
 

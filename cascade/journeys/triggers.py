@@ -30,30 +30,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from cascade.content.templates import template_fields as template_names
 from cascade.events.outbox import PlannedSignal, mark_run_finished, signal_run
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings, get_settings
 from cascade.journeys.files import load_all_journeys
+from cascade.journeys.inputs import UnknownCustomerError, journey_context, journey_workflow_id
 from cascade.journeys.rules import describe, failed_condition
+from cascade.journeys.service import start_journey
 from cascade.profiles.service import resolve_customer_id, template_fields
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import JourneySpec
 from models.tables import Customer, Delivery, JourneyRun, Topic, utcnow
-
-
-class UnknownCustomerError(LookupError):
-    """The customer id is not in the profile database; nothing was started."""
-
-
-def journey_workflow_id(journey: str, customer_id: str, key: str | None = None) -> str:
-    """`journey/<journey>/<customer>[/<key>]`: one running journey per customer and key.
-
-    Journey names, customer ids and keys never contain '/' (models/ids.py), so the parts
-    can always be read back: two different (journey, customer, key) never share an id.
-    """
-    base = f"journey/{journey}/{customer_id}"
-    return f"{base}/{key}" if key else base
 
 
 @dataclass
@@ -108,28 +95,6 @@ def _deadline(value: Any) -> datetime | None:
 def matching_journeys(specs: Sequence[JourneySpec], event_type: str) -> list[JourneySpec]:
     """The journeys whose trigger names `event_type`."""
     return [s for s in specs if s.trigger is not None and event_type in s.trigger.events]
-
-
-def context_fields(spec: JourneySpec) -> set[str]:
-    """The names a journey reads from its context: template fields and step conditions.
-
-    Top-level names only (`cart` for `{{ cart.total }}` or `event.cart.total`): the
-    value under such a name is passed whole.
-    """
-    names: set[str] = set()
-    for step in spec.steps:
-        for _, source in step.content.template_sources():
-            names |= template_names(source)
-        for cond in step.when:
-            names.add(cond.field.removeprefix("event.").split(".", 1)[0])
-    return names
-
-
-def journey_context(spec: JourneySpec, data: Mapping[str, Any]) -> dict[str, Any]:
-    """Only the entries of `data` the journey uses: nothing else enters its (readable)
-    workflow input, so an event's email, phone or street address stays out of Temporal."""
-    used = context_fields(spec)
-    return {k: v for k, v in data.items() if k in used}
 
 
 def _run_key(spec: JourneySpec, props: Mapping[str, Any]) -> str | None:
@@ -296,8 +261,6 @@ async def start_planned(
 
     Raises temporalio's RPCError when Temporal cannot be reached.
     """
-    from starter import start_journey  # starter builds on this module
-
     for planned in starts:
         try:
             handle = await start_journey(
