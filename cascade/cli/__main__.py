@@ -2,4 +2,6 @@
 
 from cascade.cli.main import app
 
-app(prog_name="cascade")
+# Guarded so that importing the module (as tools that import every module do) runs nothing.
+if __name__ == "__main__":
+    app(prog_name="cascade")

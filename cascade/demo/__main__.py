@@ -4,4 +4,6 @@ import typer
 
 from cascade.demo.main import main
 
-typer.run(main)
+# Guarded so that importing the module (as tools that import every module do) runs nothing.
+if __name__ == "__main__":
+    typer.run(main)
