@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,10 @@ def test_an_import_with_rejected_rows_ends_with_the_summary_not_a_frozen_bar(tmp
     assert "0/2" not in result.stderr and "importing" not in result.stderr, result.stderr
     assert "line 3" in result.stderr or " 3 " in result.stderr, result.stderr
     assert result.stderr.rstrip().endswith("--skip-invalid") and result.stderr.endswith("\n")
+
+
+def test_the_console_script_is_the_tool():
+    scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["cascade"].partition(":")
+    assert module == "cascade.cli.main" and name == "app"
+    assert runner.invoke(app, ["journeys", "validate", "demo"]).exit_code == 0
