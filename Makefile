@@ -16,10 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install  ## dev server + worker + webhooks + example journey; Ctrl-C stops all
-	$(PY) demo.py
+	$(PY) -m cascade.demo
 
 run-once: install  ## the same, exiting when the example journeys are done
-	$(PY) demo.py --once
+	$(PY) -m cascade.demo --once
 
 test: install  ## the whole test suite (time-skipping, replay, integration on the dev server)
 	$(PY) -m pytest

@@ -50,6 +50,10 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.setLevel(level.upper())
     # The SDK's own chatter about pollers is noise at INFO.
     logging.getLogger("temporalio.worker._worker").setLevel(logging.WARNING)
+    # Alembic announces its SQL dialect at INFO on every start; in JSON logs (collected by
+    # machines) those lines only open every log with noise. Its warnings still come through.
+    if use_json:
+        logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
 
 
 def get_logger(name: str | None = None, **bound: Any) -> structlog.stdlib.BoundLogger:

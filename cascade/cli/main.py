@@ -1,0 +1,18 @@
+"""`cascade <group> <verb>`: the one command-line tool (console script `cascade`).
+
+Each group lives in its own module of this package and exposes `app`; registering a new
+group is one `add_typer` line below (keep them alphabetical).
+"""
+
+from __future__ import annotations
+
+from cascade.cli import channels, customers, events, journeys, keys, schedules
+from cascade.cli.common import group
+
+app = group("Cascade: omnichannel customer journeys on Temporal.")
+app.add_typer(channels.app, name="channels")
+app.add_typer(customers.app, name="customers")
+app.add_typer(events.app, name="events")
+app.add_typer(journeys.app, name="journeys")
+app.add_typer(keys.app, name="keys")
+app.add_typer(schedules.app, name="schedules")
