@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -26,11 +26,6 @@ from models.journey import JourneySpec
 from models.tables import Customer, EngagementEvent, OutboxSignal, utcnow
 
 log = get_logger(__name__)
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes for timezone-aware columns; they were stored in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -149,7 +144,7 @@ async def pending_starts(
             event.type,
             row.properties,
             specs=list(journeys) if journeys is not None else load_all_journeys(),
-            now=_aware(row.occurred_at),
+            now=row.occurred_at,
             event_id=stored_id,
             signals=False,
         )
