@@ -12,7 +12,7 @@ from sqlmodel import col, select, update
 from temporalio import activity
 from temporalio.client import Client
 
-from cascade.events.service import insert_event
+from cascade.events.store import insert_event
 from cascade.infra.db import Database
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings

@@ -9,7 +9,7 @@ marks the channel recovered.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlmodel import col, select, update
 
@@ -85,14 +85,9 @@ async def channel_report(db: Database, adapters: dict[str, str]) -> list[Channel
                 adapter,
                 status,
                 last_error=health.last_error,
-                last_error_at=_utc(health.last_error_at),
+                last_error_at=health.last_error_at,
                 errors=health.errors,
-                recovered_at=_utc(health.recovered_at) if health.recovered_at else None,
+                recovered_at=health.recovered_at,
             )
         )
     return report
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite hands timestamps back without their zone; every one we write is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

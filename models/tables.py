@@ -9,7 +9,8 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Dialect, Index, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 
@@ -18,16 +19,34 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp column that always reads back aware, in UTC.
+
+    PostgreSQL keeps the zone; SQLite hands timestamps back without one. Every timestamp
+    the tables store is UTC, so a zone-less value read back is UTC: said once here rather
+    than by every reader that compares a stored time with now.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Attach UTC to a zone-less timestamp read back (SQLite)."""
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
 def _created() -> Any:
     # A column default (not only a Python one) so bulk INSERT ... VALUES gets it too.
     return Field(
         default_factory=utcnow,
-        sa_column=Column(DateTime(timezone=True), nullable=False, default=utcnow),
+        sa_column=Column(UTCDateTime(), nullable=False, default=utcnow),
     )
 
 
 def _ts() -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=True))
+    return Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
 class ContactStatus(StrEnum):
@@ -213,7 +232,7 @@ class ChannelHealth(SQLModel, table=True):
 
     channel: str = Field(primary_key=True, max_length=32)
     last_error: str = Field(max_length=1000)
-    last_error_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    last_error_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     # Configuration errors since the channel last worked.
     errors: int = 0
     recovered_at: datetime | None = _ts()
@@ -234,7 +253,7 @@ class EngagementEvent(SQLModel, table=True):
     type: str = Field(max_length=32)
     source: str = Field(default="api", max_length=64)
     properties: dict[str, Any] = _json(dict)
-    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    occurred_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     received_at: datetime = _created()
     # When the event was routed to the journeys it triggers or ends; None until then,
     # so a sender's retry after a failed routing routes it again instead of dropping it.
@@ -292,9 +311,7 @@ class OutboxSignal(SQLModel, table=True):
     signal: str = Field(max_length=32)
     payload: dict[str, Any] = _json(dict)
     created_at: datetime = _created()
-    not_before: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True, index=True)
-    )
+    not_before: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True, index=True))
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=500)
 
@@ -365,6 +382,4 @@ class ReceiptToken(SQLModel, table=True):
     provider: str = Field(primary_key=True, max_length=32)
     token: str = Field(primary_key=True, max_length=128)
     body_sha256: str = Field(max_length=64)
-    seen_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
-    )
+    seen_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))

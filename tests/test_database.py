@@ -13,12 +13,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlmodel import select
 
 from cascade.infra.db import Database, SchemaError, async_url, migrate, postgres_connect_args
 from cascade.infra.settings import PROJECT_ROOT, Settings
@@ -305,3 +307,16 @@ def test_ci_says_loudly_when_postgres_is_missing():
     missing = _ci_probe({"CASCADE_TEST_POSTGRES_URL": "postgresql://postgres@127.0.0.1:1/test"})
     assert missing.returncode == 0 and "REQUIRE=unset" in missing.stdout
     assert "PostgreSQL is NOT reachable" in missing.stderr and "SKIPPED" in missing.stderr
+
+
+async def test_timestamps_read_back_aware_in_utc_on_every_database(any_db: Database) -> None:
+    # SQLite drops the zone; the UTCDateTime column type puts UTC back, so readers can
+    # compare a stored time with now without coercing it themselves.
+    written = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    async with any_db.session() as session:
+        session.add(
+            Customer(id="tz-1", children_ages=[], favourite_categories=[], attributes={}, last_purchase_at=written)
+        )
+    async with any_db.session() as session:
+        row = (await session.exec(select(Customer.last_purchase_at).where(Customer.id == "tz-1"))).one()
+    assert row == written and row.tzinfo is not None and row.utcoffset() == timedelta(0)

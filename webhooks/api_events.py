@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.service import RPCError
 
-from cascade.events.service import mark_routed, pending_starts, record_app_event
+from cascade.events.ingest import mark_routed, pending_starts, record_app_event
 from cascade.infra.logging import get_logger
 from cascade.journeys.triggers import RouteResult, start_planned
 from models.events import AppEvent, AppEventBatch, AppEventBatchResult, AppEventResult

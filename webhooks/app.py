@@ -16,8 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
-from cascade.events.outbox import OutboxRelay
-from cascade.events.service import EngineUnavailable
+from cascade.events.outbox import EngineUnavailable, OutboxRelay
 from cascade.infra.db import Database, migrate
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings, get_settings

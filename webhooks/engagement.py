@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from temporalio.client import Client
 
-from cascade.events.service import apply_delivery_event, delivery_by_message_id, insert_event, signal_run
+from cascade.events.engagement import apply_delivery_event, delivery_by_message_id
+from cascade.events.outbox import signal_run
+from cascade.events.store import insert_event
 from cascade.infra.db import Database
 from cascade.infra.logging import get_logger
 from models.events import EngagementInput, EngagementRequest, EngagementResponse

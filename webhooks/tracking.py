@@ -17,7 +17,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import col, select
 from temporalio.client import Client
 
-from cascade.events.service import EngineUnavailable, apply_delivery_event, unsubscribe_contact
+from cascade.events.engagement import apply_delivery_event
+from cascade.events.outbox import EngineUnavailable
+from cascade.events.unsubscribe import unsubscribe_contact
 from cascade.infra.db import Database
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings

@@ -17,9 +17,10 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
+from cascade.content.sms import SmsInfo, sms_info
+from cascade.journeys.files import JourneyDefinitionError, load_journey
 from cascade.profiles.service import TYPED_FIELDS
 from cascade.tracking.links import html_links, mark_value, text_links, unmark, whole_link
-from channels.sms_segments import SmsInfo, sms_info
 from models.journey import JourneySpec, MessageContent
 
 _TEXT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -193,8 +194,6 @@ def check_journey(spec: JourneySpec, available: Iterable[str]) -> tuple[list[str
 
 def main(argv: list[str]) -> int:
     """`python -m cascade.content.templates JOURNEY [FIELD ...]`: check a journey file's templates."""
-    from cascade.journeys.files import JourneyDefinitionError, load_journey
-
     if not argv:
         print("usage: python -m cascade.content.templates JOURNEY [EXTRA_FIELD ...]", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import models.tables  # noqa: F401  (registers every table on SQLModel.metadata)
-from cascade.infra.settings import Settings, check_schema_name
+from cascade.infra.settings import Settings, check_schema_name, get_settings
 
 T = TypeVar("T")
 
@@ -274,8 +274,6 @@ def run_with_database(work: Callable[[Database], Awaitable[T]], settings: Settin
     """Run `work` on the configured database (migrated first) from synchronous code: a CLI."""
 
     async def main() -> T:
-        from cascade.infra.settings import get_settings
-
         db = Database.from_settings(settings or get_settings())
         try:
             await migrate(db.engine)

@@ -13,7 +13,7 @@
 
 `route_event` carries a plan out at once (the CLI, `python starter.py event c-42
 cart_abandoned --prop cart_id=9`, and the scheduled scans); POST /v1/events stores the
-plan's signals in the outbox with the event instead (cascade/events/service.py).
+plan's signals in the outbox with the event instead (cascade/events/ingest.py).
 """
 
 from __future__ import annotations

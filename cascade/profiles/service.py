@@ -16,6 +16,8 @@ from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cascade.infra.db import Database, insert_ignoring_conflicts
+from models.events import AppEvent
+from models.ids import MAX_LOYALTY_POINTS, MAX_PURCHASE_COUNT
 from models.journey import ChannelName
 from models.profiles import PHONE_CHANNELS, ConsentIn, CustomerProfile
 from models.tables import (
@@ -410,3 +412,29 @@ async def delete_rows(session: AsyncSession, table: Any, *conditions: Any) -> in
     """DELETE with conditions; returns the number of rows removed."""
     result = await session.exec(delete(table).where(*conditions))
     return int(result.rowcount)
+
+
+def apply_app_event(customer: Customer, event: AppEvent, at: datetime) -> None:
+    """Change the profile as an application event says (purchase totals, cart, last page); no I/O."""
+    attributes = dict(customer.attributes or {})
+    if event.type == "purchase":
+        # Saturating: a total at its bound must never make every later purchase fail.
+        customer.purchase_count = min(MAX_PURCHASE_COUNT, (customer.purchase_count or 0) + 1)
+        last = _aware(customer.last_purchase_at)
+        if last is None or last < at:
+            customer.last_purchase_at = at
+        points = (customer.loyalty_points or 0) + int(event.properties.get("loyalty_points") or 0)
+        customer.loyalty_points = min(MAX_LOYALTY_POINTS, points)
+    elif event.type == "registered":
+        attributes.setdefault("registered_at", at.isoformat())
+    elif event.type == "cart_updated":
+        attributes["cart"] = event.properties
+        attributes["cart_updated_at"] = at.isoformat()
+    elif event.type == "page_viewed":
+        attributes["last_page_viewed_at"] = at.isoformat()
+        if isinstance(url := event.properties.get("url"), str):
+            attributes["last_page_viewed_url"] = url[:2048]
+    else:
+        return
+    customer.attributes = attributes
+    customer.updated_at = utcnow()

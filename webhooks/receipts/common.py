@@ -12,7 +12,9 @@ from fastapi import HTTPException, Request
 from pydantic import SecretStr
 from sqlmodel import col, delete, select
 
-from cascade.events.service import apply_delivery_event, delivery_by_message_id, insert_event, unsubscribe_contact
+from cascade.events.engagement import apply_delivery_event, delivery_by_message_id
+from cascade.events.store import insert_event
+from cascade.events.unsubscribe import unsubscribe_contact
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings

@@ -1,0 +1,170 @@
+"""Application events (POST /v1/events): stored on the profile with the signals they imply.
+
+No network call inside the transaction: the event, the profile change and one outbox row
+per signal are stored together; the caller hands the rows to the relay and starts the
+journeys the event triggers (`cascade.journeys.triggers.start_planned`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlmodel import col, select, update
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from cascade.events.outbox import enqueue, writer
+from cascade.events.store import DEFAULT_LEASE, insert_event
+from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.infra.logging import get_logger
+from cascade.journeys.files import load_all_journeys
+from cascade.journeys.triggers import PlannedStart, plan_event
+from cascade.profiles.service import apply_app_event, resolve_customer_id
+from models.events import AppEvent, AppEventResult
+from models.journey import JourneySpec
+from models.tables import Customer, EngagementEvent, OutboxSignal, utcnow
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RecordedEvent:
+    """An application event as stored: the answer, its signals (stored, to be sent) and the
+    journeys it starts (to be started by the caller: `cascade.journeys.triggers.start_planned`)."""
+
+    result: AppEventResult
+    customer_id: str | None = None
+    rows: list[OutboxSignal] = field(default_factory=list)
+    starts: list[PlannedStart] = field(default_factory=list)
+    not_entered: dict[str, str] = field(default_factory=dict)
+
+
+async def record_app_event(
+    db: Database,
+    tenant: str,
+    event: AppEvent,
+    *,
+    journeys: Sequence[JourneySpec] | None = None,
+    lease: timedelta = DEFAULT_LEASE,
+) -> RecordedEvent:
+    """Store an application event on the profile, with the signals it implies.
+
+    One transaction, no network call inside: the event row, the profile change and one
+    outbox row per signal (a `cancel` to each running journey whose `exit_on` names the
+    event, a `converted` to each whose `convert_on` does, unless the event says
+    `conversion: false`). The caller hands `rows` to the relay and starts `starts`.
+    Idempotent by (tenant, event_id): a repeat is neither stored nor signalled again.
+    The journeys to start are planned on the profile as this event leaves it (a purchase
+    counts before `purchase_count` conditions are judged).
+    """
+    at = event.occurred_at or utcnow()
+    specs = list(journeys) if journeys is not None else load_all_journeys()
+    stored_id = f"{tenant}:{event.event_id}"
+    async with writer(db), db.session() as session:
+        customer_id = await resolve_customer_id(session, event.customer_id)
+        customer = await session.get(Customer, customer_id, with_for_update=not db.is_sqlite)
+        if customer is None and event.type == "registered":
+            # A registration may be the first the engine hears of a customer.
+            await session.exec(
+                insert_ignoring_conflicts(db, Customer)
+                .values(id=customer_id, children_ages=[], favourite_categories=[], attributes={}, created_at=utcnow())
+                .on_conflict_do_nothing()
+            )
+            customer = await session.get(Customer, customer_id)
+        if customer is None or customer.erased_at is not None:
+            # An erased customer's events would write personal data back: refused alike.
+            return RecordedEvent(
+                AppEventResult(
+                    event_id=event.event_id,
+                    status="unknown_customer",
+                    detail=f"customer_id {event.customer_id!r}: no such customer",
+                )
+            )
+        inserted = await insert_event(
+            db,
+            session,
+            type=event.type,
+            occurred_at=at,
+            event_id=stored_id,
+            customer_id=customer_id,
+            source=f"api:{tenant}",
+            properties=event.properties,
+        )
+        if not inserted:
+            return RecordedEvent(
+                AppEventResult(event_id=event.event_id, status="duplicate", detail="already received; nothing done"),
+                customer_id=customer_id,
+            )
+        apply_app_event(customer, event, at)
+        session.add(customer)
+        plan = await plan_event(
+            session,
+            customer,
+            event.type,
+            event.properties,
+            specs=specs,
+            now=at,
+            event_id=stored_id,
+            conversion=event.conversion is not False,
+        )
+        rows = enqueue(session, plan.signals, stored_id, lease)
+        if not plan.starts:
+            await _mark_routed(session, stored_id)
+    result = AppEventResult(
+        event_id=event.event_id, status="accepted", signalled=sorted({*plan.converted, *plan.exited})
+    )
+    log.info(
+        "event.app",
+        tenant=tenant,
+        customer_id=customer_id,
+        event_type=event.type,
+        workflow_ids=result.signalled,
+        starts=[s.spec.name for s in plan.starts],
+    )
+    return RecordedEvent(result, customer_id, rows, plan.starts, plan.not_entered)
+
+
+async def pending_starts(
+    db: Database, tenant: str, event: AppEvent, *, journeys: Sequence[JourneySpec] | None = None
+) -> RecordedEvent | None:
+    """For a stored event whose journeys did not all start (Temporal was down): plan the
+    starts again (its signals were stored with it the first time). None when it was routed."""
+    stored_id = f"{tenant}:{event.event_id}"
+    async with db.session() as session:
+        row = (await session.exec(select(EngagementEvent).where(EngagementEvent.event_id == stored_id))).first()
+        if row is None or row.routed_at is not None or row.customer_id is None:
+            return None
+        customer = await session.get(Customer, row.customer_id)
+        if customer is None:
+            return None
+        plan = await plan_event(
+            session,
+            customer,
+            event.type,
+            row.properties,
+            specs=list(journeys) if journeys is not None else load_all_journeys(),
+            now=row.occurred_at,
+            event_id=stored_id,
+            signals=False,
+        )
+    return RecordedEvent(
+        AppEventResult(
+            event_id=event.event_id, status="duplicate", detail="already received; its journeys started now"
+        ),
+        customer.id,
+        starts=plan.starts,
+        not_entered=plan.not_entered,
+    )
+
+
+async def _mark_routed(session: AsyncSession, stored_id: str) -> None:
+    await session.exec(
+        update(EngagementEvent).where(col(EngagementEvent.event_id) == stored_id).values(routed_at=utcnow())
+    )
+
+
+async def mark_routed(db: Database, tenant: str, event_id: str) -> None:
+    """Remember that an application event started the journeys it triggers."""
+    async with db.session() as session:
+        await _mark_routed(session, f"{tenant}:{event_id}")
