@@ -392,3 +392,20 @@ class RoutingDecision(SQLModel, table=True):
     ranking: list[dict[str, Any]] = _json(list)
     model_version: str = Field(max_length=32)
     decided_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class PreferenceChange(SQLModel, table=True):
+    """A preference the customer stated (preferred channel), with where and when: the audit trail.
+
+    The current value lives on the profile (`customers.preferred_channel`, read by
+    routing); consents keep their own source and time in `consents`.
+    """
+
+    __tablename__ = "preference_changes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(index=True, max_length=128)
+    name: str = Field(max_length=64)
+    value: str | None = Field(default=None, max_length=200)
+    source: str = Field(max_length=200)
+    changed_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

@@ -1,4 +1,4 @@
-"""Routing decisions: why each optichannel step went out on its channel (issue 16).
+"""Routing decisions (why each optichannel step went out on its channel) and stated preferences (issue 16).
 
 Revision ID: 0011
 Revises: 0007
@@ -37,9 +37,24 @@ def upgrade() -> None:
     with op.batch_alter_table("routing_decisions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_routing_decisions_workflow_id"), ["workflow_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_routing_decisions_customer_id"), ["customer_id"], unique=False)
+    op.create_table(
+        "preference_changes",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("customer_id", sa.String(length=128), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.String(length=200), nullable=True),
+        sa.Column("source", sa.String(length=200), nullable=False),
+        sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("preference_changes", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_preference_changes_customer_id"), ["customer_id"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("preference_changes", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_preference_changes_customer_id"))
+    op.drop_table("preference_changes")
     with op.batch_alter_table("routing_decisions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_routing_decisions_customer_id"))
         batch_op.drop_index(batch_op.f("ix_routing_decisions_workflow_id"))
