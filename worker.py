@@ -107,6 +107,7 @@ def build_worker(
                 runs.record_run_finished,
                 routing.choose_channel,
                 routing.choose_wait,
+                routing.choose_send_time,
             ],
         )
     ]

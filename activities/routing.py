@@ -24,16 +24,19 @@ from cascade.routing.scoring import (
     decision_seed,
     rank_channels,
 )
+from cascade.routing.timing import plan_send_time
 from cascade.routing.waiting import adaptive_wait
 from models.journey import ChannelName
 from models.routing import (
     ChannelRank,
     ChooseChannelInput,
     ChooseChannelResult,
+    ChooseSendTimeInput,
+    ChooseSendTimeResult,
     ChooseWaitInput,
     ChooseWaitResult,
 )
-from models.tables import RoutingDecision
+from models.tables import Customer, RoutingDecision
 
 log = get_logger(__name__)
 
@@ -169,3 +172,27 @@ class RoutingActivities:
             percentile=bounds.percentile,
         )
         return ChooseWaitResult(wait=decision.wait, source=decision.source, reason=decision.reason)
+
+    @activity.defn
+    async def choose_send_time(self, input: ChooseSendTimeInput) -> ChooseSendTimeResult:
+        """The hour this customer reacts (shrunk toward their segment's), in the window, outside quiet hours."""
+        quiet = []
+        if input.quiet_hours is not None and (
+            input.quiet_hours.channels is None or input.channel in input.quiet_hours.channels
+        ):
+            quiet.append(input.quiet_hours)
+        async with self._db.session() as session:
+            customer = await session.get(Customer, input.customer_id)
+            if customer is None:
+                return ChooseSendTimeResult(send_at=input.at, source="none", reason="unknown customer: now")
+            conn = await session.connection()
+            decision = await plan_send_time(
+                conn,
+                customer,
+                segment_attribute=self._settings.routing_segment_attribute,
+                at=input.at,
+                window=input.window,
+                quiet=quiet,
+                history=timedelta(days=self._settings.routing_history_days),
+            )
+        return ChooseSendTimeResult(send_at=decision.send_at, source=decision.source, reason=decision.reason)

@@ -377,13 +377,31 @@ class JourneyStep(BaseModel):
         data["wait"] = data["adaptive_wait"].max
         return data
 
+    # --- send-time optimisation (issue 16): `send_at: best` within `send_within` ---
+    send_at: Literal["now", "best"] = Field(
+        default="now", description="best: at the hour of week this customer reacts, within `send_within`"
+    )
+    send_within: timedelta = Field(default=timedelta(hours=24), description="The window `send_at: best` looks in")
+
+    _parse_send_within = field_validator("send_within", mode="before")(parse_duration)
+
+    @field_validator("send_within")
+    @classmethod
+    def _window_sane(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(days=14):
+            raise ValueError("must be positive and at most 14d (e.g. 24h)")
+        return value
+
     @model_serializer(mode="wrap")
     def _leave_out_fixed_wait(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # A step without adaptive wait serialises as before it existed (content hashes,
-        # workers of the previous release reading the spec).
+        # A step without adaptive wait or send time serialises as before they existed
+        # (content hashes, workers of the previous release reading the spec).
         data: dict[str, Any] = handler(self)
         if data.get("adaptive_wait") is None:
             data.pop("adaptive_wait", None)
+        if data.get("send_at") == "now":
+            data.pop("send_at", None)
+            data.pop("send_within", None)
         return data
 
     _parse_wait = field_validator("wait", "delay", mode="before")(parse_duration)
@@ -516,6 +534,7 @@ class StepRecord(BaseModel):
     # Why this step's channel and wait were chosen (optichannel routing, adaptive wait).
     routing: str | None = None
     wait_reason: str | None = None
+    send_reason: str | None = None
 
 
 class JourneyState(BaseModel):

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from pydantic import AwareDatetime, BaseModel, Field
 
-from models.journey import AdaptiveWait, ChannelName, Reaction
+from models.journey import AdaptiveWait, ChannelName, QuietHours, Reaction
 from models.tables import Topic
 
 
@@ -60,5 +60,23 @@ class ChooseWaitResult(BaseModel):
     """The wait and where it came from."""
 
     wait: timedelta
+    source: str
+    reason: str
+
+
+class ChooseSendTimeInput(BaseModel):
+    """The best moment in `[at, at + window]` to send on `channel` to the customer."""
+
+    customer_id: str = Field(min_length=1, max_length=128)
+    channel: ChannelName
+    window: timedelta
+    quiet_hours: QuietHours | None = None
+    at: AwareDatetime
+
+
+class ChooseSendTimeResult(BaseModel):
+    """When to send and why (`send_at` may be `at` itself)."""
+
+    send_at: AwareDatetime
     source: str
     reason: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
@@ -24,10 +25,12 @@ from cascade.infra.settings import Settings
 from cascade.journeys.files import parse_journey_text
 from cascade.profiles.service import upsert_customer
 from cascade.routing.history import channel_history, reaction_delays
+from cascade.routing.sendtime import preview
+from cascade.routing.timing import preview_send_times
 from models.events import EngagementInput, EngagementType
 from models.journey import JourneySpec, Outcome, StepStatus
 from models.profiles import ContactIn, CustomerProfile
-from models.tables import Delivery, RoutingDecision
+from models.tables import Customer, Delivery, RoutingDecision
 from starter import start_journey
 from tests.helpers import deliveries, spec, wait_for_state
 from worker import WORKFLOWS, build_worker
@@ -330,3 +333,108 @@ async def test_decisions_replay_from_history(client, db, settings, unique_id):
         history, raise_on_replay_failure=False
     )
     assert replay.replay_failure is None
+
+
+# --- send time -------------------------------------------------------------------------
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+async def _opens_at_local_hour(db: Database, cid: str, hour: int, now: datetime, days: int = 12) -> None:
+    """`days` past emails to `cid`, each opened at `hour`:05 Berlin time."""
+    async with db.session() as session:
+        for d in range(1, days + 1):
+            local = (now - timedelta(days=d)).astimezone(BERLIN).replace(hour=hour, minute=5, second=0, microsecond=0)
+            opened = local.astimezone(UTC)
+            session.add(
+                Delivery(
+                    idempotency_key=f"past/{cid}/t/{d}",
+                    workflow_id=f"past-{cid}",
+                    run_id="r",
+                    journey="past",
+                    step=0,
+                    customer_id=cid,
+                    channel="email",
+                    status="opened",
+                    sent_at=opened - timedelta(minutes=3),
+                    opened_at=opened,
+                )
+            )
+
+
+async def _berliner(db: Database, cid: str, segment: str | None = None) -> None:
+    profile: dict[str, Any] = {
+        "id": cid,
+        "timezone": "Europe/Berlin",
+        "contacts": [{"channel": "email", "address": f"{cid}@x.org"}],
+    }
+    if segment:
+        profile["attributes"] = {"segment": segment}
+    await upsert_customer(db, CustomerProfile.model_validate(profile))
+
+
+def _best_time_journey(**extra: Any) -> JourneySpec:
+    return JourneySpec.model_validate(
+        {
+            "name": "besttime",
+            "steps": [
+                {"channel": "email", "send_at": "best", "send_within": "24h", "wait": "1h", "content": {"body": "a"}}
+            ],
+            **extra,
+        }
+    )
+
+
+async def test_send_at_best_sends_at_the_customers_hour(client, db, routed_settings, run_worker, unique_id, now):
+    await _berliner(db, unique_id)
+    await _opens_at_local_hour(db, unique_id, 19, now)
+    result = await (await _start(client, db, routed_settings, unique_id, _best_time_journey())).result()
+    step = result.steps[0]
+    assert step.status == StepStatus.SENT and step.sent_at is not None and result.started_at is not None
+    assert step.sent_at.astimezone(BERLIN).hour == 19
+    assert timedelta(0) <= step.sent_at - result.started_at <= timedelta(hours=24)
+    assert step.send_reason is not None and "from 12 own reactions" in step.send_reason
+
+
+async def test_quiet_hours_beat_the_best_hour(client, db, routed_settings, run_worker, unique_id, now):
+    await _berliner(db, unique_id)
+    # A night owl (23:00) under quiet hours 21:00-08:00: the nearest allowed evening hour.
+    await _opens_at_local_hour(db, unique_id, 23, now)
+    journey = _best_time_journey(quiet_hours={"start": "21:00", "end": "08:00"})
+    result = await (await _start(client, db, routed_settings, unique_id, journey)).result()
+    sent = result.steps[0].sent_at
+    assert sent is not None and sent.astimezone(BERLIN).hour == 20
+
+
+async def test_without_history_the_fallback_hour_is_used(client, db, routed_settings, run_worker, unique_id):
+    await _berliner(db, unique_id)
+    result = await (await _start(client, db, routed_settings, unique_id, _best_time_journey())).result()
+    step = result.steps[0]
+    assert step.sent_at is not None and step.sent_at.astimezone(BERLIN).hour == 10
+    assert step.send_reason is not None and "no history" in step.send_reason
+
+
+async def test_preview_over_a_segment_uses_own_hours_then_the_segments(any_db: Database):
+    for cid in ("s1", "s2", "s3"):
+        await _berliner(any_db, cid, segment="eve")
+    await _berliner(any_db, "lone")
+    await _opens_at_local_hour(any_db, "s1", 19, NOW, days=20)
+    await _opens_at_local_hour(any_db, "s2", 19, NOW, days=20)
+    await _opens_at_local_hour(any_db, "s3", 8, NOW, days=20)
+    async with any_db.session() as session:
+        customers = [await session.get(Customer, c) for c in ("s1", "s2", "s3", "lone")]
+        conn = await session.connection()
+        decisions = await preview_send_times(
+            conn,
+            [c for c in customers if c is not None],
+            segment_attribute="segment",
+            at=NOW,
+            window=timedelta(hours=24),
+            quiet=[],
+            history=timedelta(days=365),
+        )
+    hours = [d.send_at.astimezone(BERLIN).hour for d in decisions]
+    assert hours == [19, 19, 8, 10]
+    assert [d.source for d in decisions] == ["customer", "customer", "customer", "fallback"]
+    counts = preview(decisions)
+    assert sum(counts.values()) == 4 and max(counts.values()) == 2

@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         StepStatus,
     )
-    from models.routing import ChooseChannelInput, ChooseWaitInput
+    from models.routing import ChooseChannelInput, ChooseSendTimeInput, ChooseWaitInput
     from models.runs import RecordRunFinishedInput, RecordRunStartedInput
 
 CHECK_TIMEOUT = timedelta(seconds=30)
@@ -117,8 +117,10 @@ class CascadeJourney:
                 break
             # Optichannel routing and adaptive waits (issue 16): the step's channel and wait
             # come from an activity; specs without them never ask for the patch.
-            if (input.spec.route == "optichannel" or step.adaptive_wait) and workflow.patched("optichannel"):
-                routed = await self._route(index)
+            if (input.spec.route == "optichannel" or step.adaptive_wait or step.send_at == "best") and workflow.patched(
+                "optichannel"
+            ):
+                routed = await self._route(index, deadline)
                 if routed is None:
                     break
                 step = routed
@@ -174,8 +176,8 @@ class CascadeJourney:
             await self._record_finished(result)
         return result
 
-    async def _route(self, index: int) -> JourneyStep | None:
-        """Put the customer's best remaining pool step at `index` and set its wait; None: stop here.
+    async def _route(self, index: int, deadline: datetime | None) -> JourneyStep | None:
+        """Put the customer's best remaining pool step at `index`, set its wait and send time; None: stop here.
 
         The ranking and the wait are activity results, so replay repeats them. The chosen
         step swaps places with the one at `index` (spec and state alike): the step number
@@ -231,6 +233,23 @@ class CascadeJourney:
             )
             step = spec.steps[index] = step.model_copy(update={"wait": waited.wait})
             records[index].wait_reason = waited.reason
+        if step.send_at == "best":
+            timing = await workflow.execute_activity_method(
+                RoutingActivities.choose_send_time,
+                ChooseSendTimeInput(
+                    customer_id=self._input.customer_id,
+                    channel=step.channel,
+                    window=step.send_within,
+                    quiet_hours=spec.quiet_hours,
+                    at=workflow.now(),
+                ),
+                start_to_close_timeout=CHECK_TIMEOUT,
+            )
+            records[index].send_reason = timing.reason
+            if timing.send_at > workflow.now():
+                self._set_status("scheduled")
+                if await self._sleep(timing.send_at - workflow.now(), deadline):
+                    return None
         return step
 
     async def _record_started(self) -> None:
