@@ -6,7 +6,7 @@ replay gives the same decision whatever the delivery log says by then.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
@@ -24,7 +24,7 @@ from cascade.routing.scoring import (
     decision_seed,
     rank_channels,
 )
-from cascade.routing.timing import plan_send_time
+from cascade.routing.timing import plan_send_time, segment_of
 from cascade.routing.waiting import adaptive_wait
 from models.journey import ChannelName
 from models.routing import (
@@ -57,71 +57,8 @@ class RoutingActivities:
         and their recent reactions feed the model (cascade/routing/scoring.py). The
         Thompson draw is seeded by the step's idempotency key, so a retry decides the same.
         """
-        settings = self._settings
-        unusable: dict[str, str] = {}
-        options: list[ChannelOption] = []
-        preferred: str | None = None
-        segment: tuple[str, str] | None = None
         async with self._db.session() as session:
-            for channel in input.channels:
-                reach = await load_reachability(session, input.customer_id, channel.value, input.topic)
-                if reach.customer is not None:
-                    preferred = reach.customer.preferred_channel
-                    value = (reach.customer.attributes or {}).get(settings.routing_segment_attribute)
-                    if isinstance(value, str) and value:
-                        segment = (settings.routing_segment_attribute, value)
-                if not reach.usable:
-                    unusable[channel.value] = reach.reason or "not usable"
-                    continue
-                options.append(
-                    ChannelOption(channel=channel.value, cost=settings.channel_costs.get(channel.value, 0.0))
-                )
-            if not options:
-                result = ChooseChannelResult(
-                    chosen=None,
-                    summary="no usable channel: " + "; ".join(f"{c}: {why}" for c, why in unusable.items()),
-                    unusable=unusable,
-                    model_version=MODEL_VERSION,
-                )
-                await self._record(session, input, result)
-                return result
-            conn = await session.connection()
-            # A conversion is not on the delivery log; a click is the nearest it records.
-            awaited = {ch: ("clicked" if r == "converted" else r.value) for ch, r in input.await_reaction.items()}
-            reactions = {o.channel: awaited.get(o.channel, "opened") for o in options}
-            since = input.at - timedelta(days=settings.routing_history_days)
-            history = await channel_history(conn, input.customer_id, reactions, since, segment)
-            decision = rank_channels(
-                RoutingInput(
-                    options=options,
-                    own=history.own,
-                    segment=history.segment,
-                    population=history.population,
-                    prior_strength=history.prior_strength,
-                    preferred_channel=preferred,
-                    last_reaction_at=history.last_reaction_at,
-                    now=input.at,
-                    seed=decision_seed(input.idempotency_key),
-                ),
-                RoutingParams(exploration=settings.routing_exploration),
-            )
-            result = ChooseChannelResult(
-                chosen=ChannelName(decision.chosen) if decision.chosen else None,
-                summary=decision.summary + ("; explored" if decision.explored else ""),
-                ranked=[
-                    ChannelRank(
-                        channel=ChannelName(s.channel),
-                        p_reaction=s.p_reaction,
-                        cost=s.cost,
-                        expected_cost_per_reaction=s.expected_cost_per_reaction,
-                        reason=s.reason,
-                    )
-                    for s in decision.ranked
-                ],
-                unusable=unusable,
-                explored=decision.explored,
-                model_version=decision.model_version,
-            )
+            result = await self._rank(session, input)
             await self._record(session, input, result)
         log.info(
             "routing.chosen",
@@ -133,6 +70,81 @@ class RoutingActivities:
             at=input.at.isoformat(),
         )
         return result
+
+    async def rank(self, customer_id: str, channels: list[ChannelName], at: datetime) -> ChooseChannelResult:
+        """The ranking `choose_channel` would make now, recorded nowhere (`cascade routing explain`)."""
+        probe = ChooseChannelInput(
+            customer_id=customer_id,
+            journey="explain",
+            workflow_id="explain",
+            run_id="explain",
+            step=0,
+            idempotency_key=f"explain/{customer_id}",
+            channels=channels,
+            at=at,
+        )
+        async with self._db.session() as session:
+            return await self._rank(session, probe)
+
+    async def _rank(self, session: AsyncSession, input: ChooseChannelInput) -> ChooseChannelResult:
+        settings = self._settings
+        unusable: dict[str, str] = {}
+        options: list[ChannelOption] = []
+        preferred: str | None = None
+        segment: tuple[str, str] | None = None
+        for channel in input.channels:
+            reach = await load_reachability(session, input.customer_id, channel.value, input.topic)
+            if reach.customer is not None:
+                preferred = reach.customer.preferred_channel
+                segment = segment_of(reach.customer, settings.routing_segment_attribute)
+            if not reach.usable:
+                unusable[channel.value] = reach.reason or "not usable"
+                continue
+            options.append(ChannelOption(channel=channel.value, cost=settings.channel_costs.get(channel.value, 0.0)))
+        if not options:
+            return ChooseChannelResult(
+                chosen=None,
+                summary="no usable channel: " + "; ".join(f"{c}: {why}" for c, why in unusable.items()),
+                unusable=unusable,
+                model_version=MODEL_VERSION,
+            )
+        conn = await session.connection()
+        # A conversion is not on the delivery log; a click is the nearest it records.
+        awaited = {ch: ("clicked" if r == "converted" else r.value) for ch, r in input.await_reaction.items()}
+        reactions = {o.channel: awaited.get(o.channel, "opened") for o in options}
+        since = input.at - timedelta(days=settings.routing_history_days)
+        history = await channel_history(conn, input.customer_id, reactions, since, segment)
+        decision = rank_channels(
+            RoutingInput(
+                options=options,
+                own=history.own,
+                segment=history.segment,
+                population=history.population,
+                prior_strength=history.prior_strength,
+                preferred_channel=preferred,
+                last_reaction_at=history.last_reaction_at,
+                now=input.at,
+                seed=decision_seed(input.idempotency_key),
+            ),
+            RoutingParams(exploration=settings.routing_exploration),
+        )
+        return ChooseChannelResult(
+            chosen=ChannelName(decision.chosen) if decision.chosen else None,
+            summary=decision.summary + ("; explored" if decision.explored else ""),
+            ranked=[
+                ChannelRank(
+                    channel=ChannelName(s.channel),
+                    p_reaction=s.p_reaction,
+                    cost=s.cost,
+                    expected_cost_per_reaction=s.expected_cost_per_reaction,
+                    reason=s.reason,
+                )
+                for s in decision.ranked
+            ],
+            unusable=unusable,
+            explored=decision.explored,
+            model_version=decision.model_version,
+        )
 
     async def _record(self, session: AsyncSession, input: ChooseChannelInput, result: ChooseChannelResult) -> None:
         """The decision's row, keyed like the step's delivery; a retry's second insert changes nothing."""
