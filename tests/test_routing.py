@@ -22,7 +22,7 @@ from temporalio.worker import Replayer
 
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
-from cascade.journeys.files import parse_journey_text
+from cascade.journeys.files import load_journey, parse_journey_text
 from cascade.profiles.service import upsert_customer
 from cascade.routing.history import channel_history, reaction_delays
 from cascade.routing.sendtime import preview
@@ -438,3 +438,17 @@ async def test_preview_over_a_segment_uses_own_hours_then_the_segments(any_db: D
     assert [d.source for d in decisions] == ["customer", "customer", "customer", "fallback"]
     counts = preview(decisions)
     assert sum(counts.values()) == 4 and max(counts.values()) == 2
+
+
+async def test_the_example_journey_file_runs(client, db, routed_settings, run_worker, unique_id):
+    await _customer(db, unique_id)
+    journey = load_journey("optichannel_promo")
+    result = await (await _start(client, db, routed_settings, unique_id, journey)).result()
+    sent = [s for s in result.steps if s.status == StepStatus.SENT]
+    assert result.outcome == Outcome.EXHAUSTED and len(sent) == 2
+    assert result.steps[2].reason == "max_steps 2 reached"
+    for step in sent:
+        assert step.routing and step.send_reason and step.wait_reason
+        local = step.sent_at.astimezone(ZoneInfo("UTC")) if step.sent_at else None
+        # No history anywhere: the fallback hour (10:00 in the customer's zone, UTC here).
+        assert local is not None and local.hour == 10
