@@ -6,7 +6,7 @@ replay gives the same decision whatever the delivery log says by then.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
@@ -47,6 +47,15 @@ class RoutingActivities:
     def __init__(self, db: Database, settings: Settings) -> None:
         self._db = db
         self._settings = settings
+
+    def _since(self, at: datetime) -> datetime:
+        """The oldest delivery that still teaches the models.
+
+        The delivery log is stamped with the wall clock and decisions with the workflow's
+        clock; they agree in production, but a time-skipping test server runs ahead, so
+        the earlier of the two anchors the window.
+        """
+        return min(at, datetime.now(UTC)) - timedelta(days=self._settings.routing_history_days)
 
     @activity.defn
     async def choose_channel(self, input: ChooseChannelInput) -> ChooseChannelResult:
@@ -112,7 +121,7 @@ class RoutingActivities:
         # A conversion is not on the delivery log; a click is the nearest it records.
         awaited = {ch: ("clicked" if r == "converted" else r.value) for ch, r in input.await_reaction.items()}
         reactions = {o.channel: awaited.get(o.channel, "opened") for o in options}
-        since = input.at - timedelta(days=settings.routing_history_days)
+        since = self._since(input.at)
         history = await channel_history(conn, input.customer_id, reactions, since, segment)
         decision = rank_channels(
             RoutingInput(
@@ -169,7 +178,7 @@ class RoutingActivities:
     @activity.defn
     async def choose_wait(self, input: ChooseWaitInput) -> ChooseWaitResult:
         """The wait before escalating: this customer's (shrunk toward the channel's) reaction-delay percentile."""
-        since = input.at - timedelta(days=self._settings.routing_history_days)
+        since = self._since(input.at)
         async with self._db.session() as session:
             conn = await session.connection()
             own = await reaction_delays(conn, input.channel.value, input.reaction.value, input.customer_id, since)
@@ -205,6 +214,6 @@ class RoutingActivities:
                 at=input.at,
                 window=input.window,
                 quiet=quiet,
-                history=timedelta(days=self._settings.routing_history_days),
+                history=input.at - self._since(input.at),
             )
         return ChooseSendTimeResult(send_at=decision.send_at, source=decision.source, reason=decision.reason)
