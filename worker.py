@@ -21,6 +21,7 @@ from temporalio.worker import Worker
 
 from activities.journey import JourneyActivities
 from activities.loyalty import LoyaltyActivities
+from activities.routing import RoutingActivities
 from activities.runs import RunActivities
 from cascade.infra.db import Database, migrate
 from cascade.infra.logging import configure_logging, get_logger
@@ -85,6 +86,7 @@ def build_worker(
     acts = journey_activities or JourneyActivities(db, channels or {}, settings)
     loyalty = LoyaltyActivities(db, client, settings)
     runs = RunActivities(db)
+    routing = RoutingActivities(db, settings)
     workers = [
         Worker(
             client,
@@ -103,6 +105,9 @@ def build_worker(
                 loyalty.scan_winback,
                 runs.record_run_started,
                 runs.record_run_finished,
+                routing.choose_channel,
+                routing.choose_wait,
+                routing.choose_send_time,
             ],
         )
     ]

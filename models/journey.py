@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -313,6 +314,28 @@ class MessageContent(BaseModel):
         return [(path, source) for path, source in sources if source is not None]
 
 
+class AdaptiveWait(BaseModel):
+    """`wait: adaptive`: wait as long as this customer (or the channel) takes to react, within bounds.
+
+    In YAML: `wait: adaptive` with `wait_bounds: {min: 10m, max: 2d}` (both optional).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: timedelta = Field(default=timedelta(minutes=10), description="Never escalate sooner than this")
+    max: timedelta = Field(default=timedelta(days=2), description="Never wait longer than this")
+    default: timedelta = Field(default=timedelta(days=1), description="The wait without enough history")
+    percentile: float = Field(default=90.0, gt=0, le=100, description="Of the reaction delays")
+
+    _parse = field_validator("min", "max", "default", mode="before")(parse_duration)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveWait:
+        if not timedelta(0) < self.min <= self.max:
+            raise ValueError(f"need 0 < min <= max, got min {self.min}, max {self.max}")
+        return self
+
+
 class JourneyStep(BaseModel):
     """One rung of the cascade: send on `channel`, then wait `wait` for `await_reaction`."""
 
@@ -331,6 +354,55 @@ class JourneyStep(BaseModel):
         description="Send this step only when every condition holds on the profile and event data;"
         " two steps with opposite conditions make a branch",
     )
+
+    # --- optichannel routing (issue 16): `wait: adaptive` ---
+    adaptive_wait: AdaptiveWait | None = Field(
+        default=None, description="Set by `wait: adaptive`; the step's `wait` is then its upper bound"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adaptive_wait(cls, data: Any) -> Any:
+        # `wait: adaptive` + `wait_bounds` is the YAML form; the stored form (a spec read
+        # back from a workflow's input) has `adaptive_wait` and a plain `wait`.
+        if not isinstance(data, dict) or ("wait_bounds" not in data and data.get("wait") != "adaptive"):
+            return data
+        data = dict(data)
+        bounds = data.pop("wait_bounds", None)
+        if data.get("wait") != "adaptive":
+            raise ValueError("wait_bounds needs `wait: adaptive`")
+        if bounds is not None and not isinstance(bounds, dict):
+            raise ValueError("wait_bounds must be a mapping such as {min: 10m, max: 2d}")
+        data["adaptive_wait"] = AdaptiveWait.model_validate(bounds or {})
+        data["wait"] = data["adaptive_wait"].max
+        return data
+
+    # --- send-time optimisation (issue 16): `send_at: best` within `send_within` ---
+    send_at: Literal["now", "best"] = Field(
+        default="now", description="best: at the hour of week this customer reacts, within `send_within`"
+    )
+    send_within: timedelta = Field(default=timedelta(hours=24), description="The window `send_at: best` looks in")
+
+    _parse_send_within = field_validator("send_within", mode="before")(parse_duration)
+
+    @field_validator("send_within")
+    @classmethod
+    def _window_sane(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(days=14):
+            raise ValueError("must be positive and at most 14d (e.g. 24h)")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _leave_out_fixed_wait(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A step without adaptive wait or send time serialises as before they existed
+        # (content hashes, workers of the previous release reading the spec).
+        data: dict[str, Any] = handler(self)
+        if data.get("adaptive_wait") is None:
+            data.pop("adaptive_wait", None)
+        if data.get("send_at") == "now":
+            data.pop("send_at", None)
+            data.pop("send_within", None)
+        return data
 
     _parse_wait = field_validator("wait", "delay", mode="before")(parse_duration)
 
@@ -373,6 +445,38 @@ class JourneySpec(BaseModel):
         description="A customer who reacted in a channel within this many days is kept there",
     )
     loop: LoyaltyLoop | None = None
+    # --- optichannel routing (issue 16) ---
+    route: Literal["fixed", "optichannel"] = Field(
+        default="fixed",
+        description="optichannel: the steps are a pool; each step sends on the customer's cheapest"
+        " channel per expected reaction instead of the next in order",
+    )
+    max_steps: int | None = Field(default=None, ge=1, le=20, description="optichannel: send at most this many steps")
+
+    @field_validator("route")
+    @classmethod
+    def _pool_channels_once(cls, value: str, info: ValidationInfo) -> str:
+        steps = info.data.get("steps") or []
+        if value == "optichannel":
+            seen: dict[str, int] = {}
+            for i, step in enumerate(steps):
+                if step.channel in seen:
+                    raise ValueError(
+                        f"optichannel needs each channel once in steps: {step.channel.value}"
+                        f" is at steps {seen[step.channel]} and {i}"
+                    )
+                seen[step.channel] = i
+        return value
+
+    @model_serializer(mode="wrap")
+    def _leave_out_fixed_route(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A fixed-order spec serialises as before routing existed (content hash, old workers).
+        data: dict[str, Any] = handler(self)
+        if data.get("route") == "fixed":
+            data.pop("route", None)
+        if data.get("max_steps") is None:
+            data.pop("max_steps", None)
+        return data
 
     _parse_valid_for = field_validator("valid_for", mode="before")(parse_duration)
 
@@ -427,6 +531,10 @@ class StepRecord(BaseModel):
     message_id: str | None = None
     sent_at: datetime | None = None
     reaction: Reaction | None = None
+    # Why this step's channel and wait were chosen (optichannel routing, adaptive wait).
+    routing: str | None = None
+    wait_reason: str | None = None
+    send_reason: str | None = None
 
 
 class JourneyState(BaseModel):

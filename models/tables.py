@@ -383,3 +383,44 @@ class ReceiptToken(SQLModel, table=True):
     token: str = Field(primary_key=True, max_length=128)
     body_sha256: str = Field(max_length=64)
     seen_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))
+
+
+class RoutingDecision(SQLModel, table=True):
+    """Why a step went out on its channel (optichannel routing, issue 16).
+
+    One row per routed step, keyed like the step's delivery row (`idempotency_key`), so
+    the delivery log joins to the decision and its reasons; written before the send,
+    also when no channel was usable (`chosen` None).
+    """
+
+    __tablename__ = "routing_decisions"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True, max_length=600)
+    workflow_id: str = Field(index=True, max_length=512)
+    journey: str = Field(max_length=64)
+    step: int
+    customer_id: str = Field(index=True, max_length=128)
+    chosen: str | None = Field(default=None, max_length=32)
+    explored: bool = False
+    summary: str = Field(max_length=2000)
+    ranking: list[dict[str, Any]] = _json(list)
+    model_version: str = Field(max_length=32)
+    decided_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class PreferenceChange(SQLModel, table=True):
+    """A preference the customer stated (preferred channel), with where and when: the audit trail.
+
+    The current value lives on the profile (`customers.preferred_channel`, read by
+    routing); consents keep their own source and time in `consents`.
+    """
+
+    __tablename__ = "preference_changes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: str = Field(index=True, max_length=128)
+    name: str = Field(max_length=64)
+    value: str | None = Field(default=None, max_length=200)
+    source: str = Field(max_length=200)
+    changed_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

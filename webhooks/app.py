@@ -33,6 +33,7 @@ from webhooks.http import (
     document_body_limit,
     json_error,
 )
+from webhooks.preferences import router as preferences_router
 from webhooks.receipts import router as receipts_router
 from webhooks.tracking import router as tracking_router
 
@@ -129,6 +130,7 @@ def create_app(
     app.include_router(engagement_router)
     app.include_router(events_router)
     app.include_router(tracking_router)
+    app.include_router(preferences_router)
     app.include_router(receipts_router)
     document_body_limit(app, settings.webhooks_max_body_bytes)
     return app

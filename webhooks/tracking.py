@@ -108,13 +108,17 @@ async def click(token: str, request: Request) -> RedirectResponse:
     return RedirectResponse(tracked.links[data.link_index], status_code=302, headers=_NO_CACHE)
 
 
-def _page(title: str, text: str, button: bool = False) -> str:
+def _page(title: str, text: str, button: bool = False, preferences: str | None = None) -> str:
     form = (
         '<form method="post"><input type="hidden" name="confirm" value="yes">'
         '<button type="submit">Unsubscribe</button></form>'
         if button
         else ""
     )
+    if preferences is not None:
+        # The preference centre (webhooks/preferences.py): choose channels, not only leave.
+        form += f'<p><a href="{html.escape(preferences)}">Choose which messages you get instead</a></p>'
+
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
@@ -131,7 +135,13 @@ async def unsubscribe_page(token: str, request: Request) -> HTMLResponse:
     if await _message(request.app.state.db, data.tracking_id) is None:
         raise HTTPException(404, "token: no such link")
     return HTMLResponse(
-        _page("Unsubscribe", "Stop receiving marketing messages on this channel?", button=True), headers=_NO_CACHE
+        _page(
+            "Unsubscribe",
+            "Stop receiving marketing messages on this channel?",
+            button=True,
+            preferences=f"{token}/preferences",
+        ),
+        headers=_NO_CACHE,
     )
 
 

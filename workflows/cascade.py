@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.journey import JourneyActivities
+    from activities.routing import RoutingActivities
     from activities.runs import RunActivities
     from channels.queues import channel_task_queue
     from models import search_attributes as sa
@@ -33,11 +34,13 @@ with workflow.unsafe.imports_passed_through():
         JourneyInput,
         JourneyResult,
         JourneyState,
+        JourneyStep,
         Outcome,
         Reaction,
         StepRecord,
         StepStatus,
     )
+    from models.routing import ChooseChannelInput, ChooseSendTimeInput, ChooseWaitInput
     from models.runs import RecordRunFinishedInput, RecordRunStartedInput
 
 CHECK_TIMEOUT = timedelta(seconds=30)
@@ -112,6 +115,15 @@ class CascadeJourney:
             if deadline is not None and workflow.now() >= deadline:
                 self._stop = (Outcome.DEADLINE, "deadline passed before the next step")
                 break
+            # Optichannel routing and adaptive waits (issue 16): the step's channel and wait
+            # come from an activity; specs without them never ask for the patch.
+            if (input.spec.route == "optichannel" or step.adaptive_wait or step.send_at == "best") and workflow.patched(
+                "optichannel"
+            ):
+                routed = await self._route(index, deadline)
+                if routed is None:
+                    break
+                step = routed
             record = self._state.steps[index]
             self._enter_step(index)
 
@@ -163,6 +175,82 @@ class CascadeJourney:
         if self._record_run:
             await self._record_finished(result)
         return result
+
+    async def _route(self, index: int, deadline: datetime | None) -> JourneyStep | None:
+        """Put the customer's best remaining pool step at `index`, set its wait and send time; None: stop here.
+
+        The ranking and the wait are activity results, so replay repeats them. The chosen
+        step swaps places with the one at `index` (spec and state alike): the step number
+        stays the position, so idempotency keys and events keep meaning one message.
+        """
+        spec = self._input.spec
+        records = self._state.steps
+        info = workflow.info()
+        key = f"{info.workflow_id}/{info.first_execution_run_id}/{index}"
+        if spec.route == "optichannel":
+            if spec.max_steps is not None and sum(r.status in _OUT for r in records[:index]) >= spec.max_steps:
+                for rest in records[index:]:
+                    rest.status, rest.reason = StepStatus.SKIPPED, f"max_steps {spec.max_steps} reached"
+                return None
+            pool = spec.steps[index:]
+            choice = await workflow.execute_activity_method(
+                RoutingActivities.choose_channel,
+                ChooseChannelInput(
+                    customer_id=self._input.customer_id,
+                    journey=spec.name,
+                    workflow_id=info.workflow_id,
+                    run_id=info.first_execution_run_id,
+                    step=index,
+                    idempotency_key=key,
+                    topic=spec.topic,
+                    channels=[s.channel for s in pool],
+                    await_reaction={s.channel.value: s.await_reaction for s in pool},
+                    at=workflow.now(),
+                ),
+                start_to_close_timeout=CHECK_TIMEOUT,
+            )
+            if choice.chosen is None:
+                for rest in records[index:]:
+                    rest.status = StepStatus.SKIPPED
+                    rest.reason = choice.unusable.get(rest.channel.value, choice.summary)
+                return None
+            other = index + [s.channel for s in pool].index(choice.chosen)
+            spec.steps[index], spec.steps[other] = spec.steps[other], spec.steps[index]
+            records[index].channel, records[other].channel = records[other].channel, records[index].channel
+            records[index].routing = choice.summary
+        step = spec.steps[index]
+        if step.adaptive_wait is not None:
+            waited = await workflow.execute_activity_method(
+                RoutingActivities.choose_wait,
+                ChooseWaitInput(
+                    customer_id=self._input.customer_id,
+                    channel=step.channel,
+                    reaction=Reaction.CLICKED if step.await_reaction == Reaction.CONVERTED else step.await_reaction,
+                    bounds=step.adaptive_wait,
+                    at=workflow.now(),
+                ),
+                start_to_close_timeout=CHECK_TIMEOUT,
+            )
+            step = spec.steps[index] = step.model_copy(update={"wait": waited.wait})
+            records[index].wait_reason = waited.reason
+        if step.send_at == "best":
+            timing = await workflow.execute_activity_method(
+                RoutingActivities.choose_send_time,
+                ChooseSendTimeInput(
+                    customer_id=self._input.customer_id,
+                    channel=step.channel,
+                    window=step.send_within,
+                    quiet_hours=spec.quiet_hours,
+                    at=workflow.now(),
+                ),
+                start_to_close_timeout=CHECK_TIMEOUT,
+            )
+            records[index].send_reason = timing.reason
+            if timing.send_at > workflow.now():
+                self._set_status("scheduled")
+                if await self._sleep(timing.send_at - workflow.now(), deadline):
+                    return None
+        return step
 
     async def _record_started(self) -> None:
         info = workflow.info()

@@ -267,6 +267,16 @@ class Settings(BaseSettings):
     scan_page_size: int = Field(default=500, ge=1, le=10000)
     scan_concurrency: int = Field(default=8, ge=1, le=100)
 
+    # --- Optichannel routing (issue 16) ---
+    # Share of routing decisions that explore (Thompson draw instead of the posterior
+    # mean), so channels the model is unsure about keep being tried.
+    routing_exploration: float = Field(default=0.1, ge=0, le=1)
+    # The customer attribute (customers.attributes) whose value names their segment:
+    # a new customer starts from their segment's reaction rates.
+    routing_segment_attribute: str = Field(default="segment", min_length=1, max_length=64)
+    # Deliveries older than this teach the routing model nothing (behaviour changes).
+    routing_history_days: int = Field(default=365, ge=1, le=3650)
+
     @field_validator("database_schema")
     @classmethod
     def _schema_name(cls, value: str | None) -> str | None:

@@ -1,0 +1,332 @@
+"""Is optichannel routing cheaper than the fixed cascade? A simulated population through the real workflows.
+
+    python bench/routing.py [--customers 40] [--weeks 4] [--seed 7]
+
+Every customer has hidden traits: a chance to open a message on each channel, an hour
+of the day they read (a message sent within 2 h of it is opened with the full chance,
+otherwise with 55 % of it), and a typical reaction delay. Four strategies each get their
+own SQLite database and one promotion per customer per week, run by the real
+CascadeJourney and activities (sandbox channels) on Temporal's time-skipping server:
+
+- everything: email, telegram and SMS at once (steps one minute apart);
+- fixed: email -> telegram -> SMS, a day apart (the classic cascade);
+- optichannel: the same pool, routed per customer (`route: optichannel`);
+- optichannel+time+wait: plus `send_at: best` (24 h window) and `wait: adaptive`.
+
+The simulated customer reads the sandbox outbox once per simulated hour: a message they
+will react to is marked opened (sent + their delay) in the delivery log and its journey
+signalled. Simplifications, the same for every strategy: a reaction later than one day
+counts as none, and the signal arrives at the next hourly poll (time to reaction is
+measured from the delivery log's times, not from the poll). Prices per message: email
+0.002, telegram 0.01 (a business messenger's price), SMS 0.05.
+
+Writes bench/results/routing.json and routing.png (cost per reaction by week, totals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from sqlalchemy import func
+from sqlmodel import col, select, update
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import Settings
+from cascade.infra.temporal import register_search_attributes
+from cascade.profiles.service import upsert_customer
+from models.events import EngagementInput, EngagementType
+from models.journey import JourneySpec
+from models.profiles import CustomerProfile
+from models.tables import Delivery, JourneyRun, SandboxMessage
+from starter import start_journey
+from worker import build_worker
+from workflows.cascade import CascadeJourney
+
+CHANNELS = ("email", "telegram", "sms")
+COSTS = {"email": 0.002, "telegram": 0.01, "sms": 0.05}
+# (share, open chance per channel) of three kinds of customer.
+KINDS = (
+    (0.3, {"email": 0.45, "telegram": 0.05, "sms": 0.35}),
+    (0.4, {"email": 0.05, "telegram": 0.55, "sms": 0.35}),
+    (0.3, {"email": 0.03, "telegram": 0.03, "sms": 0.5}),
+)
+OFF_HOUR_FACTOR = 0.55
+STRATEGIES = ("everything", "fixed", "optichannel", "optichannel+time+wait")
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Person:
+    """A simulated customer's hidden traits."""
+
+    id: str
+    p: dict[str, float]
+    hour: int
+    delay_minutes: float
+
+
+@dataclass
+class Week:
+    """One strategy's numbers for one simulated week."""
+
+    journeys: int = 0
+    reacted: int = 0
+    cost: float = 0.0
+    messages: int = 0
+    hours_to_reaction: list[float] = field(default_factory=list)
+    reacted_runs: set[str] = field(default_factory=set)
+
+    def summary(self) -> dict[str, float]:
+        """Reaction rate, cost per reaction and median time to reaction."""
+        return {
+            "journeys": self.journeys,
+            "reaction_rate": self.reacted / self.journeys if self.journeys else 0.0,
+            "cost": round(self.cost, 4),
+            "messages": self.messages,
+            "cost_per_reaction": self.cost / self.reacted if self.reacted else float("inf"),
+            "median_hours_to_reaction": float(np.median(self.hours_to_reaction)) if self.hours_to_reaction else 0.0,
+        }
+
+
+def population(n: int, rng: np.random.Generator) -> list[Person]:
+    """`n` customers of the three kinds, each with some noise on their chances."""
+    shares = np.array([k[0] for k in KINDS])
+    people = []
+    for i in range(n):
+        kind = KINDS[int(rng.choice(len(KINDS), p=shares / shares.sum()))][1]
+        p = {ch: float(np.clip(v + rng.normal(0, 0.05), 0.01, 0.95)) for ch, v in kind.items()}
+        people.append(Person(f"sim{i:04d}", p, int(rng.integers(7, 23)), float(rng.lognormal(np.log(40), 0.8))))
+    return people
+
+
+def journey(strategy: str, week: int) -> JourneySpec:
+    """The week's promotion as each strategy sends it."""
+    steps: list[dict[str, Any]] = [
+        {
+            "channel": ch,
+            "await": "opened",
+            "wait": "1m" if strategy == "everything" else "1d",
+            "content": {"body": "Sale"},
+        }
+        for ch in CHANNELS
+    ]
+    spec: dict[str, Any] = {"name": f"{strategy.replace('+', '-')}-w{week}", "steps": steps}
+    if strategy.startswith("optichannel"):
+        spec["route"] = "optichannel"
+    if strategy == "optichannel+time+wait":
+        for step in steps:
+            step.update(
+                {"send_at": "best", "send_within": "24h", "wait": "adaptive", "wait_bounds": {"min": "1h", "max": "1d"}}
+            )
+    return JourneySpec.model_validate(spec)
+
+
+class Simulation:
+    """One strategy on its own database, worker and task queue."""
+
+    def __init__(self, env: WorkflowEnvironment, strategy: str, people: list[Person], seed: int, workdir: Path) -> None:
+        self.env = env
+        self.client: Client = env.client
+        self.strategy = strategy
+        self.people = {p.id: p for p in people}
+        self.rng = np.random.default_rng(seed)
+        self.settings = Settings(
+            database_url=f"sqlite:///{workdir / (strategy.replace('+', '-') + '.db')}",
+            task_queue=f"bench-{uuid.uuid4().hex[:8]}",
+            channel_costs=COSTS,
+        )
+        self.db = Database.from_settings(self.settings)
+        self.seen = 0
+        self.week_started: datetime | None = None
+
+    async def setup(self) -> None:
+        """Schema and customers (all three channels, consent given)."""
+        await migrate(self.db.engine)
+        for i, person in enumerate(self.people.values()):
+            contacts = [
+                {"channel": "email", "address": f"{person.id}@example.com"},
+                {"channel": "telegram", "address": str(100000 + i)},
+                {"channel": "sms", "address": f"+1415555{i:04d}"},
+            ]
+            await upsert_customer(self.db, CustomerProfile.model_validate({"id": person.id, "contacts": contacts}))
+
+    async def react(self, week: Week, started: datetime) -> None:
+        """The customers read what arrived since the last poll."""
+        now = await self.env.get_current_time()
+        async with self.db.session() as session:
+            rows = (
+                await session.exec(
+                    select(SandboxMessage, Delivery)
+                    .join(Delivery, col(Delivery.idempotency_key) == col(SandboxMessage.idempotency_key))
+                    .where(col(SandboxMessage.id) > self.seen)
+                    .order_by(col(SandboxMessage.id))
+                )
+            ).all()
+        for message, delivery in rows:
+            self.seen = max(self.seen, message.id or 0)
+            person = self.people[delivery.customer_id]
+            # The outbox is read hourly: the message went out within the last hour.
+            sent = now - timedelta(minutes=30)
+            near = min(abs(sent.hour - person.hour), 24 - abs(sent.hour - person.hour)) <= 2
+            chance = person.p[delivery.channel] * (1.0 if near else OFF_HOUR_FACTOR)
+            delay = timedelta(minutes=float(self.rng.lognormal(np.log(person.delay_minutes), 0.5)))
+            reacts = bool(self.rng.random() < chance) and delay <= timedelta(days=1)
+            values: dict[str, Any] = {"sent_at": sent}
+            if reacts:
+                values |= {"opened_at": sent + delay, "status": "opened"}
+            async with self.db.session() as session:
+                await session.exec(update(Delivery).where(col(Delivery.id) == delivery.id).values(**values))
+            if reacts:
+                if delivery.workflow_id not in week.reacted_runs:
+                    week.reacted_runs.add(delivery.workflow_id)
+                    week.hours_to_reaction.append((sent + delay - started).total_seconds() / 3600)
+                handle = self.client.get_workflow_handle(delivery.workflow_id)
+                opened = EngagementInput(type=EngagementType.OPENED, step=delivery.step)
+                # "Send everything" has ended its journey by the time the customer reads.
+                with contextlib.suppress(RPCError):
+                    await handle.signal(CascadeJourney.engagement, opened)
+
+    async def run_week(self, week_no: int) -> Week:
+        """Start the week's journeys, play the customers hour by hour until every journey ended."""
+        week = Week(journeys=len(self.people))
+        spec = journey(self.strategy, week_no)
+        started = self.week_started = await self.env.get_current_time()
+        await asyncio.gather(
+            *(start_journey(cid, spec, client=self.client, db=self.db, settings=self.settings) for cid in self.people)
+        )
+        for _ in range(24 * 8):
+            await self.env.sleep(timedelta(hours=1))
+            await self.react(week, started)
+            async with self.db.session() as session:
+                done = (
+                    await session.exec(
+                        select(func.count()).where(
+                            JourneyRun.journey == spec.name, col(JourneyRun.finished_at).is_not(None)
+                        )
+                    )
+                ).one()
+            if done >= len(self.people):
+                break
+        # A journey reacted when the customer opened any of its messages (also one that came
+        # after "send everything" had ended its journey).
+        week.reacted = len(week.reacted_runs)
+        async with self.db.session() as session:
+            cost, count = (
+                await session.exec(
+                    select(func.coalesce(func.sum(Delivery.cost), 0.0), func.count()).where(
+                        Delivery.journey == spec.name, col(Delivery.status).in_(["sent", "opened"])
+                    )
+                )
+            ).one()
+        week.cost, week.messages = float(cost), int(count)
+        return week
+
+
+async def main(customers: int, weeks: int, seed: int) -> dict[str, Any]:
+    """Run every strategy over the same population; returns the numbers written to routing.json."""
+    people = population(customers, np.random.default_rng(seed))
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=shutil.which("temporal-test-server")
+        or str(Path(sys.executable).parent / "temporal-test-server"),
+    )
+    await register_search_attributes(env.client)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-routing-"))
+    out: dict[str, Any] = {"customers": customers, "weeks": weeks, "seed": seed, "costs": COSTS, "strategies": {}}
+    try:
+        for strategy in STRATEGIES:
+            clock = time.perf_counter()
+            sim = Simulation(env, strategy, people, seed, workdir)
+            await sim.setup()
+            results: list[Week] = []
+            async with build_worker(env.client, sim.settings, sim.db):
+                for w in range(weeks):
+                    results.append(await sim.run_week(w))
+                    # The next promotion a week after this one started.
+                    now = await env.get_current_time()
+                    assert sim.week_started is not None
+                    await env.sleep(max(sim.week_started + timedelta(days=7) - now, timedelta(minutes=1)))
+            await sim.db.dispose()
+            total = Week(
+                journeys=sum(r.journeys for r in results),
+                reacted=sum(r.reacted for r in results),
+                cost=sum(r.cost for r in results),
+                messages=sum(r.messages for r in results),
+                hours_to_reaction=[h for r in results for h in r.hours_to_reaction],
+            )
+            out["strategies"][strategy] = {
+                "total": total.summary(),
+                "by_week": [r.summary() for r in results],
+                "seconds": round(time.perf_counter() - clock, 1),
+            }
+            print(strategy, json.dumps(out["strategies"][strategy]["total"]), flush=True)
+    finally:
+        await env.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
+    fixed = out["strategies"]["fixed"]["total"]
+    opti = out["strategies"]["optichannel"]["total"]
+    out["goal"] = {
+        "optichannel_rate_vs_fixed": opti["reaction_rate"] / fixed["reaction_rate"] if fixed["reaction_rate"] else None,
+        "optichannel_cost_per_reaction_vs_fixed": opti["cost_per_reaction"] / fixed["cost_per_reaction"],
+    }
+    return out
+
+
+def chart(data: dict[str, Any], path: Path) -> None:
+    """Cost per reaction by week per strategy, and the totals."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for strategy, numbers in data["strategies"].items():
+        weekly = [w["cost_per_reaction"] for w in numbers["by_week"]]
+        left.plot(range(1, len(weekly) + 1), weekly, marker="o", label=strategy)
+    left.set_xlabel("week of simulated time")
+    left.set_ylabel("cost per reaction")
+    left.set_title("How fast it learns")
+    left.legend()
+    names = list(data["strategies"])
+    totals = [data["strategies"][s]["total"] for s in names]
+    x = np.arange(len(names))
+    right.bar(x - 0.2, [t["cost_per_reaction"] for t in totals], 0.4, label="cost per reaction")
+    twin = right.twinx()
+    twin.bar(x + 0.2, [t["reaction_rate"] for t in totals], 0.4, color="tab:orange", label="reaction rate")
+    right.set_xticks(x, [n.replace("+", "+\n") for n in names], fontsize=8)
+    right.set_ylabel("cost per reaction")
+    twin.set_ylabel("reaction rate")
+    right.set_title(f"{data['customers']} customers x {data['weeks']} weeks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=40)
+    parser.add_argument("--weeks", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    data = asyncio.run(main(args.customers, args.weeks, args.seed))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "routing.json").write_text(json.dumps(data, indent=2))
+    chart(data, RESULTS / "routing.png")
+    print(json.dumps(data["goal"]))
