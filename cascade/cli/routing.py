@@ -17,6 +17,7 @@ from rich.table import Table
 from sqlmodel import col, select
 
 from activities.routing import RoutingActivities
+from cascade.cli.common import command, group
 from cascade.infra.db import Database, run_with_database
 from cascade.infra.settings import get_settings
 from cascade.routing.sendtime import QuietPeriod, preview
@@ -24,7 +25,7 @@ from cascade.routing.timing import preview_send_times
 from models.journey import ChannelName, parse_duration
 from models.tables import Customer
 
-app = typer.Typer(help="Optichannel routing: preview send times, explain channel rankings.", no_args_is_help=True)
+app = group("Optichannel routing: preview send times, explain channel rankings.")
 console = Console()
 
 
@@ -57,7 +58,7 @@ def _at(value: str | None) -> datetime:
     return parsed
 
 
-@app.command("preview")
+@command(app, "preview")
 def preview_command(
     segment: Annotated[str | None, typer.Option(help="Customers whose segment attribute has this value")] = None,
     customer: Annotated[list[str] | None, typer.Option(help="A customer id (repeatable) instead of a segment")] = None,
@@ -115,7 +116,7 @@ def preview_command(
     console.print(detail)
 
 
-@app.command("explain")
+@command(app, "explain")
 def explain_command(
     customer_id: Annotated[str, typer.Argument(help="The customer's id")],
     channels: Annotated[str, typer.Option(help="The pool, comma-separated, in journey order")] = "email,telegram,sms",
