@@ -19,6 +19,7 @@ from types import TracebackType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.experiments import ExperimentActivities
 from activities.journey import JourneyActivities
 from activities.loyalty import LoyaltyActivities
 from activities.runs import RunActivities
@@ -85,6 +86,7 @@ def build_worker(
     acts = journey_activities or JourneyActivities(db, channels or {}, settings)
     loyalty = LoyaltyActivities(db, client, settings)
     runs = RunActivities(db)
+    experiments = ExperimentActivities(db)
     workers = [
         Worker(
             client,
@@ -103,6 +105,7 @@ def build_worker(
                 loyalty.scan_winback,
                 runs.record_run_started,
                 runs.record_run_finished,
+                experiments.assign_variant,
             ],
         )
     ]
