@@ -9,7 +9,7 @@ from sqlalchemy import select
 from analytics.assignment import assign_bandit_arm, assign_variant, stable_seed
 from analytics.experiment_bandit import thompson_allocation
 from analytics.stats import VariantCounts
-from cascade.experiments.queries import arm_conversions
+from cascade.experiments.queries import arm_conversions, fetch
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from models.experiments import AssignVariantInput, AssignVariantResult
 from models.journey import CONTROL_ARM
@@ -41,14 +41,11 @@ async def record_definition(db: Database, input: AssignVariantInput) -> None:
 
 async def existing_arm(db: Database, experiment: str, customer_id: str) -> tuple[str, dict[str, float] | None] | None:
     """The arm recorded for this customer, if any (with the bandit split it was chosen under)."""
-    async with db.session() as session:
-        row = (
-            await session.execute(
-                select(_A.c.variant, _A.c.allocation).where(
-                    _A.c.experiment == experiment, _A.c.customer_id == customer_id
-                )
-            )
-        ).first()
+    rows = await fetch(
+        db,
+        select(_A.c.variant, _A.c.allocation).where(_A.c.experiment == experiment, _A.c.customer_id == customer_id),
+    )
+    row = rows[0] if rows else None
     return (row.variant, row.allocation) if row is not None else None
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, distinct, func, or_, select
+from sqlalchemy import Row, Select, and_, case, distinct, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from cascade.infra.db import Database
@@ -19,6 +20,13 @@ _DL = Delivery.__table__  # type: ignore[attr-defined]
 _EV = EngagementEvent.__table__  # type: ignore[attr-defined]
 # Event properties read as the order's value, first found wins.
 REVENUE_PROPERTIES = ("amount", "revenue", "value")
+
+
+async def fetch(db: Database, query: Select[Any]) -> Sequence[Row[Any]]:
+    """The rows of a read-only Core query."""
+    async with db.engine.connect() as conn:
+        rows: Sequence[Row[Any]] = (await conn.execute(query)).all()
+    return rows
 
 
 def _aware(value: datetime) -> datetime:
@@ -36,15 +44,13 @@ def _revenue(properties: dict[str, Any] | None) -> float:
 
 async def definition(db: Database, name: str) -> dict[str, Any] | None:
     """The stored experiment (its planned split, conversion events and window), or None."""
-    async with db.session() as session:
-        row = (await session.execute(select(_DEF).where(_DEF.c.name == name))).mappings().first()
-    return dict(row) if row is not None else None
+    rows = await fetch(db, select(_DEF).where(_DEF.c.name == name))
+    return dict(rows[0]._mapping) if rows else None
 
 
 async def experiment_names(db: Database) -> list[str]:
     """Every experiment that has had an entrant, by name."""
-    async with db.session() as session:
-        return list((await session.execute(select(_DEF.c.name).order_by(_DEF.c.name))).scalars())
+    return [name for (name,) in await fetch(db, select(_DEF.c.name).order_by(_DEF.c.name))]
 
 
 async def _conversions(
@@ -59,8 +65,7 @@ async def _conversions(
         .select_from(_A.join(_EV, _EV.c.customer_id == _A.c.customer_id))
         .where(_A.c.experiment == experiment, _EV.c.type.in_(convert_on))
     )
-    async with db.session() as session:
-        rows = (await session.execute(query)).all()
+    rows = await fetch(db, query)
     # The window is judged here, not in SQL: interval arithmetic differs between dialects.
     for row in rows:
         start = _aware(row.assigned_at)
@@ -74,16 +79,12 @@ async def arm_conversions(
     db: Database, experiment: str, convert_on: list[str], window: timedelta
 ) -> dict[str, tuple[int, int]]:
     """Arm -> (customers assigned, customers converted within the window)."""
-    async with db.session() as session:
-        sizes = dict(
-            (
-                await session.execute(
-                    select(_A.c.variant, func.count()).where(_A.c.experiment == experiment).group_by(_A.c.variant)
-                )
-            ).tuples()
-        )
+    rows = await fetch(
+        db, select(_A.c.variant, func.count().label("n")).where(_A.c.experiment == experiment).group_by(_A.c.variant)
+    )
+    sizes = {row.variant: int(row.n) for row in rows}
     converted = await _conversions(db, experiment, convert_on, window)
-    return {arm: (int(n), len(converted.get(arm, {}))) for arm, n in sizes.items()}
+    return {arm: (n, len(converted.get(arm, {}))) for arm, n in sizes.items()}
 
 
 async def funnel(db: Database, experiment: str, arms: list[str]) -> list[VariantFunnel]:
@@ -127,8 +128,7 @@ async def funnel(db: Database, experiment: str, arms: list[str]) -> list[Variant
         .where(_A.c.experiment == experiment)
         .group_by(_A.c.variant)
     )
-    async with db.session() as session:
-        stages = {row.variant: row for row in (await session.execute(query)).all()}
+    stages = {row.variant: row for row in await fetch(db, query)}
     order = [a for a in arms if a in sizes or a in stored["planned_split"]]
     order += sorted(a for a in sizes if a not in order)
     lines = []
@@ -154,10 +154,7 @@ async def funnel(db: Database, experiment: str, arms: list[str]) -> list[Variant
 async def daily_entries(db: Database, journey: str, days: int, now: datetime) -> float:
     """Customers who entered `journey` per day over the last `days` days (journey_runs)."""
     runs = JourneyRun.__table__  # type: ignore[attr-defined]
-    async with db.session() as session:
-        count = (
-            await session.execute(
-                select(func.count()).where(runs.c.journey == journey, runs.c.started_at >= now - timedelta(days=days))
-            )
-        ).scalar_one()
+    [(count,)] = await fetch(
+        db, select(func.count()).where(runs.c.journey == journey, runs.c.started_at >= now - timedelta(days=days))
+    )
     return int(count) / days
