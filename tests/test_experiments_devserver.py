@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -41,10 +43,10 @@ async def test_variant_filters_journeys_and_the_state_says_it(client, settings: 
             return ids or None
 
         for arm, cid in arms.items():
-            ids = await eventually(lambda a=arm, c=cid: found(f'Variant="{a}" AND CustomerId="{c}"'))
+            ids = await eventually(partial(found, f'Variant="{arm}" AND CustomerId="{cid}"'))
             assert ids == [handles[arm].id]
         everyone = " OR ".join(f'CustomerId="{c}"' for c in arms.values())
-        held = await eventually(lambda: found(f'Variant="control" AND ({everyone})'))
+        held = await eventually(partial(found, f'Variant="control" AND ({everyone})'))
         assert held == [handles["control"].id]
         for handle in handles.values():
             await handle.terminate("test done")

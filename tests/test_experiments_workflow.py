@@ -6,6 +6,7 @@ customer id lands in before it starts the journey.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from analytics.assignment import assign_variant
+from bench.experiment_simulation import simulate
 from cascade.events.outbox import deliver
 from cascade.events.service import record_app_event
 from cascade.experiments.results import experiment_report
@@ -209,3 +211,15 @@ async def test_bandit_decisions_are_recorded_and_replay(client, db, settings, ru
         assert row.allocation is not None and abs(sum(row.allocation.values()) - 1.0) < 1e-9
     for handle in handles:
         await assert_replays(handle)
+
+
+async def test_the_simulated_population_report_comes_from_the_workflows(client, db, settings, run_worker):
+    """The README's report is produced by bench/experiment_simulation.py: the same code, fewer customers."""
+    journey = with_experiment_name(load_journey("sale_subject_test"), f"sim-{uuid.uuid4().hex[:8]}")
+    report = await simulate(client, db, settings, 40, journey=journey)
+    assert sum(line.recipients for line in report.funnel) == 40
+    by_arm = {line.variant: line for line in report.funnel}
+    assert by_arm[CONTROL_ARM].sent == 0 and by_arm[CONTROL_ARM].cost == 0.0
+    for arm in ("plain", "personal"):
+        assert by_arm[arm].sent == by_arm[arm].recipients
+    assert report.stats is not None and report.stats.sample_ratio is not None
