@@ -19,6 +19,7 @@ from types import TracebackType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.experiments import ExperimentActivities
 from activities.journey import JourneyActivities
 from activities.loyalty import LoyaltyActivities
 from activities.routing import RoutingActivities
@@ -87,6 +88,7 @@ def build_worker(
     loyalty = LoyaltyActivities(db, client, settings)
     runs = RunActivities(db)
     routing = RoutingActivities(db, settings)
+    experiments = ExperimentActivities(db)
     workers = [
         Worker(
             client,
@@ -108,6 +110,7 @@ def build_worker(
                 routing.choose_channel,
                 routing.choose_wait,
                 routing.choose_send_time,
+                experiments.assign_variant,
             ],
         )
     ]

@@ -447,6 +447,7 @@ class JourneyActivities:
                     status=DeliveryStatus.QUEUED,
                     content_hash=content_hash,
                     currency=self._settings.currency,
+                    variant=input.variant,
                 )
                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
             )

@@ -90,6 +90,7 @@ class SendMessageInput(BaseModel):
         default=None, description="Checked again atomically with the send's claim (marketing only)"
     )
     at: datetime | None = Field(default=None, description="workflow.now() when the send was scheduled")
+    variant: str | None = Field(default=None, description="The journey's experiment arm (delivery row, utm_content)")
 
 
 class SendMessageResult(BaseModel):

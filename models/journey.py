@@ -59,6 +59,8 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
     UNSUBSCRIBED = "unsubscribed"
     UNREACHABLE = "unreachable"
+    # In an experiment's control group: sent nothing, its conversion window observed.
+    HELD_OUT = "held_out"
 
 
 class StepStatus(StrEnum):
@@ -414,6 +416,148 @@ class JourneyStep(BaseModel):
         return value
 
 
+# --- experiments (issue 14) -------------------------------------------------------------
+
+_ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+CONTROL_ARM = "control"
+
+
+def _parse_share(value: Any) -> Any:
+    """Accept "10%" besides 0.1."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100.0
+        except ValueError:
+            return value
+    return value
+
+
+class ContentChange(BaseModel):
+    """The fields a content variant replaces in one step's message; the rest stay as in the step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str | None = None
+    body: str | None = Field(default=None, min_length=1)
+    html: str | None = None
+    url: str | None = None
+    sms: str | None = None
+    messenger: str | None = None
+    voice: str | None = None
+    push: PushContent | None = None
+    buttons: list[Button] | None = Field(default=None, max_length=10)
+    whatsapp: WhatsAppTemplate | None = None
+
+    @field_validator("subject", "body", "html", "url", "sms", "messenger", "voice")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        return _check_template(value)
+
+    def apply(self, content: MessageContent) -> MessageContent:
+        """`content` with this variant's fields in place of the step's own."""
+        changed = {name: getattr(self, name) for name in self.model_fields_set if getattr(self, name) is not None}
+        return content.model_copy(update=changed)
+
+
+class ExperimentVariant(BaseModel):
+    """One arm: a weight, and either its own step chain or content changes per step (or neither:
+    the journey as written, e.g. the baseline of a subject-line test)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_ARM_NAME, description="Used in reports, the Variant attribute and utm_content")
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    steps: list[JourneyStep] | None = Field(
+        default=None, min_length=1, description="Journey-level variant: this chain instead of the journey's steps"
+    )
+    content: dict[int, ContentChange] = Field(
+        default_factory=dict, description="Content variant: step index -> the message fields to replace"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ExperimentVariant:
+        if self.steps is not None and self.content:
+            raise ValueError("give either steps (its own chain) or content (changes per step), not both")
+        return self
+
+
+class Experiment(BaseModel):
+    """An A/B or multivariate test inside a journey, with a control group that is sent nothing.
+
+    Customers are assigned by a hash of the experiment name and their id (the same arm on
+    every retry, replay and re-entry). `mode: bandit` moves traffic between content
+    variants by Thompson sampling; the control group keeps its share either way.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="The experiment id (reports, hashing)")
+    mode: Literal["ab", "bandit"] = "ab"
+    control: float = Field(default=0.0, ge=0.0, le=0.9, description="Share held out and sent nothing (0.1 or 10%)")
+    window: timedelta = Field(default=timedelta(days=7), description="Conversions count this long after entry")
+    floor: float = Field(default=0.05, ge=0.0, le=0.5, description="Bandit: least traffic share per variant")
+    variants: list[ExperimentVariant] = Field(min_length=1, max_length=20)
+
+    _parse_control = field_validator("control", mode="before")(_parse_share)
+    _parse_window = field_validator("window", mode="before")(parse_duration)
+
+    @field_validator("window")
+    @classmethod
+    def _window_positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive (e.g. 7d)")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _names_unique(cls, value: list[ExperimentVariant]) -> list[ExperimentVariant]:
+        names = [v.name for v in value]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(dupes)}")
+        if CONTROL_ARM in names:
+            raise ValueError(f"{CONTROL_ARM!r} is the control group's name; set `control: 10%` instead")
+        return value
+
+    @model_validator(mode="after")
+    def _arms(self) -> Experiment:
+        if len(self.variants) + (self.control > 0) < 2:
+            raise ValueError("an experiment needs two arms: add a variant or a control share")
+        if self.mode == "bandit":
+            if any(v.steps is not None for v in self.variants):
+                raise ValueError("bandit mode is for content variants; a variant with its own steps needs mode: ab")
+            if len(self.variants) < 2:
+                raise ValueError("bandit mode needs at least two variants")
+            if self.floor * len(self.variants) > 1.0:
+                raise ValueError(f"floor {self.floor} is more than 1/{len(self.variants)} of the traffic")
+        return self
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Variant name -> relative weight (the control share aside)."""
+        return {v.name: v.weight for v in self.variants}
+
+    def planned_split(self) -> dict[str, float]:
+        """Every arm's planned share of entrants, the control group included (sums to 1)."""
+        total = sum(v.weight for v in self.variants)
+        split = {v.name: (1.0 - self.control) * v.weight / total for v in self.variants}
+        return ({CONTROL_ARM: self.control} if self.control > 0 else {}) | split
+
+    def steps_for(self, arm: str, steps: list[JourneyStep]) -> list[JourneyStep]:
+        """The chain a customer in `arm` walks: the variant's own, or `steps` with its content changes.
+
+        The control group walks none.
+        """
+        if arm == CONTROL_ARM:
+            return []
+        variant = next(v for v in self.variants if v.name == arm)
+        if variant.steps is not None:
+            return list(variant.steps)
+        return [
+            s.model_copy(update={"content": variant.content[i].apply(s.content)}) if i in variant.content else s
+            for i, s in enumerate(steps)
+        ]
+
+
 class JourneySpec(BaseModel):
     """A named cascade: ordered steps, an optional campaign tag and time limit."""
 
@@ -452,6 +596,7 @@ class JourneySpec(BaseModel):
         " channel per expected reaction instead of the next in order",
     )
     max_steps: int | None = Field(default=None, ge=1, le=20, description="optichannel: send at most this many steps")
+    experiment: Experiment | None = Field(default=None, description="A/B, multivariate or bandit test")
 
     @field_validator("route")
     @classmethod
@@ -469,13 +614,17 @@ class JourneySpec(BaseModel):
         return value
 
     @model_serializer(mode="wrap")
-    def _leave_out_fixed_route(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # A fixed-order spec serialises as before routing existed (content hash, old workers).
+    def _leave_out_unused_features(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A spec that uses neither routing nor an experiment serialises as before they
+        # existed: its content hash stays, and workers of the previous release still read
+        # its input.
         data: dict[str, Any] = handler(self)
         if data.get("route") == "fixed":
             data.pop("route", None)
         if data.get("max_steps") is None:
             data.pop("max_steps", None)
+        if data.get("experiment") is None:
+            data.pop("experiment", None)
         return data
 
     _parse_valid_for = field_validator("valid_for", mode="before")(parse_duration)
@@ -493,6 +642,21 @@ class JourneySpec(BaseModel):
             or self.stay_active_days
             or any(s.delay or s.when for s in self.steps)
         )
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_fits_steps(cls, value: Experiment | None, info: ValidationInfo) -> Experiment | None:
+        steps = info.data.get("steps")
+        if value is None or steps is None:
+            return value
+        for variant in value.variants:
+            for index in variant.content:
+                if not 0 <= index < len(steps):
+                    raise ValueError(
+                        f"variant {variant.name!r} changes the content of step {index},"
+                        f" but the journey has steps 0-{len(steps) - 1}"
+                    )
+        return value
 
     @field_validator("valid_for")
     @classmethod
@@ -552,6 +716,7 @@ class JourneyState(BaseModel):
     outcome_reason: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    variant: str | None = Field(default=None, description="The experiment arm (or `control`), if any")
 
 
 class JourneyResult(JourneyState):

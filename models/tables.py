@@ -219,6 +219,8 @@ class Delivery(SQLModel, table=True):
     # The attempt that holds this until-time is the only one allowed to call the provider.
     claimed_until: datetime | None = _ts()
     attempts: int = 0
+    # The experiment arm of the journey that sent it (issue 14); None outside experiments.
+    variant: str | None = Field(default=None, max_length=32)
 
 
 class ChannelHealth(SQLModel, table=True):
@@ -424,3 +426,45 @@ class PreferenceChange(SQLModel, table=True):
     value: str | None = Field(default=None, max_length=200)
     source: str = Field(max_length=200)
     changed_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ExperimentDefinition(SQLModel, table=True):
+    """An experiment as its first entrant saw it: the planned split the reports check against.
+
+    Written once (insert-or-ignore) by the assignment activity; a later edit of the
+    journey file does not change it, so the sample-ratio check compares with the split
+    customers were really assigned under.
+    """
+
+    __tablename__ = "experiments"
+
+    name: str = Field(primary_key=True, max_length=64)
+    journey: str = Field(max_length=64)
+    journey_version: str = Field(max_length=32)
+    mode: str = Field(max_length=16)
+    control_share: float
+    planned_split: dict[str, float] = _json(dict)
+    convert_on: list[str] = _json(list)
+    window_seconds: float
+    created_at: datetime = _created()
+
+
+class ExperimentAssignment(SQLModel, table=True):
+    """Which arm a customer is in: one row per (experiment, customer), whatever re-enters.
+
+    `allocation` is the bandit's traffic split at the decision (None for a fixed split),
+    kept so every bandit decision can be checked afterwards.
+    """
+
+    __tablename__ = "experiment_assignments"
+    __table_args__ = (UniqueConstraint("experiment", "customer_id", name="uq_experiment_assignments_customer"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment: str = Field(index=True, max_length=64)
+    customer_id: str = Field(index=True, max_length=128)
+    variant: str = Field(max_length=32)
+    journey: str = Field(max_length=64)
+    workflow_id: str = Field(max_length=512)
+    run_id: str = Field(max_length=64)
+    assigned_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    allocation: dict[str, float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))

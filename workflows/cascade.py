@@ -14,6 +14,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.experiments import ExperimentActivities
     from activities.journey import JourneyActivities
     from activities.routing import RoutingActivities
     from activities.runs import RunActivities
@@ -29,7 +30,9 @@ with workflow.unsafe.imports_passed_through():
         StepRules,
     )
     from models.events import CancelInput, EngagementInput, EngagementType
+    from models.experiments import AssignVariantInput
     from models.journey import (
+        CONTROL_ARM,
         REACTION_RANK,
         JourneyInput,
         JourneyResult,
@@ -94,6 +97,8 @@ class CascadeJourney:
         # Event ids taken already: signals are sent at least once (cascade/events/outbox.py).
         self._seen_events: set[str] = set()
         self._record_run = False
+        # In an experiment's control group: sent nothing, ends `held_out`.
+        self._held_out = False
 
     @workflow.run
     async def run(self, input: JourneyInput) -> JourneyResult:
@@ -105,6 +110,10 @@ class CascadeJourney:
         self._record_run = workflow.info().parent is None and workflow.patched("record-run")
         if self._record_run:
             await self._record_started()
+        # Experiments (issue 14): the arm decides the chain. Journeys without an
+        # experiment never ask for the patch, so every earlier history replays as it ran.
+        if input.spec.experiment is not None and workflow.patched("experiments"):
+            input = await self._enter_experiment(input)
         deadline = input.deadline
         if deadline is None and input.spec.valid_for is not None:
             deadline = workflow.now() + input.spec.valid_for
@@ -251,6 +260,40 @@ class CascadeJourney:
                 if await self._sleep(timing.send_at - workflow.now(), deadline):
                     return None
         return step
+
+    async def _enter_experiment(self, input: JourneyInput) -> JourneyInput:
+        """Put the customer in an arm (decided and recorded by an activity) and walk its chain.
+
+        The control group is sent nothing: it waits out the conversion window (a
+        conversion, cancel or unsubscribe ends the wait) and the journey ends `held_out`.
+        """
+        spec = input.spec
+        experiment = spec.experiment
+        assert experiment is not None
+        info = workflow.info()
+        assigned = await workflow.execute_activity_method(
+            ExperimentActivities.assign_variant,
+            AssignVariantInput(
+                experiment=experiment,
+                journey=spec.name,
+                journey_version=spec.version,
+                convert_on=spec.convert_on,
+                customer_id=input.customer_id,
+                workflow_id=info.workflow_id,
+                run_id=info.first_execution_run_id,
+            ),
+            start_to_close_timeout=RECORD_TIMEOUT,
+        )
+        self._state.variant = assigned.variant
+        workflow.upsert_search_attributes([sa.VARIANT.value_set(assigned.variant)])
+        steps = experiment.steps_for(assigned.variant, spec.steps)
+        self._input = input.model_copy(update={"spec": spec.model_copy(update={"steps": steps})})
+        self._state.steps = [StepRecord(index=i, channel=s.channel) for i, s in enumerate(steps)]
+        if assigned.variant == CONTROL_ARM:
+            self._held_out = True
+            self._set_status("held_out")
+            await self._sleep(experiment.window, None)
+        return self._input
 
     async def _record_started(self) -> None:
         info = workflow.info()
@@ -420,6 +463,7 @@ class CascadeJourney:
                         context=self._input.context,
                         frequency_cap=self._input.spec.frequency_cap,
                         at=workflow.now(),
+                        variant=self._state.variant,
                     ),
                     start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
                     heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
@@ -495,7 +539,10 @@ class CascadeJourney:
         workflow.upsert_search_attributes([sa.JOURNEY_STATUS.value_set(status)])
 
     def _finish(self) -> JourneyResult:
-        if self._stop is not None:
+        if self._held_out:
+            outcome = Outcome.HELD_OUT
+            reason = "control group, sent nothing: " + (self._stop[1] if self._stop else "conversion window observed")
+        elif self._stop is not None:
             outcome, reason = self._stop
         elif any(s.status in _OUT for s in self._state.steps):
             outcome, reason = Outcome.EXHAUSTED, "no reaction on any step"

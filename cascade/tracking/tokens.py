@@ -146,6 +146,11 @@ def add_utm(url: str, *, channel: str, campaign: str, content: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def utm_content(step: int, variant: str | None) -> str:
+    """`step0`, or `step0-<variant>` in an experiment: clicks in web analytics tell the arms apart."""
+    return f"step{step}" if variant is None else f"step{step}-{variant}"
+
+
 def _trackable(url: str, public_url: str) -> bool:
     return url.lower().startswith(("http://", "https://")) and not url.startswith(public_url)
 
@@ -246,7 +251,7 @@ def add_tracking(
     url_for = _UrlFor(settings, tid, now or datetime.now(UTC))
     book = _LinkBook(
         url_for,
-        {"channel": channel, "campaign": input.journey, "content": f"step{input.step}"},
+        {"channel": channel, "campaign": input.journey, "content": utm_content(input.step, input.variant)},
         settings.public_url.rstrip("/"),
         rendered.template_links,
     )

@@ -1,0 +1,1 @@
+"""Experiments in journeys: assignment recording and results (issue 14)."""
