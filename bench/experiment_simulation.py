@@ -30,6 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 from cascade.cli.experiments import render_report
 from cascade.events.outbox import deliver
 from cascade.events.service import record_app_event
+from cascade.experiments.report import ExperimentReport
 from cascade.experiments.results import experiment_report
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
@@ -37,7 +38,6 @@ from cascade.infra.temporal import register_search_attributes
 from cascade.journeys.files import load_journey
 from cascade.profiles.service import upsert_customer
 from models.events import AppEvent
-from models.experiments import ExperimentReport
 from models.journey import JourneySpec
 from models.profiles import ContactIn, CustomerProfile
 from starter import start_journey

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from pydantic import BaseModel, Field
 
-from analytics.stats import ExperimentStats
 from models.journey import Experiment
 
 
@@ -28,31 +25,3 @@ class AssignVariantResult(BaseModel):
     variant: str
     new: bool = Field(description="False when the customer had an arm already (retry, re-entry)")
     allocation: dict[str, float] | None = Field(default=None, description="Bandit: the split the decision used")
-
-
-class VariantFunnel(BaseModel):
-    """Per arm: the customers at each stage, and money."""
-
-    variant: str
-    recipients: int
-    sent: int
-    delivered: int
-    opened: int
-    clicked: int
-    converted: int
-    revenue: float
-    cost: float
-
-
-class ExperimentReport(BaseModel):
-    """`cascade experiments show`: the funnel per arm and its statistics."""
-
-    experiment: str
-    journey: str
-    mode: str
-    created_at: datetime
-    planned_split: dict[str, float]
-    window_days: float
-    funnel: list[VariantFunnel]
-    stats: ExperimentStats | None = Field(description="None until two arms have customers")
-    note: str | None = None

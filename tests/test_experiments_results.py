@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from analytics.stats import VariantCounts, analyze_experiment
 from cascade.cli.experiments import app
 from cascade.experiments.assignment import assign
+from cascade.experiments.report import ExperimentReport
 from cascade.experiments.results import UnknownExperimentError, experiment_report
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import get_settings
 from cascade.journeys.files import load_journey
-from models.experiments import AssignVariantInput, ExperimentReport
+from models.experiments import AssignVariantInput
 from models.journey import CONTROL_ARM, Experiment
 from models.tables import Delivery, EngagementEvent, ExperimentAssignment, JourneyRun, utcnow
 

@@ -13,10 +13,10 @@ from rich.table import Table
 from analytics.stats import ExperimentPlan
 from cascade.cli.common import command, group
 from cascade.experiments.queries import daily_entries, experiment_names
+from cascade.experiments.report import ExperimentReport
 from cascade.experiments.results import UnknownExperimentError, experiment_plan, experiment_report
 from cascade.infra.db import Database
 from cascade.infra.settings import get_settings
-from models.experiments import ExperimentReport
 from models.tables import utcnow
 
 app = group("A/B, multivariate and bandit experiments in journeys: results and planning.")

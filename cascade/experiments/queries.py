@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Row, Select, and_, case, distinct, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from cascade.experiments.report import VariantFunnel
 from cascade.infra.db import Database
-from models.experiments import VariantFunnel
 from models.tables import Delivery, EngagementEvent, ExperimentAssignment, ExperimentDefinition, JourneyRun
 
 _A = ExperimentAssignment.__table__  # type: ignore[attr-defined]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from analytics.stats import ExperimentPlan, VariantCounts, analyze_experiment, plan_experiment
 from cascade.experiments.queries import definition, funnel
+from cascade.experiments.report import ExperimentReport
 from cascade.infra.db import Database
-from models.experiments import ExperimentReport
 from models.journey import CONTROL_ARM
 
 
