@@ -1,0 +1,110 @@
+"""The authoring checks of a journey definition: what a marketer's file must satisfy to start.
+
+models/journey.py holds the wire types, the shapes that cross Temporal in a workflow's
+input, and decodes whatever an older release wrote there. The checks here run only when
+a definition is authored: a journey file is loaded (cascade/journeys/files.py) or
+application code starts a JourneySpec (cascade/journeys/service.py). Tightening one of
+them therefore never refuses the input of a journey that is already running.
+
+Problems are raised as a pydantic ValidationError with the same locations and
+"Value error, ..." messages a field validator gives, so the file/field/line report of
+files.describe_validation_error reads exactly as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails
+
+from models.journey import Condition, JourneyInput, JourneySpec, MessageContent
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, Any, str]
+
+_TEMPLATES = SandboxedEnvironment(autoescape=False)
+
+
+def validate_spec(data: Any) -> JourneySpec:
+    """Decode authored journey data and apply every authoring check (ValidationError if any fails)."""
+    spec = JourneySpec.model_validate(data)
+    check_spec(spec)
+    return spec
+
+
+def check_spec(spec: JourneySpec) -> None:
+    """Refuse a decoded spec that breaks an authoring rule: ValidationError naming each field."""
+    _raise(JourneySpec.__name__, list(spec_problems(spec)))
+
+
+def journey_input(
+    spec: JourneySpec, customer_id: str, deadline: datetime | None, context: dict[str, Any]
+) -> JourneyInput:
+    """The workflow input of a new start, refused (ValidationError) if the deadline has no time zone."""
+    payload = JourneyInput(spec=spec, customer_id=customer_id, deadline=deadline, context=context)
+    if payload.deadline is not None and payload.deadline.tzinfo is None:
+        # On the object itself, as the model validator that used to hold this check reported it.
+        _raise(
+            JourneyInput.__name__,
+            [((), deadline, "deadline must carry a time zone (e.g. 2026-12-31T23:59:00+00:00)")],
+        )
+    return payload
+
+
+def spec_problems(spec: JourneySpec) -> Iterator[Problem]:
+    """Every authoring problem of `spec` as (location, offending value, message)."""
+    if spec.valid_for is not None and spec.valid_for <= timedelta(0):
+        yield ("valid_for",), spec.valid_for, "must be positive"
+    if spec.trigger is not None and spec.trigger.reentry is not None and spec.trigger.reentry <= timedelta(0):
+        yield ("trigger", "reentry"), spec.trigger.reentry, "must be positive (e.g. 180d)"
+    yield from _condition_problems(("entry", "conditions"), spec.entry.conditions)
+    if spec.frequency_cap is not None and spec.frequency_cap.per <= timedelta(0):
+        yield ("frequency_cap", "per"), spec.frequency_cap.per, "must be positive (e.g. 7d)"
+    if spec.quiet_hours is not None and spec.quiet_hours.start == spec.quiet_hours.end:
+        yield ("quiet_hours",), spec.quiet_hours, "start and end must differ"
+    for i, step in enumerate(spec.steps):
+        for name, value in (("wait", step.wait), ("delay", step.delay)):
+            if value is not None and value <= timedelta(0):
+                yield ("steps", i, name), value, "must be positive (e.g. 30s, 15m, 36h, 2d)"
+        yield from content_problems(("steps", i, "content"), step.content)
+        yield from _condition_problems(("steps", i, "if"), step.when)
+
+
+def content_problems(where: Loc, content: MessageContent) -> Iterator[Problem]:
+    """Every template of `content` that does not parse, with the line Jinja reports."""
+    for path, source in content.template_sources():
+        try:
+            _TEMPLATES.parse(source)
+        except TemplateSyntaxError as exc:
+            parts = [int(p) if p.isdigit() else p for p in path.split(".")]
+            if parts[0] == "whatsapp":
+                # The parameters were checked as one list field: the location names the list.
+                parts = parts[:2]
+            loc = (*where, *parts)
+            yield loc, source, f"template error on line {exc.lineno}: {exc.message}"
+
+
+def _condition_problems(where: Loc, conditions: Sequence[Condition]) -> Iterator[Problem]:
+    for i, cond in enumerate(conditions):
+        if cond.op in ("older_than", "within"):
+            # The wire type turns a readable duration into seconds; anything left is not one.
+            if not isinstance(cond.value, int | float) or isinstance(cond.value, bool):
+                yield (*where, i), cond.value, f"{cond.op} needs a duration such as 30d or 6w, got {cond.value!r}"
+        elif cond.op in ("in", "not_in") and not isinstance(cond.value, list):
+            yield (*where, i), cond.value, f"{cond.op} needs a list value"
+        elif cond.op not in ("exists", "missing") and cond.value is None:
+            yield (*where, i), cond.value, f"{cond.op} needs a value"
+
+
+def _raise(title: str, problems: list[Problem]) -> None:
+    if problems:
+        details = [
+            InitErrorDetails(type="value_error", loc=loc, input=value, ctx={"error": ValueError(message)})
+            for loc, value, message in problems
+        ]
+        raise ValidationError.from_exception_data(title, details)
