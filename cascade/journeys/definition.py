@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from pydantic_core import InitErrorDetails
 
-from models.journey import Condition, JourneyInput, JourneySpec, MessageContent
+from models.journey import Condition, JourneyInput, JourneySpec, JourneyStep, MessageContent
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, Any, str]
@@ -31,8 +31,21 @@ _TEMPLATES = SandboxedEnvironment(autoescape=False)
 
 
 def validate_spec(data: Any) -> JourneySpec:
-    """Decode authored journey data and apply every authoring check (ValidationError if any fails)."""
-    spec = JourneySpec.model_validate(data)
+    """Decode authored journey data and apply every authoring check (ValidationError if any fails).
+
+    When the shape itself is wrong, the authoring problems of the parts that do decode are
+    reported with it, so one run names every mistake in a file, as one validator pass did.
+    """
+    try:
+        spec = JourneySpec.model_validate(data)
+    except ValidationError as exc:
+        extra = list(_problems_of_raw(data)) if isinstance(data, dict) else []
+        if not extra:
+            raise
+        details = [
+            InitErrorDetails(type=e["type"], loc=e["loc"], input=e["input"], ctx=e.get("ctx", {})) for e in exc.errors()
+        ]
+        raise ValidationError.from_exception_data(JourneySpec.__name__, details + _details(extra)) from None
     check_spec(spec)
     return spec
 
@@ -58,21 +71,57 @@ def journey_input(
 
 def spec_problems(spec: JourneySpec) -> Iterator[Problem]:
     """Every authoring problem of `spec` as (location, offending value, message)."""
-    if spec.valid_for is not None and spec.valid_for <= timedelta(0):
-        yield ("valid_for",), spec.valid_for, "must be positive"
-    if spec.trigger is not None and spec.trigger.reentry is not None and spec.trigger.reentry <= timedelta(0):
-        yield ("trigger", "reentry"), spec.trigger.reentry, "must be positive (e.g. 180d)"
-    yield from _condition_problems(("entry", "conditions"), spec.entry.conditions)
-    if spec.frequency_cap is not None and spec.frequency_cap.per <= timedelta(0):
-        yield ("frequency_cap", "per"), spec.frequency_cap.per, "must be positive (e.g. 7d)"
-    if spec.quiet_hours is not None and spec.quiet_hours.start == spec.quiet_hours.end:
-        yield ("quiet_hours",), spec.quiet_hours, "start and end must differ"
+    yield from _problems_of_parts({name: getattr(spec, name) for name in _PARTS})
     for i, step in enumerate(spec.steps):
-        for name, value in (("wait", step.wait), ("delay", step.delay)):
-            if value is not None and value <= timedelta(0):
-                yield ("steps", i, name), value, "must be positive (e.g. 30s, 15m, 36h, 2d)"
-        yield from content_problems(("steps", i, "content"), step.content)
-        yield from _condition_problems(("steps", i, "if"), step.when)
+        yield from _step_problems(i, step)
+
+
+def _problems_of_parts(parts: dict[str, Any]) -> Iterator[Problem]:
+    valid_for, trigger = parts.get("valid_for"), parts.get("trigger")
+    if valid_for is not None and valid_for <= timedelta(0):
+        yield ("valid_for",), valid_for, "must be positive"
+    if trigger is not None and trigger.reentry is not None and trigger.reentry <= timedelta(0):
+        yield ("trigger", "reentry"), trigger.reentry, "must be positive (e.g. 180d)"
+    if (entry := parts.get("entry")) is not None:
+        yield from _condition_problems(("entry", "conditions"), entry.conditions)
+    cap, quiet = parts.get("frequency_cap"), parts.get("quiet_hours")
+    if cap is not None and cap.per <= timedelta(0):
+        yield ("frequency_cap", "per"), cap.per, "must be positive (e.g. 7d)"
+    if quiet is not None and quiet.start == quiet.end:
+        yield ("quiet_hours",), quiet, "start and end must differ"
+
+
+# The spec's fields that carry authoring rules (besides the steps, checked one by one).
+_PARTS = ("valid_for", "trigger", "entry", "frequency_cap", "quiet_hours")
+
+
+def _step_problems(i: int, step: JourneyStep) -> Iterator[Problem]:
+    for name, value in (("wait", step.wait), ("delay", step.delay)):
+        if value is not None and value <= timedelta(0):
+            yield ("steps", i, name), value, "must be positive (e.g. 30s, 15m, 36h, 2d)"
+    yield from content_problems(("steps", i, "content"), step.content)
+    yield from _condition_problems(("steps", i, "if"), step.when)
+
+
+def _problems_of_raw(data: dict[str, Any]) -> Iterator[Problem]:
+    """The authoring problems of every part of `data` that decodes on its own."""
+    parts: dict[str, Any] = {}
+    for name in _PARTS:
+        if name in data:
+            try:
+                parts[name] = TypeAdapter[Any](cast(Any, JourneySpec.model_fields[name].annotation)).validate_python(
+                    data[name]
+                )
+            except ValidationError:
+                continue
+    yield from _problems_of_parts(parts)
+    steps = data.get("steps")
+    for i, raw in enumerate(steps if isinstance(steps, list) else []):
+        try:
+            step = JourneyStep.model_validate(raw)
+        except ValidationError:
+            continue
+        yield from _step_problems(i, step)
 
 
 def content_problems(where: Loc, content: MessageContent) -> Iterator[Problem]:
@@ -101,10 +150,15 @@ def _condition_problems(where: Loc, conditions: Sequence[Condition]) -> Iterator
             yield (*where, i), cond.value, f"{cond.op} needs a value"
 
 
+def _details(problems: list[Problem]) -> list[InitErrorDetails]:
+    # "value_error" with the ValueError as context reads "Value error, <message>", exactly
+    # what pydantic reports for a ValueError raised in a validator.
+    return [
+        InitErrorDetails(type="value_error", loc=loc, input=value, ctx={"error": ValueError(message)})
+        for loc, value, message in problems
+    ]
+
+
 def _raise(title: str, problems: list[Problem]) -> None:
     if problems:
-        details = [
-            InitErrorDetails(type="value_error", loc=loc, input=value, ctx={"error": ValueError(message)})
-            for loc, value, message in problems
-        ]
-        raise ValidationError.from_exception_data(title, details)
+        raise ValidationError.from_exception_data(title, _details(problems))
