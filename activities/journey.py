@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import and_, func, or_, text
-from sqlmodel import col, delete, select, update
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from cascade.content.templates import TemplateRenderError, render_content
-from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.delivery.claims import (
+    CRASHED,
+    UNKNOWN,
+    SendInProgress,
+    claim_send,
+    dangling,
+    finished_result,
+    mark_unknown,
+    record_permanent_failure,
+    record_sent,
+    release_claim,
+    renew_claim,
+    set_status,
+    settle,
+)
+from cascade.infra.db import Database
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings
+from cascade.journeys.rule_queries import customer_reactions, marketing_sends
 from cascade.journeys.rules import (
     cap_frees_at,
     customer_zone,
@@ -28,10 +41,9 @@ from cascade.journeys.rules import (
     stay_channels,
 )
 from cascade.profiles.contacts import load_reachability
-from cascade.profiles.service import mark_contact_point, template_fields
+from cascade.profiles.service import template_fields
 from cascade.tracking.tokens import add_tracking, save_tracking, unsubscribe_link
 from channels.base import (
-    Button,
     Channel,
     ConfigurationError,
     OutboundMessage,
@@ -44,33 +56,14 @@ from channels.health import failing_channels, record_configuration_error, record
 from models.activities import (
     CheckContactInput,
     CheckContactResult,
-    FailureCode,
     SendMessageInput,
     SendMessageResult,
     SettleDeliveryInput,
     SettleDeliveryResult,
     StepRules,
 )
-from models.journey import ChannelName, FrequencyCap
-from models.tables import Customer, Delivery, DeliveryStatus, EngagementEvent, Topic, utcnow
-
-_ALREADY_SENT = {
-    DeliveryStatus.SENT,
-    DeliveryStatus.DELIVERED,
-    DeliveryStatus.OPENED,
-    DeliveryStatus.CLICKED,
-}
-
-
-def _finished_result(row: Delivery) -> SendMessageResult | None:
-    """The result an earlier attempt already reached for this delivery, if it finished."""
-    if row.status in _ALREADY_SENT:
-        return SendMessageResult(status="sent", message_id=row.provider_message_id, cost=row.cost, duplicate=True)
-    if row.status == DeliveryStatus.FAILED:
-        return SendMessageResult(status="failed", reason=row.failure_code or FailureCode.PROVIDER_REJECTED)
-    if row.status == DeliveryStatus.UNKNOWN:
-        return _UNKNOWN
-    return None
+from models.journey import ChannelName
+from models.tables import Customer, Delivery, DeliveryStatus, Topic, utcnow
 
 
 class JourneyActivities:
@@ -137,45 +130,10 @@ class JourneyActivities:
         return result
 
     async def _reactions(self, customer_id: str) -> list[tuple[str, datetime]]:
-        """(channel, when) of every open/click of the customer, from deliveries and events."""
-        reacted = func.coalesce(col(Delivery.clicked_at), col(Delivery.opened_at))
-        async with self._db.session() as session:
-            connection = await session.connection()
-            rows = (
-                await connection.execute(
-                    select(Delivery.channel, reacted)
-                    .where(Delivery.customer_id == customer_id, reacted.is_not(None))
-                    .union_all(
-                        select(col(EngagementEvent.channel), col(EngagementEvent.occurred_at)).where(
-                            EngagementEvent.customer_id == customer_id,
-                            col(EngagementEvent.channel).is_not(None),
-                            col(EngagementEvent.type).in_(["opened", "clicked"]),
-                        )
-                    )
-                )
-            ).all()
-        return [(str(channel), at) for channel, at in rows if at is not None]
+        return await customer_reactions(self._db, customer_id)
 
     async def _marketing_sends(self, customer_id: str, since: datetime) -> list[datetime]:
-        """When the customer's marketing messages went out since `since`, over all journeys.
-
-        A message whose outcome is `unknown` counts (it may well have arrived), at the
-        time it was attempted.
-        """
-        async with self._db.session() as session:
-            rows = (
-                await session.exec(
-                    select(func.coalesce(col(Delivery.sent_at), col(Delivery.created_at))).where(
-                        Delivery.customer_id == customer_id,
-                        Delivery.topic == Topic.MARKETING.value,
-                        or_(
-                            col(Delivery.sent_at) > since,
-                            and_(col(Delivery.status) == DeliveryStatus.UNKNOWN, col(Delivery.created_at) > since),
-                        ),
-                    )
-                )
-            ).all()
-        return [t for t in rows if t is not None]
+        return await marketing_sends(self._db, customer_id, since)
 
     @activity.defn
     async def send_message(self, input: SendMessageInput) -> SendMessageResult:
@@ -214,16 +172,7 @@ class JourneyActivities:
             if held.attempt is None:
                 continue
             try:
-                async with self._db.session() as session:
-                    await session.exec(
-                        update(Delivery)
-                        .where(
-                            col(Delivery.idempotency_key) == idempotency_key,
-                            col(Delivery.status) == DeliveryStatus.QUEUED,
-                            col(Delivery.attempts) == held.attempt,
-                        )
-                        .values(claimed_until=utcnow() + held.lease)
-                    )
+                await renew_claim(self._db, idempotency_key, held.attempt, held.lease)
             except Exception as exc:  # the send goes on; the lease just is not extended
                 log.warning("send.lease_not_renewed", error=type(exc).__name__)
 
@@ -236,19 +185,19 @@ class JourneyActivities:
             existing = (
                 await session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key))
             ).one_or_none()
-            if existing is not None and (finished := _finished_result(existing)) is not None:
+            if existing is not None and (finished := finished_result(existing)) is not None:
                 log.info("send.duplicate_suppressed", status=finished.status, message_id=finished.message_id)
                 return finished
             # A vanished attempt is settled before consent is looked at again: the
             # message may be out already.
             if (
                 existing is not None
-                and _dangling(existing, utcnow())
+                and dangling(existing, utcnow())
                 and not idempotent
-                and await _mark_unknown(session, existing, _CRASHED)
+                and await mark_unknown(session, existing, CRASHED)
             ):
-                log.warning("send.outcome_unknown", reason=_CRASHED)
-                return _UNKNOWN
+                log.warning("send.outcome_unknown", reason=CRASHED)
+                return UNKNOWN
             reach = await load_reachability(session, input.customer_id, input.channel, input.topic)
 
         if not reach.usable or reach.contact is None or reach.customer is None:
@@ -288,20 +237,10 @@ class JourneyActivities:
             return claim
         held.attempt = claim
 
-        message = OutboundMessage(
+        message = OutboundMessage.of(
+            rendered,
             channel=input.channel.value,
             to=reach.contact.address,
-            body=rendered.body,
-            subject=rendered.subject,
-            html=rendered.html,
-            url=rendered.url,
-            title=rendered.title,
-            icon=rendered.icon,
-            image=rendered.image,
-            buttons=tuple(Button(text, url) for text, url in rendered.buttons),
-            template_name=rendered.template_name,
-            template_language=rendered.template_language,
-            template_params=rendered.template_params,
             metadata=(("journey", input.journey), ("step", str(input.step))),
             idempotency_key=input.idempotency_key,
             unsubscribe_url=tracking.unsubscribe_url,
@@ -324,23 +263,7 @@ class JourneyActivities:
         self, input: SendMessageInput, receipt: SendReceipt, cost: float, log: structlog.stdlib.BoundLogger
     ) -> SendMessageResult:
         cost = receipt.cost or cost
-        async with self._db.session() as session:
-            await session.exec(
-                update(Delivery)
-                .where(
-                    col(Delivery.idempotency_key) == input.idempotency_key,
-                    # An attempt whose claim ran out may have been settled `unknown` by
-                    # another; the provider's answer is the truth.
-                    col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.UNKNOWN]),
-                )
-                .values(
-                    status=DeliveryStatus.SENT,
-                    provider_message_id=receipt.provider_message_id,
-                    sent_at=utcnow(),
-                    cost=cost,
-                    claimed_until=None,
-                )
-            )
+        await record_sent(self._db, input.idempotency_key, receipt.provider_message_id, cost)
         if input.channel in await self._failing_channels():
             await record_recovery(self._db, input.channel)
             self._failing.discard(input.channel)
@@ -373,7 +296,7 @@ class JourneyActivities:
             log.warning("send.permanent_failure", reason=exc.reason, contact_status=exc.contact_status)
             return SendMessageResult(status="failed", reason=exc.code)
         if isinstance(exc, ConfigurationError):
-            await self._set_status(input.idempotency_key, DeliveryStatus.FAILED, exc.code, exc.reason, failed=True)
+            await set_status(self._db, input.idempotency_key, DeliveryStatus.FAILED, exc.code, exc.reason, failed=True)
             await record_configuration_error(self._db, channel, exc.reason)
             (await self._failing_channels()).add(channel)
             log.error("send.configuration_error", provider_said=exc.reason)
@@ -384,13 +307,15 @@ class JourneyActivities:
                 non_retryable=True,
             )
         if isinstance(exc, UnknownOutcomeError) and not idempotent:
-            await self._set_status(input.idempotency_key, DeliveryStatus.UNKNOWN, exc.code, exc.reason, attempt=attempt)
+            await set_status(
+                self._db, input.idempotency_key, DeliveryStatus.UNKNOWN, exc.code, exc.reason, attempt=attempt
+            )
             log.warning("send.outcome_unknown", reason=exc.reason)
-            return _UNKNOWN
+            return UNKNOWN
         assert isinstance(exc, TransientSendError | UnknownOutcomeError)
         # Nothing was sent (transient), or the provider drops a repeat of this key:
         # let the next attempt claim at once and call again with the same key.
-        await self._release(input.idempotency_key, attempt, exc.code, exc.reason)
+        await release_claim(self._db, input.idempotency_key, attempt, exc.code, exc.reason)
         retry_after = exc.retry_after if isinstance(exc, TransientSendError) else None
         log.warning("send.transient_failure", reason=exc.reason, code=exc.code, retry_after=retry_after)
         raise ApplicationError(
@@ -415,181 +340,27 @@ class JourneyActivities:
         lease: timedelta,
         idempotent: bool,
     ) -> SendMessageResult | int:
-        """Make this attempt the only one that may call the provider for this key.
-
-        Returns the attempt number it claimed, or the result when there is nothing to
-        send: an earlier attempt finished it, an earlier attempt vanished mid-send on a
-        provider without idempotency keys (`unknown`), or the frequency cap is full
-        (`postponed`). The cap is counted in the same transaction as the claim, under
-        a per-customer lock, so two journeys of one customer cannot both take the last
-        slot. Raises a retryable error while another live attempt holds the claim.
-        """
-        now = utcnow()
-        cap = input.frequency_cap if input.topic == Topic.MARKETING else None
-        async with self._db.session() as session:
-            if cap is not None and not self._db.is_sqlite:
-                # One customer's claims one after another; SQLite gets the same from the
-                # insert below, which takes the database's single write lock first.
-                connection = await session.connection()
-                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(customer_id)})
-            await session.exec(
-                insert_ignoring_conflicts(self._db, Delivery)
-                .values(
-                    idempotency_key=input.idempotency_key,
-                    workflow_id=input.workflow_id,
-                    run_id=input.run_id,
-                    journey=input.journey,
-                    step=input.step,
-                    customer_id=customer_id,
-                    channel=input.channel.value,
-                    topic=input.topic.value,
-                    contact_point_id=contact_point_id,
-                    status=DeliveryStatus.QUEUED,
-                    content_hash=content_hash,
-                    currency=self._settings.currency,
-                    variant=input.variant,
-                )
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        """The claim protocol (cascade/delivery/claims.py); a live claim elsewhere is a retry."""
+        try:
+            return await claim_send(
+                self._db,
+                input,
+                customer_id,
+                contact_point_id,
+                content_hash,
+                lease,
+                idempotent,
+                self._settings.currency,
             )
-            row = await _delivery(session, input.idempotency_key)
-            if (finished := _finished_result(row)) is not None:
-                return finished
-            if _dangling(row, now) and not idempotent and await _mark_unknown(session, row, _CRASHED):
-                return _UNKNOWN
-            if row.claimed_until is None or _aware(row.claimed_until) < now:
-                if cap is not None and (postponed := await self._cap_full(session, input, customer_id, cap, now)):
-                    if row.attempts == 0:
-                        # Nothing was tried yet: no row until the send really starts.
-                        await session.exec(
-                            delete(Delivery)
-                            .where(col(Delivery.id) == row.id, col(Delivery.attempts) == 0)
-                            .execution_options(synchronize_session=False)
-                        )
-                    return postponed
-                claimed = await session.exec(
-                    update(Delivery)
-                    .where(
-                        col(Delivery.idempotency_key) == input.idempotency_key,
-                        col(Delivery.status) == DeliveryStatus.QUEUED,
-                        or_(col(Delivery.claimed_until).is_(None), col(Delivery.claimed_until) < now),
-                    )
-                    .values(claimed_until=now + lease, attempts=col(Delivery.attempts) + 1)
-                    # The row object is re-read below; SQLite's zone-less timestamps
-                    # cannot be compared in Python to keep it in step.
-                    .execution_options(synchronize_session=False)
-                )
-                if claimed.rowcount == 1:
-                    return (await _delivery(session, input.idempotency_key)).attempts
-                row = await _delivery(session, input.idempotency_key)
-        if (finished := _finished_result(row)) is not None:
-            return finished
-        remaining = (_aware(row.claimed_until) - now) if row.claimed_until is not None else lease
-        raise ApplicationError(
-            "another attempt is sending this message; retrying after it finishes",
-            type="SendInProgress",
-            next_retry_delay=max(remaining, timedelta(seconds=1)),
-        )
-
-    async def _cap_full(
-        self, session: AsyncSession, input: SendMessageInput, customer_id: str, cap: FrequencyCap, now: datetime
-    ) -> SendMessageResult | None:
-        """None if one more marketing message fits the cap now, else `postponed` until it does.
-
-        Counts the customer's marketing sends in the window over all journeys: sent ones,
-        `unknown` ones (they may have arrived), and ones another attempt is sending right
-        now. When only those in flight fill the cap, their outcome decides: retry shortly.
-        """
-        at = max(input.at or now, now)
-        since = at - cap.per
-        rows = (
-            await session.exec(
-                select(Delivery.status, Delivery.sent_at, Delivery.created_at, Delivery.claimed_until).where(
-                    col(Delivery.customer_id) == customer_id,
-                    col(Delivery.topic) == Topic.MARKETING.value,
-                    col(Delivery.idempotency_key) != input.idempotency_key,
-                    or_(
-                        col(Delivery.sent_at) > since,
-                        and_(col(Delivery.status) == DeliveryStatus.UNKNOWN, col(Delivery.created_at) > since),
-                        and_(col(Delivery.status) == DeliveryStatus.QUEUED, col(Delivery.claimed_until) >= now),
-                    ),
-                )
-            )
-        ).all()
-        settled = [sent_at or created_at for status, sent_at, created_at, _ in rows if status != DeliveryStatus.QUEUED]
-        in_flight = [at for status, *_ in rows if status == DeliveryStatus.QUEUED]
-        if (frees := cap_frees_at(cap, [*settled, *in_flight], at)) is None:
-            return None
-        if in_flight and cap_frees_at(cap, settled, at) is None:
-            raise ApplicationError(
-                "the frequency cap is full only with sends still in flight; retrying when they finish",
-                type="SendInProgress",
-                next_retry_delay=timedelta(seconds=2),
-            )
-        return SendMessageResult(status="postponed", reason=f"frequency cap {cap.max} per {cap.per}", wake_at=frees)
-
-    async def _release(self, idempotency_key: str, attempt: int, code: str, reason: str) -> None:
-        # Nothing reached the customer: let the next attempt claim at once. The last
-        # error stays on the row for whoever looks (the workflow gets only the code).
-        async with self._db.session() as session:
-            await session.exec(
-                update(Delivery)
-                .where(
-                    col(Delivery.idempotency_key) == idempotency_key,
-                    col(Delivery.status) == DeliveryStatus.QUEUED,
-                    col(Delivery.attempts) == attempt,
-                )
-                .values(claimed_until=None, failure_code=code, failure_reason=reason[:1000])
-            )
-
-    async def _set_status(
-        self,
-        idempotency_key: str,
-        status: DeliveryStatus,
-        code: str,
-        reason: str,
-        *,
-        attempt: int | None = None,
-        failed: bool = False,
-    ) -> None:
-        conditions = [
-            col(Delivery.idempotency_key) == idempotency_key,
-            col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.UNKNOWN]),
-        ]
-        if attempt is not None:
-            conditions.append(col(Delivery.attempts) == attempt)
-        values: dict[str, object] = {
-            "status": status,
-            "failure_code": code,
-            "failure_reason": reason[:1000],
-            "claimed_until": None,
-        }
-        if failed:
-            values["failed_at"] = utcnow()
-        async with self._db.session() as session:
-            await session.exec(update(Delivery).where(*conditions).values(**values))
+        except SendInProgress as exc:
+            raise _in_progress(exc) from None
 
     async def _record_permanent_failure(
         self, input: SendMessageInput, contact_point_id: int | None, exc: PermanentSendError
     ) -> None:
-        async with self._db.session() as session:
-            await session.exec(
-                update(Delivery)
-                .where(
-                    col(Delivery.idempotency_key) == input.idempotency_key,
-                    col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.UNKNOWN]),
-                )
-                .values(
-                    status=DeliveryStatus.FAILED,
-                    failure_code=exc.code,
-                    failure_reason=exc.reason[:1000],
-                    failed_at=utcnow(),
-                    claimed_until=None,
-                )
-            )
-            if exc.contact_status is not None:
-                # None: the provider refused this message, not the address (e.g. an
-                # unknown WhatsApp template); the contact stays usable.
-                await mark_contact_point(session, contact_point_id, exc.contact_status, exc.reason)
+        await record_permanent_failure(
+            self._db, input.idempotency_key, contact_point_id, exc.code, exc.reason, exc.contact_status
+        )
 
     @activity.defn
     async def settle_delivery(self, input: SettleDeliveryInput) -> SettleDeliveryResult:
@@ -600,38 +371,19 @@ class JourneyActivities:
         claim still live means an attempt is still running: retried until it ends. A
         claim that ended without a result is settled `unknown` here, once.
         """
-        now = utcnow()
-        async with self._db.session() as session:
-            row = (
-                await session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key))
-            ).one_or_none()
-            if row is None:
-                return SettleDeliveryResult(status="not_sent")
-            if (finished := _finished_result(row)) is not None:
-                return SettleDeliveryResult(
-                    status=finished.status, message_id=finished.message_id, reason=finished.reason
-                )
-            if row.claimed_until is None:
-                # Every attempt so far released its claim: none reached the provider.
-                return SettleDeliveryResult(status="not_sent", reason=row.failure_code)
-            if _aware(row.claimed_until) >= now:
-                raise ApplicationError(
-                    "a send attempt is still running",
-                    type="SendInProgress",
-                    next_retry_delay=max(_aware(row.claimed_until) - now, timedelta(seconds=1)),
-                )
-            if not await _mark_unknown(session, row, _CRASHED):
-                raise ApplicationError("the delivery changed while settling it", type="SendInProgress")
-        get_logger(__name__, workflow_id=row.workflow_id, channel=row.channel, step=row.step).warning(
-            "send.outcome_unknown", reason=_CRASHED
-        )
-        return SettleDeliveryResult(status="unknown", reason=FailureCode.OUTCOME_UNKNOWN)
+        try:
+            result, settled = await settle(self._db, input.idempotency_key)
+        except SendInProgress as exc:
+            raise _in_progress(exc) from None
+        if settled is not None:
+            get_logger(__name__, workflow_id=settled.workflow_id, channel=settled.channel, step=settled.step).warning(
+                "send.outcome_unknown", reason=CRASHED
+            )
+        return result
 
 
 # An attempt's time when Temporal gives none (tests calling the activity directly).
 _DEFAULT_ATTEMPT = timedelta(seconds=60)
-_CRASHED = "an earlier attempt claimed the send and ended without a result (worker lost mid-send)"
-_UNKNOWN = SendMessageResult(status="unknown", reason=FailureCode.OUTCOME_UNKNOWN)
 
 
 @dataclass
@@ -642,44 +394,6 @@ class _HeldClaim:
     attempt: int | None = None
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands timestamps back without their zone; every one we write is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _dangling(row: Delivery, now: datetime) -> bool:
-    """Claimed by an attempt that neither finished nor released it, and its lease is over."""
-    return row.status == DeliveryStatus.QUEUED and row.claimed_until is not None and _aware(row.claimed_until) < now
-
-
-async def _mark_unknown(session: AsyncSession, row: Delivery, reason: str) -> bool:
-    """Settle a dangling claim as `unknown`; False if another attempt changed the row first."""
-    result = await session.exec(
-        update(Delivery)
-        .where(
-            col(Delivery.idempotency_key) == row.idempotency_key,
-            col(Delivery.status) == DeliveryStatus.QUEUED,
-            col(Delivery.attempts) == row.attempts,
-            col(Delivery.claimed_until).is_not(None),
-        )
-        .values(
-            status=DeliveryStatus.UNKNOWN,
-            failure_code=FailureCode.OUTCOME_UNKNOWN,
-            failure_reason=reason,
-            claimed_until=None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount == 1)
-
-
-async def _delivery(session: AsyncSession, idempotency_key: str) -> Delivery:
-    row = (await session.exec(select(Delivery).where(Delivery.idempotency_key == idempotency_key))).one()
-    # A fresh read every time: the session must not answer from its identity map.
-    await session.refresh(row)
-    return row
-
-
-def _lock_key(customer_id: str) -> int:
-    """A stable signed 64-bit key for pg_advisory_xact_lock, one per customer."""
-    return int.from_bytes(hashlib.sha256(f"cascade-cap:{customer_id}".encode()).digest()[:8], "big", signed=True)
+def _in_progress(exc: SendInProgress) -> ApplicationError:
+    """Another attempt holds the claim: a retryable error, after the time the claim says."""
+    return ApplicationError(exc.reason, type="SendInProgress", next_retry_delay=exc.retry_after)

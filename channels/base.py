@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol, Self
 
+from cascade.content.rendered import Button, RenderedContent
 from models.activities import FailureCode
 from models.tables import ContactStatus
 
@@ -18,45 +19,42 @@ _CONTACT_CODES = {
 }
 
 
-@dataclass(frozen=True)
-class Button:
-    """A call-to-action under a messenger message or a push notification: label and link."""
+__all__ = [
+    "Button",
+    "Channel",
+    "ConfigurationError",
+    "OutboundMessage",
+    "PermanentSendError",
+    "SendReceipt",
+    "TransientSendError",
+    "UnknownOutcomeError",
+]
 
-    text: str
-    url: str
 
+@dataclass(frozen=True, kw_only=True)
+class OutboundMessage(RenderedContent):
+    """A rendered message for one address on one channel: the content plus its envelope.
 
-@dataclass(frozen=True)
-class OutboundMessage:
-    """A rendered message for one address on one channel.
-
-    `body` is already the variant meant for the channel (short SMS text, messenger
-    text, push body, voice script); the other fields are used by the adapters that
-    can show them and ignored by the rest.
+    The content fields (body, subject, html, url, push title/icon/image, buttons, the
+    WhatsApp template) are RenderedContent's; `body` is already the variant meant for the
+    channel (short SMS text, messenger text, push body, voice script), and each adapter
+    uses the fields it can show and ignores the rest.
     """
 
     channel: str
     to: str
-    body: str
     idempotency_key: str
-    subject: str | None = None
-    html: str | None = None
-    url: str | None = None
-    # Push notification title / icon / big image.
-    title: str | None = None
-    icon: str | None = None
-    image: str | None = None
-    buttons: tuple[Button, ...] = ()
     # RFC 8058 one-click unsubscribe link; email adds List-Unsubscribe headers for it.
     unsubscribe_url: str | None = None
     # Extra email headers (e.g. campaign tags for the ESP); never secrets.
     headers: tuple[tuple[str, str], ...] = ()
-    # WhatsApp approved template: name, language code and body parameters, in order.
-    template_name: str | None = None
-    template_language: str | None = None
-    template_params: tuple[str, ...] = ()
     # Free-form key/values some providers echo back in receipts (FCM data, Viber tracking).
     metadata: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def of(cls, content: RenderedContent, **envelope: Any) -> Self:
+        """`content` addressed: `envelope` gives channel, to, idempotency_key and the optional rest."""
+        return cls(**{f.name: getattr(content, f.name) for f in fields(RenderedContent)}, **envelope)
 
     def key_digest(self, length: int = 32) -> str:
         """A stable hex digest of the idempotency key (for provider ids with size limits)."""

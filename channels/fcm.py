@@ -22,15 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from cascade.infra.settings import FcmSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import (
-    configuration_error,
-    json_body,
-    make_client,
-    post,
-    rate_limited,
-    retry_after,
-    transient_for_status,
-)
+from channels.http import HttpChannel, configuration_error, json_body, rate_limited, retry_after, transient_for_status
 from models.tables import ContactStatus
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -59,16 +51,15 @@ def sign_assertion(account: dict[str, Any], now: float) -> str:
     return f"{signing_input}.{_b64url(signature)}"
 
 
-class FcmChannel:
+class FcmChannel(HttpChannel):
     """Sends to app instances of one Firebase project."""
 
-    name = "fcm"
+    name = provider = "fcm"
     idempotent = False
 
     def __init__(self, settings: FcmSettings, cost: float = 0.0) -> None:
+        super().__init__(settings.base_url, settings.timeout_seconds, cost)
         self._settings = settings
-        self._cost = cost
-        self._client = make_client(settings.base_url, settings.timeout_seconds)
         self._account: dict[str, Any] = (
             json.loads(settings.service_account_json.get_secret_value())
             if settings.service_account_json.get_secret_value()
@@ -78,10 +69,6 @@ class FcmChannel:
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
 
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
-
     async def _access_token(self) -> str:
         """A cached OAuth2 access token, refreshed a minute before it expires."""
         async with self._token_lock:
@@ -89,19 +76,19 @@ class FcmChannel:
             if self._token is not None and now < self._token_expires - 60:
                 return self._token
             if not self._account:
-                raise configuration_error("fcm", "no service account configured")
+                raise self._configuration_error("no service account configured")
             form = {
                 "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
                 "assertion": sign_assertion(self._account, now),
             }
             # The token exchange sends nothing: any failure of it is a plain retry.
-            response = await post(self._client, self._account["token_uri"], "fcm-oauth", sends=False, data=form)
+            response = await self._post(self._account["token_uri"], provider="fcm-oauth", sends=False, data=form)
             data = json_body(response)
             if response.status_code != 200 or "access_token" not in data:
                 if transient_for_status(response, "fcm-oauth") is not None:
                     reason = f"fcm-oauth: HTTP {response.status_code}"
                     raise TransientSendError(reason, retry_after=retry_after(response))
-                raise configuration_error("fcm", f"token exchange refused: {data.get('error', response.status_code)}")
+                raise self._configuration_error(f"token exchange refused: {data.get('error', response.status_code)}")
             self._token = str(data["access_token"])
             self._token_expires = now + float(data.get("expires_in", 3600))
             return self._token
@@ -129,10 +116,8 @@ class FcmChannel:
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """One messages:send call; the returned `name` is the message id."""
         token = await self._access_token()
-        response = await post(
-            self._client,
+        response = await self._post(
             f"/v1/projects/{self._settings.project_id}/messages:send",
-            "fcm",
             json=self.payload(message),
             headers={"Authorization": f"Bearer {token}"},
         )

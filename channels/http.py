@@ -105,3 +105,38 @@ def rate_limited(reason: str, retry_after: float | None = None) -> TransientSend
 def configuration_error(provider: str, detail: str) -> ConfigurationError:
     """Our credentials, account or sender are refused: no retry helps until an operator acts."""
     return ConfigurationError(f"{provider}: configuration error: {detail}")
+
+
+class HttpChannel:
+    """Base of the HTTP provider adapters: the pooled client, its closing, and failure reading.
+
+    A subclass sets `name` (the channel), `provider` (how its failures name the provider)
+    and `idempotent`, calls `super().__init__` with its base URL, timeout and cost (client
+    options such as auth headers pass through to httpx), and keeps only its provider's
+    wire format: the request body and the meaning of the provider's error codes.
+    """
+
+    name: str
+    provider: str
+    idempotent: bool = False
+
+    def __init__(self, base_url: str, timeout: float, cost: float = 0.0, **client_options: Any) -> None:
+        self._cost = cost
+        self._client = make_client(base_url, timeout, **client_options)
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
+
+    async def _post(
+        self, url: str, *, provider: str | None = None, sends: bool = True, **kwargs: Any
+    ) -> httpx.Response:
+        """POST through the pooled client; network failures classified as `post` does."""
+        return await post(self._client, url, provider or self.provider, sends=sends, **kwargs)
+
+    def _transient(self, response: httpx.Response, detail: str = "") -> TransientSendError | UnknownOutcomeError | None:
+        """The generic retryable answer of `response` (transient_for_status), if it is one."""
+        return transient_for_status(response, self.provider, detail)
+
+    def _configuration_error(self, detail: str) -> ConfigurationError:
+        return configuration_error(self.provider, detail)

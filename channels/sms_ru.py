@@ -11,7 +11,7 @@ from typing import Any
 
 from cascade.infra.settings import SmsRuSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
+from channels.http import HttpChannel, configuration_error, json_body, rate_limited
 from channels.sms_segments import sms_info
 from models.tables import ContactStatus
 
@@ -26,20 +26,16 @@ _LATER_CODES = {206: 3600.0, 208: 600.0, 220: 60.0, 230: 3600.0, 231: 60.0, 232:
 _CONFIG_CODES = {200, 201, 204, 300, 301, 302}
 
 
-class SmsRuChannel:
+class SmsRuChannel(HttpChannel):
     """Sends SMS with one SMS.ru api_id."""
 
     name = "sms"
+    provider = "sms.ru"
     idempotent = False
 
     def __init__(self, settings: SmsRuSettings, cost_per_segment: float = 0.0) -> None:
+        super().__init__(settings.base_url, settings.timeout_seconds, cost_per_segment)
         self._settings = settings
-        self._cost = cost_per_segment
-        self._client = make_client(settings.base_url, settings.timeout_seconds)
-
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """One /sms/send call for one number."""
@@ -54,8 +50,8 @@ class SmsRuChannel:
             form["from"] = self._settings.sender
         if self._settings.test:
             form["test"] = "1"
-        response = await post(self._client, "/sms/send", "sms.ru", data=form)
-        if transient := transient_for_status(response, "sms.ru"):
+        response = await self._post("/sms/send", data=form)
+        if transient := self._transient(response):
             raise transient
         data = json_body(response)
         top = int(data.get("status_code") or 0)

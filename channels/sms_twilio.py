@@ -10,25 +10,19 @@ from __future__ import annotations
 
 from cascade.infra.settings import TwilioSettings
 from channels.base import OutboundMessage, SendReceipt
-from channels.http import json_body, post
 from channels.sms_segments import sms_info
-from channels.twilio_api import classify, twilio_client
+from channels.twilio_api import TwilioChannel
 
 
-class TwilioSmsChannel:
+class TwilioSmsChannel(TwilioChannel):
     """Sends SMS from one Twilio number or messaging service."""
 
     name = "sms"
+    provider = "twilio"
     idempotent = False
 
     def __init__(self, settings: TwilioSettings, cost_per_segment: float = 0.0) -> None:
-        self._settings = settings
-        self._cost = cost_per_segment
-        self._client = twilio_client(settings)
-
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
+        super().__init__(settings, cost_per_segment)
 
     def form(self, message: OutboundMessage) -> dict[str, str]:
         """The Messages.json form fields."""
@@ -43,10 +37,6 @@ class TwilioSmsChannel:
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """Create one Message resource; 201 with its SID, or Twilio's error JSON."""
-        url = f"/2010-04-01/Accounts/{self._settings.account_sid}/Messages.json"
-        response = await post(self._client, url, "twilio", data=self.form(message))
-        if response.status_code in (200, 201):
-            data = json_body(response)
-            segments = int(data.get("num_segments") or sms_info(message.body).segments or 1)
-            return SendReceipt(provider_message_id=str(data["sid"]), cost=self._cost * segments, segments=segments)
-        raise classify(response, "twilio")
+        data = await self._create("Messages", self.form(message))
+        segments = int(data.get("num_segments") or sms_info(message.body).segments or 1)
+        return SendReceipt(provider_message_id=str(data["sid"]), cost=self._cost * segments, segments=segments)

@@ -11,27 +11,22 @@ from typing import Any
 
 from cascade.infra.settings import TelegramSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
+from channels.http import HttpChannel, configuration_error, json_body, rate_limited, transient_for_status
 from models.tables import ContactStatus
 
 # Telegram's own limit for one message's text.
 MAX_TEXT = 4096
 
 
-class TelegramChannel:
+class TelegramChannel(HttpChannel):
     """Sends through one bot."""
 
-    name = "telegram"
+    name = provider = "telegram"
     idempotent = False
 
     def __init__(self, settings: TelegramSettings, cost: float = 0.0) -> None:
+        super().__init__(settings.base_url, settings.timeout_seconds, cost)
         self._settings = settings
-        self._cost = cost
-        self._client = make_client(settings.base_url, settings.timeout_seconds)
-
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
 
     def payload(self, message: OutboundMessage) -> dict[str, Any]:
         """The sendMessage JSON body for `message`."""
@@ -49,7 +44,7 @@ class TelegramChannel:
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """One sendMessage call; errors classified by Telegram's error_code/description."""
         token = self._settings.bot_token.get_secret_value()
-        response = await post(self._client, f"/bot{token}/sendMessage", "telegram", json=self.payload(message))
+        response = await self._post(f"/bot{token}/sendMessage", json=self.payload(message))
         data = json_body(response)
         if response.status_code == 200 and data.get("ok"):
             result = data.get("result") or {}

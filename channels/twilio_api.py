@@ -8,7 +8,7 @@ import httpx
 
 from cascade.infra.settings import TwilioSettings
 from channels.base import PermanentSendError, TransientSendError
-from channels.http import configuration_error, json_body, make_client, rate_limited, retry_after, transient_for_status
+from channels.http import HttpChannel, configuration_error, json_body, rate_limited, retry_after, transient_for_status
 from models.tables import ContactStatus
 
 # Send-time error codes that say the number will never take this message.
@@ -28,13 +28,21 @@ _CONFIG_CODES = {20003, 20404, 21212, 21606, 21659, 30034}
 _TRANSIENT_CODES = {20500, 20503, 30001}
 
 
-def twilio_client(settings: TwilioSettings) -> httpx.AsyncClient:
-    """A pooled client with HTTP Basic account-sid:auth-token."""
-    return make_client(
-        settings.base_url,
-        settings.timeout_seconds,
-        auth=httpx.BasicAuth(settings.account_sid, settings.auth_token.get_secret_value()),
-    )
+class TwilioChannel(HttpChannel):
+    """A Twilio REST resource creator: HTTP Basic account-sid:auth-token, Twilio's error codes."""
+
+    def __init__(self, settings: TwilioSettings, cost: float = 0.0) -> None:
+        auth = httpx.BasicAuth(settings.account_sid, settings.auth_token.get_secret_value())
+        super().__init__(settings.base_url, settings.timeout_seconds, cost, auth=auth)
+        self._settings = settings
+
+    async def _create(self, resource: str, form: dict[str, str]) -> dict[str, Any]:
+        """POST one `resource` (Messages, Calls) of the account; its JSON, or the classified failure."""
+        url = f"/2010-04-01/Accounts/{self._settings.account_sid}/{resource}.json"
+        response = await self._post(url, data=form)
+        if response.status_code in (200, 201):
+            return json_body(response)
+        raise classify(response, self.provider)
 
 
 def classify(response: httpx.Response, provider: str) -> Exception:

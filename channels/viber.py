@@ -12,7 +12,7 @@ from typing import Any
 
 from cascade.infra.settings import ViberSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
+from channels.http import HttpChannel, json_body, rate_limited
 from models.tables import ContactStatus
 
 _CONTACT_STATUS = {
@@ -23,24 +23,16 @@ _CONTACT_STATUS = {
 _CONFIG_STATUS = {1, 2, 7, 8, 9, 10}  # bad url/token, account blocked/not found/suspended, no webhook
 
 
-class ViberChannel:
+class ViberChannel(HttpChannel):
     """Sends as one Viber bot."""
 
-    name = "viber"
+    name = provider = "viber"
     idempotent = False
 
     def __init__(self, settings: ViberSettings, cost: float = 0.0) -> None:
+        headers = {"X-Viber-Auth-Token": settings.auth_token.get_secret_value()}
+        super().__init__(settings.base_url, settings.timeout_seconds, cost, headers=headers)
         self._settings = settings
-        self._cost = cost
-        self._client = make_client(
-            settings.base_url,
-            settings.timeout_seconds,
-            headers={"X-Viber-Auth-Token": settings.auth_token.get_secret_value()},
-        )
-
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
 
     def payload(self, message: OutboundMessage) -> dict[str, Any]:
         """send_message body: text plus a keyboard of open-url buttons."""
@@ -69,8 +61,8 @@ class ViberChannel:
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """One send_message call; message_token is the message id."""
-        response = await post(self._client, "/pa/send_message", "viber", json=self.payload(message))
-        if transient := transient_for_status(response, "viber"):
+        response = await self._post("/pa/send_message", json=self.payload(message))
+        if transient := self._transient(response):
             raise transient
         data = json_body(response)
         status = int(data.get("status", -1))
@@ -82,7 +74,7 @@ class ViberChannel:
         if status == 12:  # tooManyRequests
             raise rate_limited(f"viber: {reason}", retry_after=1.0)
         if status in _CONFIG_STATUS:
-            raise configuration_error("viber", reason)
+            raise self._configuration_error(reason)
         if status in (3, 4):  # badData / missingData: our payload
             raise PermanentSendError(reason, None)
         raise TransientSendError(f"viber: {reason}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from cascade.infra.settings import VkSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError
-from channels.http import configuration_error, json_body, make_client, post, rate_limited, transient_for_status
+from channels.http import HttpChannel, json_body, rate_limited
 from models.tables import ContactStatus
 
 _CONTACT_CODES = {
@@ -34,20 +34,15 @@ def random_id(idempotency_key: str) -> int:
     return int.from_bytes(hashlib.sha256(idempotency_key.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
-class VkChannel:
+class VkChannel(HttpChannel):
     """Sends as one VK community."""
 
-    name = "vk"
+    name = provider = "vk"
     idempotent = True
 
     def __init__(self, settings: VkSettings, cost: float = 0.0) -> None:
+        super().__init__(settings.base_url, settings.timeout_seconds, cost)
         self._settings = settings
-        self._cost = cost
-        self._client = make_client(settings.base_url, settings.timeout_seconds)
-
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
 
     def form(self, message: OutboundMessage) -> dict[str, str]:
         """messages.send parameters (the token goes in the body, never the URL)."""
@@ -71,8 +66,8 @@ class VkChannel:
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """One messages.send call; the returned id is the message id."""
-        response = await post(self._client, "/method/messages.send", "vk", data=self.form(message))
-        if transient := transient_for_status(response, "vk"):
+        response = await self._post("/method/messages.send", data=self.form(message))
+        if transient := self._transient(response):
             raise transient
         data = json_body(response)
         if "response" in data:
@@ -89,7 +84,7 @@ class VkChannel:
         if code in _LATER_CODES:
             raise TransientSendError(f"vk: {reason}", retry_after=_LATER_CODES[code])
         if code in _CONFIG_CODES:
-            raise configuration_error("vk", reason)
+            raise self._configuration_error(reason)
         if code in (100, 914, 913):  # bad parameter, message too long, too many forwarded
             raise PermanentSendError(reason, None)
         raise TransientSendError(f"vk: {reason}")

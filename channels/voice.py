@@ -10,26 +10,16 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
-from cascade.infra.settings import TwilioSettings
 from channels.base import OutboundMessage, SendReceipt
-from channels.http import json_body, post
-from channels.twilio_api import classify, twilio_client
+from channels.twilio_api import TwilioChannel
 
 
-class TwilioVoiceChannel:
+class TwilioVoiceChannel(TwilioChannel):
     """Places calls from one Twilio number."""
 
     name = "voice"
+    provider = "twilio-voice"
     idempotent = False
-
-    def __init__(self, settings: TwilioSettings, cost: float = 0.0) -> None:
-        self._settings = settings
-        self._cost = cost
-        self._client = twilio_client(settings)
-
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
 
     def twiml(self, text: str) -> str:
         """TwiML that says `text` twice (people miss the start of a call), then hangs up."""
@@ -44,8 +34,5 @@ class TwilioVoiceChannel:
         form = {"To": message.to, "From": self._settings.from_number, "Twiml": self.twiml(message.body)}
         if self._settings.status_callback_url:
             form["StatusCallback"] = self._settings.status_callback_url
-        url = f"/2010-04-01/Accounts/{self._settings.account_sid}/Calls.json"
-        response = await post(self._client, url, "twilio-voice", data=form)
-        if response.status_code in (200, 201):
-            return SendReceipt(provider_message_id=str(json_body(response)["sid"]), cost=self._cost)
-        raise classify(response, "twilio-voice")
+        data = await self._create("Calls", form)
+        return SendReceipt(provider_message_id=str(data["sid"]), cost=self._cost)

@@ -22,22 +22,20 @@ from pywebpush import WebPusher, WebPushException
 
 from cascade.infra.settings import WebPushSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt
-from channels.http import configuration_error, make_client, post, transient_for_status
+from channels.http import HttpChannel
 from models.tables import ContactStatus
 
 # Push services accept about 4 KB of encrypted payload; keep the JSON well under it.
 MAX_PAYLOAD = 3000
 
 
-class WebPushChannel:
+class WebPushChannel(HttpChannel):
     """Sends browser notifications signed with one VAPID key."""
 
-    name = "webpush"
+    name = provider = "webpush"
     idempotent = False
 
     def __init__(self, settings: WebPushSettings, cost: float = 0.0) -> None:
-        self._settings = settings
-        self._cost = cost
         key = settings.vapid_private_key.get_secret_value()
         if not key:
             raise ValueError("channel webpush: set CASCADE_WEBPUSH__VAPID_PRIVATE_KEY (the VAPID private key)")
@@ -47,7 +45,8 @@ class WebPushChannel:
             # Never echo the key: the message names the setting, not its value.
             raise ValueError("channel webpush: CASCADE_WEBPUSH__VAPID_PRIVATE_KEY is not a valid VAPID key") from None
         # Absolute URLs: every subscription has its own push service host.
-        self._client = make_client("", settings.timeout_seconds)
+        super().__init__("", settings.timeout_seconds, cost)
+        self._settings = settings
 
     @property
     def application_server_key(self) -> str:
@@ -56,10 +55,6 @@ class WebPushChannel:
             serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
         )
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
 
     def notification(self, message: OutboundMessage) -> bytes:
         """The JSON our service worker shows: title, body, icon, image, link, actions."""
@@ -95,7 +90,7 @@ class WebPushChannel:
         try:
             vapid = self._vapid.sign(claims)
         except VapidException as exc:
-            raise configuration_error("webpush", f"VAPID claims refused: {exc}") from None
+            raise self._configuration_error(f"VAPID claims refused: {exc}") from None
         headers = {
             **vapid,
             "TTL": str(self._settings.ttl_seconds),
@@ -104,7 +99,7 @@ class WebPushChannel:
             "Urgency": "normal",
             "Topic": message.key_digest(32),
         }
-        response = await post(self._client, endpoint, "webpush", content=encoded["body"], headers=headers)
+        response = await self._post(endpoint, content=encoded["body"], headers=headers)
         status = response.status_code
         if status in (200, 201, 202):
             # The push service names the message in Location; keep our own id otherwise.
@@ -115,9 +110,9 @@ class WebPushChannel:
             raise PermanentSendError(f"{status} push subscription is gone", ContactStatus.INVALID)
         if status == 413:
             raise PermanentSendError(f"413 payload too large: {detail}", None)
-        if transient := transient_for_status(response, "webpush", detail):
+        if transient := self._transient(response, detail):
             raise transient
         if status in (401, 403):
-            raise configuration_error("webpush", f"{status} VAPID rejected: {detail}")
+            raise self._configuration_error(f"{status} VAPID rejected: {detail}")
         # 400: a malformed subscription or request.
         raise PermanentSendError(f"{status} {detail}", ContactStatus.INVALID)

@@ -14,7 +14,7 @@ from typing import Any
 
 from cascade.infra.settings import WhatsAppSettings
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt, TransientSendError, UnknownOutcomeError
-from channels.http import configuration_error, json_body, make_client, post, rate_limited, retry_after
+from channels.http import HttpChannel, json_body, rate_limited, retry_after
 from models.tables import ContactStatus
 
 _CONTACT_CODES = {
@@ -29,24 +29,16 @@ _TRANSIENT_CODES = {1, 2, 131000, 131016, 133004}
 _CONFIG_CODES = {0, 3, 10, 190, 200, 368, 131031, 131042, 131045, 133010}
 
 
-class WhatsAppChannel:
+class WhatsAppChannel(HttpChannel):
     """Sends from one WhatsApp business phone number."""
 
-    name = "whatsapp"
+    name = provider = "whatsapp"
     idempotent = False
 
     def __init__(self, settings: WhatsAppSettings, cost: float = 0.0) -> None:
+        headers = {"Authorization": f"Bearer {settings.access_token.get_secret_value()}"}
+        super().__init__(settings.base_url, settings.timeout_seconds, cost, headers=headers)
         self._settings = settings
-        self._cost = cost
-        self._client = make_client(
-            settings.base_url,
-            settings.timeout_seconds,
-            headers={"Authorization": f"Bearer {settings.access_token.get_secret_value()}"},
-        )
-
-    async def aclose(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
 
     def payload(self, message: OutboundMessage) -> dict[str, Any]:
         """The messages API body: a template when one is named, else free text."""
@@ -68,9 +60,7 @@ class WhatsAppChannel:
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """One messages call; its wamid is the message id."""
-        response = await post(
-            self._client, f"/{self._settings.phone_number_id}/messages", "whatsapp", json=self.payload(message)
-        )
+        response = await self._post(f"/{self._settings.phone_number_id}/messages", json=self.payload(message))
         data = json_body(response)
         if response.status_code == 200 and data.get("messages"):
             return SendReceipt(provider_message_id=str(data["messages"][0]["id"]), cost=self._cost)
@@ -91,7 +81,7 @@ class WhatsAppChannel:
         if code in _TRANSIENT_CODES or response.status_code >= 500:
             raise TransientSendError(f"whatsapp: {reason}", retry_after=retry_after(response))
         if code in _CONFIG_CODES or response.status_code in (401, 403):
-            raise configuration_error("whatsapp", reason)
+            raise self._configuration_error(reason)
         # 131047 (24 h window closed), 132000/132001 (template params/name), 100 (bad
         # parameter), 131009...: this message cannot go, the number is fine.
         raise PermanentSendError(reason, None)

@@ -1,4 +1,10 @@
-"""Journey definitions and the workflow's input, result and queryable state."""
+"""Journey definitions and the workflow's input, result and queryable state: the wire types.
+
+These shapes cross Temporal (a workflow's input snapshots the spec), so they decode
+leniently whatever an in-flight journey's input carries. The authoring checks (templates
+parse, durations positive, a condition's value fits its operator, ...) live in
+cascade/journeys/definition.py and run when a journey file or a JourneySpec is started.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,6 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import SandboxedEnvironment
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -77,7 +81,6 @@ class StepStatus(StrEnum):
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.I)
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-_TEMPLATES = SandboxedEnvironment(autoescape=False)
 
 
 def parse_duration(value: Any) -> Any:
@@ -88,15 +91,6 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
-def _check_template(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            _TEMPLATES.parse(value)
-        except TemplateSyntaxError as exc:
-            raise ValueError(f"template error on line {exc.lineno}: {exc.message}") from exc
-    return value
-
-
 class Button(BaseModel):
     """A link button under a messenger message or push notification (templates allowed)."""
 
@@ -104,8 +98,6 @@ class Button(BaseModel):
 
     text: str = Field(min_length=1, max_length=64)
     url: str = Field(min_length=1)
-
-    _templates = field_validator("text", "url")(_check_template)
 
 
 class PushContent(BaseModel):
@@ -118,8 +110,6 @@ class PushContent(BaseModel):
     icon: str | None = None
     image: str | None = None
 
-    _templates = field_validator("title", "body", "icon", "image")(_check_template)
-
 
 class WhatsAppTemplate(BaseModel):
     """An approved WhatsApp message template: business-initiated messages must use one."""
@@ -129,13 +119,6 @@ class WhatsAppTemplate(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9_]{1,512}$")
     language: str = Field(default="en", pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
     params: list[str] = Field(default_factory=list, description="Body parameters {{1}}, {{2}}, ... as templates")
-
-    @field_validator("params")
-    @classmethod
-    def _params_parse(cls, value: list[str]) -> list[str]:
-        for item in value:
-            _check_template(item)
-        return value
 
 
 Operator = Literal[
@@ -159,19 +142,16 @@ class Condition(BaseModel):
     value: Any = None
 
     @model_validator(mode="after")
-    def _value_fits_op(self) -> Condition:
+    def _duration_in_seconds(self) -> Condition:
+        # A readable duration is stored as seconds; a value that is no duration stays as it
+        # is (the authoring check in cascade/journeys/definition.py refuses it at load).
         if self.op in ("older_than", "within"):
             parsed = parse_duration(self.value)
             if isinstance(self.value, int | float) and not isinstance(self.value, bool):
                 # Already seconds (a stored spec read back from a workflow's input).
                 parsed = timedelta(seconds=self.value)
-            if not isinstance(parsed, timedelta):
-                raise ValueError(f"{self.op} needs a duration such as 30d or 6w, got {self.value!r}")
-            self.value = parsed.total_seconds()
-        elif self.op in ("in", "not_in") and not isinstance(self.value, list):
-            raise ValueError(f"{self.op} needs a list value")
-        elif self.op not in ("exists", "missing") and self.value is None:
-            raise ValueError(f"{self.op} needs a value")
+            if isinstance(parsed, timedelta):
+                self.value = parsed.total_seconds()
         return self
 
 
@@ -205,13 +185,6 @@ class Trigger(BaseModel):
             data.pop("reentry", None)
         return data
 
-    @field_validator("reentry")
-    @classmethod
-    def _reentry_positive(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            raise ValueError("must be positive (e.g. 180d)")
-        return value
-
 
 class EntryRules(BaseModel):
     """Who may enter: every condition must hold on the profile (and the triggering event)."""
@@ -231,13 +204,6 @@ class FrequencyCap(BaseModel):
 
     _parse_per = field_validator("per", mode="before")(parse_duration)
 
-    @field_validator("per")
-    @classmethod
-    def _per_positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be positive (e.g. 7d)")
-        return value
-
 
 class QuietHours(BaseModel):
     """No sends between `start` and `end` in the customer's own time zone."""
@@ -247,12 +213,6 @@ class QuietHours(BaseModel):
     start: time
     end: time
     channels: list[ChannelName] | None = Field(default=None, description="Only these channels (default: all)")
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> QuietHours:
-        if self.start == self.end:
-            raise ValueError("start and end must differ")
-        return self
 
 
 class LoyaltyLoop(BaseModel):
@@ -290,11 +250,6 @@ class MessageContent(BaseModel):
     push: PushContent | None = None
     buttons: list[Button] = Field(default_factory=list, max_length=10)
     whatsapp: WhatsAppTemplate | None = None
-
-    @field_validator("subject", "body", "html", "url", "sms", "messenger", "voice")
-    @classmethod
-    def _template_parses(cls, value: str | None) -> str | None:
-        return _check_template(value)
 
     def template_sources(self) -> list[tuple[str, str]]:
         """Every template in this content as (field path, source), e.g. ("buttons.0.url", ...)."""
@@ -408,13 +363,6 @@ class JourneyStep(BaseModel):
 
     _parse_wait = field_validator("wait", "delay", mode="before")(parse_duration)
 
-    @field_validator("wait", "delay")
-    @classmethod
-    def _wait_positive(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            raise ValueError("must be positive (e.g. 30s, 15m, 36h, 2d)")
-        return value
-
 
 # --- experiments (issue 14) -------------------------------------------------------------
 
@@ -447,11 +395,6 @@ class ContentChange(BaseModel):
     push: PushContent | None = None
     buttons: list[Button] | None = Field(default=None, max_length=10)
     whatsapp: WhatsAppTemplate | None = None
-
-    @field_validator("subject", "body", "html", "url", "sms", "messenger", "voice")
-    @classmethod
-    def _template_parses(cls, value: str | None) -> str | None:
-        return _check_template(value)
 
     def apply(self, content: MessageContent) -> MessageContent:
         """`content` with this variant's fields in place of the step's own."""
@@ -658,13 +601,6 @@ class JourneySpec(BaseModel):
                     )
         return value
 
-    @field_validator("valid_for")
-    @classmethod
-    def _valid_for_positive(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            raise ValueError("must be positive")
-        return value
-
 
 class JourneyInput(BaseModel):
     """Input of the CascadeJourney workflow: the snapshotted definition and the customer.
@@ -677,12 +613,6 @@ class JourneyInput(BaseModel):
     customer_id: str = Field(min_length=1, max_length=128)
     deadline: datetime | None = None
     context: dict[str, Any] = Field(default_factory=dict, description="Extra template fields")
-
-    @model_validator(mode="after")
-    def _deadline_aware(self) -> JourneyInput:
-        if self.deadline is not None and self.deadline.tzinfo is None:
-            raise ValueError("deadline must carry a time zone (e.g. 2026-12-31T23:59:00+00:00)")
-        return self
 
 
 class StepRecord(BaseModel):

@@ -26,10 +26,6 @@ SKIP = {"tests", "bench", "migrations", "data", "build", "deploy", "journeys", "
 TOP = {"worker", "starter", "customers", "demo", "webhooks", "workflows", "activities", "channels", "cascade"}
 TOP |= {"analytics", "models"}
 
-# starter.py keeps its old CLI until the `cascade` CLI (issue 12 part A) takes it over; those
-# commands import the services they call lazily. Nothing else may.
-FUNCTION_IMPORT_EXCEPTIONS = {"starter"}
-
 
 def _modules() -> dict[str, Path]:
     found: dict[str, Path] = {}
@@ -114,8 +110,6 @@ def test_every_import_points_down_the_layers() -> None:
 def test_no_project_import_inside_a_function() -> None:
     hidden = []
     for module, path in MODULES.items():
-        if module in FUNCTION_IMPORT_EXCEPTIONS:
-            continue
         for target, line, in_function in _imports(module, ast.parse(path.read_text(), str(path))):
             if in_function:
                 hidden.append(f"{path.relative_to(ROOT)}:{line} imports {target} inside a function")

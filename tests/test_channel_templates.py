@@ -11,6 +11,7 @@ from cascade.content.templates import (
     check_template_fields,
     render_content,
 )
+from cascade.journeys.definition import validate_spec
 from cascade.journeys.files import load_journey
 from models.journey import JourneySpec, MessageContent
 
@@ -91,9 +92,12 @@ def test_journey_check_reports_sms_segments_and_unknown_fields():
 
 
 def test_variant_templates_are_parsed_when_the_journey_loads():
-    with pytest.raises(ValueError, match=r"buttons\.0\.url"):
-        MessageContent.model_validate({"body": "x", "buttons": [{"text": "Go", "url": "{{ broken"}]})
-    with pytest.raises(ValueError, match=r"push\.title"):
-        MessageContent.model_validate({"body": "x", "push": {"title": "{% if %}"}})
+    def load(content: dict[str, object]) -> None:
+        validate_spec({"name": "t", "steps": [{"channel": "email", "content": content}]})
+
+    with pytest.raises(ValueError, match=r"steps\.0\.content\.buttons\.0\.url"):
+        load({"body": "x", "buttons": [{"text": "Go", "url": "{{ broken"}]})
+    with pytest.raises(ValueError, match=r"steps\.0\.content\.push\.title"):
+        load({"body": "x", "push": {"title": "{% if %}"}})
     with pytest.raises(ValueError, match=r"whatsapp\.name"):
         MessageContent.model_validate({"body": "x", "whatsapp": {"name": "Bad Name"}})

@@ -9,9 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from cascade.content.templates import TemplateRenderError, render_content
+from cascade.journeys.definition import journey_input, validate_spec
 from cascade.journeys.files import JOURNEYS_DIR, JourneyDefinitionError, load_journey
 from models.events import EngagementRequest
-from models.journey import JourneyInput, JourneySpec, MessageContent
+from models.journey import JourneySpec, MessageContent
 from models.profiles import ContactIn, CustomerProfile
 
 STEP = {"channel": "email", "content": {"body": "hi"}}
@@ -46,7 +47,7 @@ def test_durations_read_like_a_marketer_writes_them():
 )
 def test_invalid_journey_definitions_name_the_field(data, where, what):
     with pytest.raises(ValidationError) as info:
-        JourneySpec.model_validate(data)
+        validate_spec(data)
     locs = [".".join(str(p) for p in e["loc"]) for e in info.value.errors()]
     assert where in locs
     assert what.lower() in str(info.value).lower()
@@ -74,7 +75,7 @@ def test_shipped_journeys_are_valid(path: Path):
 def test_deadline_needs_a_time_zone():
     spec = JourneySpec.model_validate({"name": "x", "steps": [STEP]})
     with pytest.raises(ValidationError, match="time zone"):
-        JourneyInput(spec=spec, customer_id="c-1", deadline=datetime(2030, 1, 1))
+        journey_input(spec, "c-1", datetime(2030, 1, 1), {})
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,15 @@ field when the journey is validated, not at 3 am in the worker.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
+from cascade.content.rendered import Button
+from cascade.content.rendered import RenderedContent as RenderedContent  # re-exported: its old home
 from cascade.content.sms import SmsInfo, sms_info
 from cascade.journeys.files import JourneyDefinitionError, load_journey
 from cascade.profiles.service import TYPED_FIELDS
@@ -41,40 +41,6 @@ BASE_FIELDS = frozenset({"customer_id", "attributes", *TYPED_FIELDS, *SEND_TIME_
 
 class TemplateRenderError(ValueError):
     """A template could not be rendered with the fields given (names the field)."""
-
-
-@dataclass(frozen=True)
-class RenderedContent:
-    """Content with every template the channel uses filled in."""
-
-    body: str
-    subject: str | None = None
-    html: str | None = None
-    url: str | None = None
-    title: str | None = None
-    icon: str | None = None
-    image: str | None = None
-    buttons: tuple[tuple[str, str], ...] = ()
-    template_name: str | None = None
-    template_language: str | None = None
-    template_params: tuple[str, ...] = ()
-    # Links whose scheme and host the template itself wrote (see cascade/tracking/links.py), as they
-    # appear in body, html, url and buttons: the only ones tracking may turn into redirects.
-    template_links: frozenset[str] = frozenset()
-
-    @property
-    def content_hash(self) -> str:
-        """sha256 of what the customer sees, for the delivery log."""
-        digest = hashlib.sha256()
-        parts: list[str | None] = [self.subject, self.body, self.html, self.url]
-        extra = [self.title, self.icon, self.image, self.template_name, self.template_language]
-        # Only mixed in when present, so hashes of plain content stay what they were.
-        if any(extra) or self.buttons or self.template_params:
-            parts += [*extra, *(f"{t}\x01{u}" for t, u in self.buttons), *self.template_params]
-        for part in parts:
-            digest.update((part or "").encode())
-            digest.update(b"\x00")
-        return digest.hexdigest()
 
 
 def _render(env: SandboxedEnvironment, source: str | None, fields: dict[str, Any], where: str) -> str | None:
@@ -129,7 +95,7 @@ def render_content(content: MessageContent, fields: dict[str, Any], channel: str
             text = _render(_TEXT, b.text, fields, f"buttons.{i}.text") or ""
             target = _render_links(_TEXT_MARKED, b.url, fields, f"buttons.{i}.url") or ("", [])
             links |= whole_link(*target)
-            buttons.append((text, target[0]))
+            buttons.append(Button(text, target[0]))
         rendered["buttons"] = tuple(buttons)
     if channel in PUSH:
         push = content.push

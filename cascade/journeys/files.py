@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from cascade.infra.settings import PROJECT_ROOT
+from cascade.journeys.definition import validate_spec
 from models.journey import JourneySpec
 
 JOURNEYS_DIR = PROJECT_ROOT / "journeys"
@@ -63,11 +64,12 @@ def resolve_journey_path(name_or_path: str | Path) -> Path:
 
 
 def parse_journey(data: Any, where: str, tree: yaml.Node | None = None) -> JourneySpec:
-    """Validate already-parsed journey data; errors name `where`, the line and the field."""
+    """Validate already-parsed journey data (shape and authoring checks); errors name `where`,
+    the line and the field."""
     if not isinstance(data, dict):
         raise JourneyDefinitionError(f"{where}: expected a mapping with name and steps")
     try:
-        return JourneySpec.model_validate(data)
+        return validate_spec(data)
     except ValidationError as exc:
         raise JourneyDefinitionError(describe_validation_error(exc, where, tree)) from exc
 

@@ -27,7 +27,8 @@ from cascade.content.templates import check_journey
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from cascade.infra.settings import Settings, get_settings
 from cascade.infra.temporal import connect
-from cascade.journeys.files import describe_validation_error, load_journey
+from cascade.journeys.definition import check_spec, journey_input
+from cascade.journeys.files import JourneyDefinitionError, describe_validation_error, load_journey
 from cascade.journeys.inputs import UnknownCustomerError, journey_context, journey_workflow_id
 from cascade.profiles.service import resolve_customer_id, template_fields
 from models import search_attributes as sa
@@ -77,13 +78,19 @@ async def start_journey(
     bad deadline or context ValueError, each naming what was wrong.
     """
     settings = settings or get_settings()
-    spec = journey if isinstance(journey, JourneySpec) else load_journey(journey)
+    if isinstance(journey, JourneySpec):
+        spec = journey
+        try:
+            # A spec built in application code skipped the authoring checks a file gets.
+            check_spec(spec)
+        except ValidationError as exc:
+            raise JourneyDefinitionError(describe_validation_error(exc, f"journey {spec.name!r}")) from exc
+    else:
+        spec = load_journey(journey)
     # One id rule everywhere (models/ids.py): no '/' in ids or keys, so workflow ids never collide.
     check_customer_id(customer_id)
     try:
-        payload = JourneyInput(
-            spec=spec, customer_id=customer_id, deadline=deadline, context=journey_context(spec, context or {})
-        )
+        payload = journey_input(spec, customer_id, deadline, journey_context(spec, context or {}))
     except ValidationError as exc:
         raise ValueError(describe_validation_error(exc, f"journey {spec.name!r} input")) from exc
     if key is not None:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from cascade.content.templates import RenderedContent
+from cascade.content.rendered import Button, RenderedContent
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import DEV_TRACKING_SECRET, Settings
@@ -274,7 +274,7 @@ def add_tracking(
     if markup is not None and channel == "email":
         markup = add_pixel(markup, url_for(Purpose.PIXEL))
     # Messenger buttons are links too: a tap is a click, tracked like any other.
-    buttons = tuple((text, book.replace(link)) for text, link in rendered.buttons)
+    buttons = tuple(Button(text, book.replace(link)) for text, link in rendered.buttons)
     tracked = replace(rendered, body=body, html=markup, url=url, buttons=buttons)
     return tracked, Tracking(tracking_id=tid, links=book.links, unsubscribe_url=unsubscribe_url)
 
