@@ -49,6 +49,7 @@ from models.profiles import ContactIn, CustomerProfile
 from models.search_attributes import dev_server_flags
 from models.tables import ContactStatus, Delivery
 from starter import start_journey
+from webhooks.codec_server import launch_for_ui  # issue 17 (codec): the UI decodes through it
 
 
 class _Console(Console):
@@ -293,6 +294,7 @@ def _ports(settings: Settings, external_temporal: bool) -> list[Port]:
     ports = [] if external_temporal else [
         Port(host, int(number), "the Temporal dev server", "TEMPORAL_ADDRESS"),
         Port(host, settings.demo_ui_port, "the Temporal UI", "CASCADE_DEMO_UI_PORT"),
+        Port(settings.codec_server_host, settings.codec_server_port, "the codec server", "CASCADE_CODEC_SERVER_PORT"),
     ]  # fmt: skip
     return [
         *ports,
@@ -478,6 +480,10 @@ async def run_demo(once: bool, external_temporal: bool = False) -> int:
         else:
             host, _, port = settings.temporal_address.rpartition(":")
             data.mkdir(parents=True, exist_ok=True)
+            # --- issue 17 (codec): the UI shows payloads decoded by our codec server. ---
+            codec_env, codec_endpoint = launch_for_ui(settings, settings.demo_ui_port)
+            stack.start("codec", [sys.executable, "-m", "webhooks.codec_server"], {**env, **codec_env})
+            # --- end issue 17 ---
             stack.start(
                 "temporal",
                 [
@@ -485,6 +491,7 @@ async def run_demo(once: bool, external_temporal: bool = False) -> int:
                     "--db-filename", str(data / "temporal.db"),
                     "--ip", host or "127.0.0.1", "--port", port,
                     "--ui-port", str(settings.demo_ui_port), "--log-level", "warn",
+                    "--ui-codec-endpoint", codec_endpoint,  # issue 17 (codec)
                     *dev_server_flags(),
                 ],
             )  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import secrets
 from typing import Annotated, Any
 
 import uvicorn
@@ -118,6 +119,23 @@ def create_app(settings: Settings, codec: EncryptionCodec | None = None) -> Fast
         return await run("encode", request, None, path_credential)
 
     return app
+
+
+def launch_for_ui(settings: Settings, ui_port: int) -> tuple[dict[str, str], str]:
+    """Environment for a codec server process serving a local UI on `ui_port`, and the
+    endpoint to give that UI (`--ui-codec-endpoint`).
+
+    Without a configured credential a random one is made for this run: only the UI given
+    the endpoint (and whoever reads this process's command line) holds it.
+    """
+    credential = credential_of(settings) if settings.codec_server_credential is not None else ""
+    credential = credential or secrets.token_urlsafe(24)
+    origins = [f"http://localhost:{ui_port}", f"http://127.0.0.1:{ui_port}"]
+    env = {
+        "CASCADE_CODEC_SERVER_CREDENTIAL": credential,
+        "CASCADE_CODEC_CORS_ORIGINS": json.dumps(origins),
+    }
+    return env, f"http://{settings.codec_server_host}:{settings.codec_server_port}/o/{credential}"
 
 
 def main() -> None:
