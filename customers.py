@@ -4,11 +4,12 @@ python customers.py import customers.csv        # all rows or none; rejected row
 python customers.py import big.jsonl --skip-invalid
 python customers.py show c-1001                  # the profile as the journeys see it
 python customers.py export c-1001 > c-1001.json  # GDPR access
-python customers.py erase c-1001 --yes           # GDPR erasure (aggregates kept)
+python customers.py erase c-1001 --yes           # GDPR erasure (aggregates kept, Temporal histories deleted)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -18,8 +19,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from temporalio.service import RPCError
 
+from cascade.infra.codec import CodecError
 from cascade.infra.db import run_with_database
+from cascade.infra.settings import Settings, get_settings
+from cascade.infra.temporal import connect, erase_customer_histories
 from cascade.profiles.importer import ImportAborted, ImportReport, import_profiles
 from cascade.profiles.privacy import UnknownCustomer, erase_customer, export_profile
 from cascade.profiles.service import ProfileError
@@ -116,8 +121,15 @@ def show(customer_id: str) -> None:
 def erase(
     customer_id: str,
     yes: Annotated[bool, typer.Option("--yes", help="Do it without asking")] = False,
+    histories: Annotated[
+        bool, typer.Option(help="Also delete the customer's workflow histories in Temporal (issue 17)")
+    ] = True,
 ) -> None:
-    """Erase a customer's personal data (GDPR erasure); delivery and event aggregates are kept."""
+    """Erase a customer's personal data (GDPR erasure); delivery and event aggregates are kept.
+
+    The customer's journey histories in Temporal are deleted too (running journeys end);
+    with --no-histories they go only when the namespace's retention drops them.
+    """
     if not yes and not typer.confirm(f"Erase all personal data of {customer_id}?"):
         raise typer.Exit(1)
     try:
@@ -128,6 +140,30 @@ def erase(
     removed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.removed.items())
     kept = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.kept.items())
     console.print(f"[green]erased[/green] {report.customer_id}: removed {removed}; kept as {report.pseudonym}: {kept}")
+    # --- issue 17 (codec): erasure reaches Temporal's histories too ---
+    if histories:
+        settings = get_settings()
+        try:
+            deleted = asyncio.run(_erase_histories(settings, report.customer_id))
+        except (RuntimeError, RPCError, CodecError) as exc:
+            console.print(
+                f"[red]error:[/red] the profile is erased but its Temporal histories are not: {exc}. "
+                f"Once that is fixed (Temporal at {settings.temporal_address}), run "
+                f"`python customers.py erase-histories {report.customer_id}`."
+            )
+            raise typer.Exit(3) from None
+        console.print(f"[green]deleted[/green] {len(deleted)} workflow histories of {report.customer_id} in Temporal")
+
+
+async def _erase_histories(settings: Settings, customer_id: str) -> list[str]:
+    return await erase_customer_histories(await connect(settings), customer_id)
+
+
+@cli.command("erase-histories")
+def erase_histories(customer_id: str) -> None:
+    """Delete a customer's workflow histories in Temporal (part of `erase`; for a retry)."""
+    deleted = asyncio.run(_erase_histories(get_settings(), customer_id))
+    console.print(f"[green]deleted[/green] {len(deleted)} workflow histories of {customer_id} in Temporal")
 
 
 if __name__ == "__main__":

@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client, WorkflowHistory
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
@@ -34,9 +38,9 @@ from cascade.infra.codec import (
     WrongKeyError,
     data_converter,
 )
-from cascade.infra.db import Database
+from cascade.infra.db import Database, migrate
 from cascade.infra.settings import DEV_CODEC_KEY, DEV_CODEC_KEY_ID, Settings
-from cascade.infra.temporal import check_codec_keys, connect
+from cascade.infra.temporal import check_codec_keys, connect, erase_customer_histories
 from channels.base import OutboundMessage, PermanentSendError, SendReceipt
 from channels.registry import build_channels
 from models import search_attributes as sa
@@ -52,6 +56,7 @@ NAME = "Philippa Quenby-Ostrander"
 PHONE = "+14155550199"
 TEMPLATE = "Your basket misses you, {{ name }}: 12 zebra-striped socks for {{ gift_for }}"
 RENDERED = f"Your basket misses you, {NAME}: 12 zebra-striped socks for"
+ROOT = Path(__file__).resolve().parents[1]
 PROVIDER_TEXT = "550 5.1.1 mailbox-of-philippa unavailable at mx.quenby.example"
 
 
@@ -282,7 +287,13 @@ async def test_start_up_check_finds_a_missing_or_wrong_key_in_the_namespace(dev_
     workflow_id = f"codec-check-{uuid.uuid4().hex[:8]}"
     journey_input = JourneyInput(spec=spec("email"), customer_id="c-check")
     # Started without a worker: its start event (the encrypted input) is all the check reads.
-    handle = await writer.start_workflow(CascadeJourney.run, journey_input, id=workflow_id, task_queue="codec-check")
+    handle = await writer.start_workflow(
+        CascadeJourney.run,
+        journey_input,
+        id=workflow_id,
+        task_queue="codec-check",
+        search_attributes=TypedSearchAttributes([SearchAttributePair(sa.CUSTOMER_ID, "c-check")]),
+    )
     query = f'WorkflowId = "{workflow_id}"'
     try:
         assert await _eventually_checked(writer, query) == 1
@@ -293,6 +304,8 @@ async def test_start_up_check_finds_a_missing_or_wrong_key_in_the_namespace(dev_
         with pytest.raises(WrongKeyError, match=f"workflow '{workflow_id}'.*'k-real'"):
             await check_codec_keys(wrong, query=query)
     finally:
+        # Ended: the start-up checks of later tests (holding only the dev key) look at
+        # running workflows, so they do not meet this test's key.
         await handle.terminate()
 
 
@@ -310,3 +323,73 @@ def test_the_test_servers_speak_the_codec(ts_env: WorkflowEnvironment):
     converter = ts_env.client.data_converter
     assert isinstance(converter.payload_codec, EncryptionCodec)
     assert isinstance(converter.failure_converter, DefaultFailureConverterWithEncodedAttributes)
+
+
+async def _start_unattended(client: Client, customer_id: str) -> str:
+    """A journey of `customer_id` started without a worker: a history with its encrypted input."""
+    workflow_id = f"erase-{customer_id}-{uuid.uuid4().hex[:6]}"
+    await client.start_workflow(
+        CascadeJourney.run,
+        JourneyInput(spec=spec("email"), customer_id=customer_id, context={"gift_for": NAME}),
+        id=workflow_id,
+        task_queue=f"erase-{uuid.uuid4().hex[:6]}",
+        search_attributes=TypedSearchAttributes([SearchAttributePair(sa.CUSTOMER_ID, customer_id)]),
+    )
+    return workflow_id
+
+
+async def _gone(client: Client, workflow_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        return exc.status == RPCStatusCode.NOT_FOUND
+    return False
+
+
+async def _listed(client: Client, customer_id: str) -> set[str]:
+    return {w.id async for w in client.list_workflows(f'{sa.CUSTOMER_ID.name} = "{customer_id}"')}
+
+
+async def test_erasure_deletes_the_customers_histories_and_only_theirs(dev_server: WorkflowEnvironment, tmp_path):
+    """Item 5: GDPR erasure removes the customer's histories from Temporal (running or not),
+    through `python customers.py erase` as an operator runs it."""
+    client = dev_server.client
+    erased, kept = f"c-{uuid.uuid4().hex[:8]}", f"c-{uuid.uuid4().hex[:8]}"
+    theirs = {await _start_unattended(client, erased), await _start_unattended(client, erased)}
+    await client.get_workflow_handle(next(iter(theirs))).terminate("closed before the erasure")
+    other = await _start_unattended(client, kept)
+    for customer, expected in ((erased, theirs), (kept, {other})):
+        for _ in range(100):
+            if await _listed(client, customer) == expected:
+                break
+            await asyncio.sleep(0.1)
+    assert await _listed(client, erased) == theirs
+
+    database = Database.from_url(f"sqlite:///{tmp_path / 'erase.db'}")
+    await migrate(database.engine)
+    await seed(database, erased, name=NAME, email="philippa@quenby.example")
+    await database.dispose()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'erase.db'}",
+        "TEMPORAL_ADDRESS": client.service_client.config.target_host,
+    }
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "customers.py", "erase", erased, "--yes", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(done.communicate(), timeout=120)
+    text = " ".join(err.decode().split())
+    assert done.returncode == 0, text
+    assert f"deleted 2 workflow histories of {erased}" in text
+
+    for workflow_id in theirs:
+        # The server deletes in the background (about half a minute on the dev server).
+        for _ in range(240):
+            if await _gone(client, workflow_id):
+                break
+            await asyncio.sleep(0.5)
+        assert await _gone(client, workflow_id), workflow_id
+    assert not await _gone(client, other)
+    await client.get_workflow_handle(other).terminate("test over")
+    # Nothing left to delete: a second run (a retry) deletes nothing and succeeds.
+    assert await erase_customer_histories(client, erased) == []

@@ -90,7 +90,7 @@ async def test_cors_admits_the_ui_origin_only():
 async def test_bad_bodies_and_unknown_keys_get_a_clear_answer_not_a_trace():
     settings = _settings()
     other_key = base64.b64encode(os.urandom(32)).decode()
-    sealed = await _sealed(Settings(codec_keys={"k-gone": other_key}))  # type: ignore[dict-item]
+    sealed = await _sealed(Settings(codec_keys={"k-gone": other_key}))
     auth = {"Authorization": f"Bearer {CREDENTIAL}"}
     async with serve_app(create_app(settings)) as url, httpx.AsyncClient(base_url=url, headers=auth) as http:
         bad = await http.post("/decode", content=b'{"payloads": [{"data": "not base64!!"}]}')
@@ -104,7 +104,7 @@ def test_the_server_does_not_start_without_a_credential():
     with pytest.raises(CredentialMissing, match="CASCADE_CODEC_SERVER_CREDENTIAL"):
         create_app(Settings(codec_server_credential=None))
     with pytest.raises(CredentialMissing):
-        create_app(Settings(codec_server_credential="short"))  # type: ignore[arg-type]
+        create_app(Settings(codec_server_credential="short"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_CODEC")}
     done = subprocess.run(
         [sys.executable, "-m", "webhooks.codec_server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
