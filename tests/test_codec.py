@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -393,3 +394,15 @@ async def test_erasure_deletes_the_customers_histories_and_only_theirs(dev_serve
     await client.get_workflow_handle(other).terminate("test over")
     # Nothing left to delete: a second run (a retry) deletes nothing and succeeds.
     assert await erase_customer_histories(client, erased) == []
+
+
+def test_the_worker_refuses_to_start_with_a_misconfigured_key(tmp_path: Path):
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+        "CASCADE_CODEC_KEYS": '{"2026-11": "c2hvcnQ="}',
+    }
+    done = subprocess.run([sys.executable, "worker.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "worker: CASCADE_CODEC_KEYS['2026-11']: an AES-256 key is 32 bytes, this one is 5" in done.stderr
+    assert "Traceback" not in done.stderr
