@@ -1,14 +1,16 @@
 """`python -m webhooks.codec_server`: the Temporal UI's codec server, for operators only.
 
-The Temporal UI (or any script holding the credential) posts a workflow's payloads to `<endpoint>/decode` to show them in clear, and to
-`<endpoint>/encode` for what an operator types (a signal's input). The body is a
-Payloads message in protobuf JSON: `{"payloads": [{"metadata": {...}, "data": "..."}]}`.
+The Temporal UI (or any script holding the credential) posts a workflow's payloads to
+`<endpoint>/decode` to show them in clear, and to `<endpoint>/encode` for what an
+operator types (a signal's input). The body is a Payloads message in protobuf JSON:
+`{"payloads": [{"metadata": {...}, "data": "..."}]}`.
 
 Every request carries the operator credential (CASCADE_CODEC_SERVER_CREDENTIAL), either
-as `Authorization: Bearer <credential>` (scripts, a UI that passes its access token) or as the endpoint path `/o/<credential>` (a UI given the endpoint on its command
-line, as `make run` does, which cannot add headers). A request without it is refused
-with 401, so anyone who can reach the server but not the credential sees ciphertext.
-Answers carry CORS headers for the UI origins in CASCADE_CODEC_CORS_ORIGINS only.
+as `Authorization: Bearer <credential>` (scripts, a UI that passes its access token) or
+as the endpoint path `/o/<credential>` (a UI given the endpoint in its configuration, as
+`make run` does, which cannot add headers). A request without it is refused with 401,
+so anyone who can reach the server but not the credential sees ciphertext. Answers
+carry CORS headers for the UI origins in CASCADE_CODEC_CORS_ORIGINS only.
 """
 
 from __future__ import annotations
