@@ -13,11 +13,10 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client, WorkflowHistory
@@ -47,7 +46,7 @@ from channels.registry import build_channels
 from models import search_attributes as sa
 from models.journey import JourneyInput, JourneyResult, Outcome, StepStatus
 from starter import start_journey
-from tests.codec import CODEC_CONVERTER
+from tests.codec import CODEC_CONVERTER, payloads_in
 from tests.conftest import seed
 from tests.helpers import spec
 from worker import WORKFLOWS, build_worker
@@ -77,37 +76,19 @@ def _client(base: Client, converter: DataConverter) -> Client:
     return Client(**config)
 
 
-def _payloads(message: Message) -> Iterator[Payload]:
-    """Every Payload anywhere inside a protobuf message (events, failures, markers)."""
-    if isinstance(message, Payload):
-        yield message
-        return
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if isinstance(value, Message):
-            items = [value]
-        elif field.message_type.GetOptions().map_entry:
-            items = [v for v in value.values() if isinstance(v, Message)]
-        else:
-            items = list(value)
-        for item in items:
-            yield from _payloads(item)
-
-
 def _raw_text(history: WorkflowHistory) -> str:
     """What someone reading the stored history without keys can read: its JSON and every
     payload's bytes as text."""
     parts = [history.to_json()]
     for event in history.events:
-        for payload in _payloads(event):
+        for payload in payloads_in(event):
             parts.append(payload.data.decode("utf-8", errors="replace"))
             parts += [v.decode("utf-8", errors="replace") for v in payload.metadata.values()]
     return "\n".join(parts)
 
 
 async def _decoded_text(history: WorkflowHistory, codec: EncryptionCodec) -> str:
-    payloads = [p for event in history.events for p in _payloads(event)]
+    payloads = [p for event in history.events for p in payloads_in(event)]
     return "\n".join(p.data.decode("utf-8", errors="replace") for p in await codec.decode(payloads))
 
 
@@ -149,7 +130,7 @@ async def test_raw_history_holds_no_personal_data_and_decodes_with_the_codec(
     secrets = [NAME, f"{unique_id}@quenby.example", PHONE, "zebra-striped socks", RENDERED, PROVIDER_TEXT]
     assert [s for s in secrets if s in raw] == []
     # Every payload of the journey's own is ciphertext naming its key.
-    payloads = [p for e in history.events for p in _payloads(e)]
+    payloads = [p for e in history.events for p in payloads_in(e)]
     encrypted = [p for p in payloads if p.metadata.get("encoding") == ENCODING]
     assert len(encrypted) >= 10
     assert {p.metadata[KEY_ID] for p in encrypted} == {DEV_CODEC_KEY_ID.encode()}
@@ -251,7 +232,7 @@ async def test_a_journey_started_under_the_old_key_finishes_after_rotation(
         result = JourneyResult.model_validate(await handle.result())
     assert [s.status for s in result.steps] == [StepStatus.SENT, StepStatus.SENT]
     history = await handle.fetch_history()
-    ids = {p.metadata[KEY_ID] for e in history.events for p in _payloads(e) if p.metadata.get("encoding") == ENCODING}
+    ids = {p.metadata[KEY_ID] for e in history.events for p in payloads_in(e) if p.metadata.get("encoding") == ENCODING}
     assert ids == {b"k-old", b"k-new"}
     # Replay through the codec with both keys accepts it; with the old key gone it cannot.
     replayed = await Replayer(workflows=WORKFLOWS, data_converter=new_client.data_converter).replay_workflow(
