@@ -24,6 +24,7 @@ from activities.journey import JourneyActivities
 from activities.loyalty import LoyaltyActivities
 from activities.routing import RoutingActivities
 from activities.runs import RunActivities
+from cascade.infra.codec import CodecError
 from cascade.infra.db import Database, migrate
 from cascade.infra.logging import configure_logging, get_logger
 from cascade.infra.settings import Settings, get_settings
@@ -138,7 +139,12 @@ async def main() -> None:
     warn_if_dev_secret(settings)
     db = Database.from_settings(settings)
     await migrate(db.engine)
-    client = await connect(settings)
+    try:
+        client = await connect(settings)
+    except CodecError as exc:
+        # issue 17: a missing or wrong payload key stops the worker before it runs a task.
+        await db.dispose()
+        raise SystemExit(f"worker: {exc}") from None
     worker = build_worker(client, settings, db)
 
     stop = asyncio.Event()

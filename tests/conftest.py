@@ -17,7 +17,6 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
@@ -26,6 +25,7 @@ from cascade.infra.settings import Settings
 from cascade.infra.temporal import register_search_attributes
 from cascade.profiles.service import upsert_customer
 from models.profiles import ContactIn, CustomerProfile
+from tests.codec import CODEC_CONVERTER
 
 BIN = Path(sys.executable).parent
 
@@ -51,7 +51,7 @@ def quiet_runtime() -> Runtime:
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """The native time-skipping test server: days of cascade pass in milliseconds."""
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=CODEC_CONVERTER,
         test_server_existing_path=binary("temporal-test-server"),
         runtime=quiet_runtime(),
     )
@@ -210,7 +210,7 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     from models import search_attributes as sa
 
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=CODEC_CONVERTER,
         dev_server_existing_path=binary("temporal"),
         search_attributes=sa.REGISTERED,
         runtime=quiet_runtime(),

@@ -345,13 +345,15 @@ async def test_every_entry_point_starts_from_the_image(compose, image, dev_serve
             "CASCADE_TASK_QUEUE": f"compose-{name.replace(' ', '-')}",
             "CASCADE_WEBHOOKS_HOST": "127.0.0.1",
             "CASCADE_WEBHOOKS_PORT": str(port),
+            "CASCADE_CODEC_SERVER_HOST": "127.0.0.1",
+            "CASCADE_CODEC_SERVER_PORT": str(port),
             "CASCADE_SMTP__HOST": "127.0.0.1",
             "CASCADE_SMTP__PORT": str(free_port()),
         }
         env = _env(**{**{k: str(v) for k, v in service["environment"].items()}, **local})
         if command[1:] == ["worker.py"]:
             ready, url = "worker.started", None
-        elif command[1:] == ["-m", "webhooks.server"]:
+        elif command[1:] in (["-m", "webhooks.server"], ["-m", "webhooks.codec_server"]):
             ready, url = None, f"http://127.0.0.1:{port}/healthz"
         else:
             raise AssertionError(f"{name} runs {command}: teach this test how to tell it is up")
@@ -493,7 +495,11 @@ def test_environment_names_are_settings_the_code_reads(compose):
         env = service["environment"]
         assert set(env) <= known, (name, set(env) - known)
         assert async_url(env["DATABASE_URL"]).startswith("postgresql+asyncpg://")
-        Settings(**{k.removeprefix("CASCADE_").lower(): v for k, v in env.items() if "__" not in k})
+        # Read as the containers read them: from the environment (JSON values included).
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, str(value))
+            Settings()
 
 
 class _Catcher(SmtpDouble):

@@ -115,6 +115,7 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
         "TEMPORAL_ADDRESS": f"127.0.0.1:{quiet_port()}",
         "CASCADE_DEMO_UI_PORT": str(quiet_port()),
         "CASCADE_WEBHOOKS_PORT": str(webhooks),
+        "CASCADE_CODEC_SERVER_PORT": str(quiet_port()),
         "CASCADE_PUBLIC_URL": f"http://127.0.0.1:{webhooks}",
         "CASCADE_DEMO_DATA_DIR": str(data),
         "DATABASE_URL": f"sqlite:///{data / 'cascade.db'}",
@@ -132,6 +133,7 @@ def running_demo(demo_env: dict[str, str]) -> Iterator[tuple[Demo, set[int]]]:
         assert any("start-dev" in n for n in names), names
         assert any("worker.py" in n for n in names), names
         assert any("webhooks.server" in n for n in names), names
+        assert any("webhooks.codec_server" in n for n in names), names
         yield demo, started
     finally:
         if demo.proc.poll() is None:

@@ -34,6 +34,7 @@ from models.journey import JourneyInput, Outcome
 from models.loyalty import LoyaltyInput, ScanInput
 from models.tables import Customer, JourneyRun
 from starter import start_journey
+from tests.codec import decrypt_history
 from tests.helpers import deliveries, eventually, outbox, spec, wait_for_state
 from tests.test_journeys_ready import customer, result_of
 from worker import build_worker
@@ -385,7 +386,8 @@ async def test_a_raw_history_holds_only_the_event_properties_the_journey_uses(
     await wait_for_state(handle, lambda s: s.status == "waiting")
     await handle.signal(CascadeJourney.cancel, CancelInput(reason="test over"))
     await handle.result()
-    history = await handle.fetch_history()
+    # Decrypted (issue 17): the context must be minimal even for those holding the keys.
+    history = await decrypt_history(await handle.fetch_history())
     [payload] = history.events[0].workflow_execution_started_event_attributes.input.payloads
     assert json.loads(payload.data)["context"] == {"cart_id": "c-77", "cart_value": 150}
     raw = history_text(json.loads(history.to_json()))

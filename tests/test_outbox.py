@@ -36,6 +36,7 @@ from models.journey import Outcome
 from models.loyalty import LoyaltyState
 from models.tables import OutboxSignal, utcnow
 from starter import start_journey
+from tests.codec import decrypt_history
 from tests.conftest import seed
 from tests.helpers import deliveries, eventually, serve_app, spec
 from tests.test_lifecycle import LOOP
@@ -120,8 +121,8 @@ async def stack(dev_server, settings: Settings, any_db: Database) -> AsyncIterat
 
 
 async def signals_taken(handle: WorkflowHandle[Any, Any]) -> list[EngagementInput]:
-    """The engagement signals in a journey's history."""
-    history = await handle.fetch_history()
+    """The engagement signals in a journey's history (decrypted, issue 17)."""
+    history = await decrypt_history(await handle.fetch_history())
     found = []
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:

@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 from temporalio import workflow
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from models.journey import JourneyInput, JourneyResult
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
+
+# This module is loaded into the workflow sandbox (ReorderedCascade below): the codec's
+# cryptography and settings are not workflow code, so they come from outside it.
+with workflow.unsafe.imports_passed_through():
+    from tests.codec import CODEC_CONVERTER
 
 # Every workflow the worker runs (worker.WORKFLOWS is not imported: this module is loaded
 # into the workflow sandbox for ReorderedCascade below, and the worker module is not sandbox-safe).
@@ -38,7 +42,7 @@ def test_histories_are_stored():
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_history_replays_on_current_code(path: Path):
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=CODEC_CONVERTER)
     result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
 
@@ -54,7 +58,7 @@ class ReorderedCascade:
 
 
 async def test_an_incompatible_change_is_caught():
-    replayer = Replayer(workflows=[ReorderedCascade], data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=[ReorderedCascade], data_converter=CODEC_CONVERTER)
     result = await replayer.replay_workflow(_history(HISTORIES[0]), raise_on_replay_failure=False)
     assert result.replay_failure is not None
     assert "nondetermin" in str(result.replay_failure).lower()

@@ -18,7 +18,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
@@ -30,6 +29,7 @@ from models import search_attributes as sa
 from models.events import CancelInput
 from models.journey import JourneyInput
 from starter import start_journey
+from tests.codec import CODEC_CONVERTER
 from tests.conftest import seed
 from tests.helpers import eventually, spec, wait_for_state
 from tests.test_replay import HISTORIES, WORKFLOWS, _history
@@ -201,7 +201,7 @@ async def test_histories_that_upsert_the_old_name_replay_without_a_patch():
     `JourneyStatus`, so the rename needs no `workflow.patched`."""
     old = [p for p in HISTORIES if LEGACY_STATUS.name in _upserted_names(p)]
     assert len(old) >= 5, "the histories recorded before the rename are gone"
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=CODEC_CONVERTER)
     for path in old:
         assert sa.JOURNEY_STATUS.name not in _upserted_names(path)
         result = await replayer.replay_workflow(_history(path), raise_on_replay_failure=False)

@@ -25,7 +25,6 @@ from sqlmodel import select
 from structlog.testing import capture_logs
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
@@ -44,6 +43,7 @@ from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import ChannelName, FrequencyCap, MessageContent, Outcome, StepStatus
 from models.tables import ChannelHealth, Delivery
 from starter import start_journey
+from tests.codec import CODEC_CONVERTER, decrypt_history
 from tests.conftest import binary, quiet_runtime, seed
 from tests.doubles.sends import AnswerLost, DiesAfterTheCall, FirstSendStarted, SignalDuringCheck, SlowProvider
 from tests.doubles.smtp import SmtpDouble, smtp_server
@@ -415,7 +415,7 @@ async def fresh_clock() -> AsyncIterator[Client]:
     the shared server's clock has run days ahead of them by now.
     """
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
+        data_converter=CODEC_CONVERTER,
         test_server_existing_path=binary("temporal-test-server"),
         runtime=quiet_runtime(),
     )
@@ -495,7 +495,8 @@ async def test_a_history_holds_reason_codes_not_provider_texts_or_addresses(
         (StepStatus.SENT, None),
         (StepStatus.SENT, None),
     ]
-    history = _readable(json.loads((await handle.fetch_history()).to_json()))
+    # Through the codec (issue 17): what an operator sees in the UI via the codec server.
+    history = _readable(json.loads((await decrypt_history(await handle.fetch_history())).to_json()))
     for secret in (address, chat, "+14155552671", "Recipient address rejected", "User unknown", "Too Many Requests"):
         assert secret not in history, secret
     # The codes are there instead (the 429 as the retried attempt's last failure).

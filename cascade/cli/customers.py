@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -11,9 +12,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from temporalio.service import RPCError
 
 from cascade.cli.common import command, errors, fail, group
+from cascade.infra.codec import CodecError
 from cascade.infra.db import run_with_database
+from cascade.infra.settings import Settings, get_settings
+from cascade.infra.temporal import connect, erase_customer_histories
 from cascade.profiles.importer import ImportAborted, ImportReport, import_profiles
 from cascade.profiles.privacy import UnknownCustomer, erase_customer, export_profile
 from cascade.profiles.service import ProfileError
@@ -118,8 +123,16 @@ def show(customer_id: Annotated[str, typer.Argument(help="Customer id, e.g. c-10
 def erase(
     customer_id: Annotated[str, typer.Argument(help="Customer id, e.g. c-1001")],
     yes: Annotated[bool, typer.Option("--yes", help="Do it without asking")] = False,
+    histories: Annotated[
+        bool,
+        typer.Option("--histories/--no-histories", help="Also delete the customer's workflow histories in Temporal"),
+    ] = True,
 ) -> None:
-    """Erase a customer's personal data (GDPR erasure); delivery and event aggregates are kept."""
+    """Erase a customer's personal data (GDPR erasure); delivery and event aggregates are kept.
+
+    The customer's journey histories in Temporal are deleted too (running journeys end);
+    with --no-histories they go only when the namespace's retention drops them.
+    """
     if not yes and not typer.confirm(f"Erase all personal data of {customer_id}?"):
         raise typer.Exit(1)
     try:
@@ -129,3 +142,27 @@ def erase(
     removed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.removed.items())
     kept = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.kept.items())
     errors.print(f"[green]erased[/green] {report.customer_id}: removed {removed}; kept as {report.pseudonym}: {kept}")
+    if histories:
+        settings = get_settings()
+        try:
+            deleted = asyncio.run(_erase_histories(settings, report.customer_id))
+        except (RuntimeError, RPCError, CodecError) as exc:
+            fail(
+                f"the profile is erased but its Temporal histories are not: {exc}. Once that is fixed "
+                f"(Temporal at {settings.temporal_address}), run "
+                f"`cascade customers erase-histories {report.customer_id}`.",
+                status=3,
+                out=errors,
+            )
+        errors.print(f"[green]deleted[/green] {len(deleted)} workflow histories of {report.customer_id} in Temporal")
+
+
+async def _erase_histories(settings: Settings, customer_id: str) -> list[str]:
+    return await erase_customer_histories(await connect(settings), customer_id)
+
+
+@command(app, "erase-histories")
+def erase_histories(customer_id: Annotated[str, typer.Argument(help="Customer id, e.g. c-1001")]) -> None:
+    """Delete a customer's workflow histories in Temporal (part of `erase`; for a retry)."""
+    deleted = asyncio.run(_erase_histories(get_settings(), customer_id))
+    errors.print(f"[green]deleted[/green] {len(deleted)} workflow histories of {customer_id} in Temporal")

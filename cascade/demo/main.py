@@ -44,6 +44,7 @@ from cascade.journeys.service import start_journey
 from cascade.profiles.service import upsert_customer
 from cascade.simulator import Reaction, react_all
 from models.search_attributes import dev_server_flags
+from webhooks.codec_server import launch_for_ui
 
 
 def _said(reaction: Reaction, reply: httpx.Response | None) -> None:
@@ -95,6 +96,9 @@ async def run_demo(once: bool, external_temporal: bool = False) -> int:
         else:
             host, _, port = settings.temporal_address.rpartition(":")
             data.mkdir(parents=True, exist_ok=True)
+            # The UI shows payloads decoded by our codec server (they are encrypted in Temporal).
+            codec_env, codec_endpoint = launch_for_ui(settings, settings.demo_ui_port)
+            stack.start("codec", [sys.executable, "-m", "webhooks.codec_server"], {**env, **codec_env})
             stack.start(
                 "temporal",
                 [
@@ -102,6 +106,7 @@ async def run_demo(once: bool, external_temporal: bool = False) -> int:
                     "--db-filename", str(data / "temporal.db"),
                     "--ip", host or "127.0.0.1", "--port", port,
                     "--ui-port", str(settings.demo_ui_port), "--log-level", "warn",
+                    "--ui-codec-endpoint", codec_endpoint,
                     *dev_server_flags(),
                 ],
             )  # fmt: skip

@@ -213,6 +213,7 @@ def ports(settings: Settings, external_temporal: bool) -> list[Port]:
     ports = [] if external_temporal else [
         Port(host, int(number), "the Temporal dev server", "TEMPORAL_ADDRESS"),
         Port(host, settings.demo_ui_port, "the Temporal UI", "CASCADE_DEMO_UI_PORT"),
+        Port(settings.codec_server_host, settings.codec_server_port, "the codec server", "CASCADE_CODEC_SERVER_PORT"),
     ]  # fmt: skip
     return [
         *ports,

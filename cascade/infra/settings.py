@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Signs tracking links on a laptop only; anyone who reads this file can forge them.
 DEV_TRACKING_SECRET = "dev-only-tracking-secret-do-not-use-in-production"
+# Encrypts Temporal payloads on a laptop only (base64 of 32 bytes; anyone can decrypt with it).
+DEV_CODEC_KEY_ID = "dev"
+DEV_CODEC_KEY = "ZGV2LW9ubHktY29kZWMta2V5LW5vdC1mb3ItcHJvZCE="
 
 
 class SmtpSettings(BaseModel):
@@ -276,6 +279,22 @@ class Settings(BaseSettings):
     routing_segment_attribute: str = Field(default="segment", min_length=1, max_length=64)
     # Deliveries older than this teach the routing model nothing (behaviour changes).
     routing_history_days: int = Field(default=365, ge=1, le=3650)
+    # --- Payload encryption in Temporal (#17) ------------------------------------------
+    # AES-256-GCM keys by key id (base64 of 32 bytes each), e.g. CASCADE_CODEC_KEYS=
+    # '{"2026-11": "..."}'. New payloads use codec_key_id (unset: the last key listed);
+    # the others stay to decode what they encrypted, so keep a retired key until the
+    # namespace's retention has dropped every history that used it. The default is a
+    # public dev-only key: the worker and webhooks warn while it is in use.
+    codec_keys: dict[str, SecretStr] = Field(default_factory=lambda: {DEV_CODEC_KEY_ID: SecretStr(DEV_CODEC_KEY)})
+    codec_key_id: str | None = None
+    # The codec server the Temporal UI decodes through (`python -m webhooks.codec_server`):
+    # where it listens, the UI origins its CORS answers admit, and the operator credential
+    # a request must carry (`Authorization: Bearer ...`, or the endpoint path `/o/<credential>`
+    # the dev server's UI is given); unset, the server refuses to start.
+    codec_server_host: str = "127.0.0.1"
+    codec_server_port: int = Field(default=8089, ge=1, le=65535)
+    codec_server_credential: SecretStr | None = None
+    codec_cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:8233", "http://127.0.0.1:8233"])
 
     @field_validator("database_schema")
     @classmethod

@@ -1,23 +1,75 @@
-"""Connecting to Temporal the same way everywhere (pydantic payloads, one namespace)."""
+"""Connecting to Temporal the same way everywhere (pydantic payloads, encrypted, one namespace)."""
 
 from __future__ import annotations
 
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
+from cascade.infra.codec import CodecError, EncryptionCodec, data_converter, is_encrypted, uses_dev_key
+from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings
 from models import search_attributes as sa
 
 
-async def connect(settings: Settings) -> Client:
-    """A client for the configured server and namespace, speaking pydantic payloads."""
-    return await Client.connect(
+async def connect(settings: Settings, check_keys: bool = True) -> Client:
+    """A client for the configured server and namespace, speaking encrypted pydantic payloads.
+
+    Misconfigured keys fail here (CodecError naming the setting), and so does a key that
+    cannot decrypt the namespace's latest workflows (see check_codec_keys): before any
+    worker or service runs with it.
+    """
+    converter = data_converter(settings)
+    if uses_dev_key(settings):
+        get_logger("temporal").warning(
+            "codec.dev_key",
+            detail="CASCADE_CODEC_KEYS holds the public dev-only key: anyone can decrypt those histories",
+        )
+    client = await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=converter,
     )
+    if check_keys:
+        await check_codec_keys(client)
+    return client
+
+
+async def check_codec_keys(client: Client, sample: int = 5, query: str | None = None) -> int:
+    """Decrypt the inputs of the namespace's `sample` latest running workflows (those also
+    matching `query`); how many of them were encrypted.
+
+    A key id missing from the keyring, or a different key under a known id, raises a
+    CodecError naming the workflow and the key id: a worker started with it would fail
+    every task of those journeys. A server without visibility listing (the test server)
+    is not checked.
+    """
+    running = 'ExecutionStatus = "Running"'
+    query = f"{running} AND ({query})" if query else running
+    codec = client.data_converter.payload_codec
+    if not isinstance(codec, EncryptionCodec):
+        return 0
+    checked = 0
+    try:
+        async for execution in client.list_workflows(query, limit=sample):
+            history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+            for event in history.events[:1]:
+                if event.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+                    continue
+                started = event.workflow_execution_started_event_attributes
+                payloads = [p for p in started.input.payloads if is_encrypted(p)]
+                try:
+                    await codec.decode(payloads)
+                except CodecError as exc:
+                    raise type(exc)(f"workflow {execution.id!r}: {exc}") from None
+                checked += bool(payloads)
+    except RPCError as exc:
+        if exc.status not in (RPCStatusCode.UNIMPLEMENTED, RPCStatusCode.NOT_FOUND):
+            raise
+    return checked
 
 
 def quote(value: str) -> str:
@@ -51,3 +103,30 @@ async def register_search_attributes(client: Client) -> None:
             # Without a listing (test server) a second registration is how we find out.
             if exc.status != RPCStatusCode.ALREADY_EXISTS and "already exists" not in str(exc):
                 raise
+
+
+async def erase_customer_histories(client: Client, customer_id: str) -> list[str]:
+    """Delete every workflow history of `customer_id` (GDPR erasure); the workflow ids deleted.
+
+    Journeys are found by their CustomerId search attribute; a running one is terminated
+    by the server before its history is deleted. Deletion is asynchronous on the server:
+    the histories disappear from listing within seconds. Histories closed earlier than the
+    namespace's retention are already gone, so a customer's data leaves Temporal at the
+    latest one retention period after their last journey, and at once with this.
+    """
+    query = f"{sa.CUSTOMER_ID.name} = {quote(customer_id)}"
+    deleted: list[str] = []
+    async for execution in client.list_workflows(query):
+        try:
+            await client.workflow_service.delete_workflow_execution(
+                DeleteWorkflowExecutionRequest(
+                    namespace=client.namespace,
+                    workflow_execution=WorkflowExecution(workflow_id=execution.id, run_id=execution.run_id),
+                )
+            )
+        except RPCError as exc:
+            # Listed, then deleted by retention or an earlier erasure before we got to it.
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+        deleted.append(execution.id)
+    return deleted
