@@ -33,8 +33,8 @@ from cascade.journeys.inputs import UnknownCustomerError, journey_context, journ
 from cascade.profiles.service import resolve_customer_id, template_fields
 from models import search_attributes as sa
 from models.ids import check_customer_id, check_run_key
-from models.journey import JourneyInput, JourneySpec, JourneyState
-from models.loyalty import LoyaltyInput, LoyaltyState
+from models.journey import JourneyInput, JourneyResult, JourneySpec, JourneyState
+from models.loyalty import LoyaltyInput, LoyaltyResult, LoyaltyState
 from models.tables import Customer, JourneyRun, utcnow
 from models.workflow_types import CASCADE_JOURNEY, LOYALTY_LOOP, STATE_QUERY
 
@@ -179,9 +179,9 @@ async def _start_workflow(
     }
     if spec.loop is not None:
         return await client.start_workflow(
-            LOYALTY_LOOP, LoyaltyInput(journey=payload), result_type=LoyaltyState, **common
+            LOYALTY_LOOP, LoyaltyInput(journey=payload), result_type=LoyaltyResult, **common
         )
-    return await client.start_workflow(CASCADE_JOURNEY, payload, result_type=JourneyState, **common)
+    return await client.start_workflow(CASCADE_JOURNEY, payload, result_type=JourneyResult, **common)
 
 
 async def journey_state(client: Client, workflow_id: str) -> JourneyState | LoyaltyState:
@@ -192,12 +192,14 @@ async def journey_state(client: Client, workflow_id: str) -> JourneyState | Loya
     """
     description = await client.get_workflow_handle(workflow_id).describe()
     running = description.status is not None and description.status.name == "RUNNING"
-    result_type: type[JourneyState | LoyaltyState] = (
-        LoyaltyState if description.workflow_type == LOYALTY_LOOP else JourneyState
-    )
+    loop = description.workflow_type == LOYALTY_LOOP
+    # A running journey answers its state query; a finished one returned its result
+    # (a subclass of the state with the outcome).
+    state_type: type[JourneyState | LoyaltyState] = LoyaltyState if loop else JourneyState
+    result_type: type[JourneyResult | LoyaltyResult] = LoyaltyResult if loop else JourneyResult
     handle = client.get_workflow_handle(workflow_id, result_type=result_type)
     if running:
-        state: JourneyState | LoyaltyState = await handle.query(STATE_QUERY, result_type=result_type)
+        state: JourneyState | LoyaltyState = await handle.query(STATE_QUERY, result_type=state_type)
         return state
     finished: JourneyState | LoyaltyState = await handle.result()
     return finished
