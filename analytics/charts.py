@@ -18,6 +18,7 @@ import plotly
 import plotly.graph_objects as go
 from pydantic import BaseModel
 
+from analytics.forecast_model import Forecast
 from analytics.funnel import FunnelRow, ReactionTimes
 from analytics.money import CostRow, SavingsReport
 
@@ -129,3 +130,14 @@ def png(chart: BarChart) -> bytes:
 def plotly_js() -> Path:
     """plotly.min.js as shipped inside the installed plotly package."""
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def forecast_chart(forecast: Forecast) -> BarChart:
+    """The three scenarios' totals side by side."""
+    stages = ("sent", "delivered", "opened", "clicked", "converted")
+    return BarChart(
+        title=f"Forecast for {forecast.audience} customers",
+        categories=list(stages),
+        series={s.name: [float(getattr(s.total, stage)) for stage in stages] for s in forecast.scenarios},
+        y_label="messages",
+    )

@@ -267,6 +267,15 @@ class Settings(BaseSettings):
     scan_page_size: int = Field(default=500, ge=1, le=10000)
     scan_concurrency: int = Field(default=8, ge=1, le=100)
 
+    # --- Analytics console (#15) ---
+    # Where the console's "open in Temporal UI" links point (the dev server's UI by default).
+    temporal_ui_url: str = "http://localhost:8233"
+    # Signs the console's login cookie; unset: derived from the tracking secret.
+    console_secret: SecretStr | None = None
+    console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # The console's overview and journey pages look back this many days by default.
+    console_days: int = Field(default=30, ge=1, le=3650)
+
     @field_validator("database_schema")
     @classmethod
     def _schema_name(cls, value: str | None) -> str | None:
