@@ -9,7 +9,8 @@ from sqlalchemy import update
 from sqlmodel import col
 
 from analytics.funnel import FunnelQuery
-from analytics.money import cost_report, run_costs, savings_report
+from analytics.money import cost_report, run_costs, savings_from_runs, savings_report
+from analytics.savings_model import run_savings
 from cascade.infra.db import Database
 from cascade.journeys.files import load_journey
 from models.tables import Consent
@@ -115,3 +116,31 @@ async def test_a_run_of_a_journey_without_file_counts_only_its_messages(any_db: 
     spec = load_journey("winback")
     [run] = await run_costs(any_db, FunnelQuery(), PRICES, {"gone": spec})
     assert [s.channel for s in run.steps] == ["email", "telegram", "sms"]
+
+
+async def _varied(db: Database) -> None:
+    """Runs of several journeys, a transactional one and one without a file, mixed consents."""
+    await _winback(db)
+    await add_customer(db, "dan", {"email": True, "sms": False, "telegram": True})
+    h = History()
+    r = h.run("order_status", "dan")
+    h.send(r, "order_status", "dan", 0, "email", cost=0.001, status="failed")
+    r = h.run("gone", "dan")
+    h.send(r, "gone", "dan", 0, "sms", cost=0.05)
+    h.send(r, "gone", "dan", 1, "email", cost=0.0, status="failed")
+    r = h.run("winback", "nobody")  # a customer with no profile: nothing usable but what was sent
+    h.send(r, "winback", "nobody", 0, "email", cost=0.001)
+    await h.save(db)
+
+
+async def test_sql_savings_equal_the_reference_per_run_judgement(any_db: Database) -> None:
+    await _varied(any_db)
+    for query in (FunnelQuery(), FunnelQuery(journey="winback"), FunnelQuery(since=T0 + timedelta(days=1))):
+        reference = savings_from_runs([run_savings(run) for run in await run_costs(any_db, query, PRICES)], "USD")
+        in_sql = await savings_report(any_db, query, PRICES, "USD")
+        assert set(in_sql.groups) == set(reference.groups)
+        for name, expected in [("TOTAL", reference.total), *reference.groups.items()]:
+            got = in_sql.total if name == "TOTAL" else in_sql.groups[name]
+            assert got.runs == expected.runs, name
+            for field in ("actual", "all_usable", "dearest_usable", "saved_vs_all", "saved_vs_dearest"):
+                assert getattr(got, field) == pytest.approx(getattr(expected, field), abs=1e-9), (name, field)
