@@ -35,7 +35,6 @@ from sqlalchemy import (
     Table,
     and_,
     case,
-    exists,
     func,
     literal,
     or_,
@@ -217,7 +216,15 @@ async def funnel(db: Database, query: FunnelQuery) -> list[FunnelRow]:
     clicked = d.clicked_at.is_not(None)
     opened = or_(d.opened_at.is_not(None), clicked)
     delivered = or_(d.delivered_at.is_not(None), opened)
-    unsubscribed = exists().where(events.c.delivery_id == d.id, events.c.type == "unsubscribed")
+    # One row per unsubscribed message, hash-joined: a correlated EXISTS per message would
+    # probe the events once for each of a million deliveries.
+    unsubs = (
+        select(events.c.delivery_id.label("delivery_id"))
+        .where(events.c.type == "unsubscribed", events.c.delivery_id.is_not(None))
+        .group_by(events.c.delivery_id)
+        .subquery("unsubs")
+    )
+    unsubscribed = unsubs.c.delivery_id.is_not(None)
 
     def count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
         return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
@@ -240,6 +247,7 @@ async def funnel(db: Database, query: FunnelQuery) -> list[FunnelRow]:
         )
         .select_from(deliveries)
         .outerjoin(conv, conv.c.delivery_id == d.id)
+        .outerjoin(unsubs, unsubs.c.delivery_id == d.id)
         .where(*_delivery_filters(query))
     )
     if query.campaign is not None or "campaign" in query.by:

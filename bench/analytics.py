@@ -39,6 +39,7 @@ import asyncpg
 import httpx
 import numpy as np
 from fastapi import FastAPI
+from sqlalchemy import text
 
 from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import backtest_campaign
@@ -272,22 +273,29 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--loads", type=int, default=20, help="console page loads per page")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reuse", metavar="SCHEMA", help="measure a schema kept by an earlier --keep run")
     args = parser.parse_args()
 
-    started = time.perf_counter()
-    tables = generate(args.deliveries)
-    generated = time.perf_counter() - started
-    schema = f"bench_analytics_{uuid.uuid4().hex[:8]}"
-    db = Database.from_url(POSTGRES, schema=schema)
-    await migrate(db.engine)
-    result: dict[str, Any] = {"deliveries": len(tables["deliveries"]), "runs": len(tables["runs"])}
-    result["customers"] = len(tables["customers"])
-    result["events"] = len(tables["events"])
-    result["generate_s"] = round(generated, 1)
-    try:
+    result: dict[str, Any] = {}
+    if args.reuse:
+        schema = args.reuse
+        db = Database.from_url(POSTGRES, schema=schema)
+        await migrate(db.engine)  # the indexes of a newer migration, if any
+    else:
+        started = time.perf_counter()
+        tables = generate(args.deliveries)
+        result["generate_s"] = round(time.perf_counter() - started, 1)
+        schema = f"bench_analytics_{uuid.uuid4().hex[:8]}"
+        db = Database.from_url(POSTGRES, schema=schema)
+        await migrate(db.engine)
         result["copy_load_s"] = round(await load(schema, tables), 1)
         del tables
+    try:
+        async with db.engine.connect() as conn:
+            for table in ("deliveries", "journey_runs", "customers", "engagement_events"):
+                result[f"rows_{table}"] = (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
         # The console's default look-back must cover the generated months.
         settings = Settings(channel_costs=PRICES, console_days=3650)
         now = datetime.now(UTC)
@@ -310,7 +318,7 @@ async def main() -> None:
             "dearest_usable": round(savings.total.dearest_usable, 2),
             "saved_vs_dearest_pct": round(savings.total.saved_vs_dearest_pct or 0, 1),
         }
-        result["console"] = await console_loads(db, settings, ["/console/", "/console/journeys/winback"])
+        result["console"] = await console_loads(db, settings, ["/console/", "/console/journeys/winback"], args.loads)
         bt = await backtest_campaign(
             db, load_journey("winback"), f"winback-{CAMPAIGNS - 1}", PRICES, ForecastSettings(seed=0)
         )
@@ -331,7 +339,7 @@ async def main() -> None:
         }
     finally:
         await db.dispose()
-        if not args.keep:
+        if not (args.keep or args.reuse):
             conn = await asyncpg.connect(POSTGRES.replace("postgresql://", "postgres://"))
             await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
             await conn.close()
