@@ -273,7 +273,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--loads", type=int, default=20, help="console page loads per page")
+    parser.add_argument("--loads", type=int, default=20, help="console page loads per page (0: skip)")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--reuse", metavar="SCHEMA", help="measure a schema kept by an earlier --keep run")
     args = parser.parse_args()
@@ -309,7 +309,10 @@ async def main() -> None:
             "savings_all_runs": lambda: savings_report(db, everything, PRICES, "USD"),
             "savings_one_campaign": lambda: savings_report(db, FunnelQuery(campaign="winback-5"), PRICES, "USD"),
         }
-        result["query_median_s"] = {name: round(await timed(call, args.repeat), 3) for name, call in queries.items()}
+        result["query_median_s"] = {}
+        for name, call in queries.items():
+            result["query_median_s"][name] = round(await timed(call, args.repeat), 3)
+            print(name, result["query_median_s"][name], file=sys.stderr, flush=True)
         savings = await savings_report(db, everything, PRICES, "USD")
         result["savings"] = {
             "actual": round(savings.total.actual, 2),
@@ -318,7 +321,11 @@ async def main() -> None:
             "dearest_usable": round(savings.total.dearest_usable, 2),
             "saved_vs_dearest_pct": round(savings.total.saved_vs_dearest_pct or 0, 1),
         }
-        result["console"] = await console_loads(db, settings, ["/console/", "/console/journeys/winback"], args.loads)
+        print(json.dumps(result), file=sys.stderr, flush=True)  # what was measured so far
+        if args.loads > 0:
+            result["console"] = await console_loads(
+                db, settings, ["/console/", "/console/journeys/winback"], args.loads
+            )
         bt = await backtest_campaign(
             db, load_journey("winback"), f"winback-{CAMPAIGNS - 1}", PRICES, ForecastSettings(seed=0)
         )
