@@ -468,3 +468,14 @@ class ExperimentAssignment(SQLModel, table=True):
     run_id: str = Field(max_length=64)
     assigned_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     allocation: dict[str, float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+# --- Analytics indexes (issue 15; migration 0010) ---------------------------------------
+# Declared here, after the tables, so the tables' own definitions stay as they are.
+# Last-touch attribution looks up a customer's messages by send time.
+Index("ix_deliveries_customer_sent", Delivery.__table__.c.customer_id, Delivery.__table__.c.sent_at)  # type: ignore[attr-defined]
+# The funnel's date range.
+Index("ix_deliveries_created_at", Delivery.__table__.c.created_at)  # type: ignore[attr-defined]
+# Conversions are events of one type (purchase) by customer.
+Index("ix_engagement_events_type_customer", EngagementEvent.__table__.c.type, EngagementEvent.__table__.c.customer_id)  # type: ignore[attr-defined]
+Index("ix_journey_runs_started_at", JourneyRun.__table__.c.started_at)  # type: ignore[attr-defined]

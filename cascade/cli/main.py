@@ -6,7 +6,7 @@ group is one `add_typer` line below (keep them alphabetical).
 
 from __future__ import annotations
 
-from cascade.cli import channels, customers, events, experiments, journeys, keys, routing, schedules
+from cascade.cli import channels, customers, events, experiments, forecast, journeys, keys, reports, routing, schedules
 from cascade.cli.common import group
 
 app = group("Cascade: omnichannel customer journeys on Temporal.")
@@ -14,7 +14,9 @@ app.add_typer(channels.app, name="channels")
 app.add_typer(customers.app, name="customers")
 app.add_typer(events.app, name="events")
 app.add_typer(experiments.app, name="experiments")
+app.add_typer(forecast.app, name="forecast")
 app.add_typer(journeys.app, name="journeys")
 app.add_typer(keys.app, name="keys")
+app.add_typer(reports.app, name="report")
 app.add_typer(routing.app, name="routing")
 app.add_typer(schedules.app, name="schedules")

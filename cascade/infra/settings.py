@@ -295,6 +295,14 @@ class Settings(BaseSettings):
     codec_server_port: int = Field(default=8089, ge=1, le=65535)
     codec_server_credential: SecretStr | None = None
     codec_cors_origins: list[str] = Field(default_factory=lambda: ["http://localhost:8233", "http://127.0.0.1:8233"])
+    # --- Analytics console (#15) ---
+    # Where the console's "open in Temporal UI" links point (the dev server's UI by default).
+    temporal_ui_url: str = "http://localhost:8233"
+    # Signs the console's login cookie; unset: derived from the tracking secret.
+    console_secret: SecretStr | None = None
+    console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # The console's overview and journey pages look back this many days by default.
+    console_days: int = Field(default=30, ge=1, le=3650)
 
     @field_validator("database_schema")
     @classmethod

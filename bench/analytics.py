@@ -1,0 +1,357 @@
+"""Analytics at scale: funnel, savings, console pages and the forecast backtest on PostgreSQL.
+
+    python bench/analytics.py [--deliveries 1000000] [--repeat 3] [--keep]
+
+1. **History**: customers with hidden per-channel habits (usable, delivered, opened,
+   clicked, bought -- the rates below) go through the cascades of journeys/winback.yaml and
+   journeys/abandoned_cart.yaml in monthly campaigns, step by step as the engine does it
+   (a step is sent only to those who did not give the awaited reaction; a step with no
+   usable contact leaves no row), until about N deliveries exist. Loaded with COPY
+   (asyncpg ``copy_records_to_table``) into a schema of its own in 127.0.0.1:5432/test,
+   migrated first, so the indexes of migration 0010 are there; then ANALYZE.
+2. **Queries** (median of --repeat runs, wall time from the Python call): the funnel by
+   channel, by journey and step, time to react, cost by channel, and the savings report.
+3. **Console**: the overview and a journey page served by uvicorn (the console router on the
+   same database), 20 loads each after one warm-up: p50 / p95.
+4. **Backtest**: the last campaign of winback forecast from the history before it, the
+   error per figure against what the generated history did.
+
+Prints one JSON document; the README quotes it. Drops its schema unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import asyncpg
+import httpx
+import numpy as np
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from analytics.forecast_model import ForecastSettings
+from analytics.forecast_service import backtest_campaign
+from analytics.funnel import FunnelQuery, funnel, reaction_times
+from analytics.money import cost_report, savings_report
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import Settings
+from cascade.journeys.files import load_journey
+from tests.helpers import serve_app
+from webhooks.console import router as console_router
+from webhooks.keys import create_key
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+START = datetime(2026, 3, 1, tzinfo=UTC)
+CAMPAIGNS = 6
+# Hidden habits: (usable, delivered, opened | delivered, clicked | opened, bought | clicked).
+RATES: dict[str, tuple[float, float, float, float, float]] = {
+    "email": (0.92, 0.97, 0.24, 0.18, 0.20),
+    "telegram": (0.35, 0.99, 0.65, 0.22, 0.18),
+    "fcm": (0.40, 0.93, 0.12, 0.30, 0.15),
+    "sms": (0.75, 0.96, 0.90, 0.08, 0.25),
+}
+LEVEL = {"delivered": 1, "opened": 2, "clicked": 3, "converted": 4}
+PRICES = {"email": 0.001, "telegram": 0.0, "fcm": 0.0, "sms": 0.05}
+
+
+def generate(deliveries_wanted: int, seed: int = 1) -> dict[str, list[tuple[Any, ...]]]:
+    """Rows of customers, contact points, consents, journey runs, deliveries and events."""
+    rng = np.random.default_rng(seed)
+    specs = [load_journey("winback"), load_journey("abandoned_cart")]
+    # About 1.6 deliveries per run with these habits.
+    runs_total = int(deliveries_wanted / 1.6)
+    customers = max(1000, runs_total // 4)
+    ids = [f"c{i}" for i in range(customers)]
+    usable = {ch: rng.random(customers) < r[0] for ch, r in RATES.items()}
+    tables: dict[str, list[tuple[Any, ...]]] = {
+        k: [] for k in ("customers", "contacts", "consents", "runs", "deliveries", "events")
+    }
+    for i, cid in enumerate(ids):
+        tables["customers"].append((cid, f"Customer {i}", "UTC", START - timedelta(days=400)))
+        for ch in RATES:
+            # A contact point on every channel; unusable ones are unsubscribed without consent.
+            tables["contacts"].append((cid, ch, f"{cid}@{ch}", "valid" if usable[ch][i] else "unsubscribed", START))
+            tables["consents"].append((cid, ch, "marketing", bool(usable[ch][i]), START))
+    delivery_id = event_id = run_id = 0
+    per_campaign = runs_total // (CAMPAIGNS * len(specs))
+    for c in range(CAMPAIGNS):
+        campaign_start = START + timedelta(days=30 * c)
+        for spec in specs:
+            who = rng.integers(0, customers, per_campaign)
+            offsets = rng.integers(0, 86400 * 3, per_campaign)
+            base = np.array([campaign_start + timedelta(seconds=int(o)) for o in offsets], dtype=object)
+            wf_ids = [f"{spec.name}-{ids[w]}-{c}" for w in who]
+            first = run_id
+            for k in range(per_campaign):
+                run_id += 1
+                tables["runs"].append((wf_ids[k], f"r{run_id}", spec.name, ids[who[k]], f"{spec.name}-{c}", base[k]))
+            active = np.ones(per_campaign, dtype=bool)
+            at = base.copy()
+            outcome = np.array(["exhausted"] * per_campaign, dtype=object)
+            for step_no, step in enumerate(spec.steps):
+                ch = step.channel.value
+                _, dl, op, cl, bu = RATES[ch]
+                reach = active & usable[ch][who]
+                rnd = rng.random((5, per_campaign))
+                delivered = reach & (rnd[0] < dl)
+                opened = delivered & (rnd[1] < op)
+                clicked = opened & (rnd[2] < cl)
+                bought = clicked & (rnd[3] < bu)
+                open_delay = rng.exponential(3600 * (2 if ch == "email" else 0.3), per_campaign)
+                level = delivered * 1 + opened * 1 + clicked * 1 + bought * 1
+                reacted = reach & (level >= LEVEL[step.await_reaction.value])
+                for k in np.flatnonzero(reach).tolist():
+                    delivery_id += 1
+                    sent_at = at[k]
+                    op_at = sent_at + timedelta(seconds=float(open_delay[k])) if opened[k] else None
+                    cl_at = op_at + timedelta(seconds=60 + float(rnd[4][k]) * 600) if clicked[k] and op_at else None
+                    status = (
+                        "clicked"
+                        if clicked[k]
+                        else "opened"
+                        if opened[k]
+                        else "delivered"
+                        if delivered[k]
+                        else "failed"
+                    )
+                    tables["deliveries"].append((
+                        delivery_id, f"k{delivery_id}", wf_ids[k], f"r{first + k + 1}", spec.name, step_no,
+                        ids[who[k]], ch, "marketing", status, PRICES[ch] if status != "failed" else 0.0, "USD",
+                        sent_at, sent_at, sent_at + timedelta(seconds=4) if delivered[k] else None, op_at, cl_at,
+                        None if delivered[k] else sent_at, 1,
+                    ))  # fmt: skip
+                    if bought[k] and cl_at is not None:
+                        event_id += 1
+                        amount = float(round(20 + rnd[4][k] * 80, 2))
+                        tables["events"].append(
+                            (
+                                f"e{event_id}",
+                                ids[who[k]],
+                                "purchase",
+                                "api",
+                                json.dumps({"amount": amount}),
+                                cl_at + timedelta(minutes=30),
+                                cl_at + timedelta(minutes=30),
+                            )
+                        )
+                outcome[reacted] = "reacted"
+                active &= ~reacted
+                at = at + step.wait
+            for k in range(per_campaign):
+                row = tables["runs"][first + k]
+                tables["runs"][first + k] = (*row, row[-1] + timedelta(days=14), str(outcome[k]), "CascadeJourney")
+    return tables
+
+
+COLUMNS = {
+    "customers": ("customers", ["id", "name", "timezone", "last_purchase_at"]),
+    "contacts": ("contact_points", ["customer_id", "channel", "address", "status", "created_at"]),
+    "consents": ("consents", ["customer_id", "channel", "topic", "granted", "changed_at"]),
+    "runs": (
+        "journey_runs",
+        [
+            "workflow_id",
+            "run_id",
+            "journey",
+            "customer_id",
+            "campaign",
+            "started_at",
+            "finished_at",
+            "outcome",
+            "workflow_type",
+        ],
+    ),
+    "deliveries": (
+        "deliveries",
+        [
+            "id",
+            "idempotency_key",
+            "workflow_id",
+            "run_id",
+            "journey",
+            "step",
+            "customer_id",
+            "channel",
+            "topic",
+            "status",
+            "cost",
+            "currency",
+            "created_at",
+            "sent_at",
+            "delivered_at",
+            "opened_at",
+            "clicked_at",
+            "failed_at",
+            "attempts",
+        ],
+    ),
+    "events": (
+        "engagement_events",
+        ["event_id", "customer_id", "type", "source", "properties", "occurred_at", "received_at"],
+    ),
+}
+
+
+async def load(schema: str, tables: dict[str, list[tuple[Any, ...]]]) -> float:
+    """COPY every table in; seconds taken (ANALYZE included)."""
+    started = time.perf_counter()
+    conn = await asyncpg.connect(POSTGRES.replace("postgresql://", "postgres://"))
+    try:
+        await conn.execute(f'SET search_path TO "{schema}"')
+        # Bulk load: indexes other than primary keys are dropped first and built once after,
+        # which is far cheaper than maintaining them row by row.
+        indexes = await conn.fetch(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = $1 "
+            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
+            schema,
+        )
+        for index in indexes:
+            await conn.execute(f'DROP INDEX "{schema}"."{index["indexname"]}"')
+        # Default columns (customers' JSON lists, timestamps) are filled by the database.
+        for key in ("customers", "contacts", "consents", "runs", "deliveries", "events"):
+            table, columns = COLUMNS[key]
+            records = tables[key]
+            if key == "customers":
+                await conn.execute(
+                    "ALTER TABLE customers ALTER COLUMN children_ages SET DEFAULT '[]', "
+                    "ALTER COLUMN favourite_categories SET DEFAULT '[]', ALTER COLUMN attributes SET DEFAULT '{}', "
+                    "ALTER COLUMN created_at SET DEFAULT now(), ALTER COLUMN purchase_count SET DEFAULT 0, "
+                    "ALTER COLUMN loyalty_points SET DEFAULT 0"
+                )
+            await conn.copy_records_to_table(table, records=records, columns=columns, schema_name=schema)
+        for index in indexes:
+            await conn.execute(index["indexdef"])
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> float:
+    """Median seconds of `repeat` calls."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+async def console_loads(db: Database, settings: Settings, paths: list[str], n: int = 20) -> dict[str, dict[str, float]]:
+    """p50/p95 milliseconds of each console page, served by uvicorn, after one warm-up."""
+    key, _ = await create_key(db, "bench")
+    app = FastAPI()
+    app.state.db, app.state.settings = db, settings
+    app.include_router(console_router)
+    out: dict[str, dict[str, float]] = {}
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, timeout=120) as web:
+        for path in paths:
+            (await web.get(path)).raise_for_status()
+            times = []
+            for _ in range(n):
+                started = time.perf_counter()
+                (await web.get(path)).raise_for_status()
+                times.append((time.perf_counter() - started) * 1000)
+            times.sort()
+            out[path] = {"p50_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(0.95 * (n - 1))], 1)}
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--loads", type=int, default=20, help="console page loads per page (0: skip)")
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reuse", metavar="SCHEMA", help="measure a schema kept by an earlier --keep run")
+    args = parser.parse_args()
+
+    result: dict[str, Any] = {}
+    if args.reuse:
+        schema = args.reuse
+        db = Database.from_url(POSTGRES, schema=schema)
+        await migrate(db.engine)  # the indexes of a newer migration, if any
+    else:
+        started = time.perf_counter()
+        tables = generate(args.deliveries)
+        result["generate_s"] = round(time.perf_counter() - started, 1)
+        schema = f"bench_analytics_{uuid.uuid4().hex[:8]}"
+        db = Database.from_url(POSTGRES, schema=schema)
+        await migrate(db.engine)
+        result["copy_load_s"] = round(await load(schema, tables), 1)
+        del tables
+    try:
+        async with db.engine.connect() as conn:
+            for table in ("deliveries", "journey_runs", "customers", "engagement_events"):
+                result[f"rows_{table}"] = (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+        # The console's default look-back must cover the generated months.
+        settings = Settings(channel_costs=PRICES, console_days=3650)
+        now = datetime.now(UTC)
+        everything = FunnelQuery(since=now - timedelta(days=3650))
+        queries: dict[str, Callable[[], Awaitable[Any]]] = {
+            "funnel_by_channel": lambda: funnel(db, everything.model_copy(update={"by": ["channel"]})),
+            "funnel_by_journey_step": lambda: funnel(db, everything.model_copy(update={"by": ["journey", "step"]})),
+            "funnel_winback_by_day": lambda: funnel(db, FunnelQuery(journey="winback", by=["day"])),
+            "time_to_react": lambda: reaction_times(db, everything),
+            "cost_by_channel": lambda: cost_report(db, everything.model_copy(update={"by": ["channel"]}), "USD"),
+            "savings_all_runs": lambda: savings_report(db, everything, PRICES, "USD"),
+            "savings_one_campaign": lambda: savings_report(db, FunnelQuery(campaign="winback-5"), PRICES, "USD"),
+        }
+        result["query_median_s"] = {}
+        for name, call in queries.items():
+            result["query_median_s"][name] = round(await timed(call, args.repeat), 3)
+            print(name, result["query_median_s"][name], file=sys.stderr, flush=True)
+        savings = await savings_report(db, everything, PRICES, "USD")
+        result["savings"] = {
+            "actual": round(savings.total.actual, 2),
+            "all_usable": round(savings.total.all_usable, 2),
+            "saved_vs_all_pct": round(savings.total.saved_vs_all_pct or 0, 1),
+            "dearest_usable": round(savings.total.dearest_usable, 2),
+            "saved_vs_dearest_pct": round(savings.total.saved_vs_dearest_pct or 0, 1),
+        }
+        print(json.dumps(result), file=sys.stderr, flush=True)  # what was measured so far
+        if args.loads > 0:
+            result["console"] = await console_loads(
+                db, settings, ["/console/", "/console/journeys/winback"], args.loads
+            )
+        bt = await backtest_campaign(
+            db, load_journey("winback"), f"winback-{CAMPAIGNS - 1}", PRICES, ForecastSettings(seed=0)
+        )
+        result["backtest"] = {
+            "campaign": bt.campaign,
+            "audience": bt.audience,
+            "inside_band_share": round(bt.result.inside_band_share, 2),
+            "mean_rel_error": round(bt.result.mean_rel_error or 0, 3),
+            "errors": {
+                e.metric: {
+                    "forecast": round(e.predicted, 1),
+                    "low": round(e.low, 1),
+                    "high": round(e.high, 1),
+                    "actual": round(e.actual, 1),
+                }
+                for e in bt.result.errors
+            },
+        }
+    finally:
+        await db.dispose()
+        if not (args.keep or args.reuse):
+            conn = await asyncpg.connect(POSTGRES.replace("postgresql://", "postgres://"))
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            await conn.close()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,131 @@
+"""The funnel in SQL over hand-made history, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from analytics.funnel import FunnelQuery, entries, funnel, reaction_times
+from cascade.infra.db import Database
+from tests.analytics_rows import T0, History
+
+pytestmark = pytest.mark.postgres
+
+
+def _history() -> History:
+    h = History()
+    # ann: email opened and clicked, bought 2 days later (within 7 days): email converts.
+    r = h.run("winback", "ann", campaign="autumn", outcome="reacted")
+    ann_email = h.send(
+        r,
+        "winback",
+        "ann",
+        0,
+        "email",
+        cost=0.001,
+        status="clicked",
+        opened_after=timedelta(minutes=3),
+        clicked_after=timedelta(minutes=4),
+    )
+    h.event("ann", "purchase", T0 + timedelta(days=2), amount=40.0)
+    # bob: email ignored, sms delivered a week later; bought 1 day after the sms: sms converts.
+    r = h.run("winback", "bob", campaign="autumn", outcome="reacted")
+    h.send(r, "winback", "bob", 0, "email", cost=0.001)
+    bob_sms = h.send(
+        r,
+        "winback",
+        "bob",
+        2,
+        "sms",
+        cost=0.05,
+        at=T0 + timedelta(days=7),
+        status="opened",
+        opened_after=timedelta(hours=2),
+    )
+    h.event("bob", "purchase", T0 + timedelta(days=8), amount=60.0)
+    # cid: email failed, sms sent; bought 30 days later: outside the window, not counted.
+    r = h.run("winback", "cid", campaign="autumn", outcome="exhausted")
+    h.send(r, "winback", "cid", 0, "email", cost=0.001, status="failed")
+    h.send(r, "winback", "cid", 2, "sms", cost=0.05, status="sent")
+    h.event("cid", "purchase", T0 + timedelta(days=30), amount=99.0)
+    # dan: welcome journey, unsubscribed from the email; run still going.
+    r = h.run("welcome", "dan", at=T0 + timedelta(days=1))
+    dan_email = h.send(
+        r,
+        "welcome",
+        "dan",
+        0,
+        "email",
+        cost=0.001,
+        at=T0 + timedelta(days=1),
+        status="opened",
+        opened_after=timedelta(days=2),
+    )
+    h.event("dan", "unsubscribed", T0 + timedelta(days=3), delivery_id=dan_email)
+    # A page view is not a conversion.
+    h.event("ann", "page_view", T0 + timedelta(days=1))
+    assert ann_email and bob_sms
+    return h
+
+
+async def test_funnel_by_journey_and_channel_counts_each_stage(any_db: Database) -> None:
+    await _history().save(any_db)
+    rows = await funnel(any_db, FunnelQuery(by=["journey", "channel"]))
+    by_key = {(r.key["journey"], r.key["channel"]): r for r in rows}
+    assert list(by_key) == [("welcome", "email"), ("winback", "email"), ("winback", "sms")]
+
+    email = by_key[("winback", "email")]
+    assert (email.messages, email.sent, email.delivered, email.opened, email.clicked, email.failed) == (
+        3,
+        2,
+        2,
+        1,
+        1,
+        1,
+    )
+    assert (email.converted, email.revenue) == pytest.approx((1, 40.0))
+    assert email.cost == pytest.approx(0.002)
+
+    sms = by_key[("winback", "sms")]
+    # cid's purchase 30 days after the sms is outside the 7-day window.
+    assert (sms.sent, sms.delivered, sms.opened, sms.converted, sms.revenue) == pytest.approx((2, 1, 1, 1, 60.0))
+
+    welcome = by_key[("welcome", "email")]
+    assert (welcome.unsubscribed, welcome.converted) == (1, 0)
+
+
+async def test_attribution_window_and_conversion_events_are_parameters(any_db: Database) -> None:
+    await _history().save(any_db)
+    wide = await funnel(any_db, FunnelQuery(journey="winback", attribution_window=timedelta(days=40)))
+    # With 40 days cid's purchase counts for its sms too.
+    assert (wide[0].converted, wide[0].revenue) == pytest.approx((3, 199.0))
+    views = await funnel(any_db, FunnelQuery(conversion_events=["page_view"]))
+    assert (views[0].converted, views[0].revenue) == (1, 0.0)
+
+
+async def test_filters_campaign_date_range_and_step(any_db: Database) -> None:
+    await _history().save(any_db)
+    autumn = await funnel(any_db, FunnelQuery(campaign="autumn", by=["campaign", "step"]))
+    assert [(r.key["campaign"], r.key["step"], r.sent) for r in autumn] == [("autumn", 0, 2), ("autumn", 2, 2)]
+    first_day = await funnel(any_db, FunnelQuery(since=T0, until=T0 + timedelta(days=1), by=["day"]))
+    assert [(r.key["day"], r.messages) for r in first_day] == [("2026-10-01", 4)]
+    assert await funnel(any_db, FunnelQuery(since=T0 + timedelta(days=100))) == []
+
+
+async def test_entries_count_runs_and_outcomes(any_db: Database) -> None:
+    await _history().save(any_db)
+    rows = {r.key["journey"]: r for r in await entries(any_db, FunnelQuery(by=["journey"]))}
+    assert (rows["winback"].entered, rows["winback"].outcomes) == (3, {"exhausted": 1, "reacted": 2})
+    assert (rows["welcome"].entered, rows["welcome"].running) == (1, 1)
+
+
+async def test_time_to_react_per_channel(any_db: Database) -> None:
+    await _history().save(any_db)
+    times = {t.channel: t for t in await reaction_times(any_db, FunnelQuery())}
+    email = times["email"]
+    # ann opened after 3 minutes, dan after 2 days.
+    assert email.reactions == 2
+    assert email.buckets["1-10 min"] == 1 and email.buckets["1-3 days"] == 1
+    assert email.mean_seconds == pytest.approx((180 + 2 * 86400) / 2, rel=1e-4)
+    assert times["sms"].buckets["1-6 h"] == 1

@@ -1,0 +1,165 @@
+"""The console over real HTTP (uvicorn, SQLite and PostgreSQL): never open without a key,
+every page shows what the history holds. The browser tests are in test_console_browser.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from temporalio.client import Client
+
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+from models.tables import utcnow
+from tests.analytics_rows import History, add_customer
+from tests.helpers import serve_app
+from webhooks.app import create_app
+from webhooks.console.auth import COOKIE, cookie_prefix, session_cookie
+from webhooks.keys import create_key, revoke_key
+
+pytestmark = pytest.mark.postgres
+
+PAGES = ["/console/", "/console/journeys/winback", "/console/running", "/console/customers/ann", "/console/forecast"]
+
+
+async def fill_console_history(db: Database) -> None:
+    """A few days of winback and welcome runs, ending now (the console looks back 30 days)."""
+    now = utcnow()
+    start = now - timedelta(days=10)
+    await add_customer(db, "ann", {"email": True, "telegram": True, "sms": True})
+    await add_customer(db, "bob", {"email": True, "sms": True})
+    h = History()
+    r = h.run("winback", "ann", campaign="autumn", at=start, outcome="reacted")
+    h.send(
+        r,
+        "winback",
+        "ann",
+        0,
+        "email",
+        cost=0.001,
+        at=start,
+        status="clicked",
+        opened_after=timedelta(minutes=2),
+        clicked_after=timedelta(minutes=3),
+    )
+    h.event("ann", "purchase", start + timedelta(hours=2), amount=42.0)
+    r = h.run("winback", "bob", campaign="autumn", at=start)  # still running
+    h.send(r, "winback", "bob", 0, "email", cost=0.001, at=start)
+    h.send(
+        r,
+        "winback",
+        "bob",
+        2,
+        "sms",
+        cost=0.05,
+        at=start + timedelta(days=7),
+        status="opened",
+        opened_after=timedelta(hours=1),
+    )
+    r = h.run("welcome", "cid", at=now - timedelta(days=1))
+    h.send(r, "welcome", "cid", 0, "email", cost=0.001, at=now - timedelta(days=1))
+    await h.save(db)
+
+
+@dataclass
+class Console:
+    url: str
+    key: str
+    prefix: str
+    db: Database
+    settings: Settings
+
+
+@pytest.fixture
+async def console(client: Client, settings: Settings, any_db: Database) -> AsyncIterator[Console]:
+    await fill_console_history(any_db)
+    key, row = await create_key(any_db, "shop1")
+    async with serve_app(create_app(settings, client=client, db=any_db)) as url:
+        yield Console(url, key, row.prefix, any_db, settings)
+
+
+async def _login(web: httpx.AsyncClient, key: str, next: str = "/console/") -> httpx.Response:
+    return await web.post("/console/login", data={"api_key": key, "next": next})
+
+
+async def test_no_page_opens_without_credentials(console: Console) -> None:
+    async with httpx.AsyncClient(base_url=console.url) as web:
+        for page in PAGES:
+            reply = await web.get(page)
+            assert reply.status_code == 303, page
+            location = urlsplit(reply.headers["location"])
+            assert location.path == "/console/login" and parse_qs(location.query)["next"] == [page]
+            assert "ann" not in reply.text and "winback" not in reply.text
+        api = await web.get("/console/api/forecast", params={"journey": "winback"})
+        assert api.status_code == 401
+        web.cookies.set(COOKIE, f"{console.prefix}.9999999999.deadbeef")
+        assert (await web.get("/console/")).status_code == 303
+        wrong = await web.get("/console/api/forecast", params={"journey": "winback"}, headers={"X-API-Key": "csk_x_y"})
+        assert wrong.status_code == 401
+
+
+async def test_login_with_a_key_opens_the_pages(console: Console) -> None:
+    async with httpx.AsyncClient(base_url=console.url) as web:
+        bad = await _login(web, "csk_nope_nope")
+        assert bad.status_code == 401 and "not valid" in bad.text and COOKIE not in bad.cookies
+        good = await _login(web, console.key, next="/console/running")
+        assert good.status_code == 303 and good.headers["location"] == "/console/running"
+        assert (
+            "httponly" in good.headers["set-cookie"].lower() and "samesite=strict" in good.headers["set-cookie"].lower()
+        )
+        overview = await web.get("/console/")
+        assert overview.status_code == 200
+        assert 'id="sent">4<' in overview.text and 'id="conversions">1<' in overview.text
+        assert '<script src="/console/static/plotly.min.js">' in overview.text
+        journey = await web.get("/console/journeys/winback")
+        assert 'id="entered">2<' in journey.text and "Funnel of winback per step" in journey.text
+        running = await web.get("/console/running")
+        assert "bob" in running.text and "cid" in running.text and ">ann<" not in running.text
+        # Temporal UI filtered by the search attributes.
+        assert "query=Journey%3D%22winback%22" in running.text and "query=CustomerId%3D%22bob%22" in running.text
+        timeline = await web.get("/console/customers/ann")
+        assert "purchase" in timeline.text and "amount 42.0" in timeline.text and "journey ended" in timeline.text
+        js = await web.get("/console/static/plotly.min.js")
+        assert js.status_code == 200 and len(js.content) > 1_000_000
+
+
+async def test_an_open_redirect_is_not_possible_through_next(console: Console) -> None:
+    async with httpx.AsyncClient(base_url=console.url) as web:
+        reply = await _login(web, console.key, next="//evil.example/console")
+        assert reply.headers["location"] == "/console/"
+
+
+async def test_revoking_the_key_ends_its_sessions(console: Console) -> None:
+    async with httpx.AsyncClient(base_url=console.url) as web:
+        await _login(web, console.key)
+        assert (await web.get("/console/running")).status_code == 200
+        await revoke_key(console.db, console.prefix)
+        assert (await web.get("/console/running")).status_code == 303
+
+
+def test_session_cookies_expire_and_cannot_be_altered(settings: Settings) -> None:
+    cookie = session_cookie(settings, "abc", now=1000.0)
+    assert cookie_prefix(settings, cookie, now=1001.0) == "abc"
+    assert cookie_prefix(settings, cookie, now=1000.0 + settings.console_session_hours * 3600 + 1) is None
+    prefix, expires, signature = cookie.split(".")
+    assert cookie_prefix(settings, f"{prefix}.{int(expires) + 999999}.{signature}", now=1001.0) is None
+    assert cookie_prefix(settings, f"other.{expires}.{signature}", now=1001.0) is None
+
+
+async def test_forecast_api_and_form_name_bad_fields(console: Console) -> None:
+    headers = {"X-API-Key": console.key}
+    async with httpx.AsyncClient(base_url=console.url, headers=headers, timeout=60) as web:
+        ok = await web.get("/console/api/forecast", params={"journey": "winback", "audience": "500"})
+        assert ok.status_code == 200
+        data = ok.json()
+        assert data["forecast"]["audience"] == 500
+        assert [s["name"] for s in data["forecast"]["scenarios"]] == ["pessimistic", "neutral", "optimistic"]
+        bad = await web.get("/console/api/forecast", params={"journey": "winback", "audience": "lots"})
+        assert bad.status_code == 422 and "audience" in bad.json()["error"]
+        nosuch = await web.get("/console/forecast", params={"journey": "nosuch"})
+        assert nosuch.status_code == 422 and "journey: no journey named" in nosuch.text
+        assert "Traceback" not in nosuch.text
