@@ -368,3 +368,17 @@ class ReceiptToken(SQLModel, table=True):
     seen_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
     )
+
+
+# --- Audiences (#13) ---------------------------------------------------------------------
+# Segment queries test a customer's events by type and time ("purchases in 90 days") and
+# the funnel by the age of the last purchase or sign-up: these indexes answer them without
+# a scan of the events table.
+Index(
+    "ix_engagement_events_customer_type_time",
+    EngagementEvent.__table__.c.customer_id,  # type: ignore[attr-defined]
+    EngagementEvent.__table__.c.type,  # type: ignore[attr-defined]
+    EngagementEvent.__table__.c.occurred_at,  # type: ignore[attr-defined]
+)
+Index("ix_customers_last_purchase_at", Customer.__table__.c.last_purchase_at)  # type: ignore[attr-defined]
+Index("ix_customers_created_at", Customer.__table__.c.created_at)  # type: ignore[attr-defined]

@@ -267,6 +267,18 @@ class Settings(BaseSettings):
     scan_page_size: int = Field(default=500, ge=1, le=10000)
     scan_concurrency: int = Field(default=8, ge=1, le=100)
 
+    # --- Audiences and broadcasts (#13) ---
+    # Segment files (segments/*.yaml) and the thresholds of the built-in funnel segments:
+    # new = signed up within new_days; loyal = at least loyal_purchases purchases within
+    # loyal_window_days and the last within active_days; active = bought within active_days
+    # (not loyal); dormant = last purchase active_days..churned_days ago; churned = longer.
+    segments_dir: Path = PROJECT_ROOT / "segments"
+    segment_new_days: int = Field(default=30, ge=1, le=3650)
+    segment_active_days: int = Field(default=90, ge=1, le=3650)
+    segment_loyal_purchases: int = Field(default=3, ge=1, le=100000)
+    segment_loyal_window_days: int = Field(default=365, ge=1, le=3650)
+    segment_churned_days: int = Field(default=365, ge=2, le=36500)
+
     @field_validator("database_schema")
     @classmethod
     def _schema_name(cls, value: str | None) -> str | None:
