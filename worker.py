@@ -19,6 +19,7 @@ from types import TracebackType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.audiences import AudienceActivities
 from activities.journey import JourneyActivities
 from activities.loyalty import LoyaltyActivities
 from activities.runs import RunActivities
@@ -31,11 +32,12 @@ from channels.base import Channel
 from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
 from models.journey import ChannelName
+from workflows.broadcast import BroadcastWorkflow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
 
-WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan]
+WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan, BroadcastWorkflow]
 
 
 class CascadeWorkers:
@@ -85,6 +87,7 @@ def build_worker(
     acts = journey_activities or JourneyActivities(db, channels or {}, settings)
     loyalty = LoyaltyActivities(db, client, settings)
     runs = RunActivities(db)
+    audiences = AudienceActivities(db, client, settings)
     workers = [
         Worker(
             client,
@@ -103,6 +106,9 @@ def build_worker(
                 loyalty.scan_winback,
                 runs.record_run_started,
                 runs.record_run_finished,
+                audiences.snapshot_audience,
+                audiences.start_recipients,
+                audiences.cancel_unsent_journeys,
             ],
         )
     ]

@@ -382,3 +382,34 @@ Index(
 )
 Index("ix_customers_last_purchase_at", Customer.__table__.c.last_purchase_at)  # type: ignore[attr-defined]
 Index("ix_customers_created_at", Customer.__table__.c.created_at)  # type: ignore[attr-defined]
+
+
+class Broadcast(SQLModel, table=True):
+    """A campaign to a whole segment: one cascade per member of its frozen audience."""
+
+    __tablename__ = "broadcasts"
+
+    id: str = Field(primary_key=True, max_length=128)
+    segment: str = Field(max_length=64)
+    journey: str = Field(max_length=64)
+    send_at: datetime | None = _ts()
+    local_time: str | None = Field(default=None, max_length=8)
+    # Set in the same transaction that writes the audience snapshot: None until then.
+    audience: int | None = None
+    created_at: datetime = _created()
+
+
+class BroadcastRecipient(SQLModel, table=True):
+    """One member of a broadcast's frozen audience and what the broadcast did for them.
+
+    `status` None is pending; it is set once (started, skipped or failed) by an UPDATE
+    that only touches pending rows, so a retried page counts nobody twice.
+    """
+
+    __tablename__ = "broadcast_recipients"
+
+    broadcast_id: str = Field(primary_key=True, max_length=128)
+    customer_id: str = Field(primary_key=True, max_length=128)
+    status: str | None = Field(default=None, max_length=16)
+    reason: str | None = Field(default=None, max_length=64)
+    workflow_id: str | None = Field(default=None, max_length=512)

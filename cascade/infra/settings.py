@@ -278,6 +278,8 @@ class Settings(BaseSettings):
     segment_loyal_purchases: int = Field(default=3, ge=1, le=100000)
     segment_loyal_window_days: int = Field(default=365, ge=1, le=3650)
     segment_churned_days: int = Field(default=365, ge=2, le=36500)
+    # Cascades a broadcast activity starts at once (each start is one Temporal RPC).
+    broadcast_start_concurrency: int = Field(default=50, ge=1, le=1000)
 
     @field_validator("database_schema")
     @classmethod

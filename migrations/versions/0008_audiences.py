@@ -1,4 +1,5 @@
-"""Audiences: indexes that let segment queries read events and the funnel without scans.
+"""Audiences: indexes that let segment queries read events and the funnel without scans;
+broadcasts and their frozen audiences.
 
 Revision ID: 0008
 Revises: 0007
@@ -7,6 +8,7 @@ Create Date: 2026-11-30 17:00:00.000000
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
@@ -23,9 +25,31 @@ def upgrade() -> None:
     with op.batch_alter_table("customers", schema=None) as batch_op:
         batch_op.create_index("ix_customers_last_purchase_at", ["last_purchase_at"], unique=False)
         batch_op.create_index("ix_customers_created_at", ["created_at"], unique=False)
+    op.create_table(
+        "broadcasts",
+        sa.Column("id", sa.String(length=128), nullable=False),
+        sa.Column("segment", sa.String(length=64), nullable=False),
+        sa.Column("journey", sa.String(length=64), nullable=False),
+        sa.Column("send_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("local_time", sa.String(length=8), nullable=True),
+        sa.Column("audience", sa.Integer(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_table(
+        "broadcast_recipients",
+        sa.Column("broadcast_id", sa.String(length=128), nullable=False),
+        sa.Column("customer_id", sa.String(length=128), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=True),
+        sa.Column("reason", sa.String(length=64), nullable=True),
+        sa.Column("workflow_id", sa.String(length=512), nullable=True),
+        sa.PrimaryKeyConstraint("broadcast_id", "customer_id"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("broadcast_recipients")
+    op.drop_table("broadcasts")
     with op.batch_alter_table("customers", schema=None) as batch_op:
         batch_op.drop_index("ix_customers_created_at")
         batch_op.drop_index("ix_customers_last_purchase_at")
