@@ -3,6 +3,7 @@ pause/resume/cancel, and a broadcast that crashes or restarts mid-way starts nob
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -15,6 +16,7 @@ from sqlalchemy import func, select, update
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner
 
 from cascade.audiences import broadcasts as service
 from cascade.audiences.broadcasts import (
@@ -23,6 +25,7 @@ from cascade.audiences.broadcasts import (
     start_broadcast,
 )
 from cascade.audiences.service import load_segments
+from cascade.cli.broadcasts import app as broadcasts_cli
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from models import search_attributes as sa
@@ -215,3 +218,59 @@ async def test_a_crash_mid_page_and_a_restart_mid_way_start_nobody_twice(
 async def _progress_at(client: Client, broadcast_id: str, started: int) -> BroadcastProgress | None:
     p = await broadcast_progress(client, broadcast_id)
     return p if p.started >= started else None
+
+
+async def test_the_broadcasts_cli_starts_watches_pauses_resumes_cancels_and_lists(
+    ts_env: WorkflowEnvironment,
+    client: Client,
+    bsettings: Settings,
+    db: Database,
+    worker: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _members(db, 4, coupon=False)
+    journey = tmp_path / "december.yaml"
+    journey.write_text(
+        "name: december\nsteps:\n  - channel: email\n    delay: 1d\n"
+        "    content: {subject: News, body: 'Hi {{ name }}'}\n"
+    )
+    monkeypatch.setenv("DATABASE_URL", bsettings.database_url)
+    monkeypatch.setenv("CASCADE_TASK_QUEUE", bsettings.task_queue)
+    monkeypatch.setenv("CASCADE_SEGMENTS_DIR", str(bsettings.segments_dir))
+    monkeypatch.setenv("TEMPORAL_ADDRESS", client.service_client.config.target_host)
+    runner = CliRunner()
+    bid = f"dec-{uuid.uuid4().hex[:8]}"
+
+    async def cli(*args: str) -> Any:
+        # In a thread: the CLI runs its own event loop while this one runs the worker.
+        return await asyncio.to_thread(runner.invoke, broadcasts_cli, list(args))
+
+    started = await cli(
+        "start", bid, "--segment", "everyone", "--journey", str(journey), "--rate", "0.001", "--page-size", "2"
+    )
+    assert started.exit_code == 0, started.output
+    assert f"started broadcast/{bid}: segment everyone, journey december" in started.output
+
+    async def status_says(text: str) -> str | None:
+        out = (await cli("status", bid)).output
+        return out if text in out else None
+
+    first = await eventually(lambda: status_says("started 2,"))
+    assert "audience 4" in first
+    assert (await cli("pause", bid)).output.strip() == f"pause sent to broadcast {bid}"
+    await ts_env.sleep(3000)
+    await eventually(lambda: status_says(": paused"))
+    assert (await cli("resume", bid)).exit_code == 0
+    await eventually(lambda: status_says("started 4,"))
+    assert (await cli("cancel", bid, "--reason", "typo")).exit_code == 0
+    done = await eventually(lambda: status_says(": cancelled"))
+    assert "journeys cancelled before their first send: 4" in done
+    listed = await cli("list")
+    assert listed.exit_code == 0 and bid in listed.output and "everyone" in listed.output
+    again = await cli("start", bid, "--segment", "everyone", "--journey", str(journey))
+    assert again.exit_code == 1 and "exists already" in again.output
+    unknown = await cli("start", "other", "--segment", "nobody", "--journey", str(journey))
+    assert unknown.exit_code == 1 and "unknown segment 'nobody'" in unknown.output
+    missing = await cli("status", "never-started")
+    assert missing.exit_code == 1 and "no such broadcast" in missing.output
