@@ -373,8 +373,21 @@ class JourneySpec(BaseModel):
         description="A customer who reacted in a channel within this many days is kept there",
     )
     loop: LoyaltyLoop | None = None
+    # --- Audiences (#13): only members of this segment enter (segments/*.yaml or built-in).
+    audience: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Only members of this segment enter"
+    )
 
     _parse_valid_for = field_validator("valid_for", mode="before")(parse_duration)
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_audience(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # As Trigger.reentry: a spec without an audience serialises as before the field
+        # existed, so older workers read it and an unchanged file keeps its content hash.
+        data: dict[str, Any] = handler(self)
+        if data.get("audience") is None:
+            data.pop("audience", None)
+        return data
 
     def content_hash(self) -> str:
         """A short hash of the whole definition: which version a running journey uses."""
