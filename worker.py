@@ -36,8 +36,9 @@ from workflows.broadcast import BroadcastWorkflow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
+from workflows.segments import SegmentRefresh
 
-WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan, BroadcastWorkflow]
+WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan, BroadcastWorkflow, SegmentRefresh]
 
 
 class CascadeWorkers:
@@ -109,6 +110,7 @@ def build_worker(
                 audiences.snapshot_audience,
                 audiences.start_recipients,
                 audiences.cancel_unsent_journeys,
+                audiences.refresh_segment_memberships,
             ],
         )
     ]

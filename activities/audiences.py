@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from temporalio import activity
 from temporalio.client import Client
 
 from cascade.audiences.broadcasts import RecipientStarter, cancel_unsent, recipient_counts, snapshot_audience
+from cascade.audiences.membership import refresh_memberships, route_transitions
 from cascade.audiences.service import load_segments
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
+from cascade.journeys.files import load_all_journeys
+from models.audiences import RefreshMembershipsInput, RefreshMembershipsResult
 from models.broadcasts import (
     CancelUnsentInput,
     CancelUnsentResult,
@@ -60,3 +65,22 @@ class AudienceActivities:
     async def cancel_unsent_journeys(self, input: CancelUnsentInput) -> CancelUnsentResult:
         """Stop the broadcast's journeys that have not sent their first message."""
         return CancelUnsentResult(cancelled=await cancel_unsent(self.db, self.client, input.broadcast_id, input.reason))
+
+    @activity.defn
+    async def refresh_segment_memberships(self, input: RefreshMembershipsInput) -> RefreshMembershipsResult:
+        """Record who entered and left each segment, and start the journeys those transitions trigger.
+
+        A retry finds the memberships recorded and no transition left to route, except
+        those whose routing failed: routing is keyed by the transition, so a journey
+        already started is not started again.
+        """
+        now = input.at or datetime.now(UTC)
+        transitions = await refresh_memberships(
+            self.db, load_segments(self.settings), now=now, customer_id=input.customer_id
+        )
+        started = await route_transitions(self.client, self.db, self.settings, transitions, load_all_journeys(), now)
+        return RefreshMembershipsResult(
+            entered={k: len(v) for k, v in transitions.entered.items()},
+            exited={k: len(v) for k, v in transitions.exited.items()},
+            started=started,
+        )

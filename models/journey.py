@@ -190,7 +190,25 @@ class Trigger(BaseModel):
         " keyed journey runs once per key, ever, and an unkeyed one again once the last run ended",
     )
 
+    # --- Audiences (#13): start when the customer enters or leaves a segment. Each adds
+    # the event `segment_entered:<name>` / `segment_exited:<name>` to `events`, which is
+    # what membership changes are routed as.
+    segment_entered: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    segment_exited: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
     _parse_reentry = field_validator("reentry", mode="before")(parse_duration)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _segment_events(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (data.get("segment_entered") or data.get("segment_exited")):
+            events = list(data.get("events") or [])
+            for kind in ("segment_entered", "segment_exited"):
+                name = data.get(kind)
+                if isinstance(name, str) and f"{kind}:{name}" not in events:
+                    events.append(f"{kind}:{name}")
+            data = {**data, "events": events}
+        return data
 
     @model_serializer(mode="wrap")
     def _leave_out_unset_reentry(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -200,6 +218,9 @@ class Trigger(BaseModel):
         data: dict[str, Any] = handler(self)
         if data.get("reentry") is None:
             data.pop("reentry", None)
+        for kind in ("segment_entered", "segment_exited"):
+            if data.get(kind) is None:
+                data.pop(kind, None)
         return data
 
     @field_validator("reentry")

@@ -413,3 +413,24 @@ class BroadcastRecipient(SQLModel, table=True):
     status: str | None = Field(default=None, max_length=16)
     reason: str | None = Field(default=None, max_length=64)
     workflow_id: str | None = Field(default=None, max_length=512)
+
+
+class SegmentMembership(SQLModel, table=True):
+    """A stretch of time a customer was in a segment: entered, and exited (None while a member).
+
+    Kept current by the event path (the customer an event is about) and by a Temporal
+    Schedule (transitions caused by time alone, such as becoming dormant).
+    """
+
+    __tablename__ = "segment_memberships"
+    __table_args__ = (
+        # Who is in a segment now, and one customer's open memberships.
+        Index("ix_segment_memberships_open", "segment", "exited_at", "customer_id"),
+        Index("ix_segment_memberships_customer", "customer_id", "segment"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    segment: str = Field(max_length=64)
+    customer_id: str = Field(max_length=128)
+    entered_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    exited_at: datetime | None = _ts()

@@ -21,10 +21,11 @@ from workflows.broadcast import BroadcastWorkflow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
+from workflows.segments import SegmentRefresh
 
 # Every workflow the worker runs (worker.WORKFLOWS is not imported: this module is loaded
 # into the workflow sandbox for ReorderedCascade below, and the worker module is not sandbox-safe).
-WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan, BroadcastWorkflow]
+WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan, BroadcastWorkflow, SegmentRefresh]
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 

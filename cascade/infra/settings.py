@@ -280,6 +280,8 @@ class Settings(BaseSettings):
     segment_churned_days: int = Field(default=365, ge=2, le=36500)
     # Cascades a broadcast activity starts at once (each start is one Temporal RPC).
     broadcast_start_concurrency: int = Field(default=50, ge=1, le=1000)
+    # How often the Temporal Schedule refreshes every segment's memberships (time-only changes).
+    segment_refresh_minutes: int = Field(default=60, ge=1, le=10080)
 
     @field_validator("database_schema")
     @classmethod

@@ -45,9 +45,22 @@ def upgrade() -> None:
         sa.Column("workflow_id", sa.String(length=512), nullable=True),
         sa.PrimaryKeyConstraint("broadcast_id", "customer_id"),
     )
+    op.create_table(
+        "segment_memberships",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("segment", sa.String(length=64), nullable=False),
+        sa.Column("customer_id", sa.String(length=128), nullable=False),
+        sa.Column("entered_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("exited_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("segment_memberships", schema=None) as batch_op:
+        batch_op.create_index("ix_segment_memberships_open", ["segment", "exited_at", "customer_id"], unique=False)
+        batch_op.create_index("ix_segment_memberships_customer", ["customer_id", "segment"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_table("segment_memberships")
     op.drop_table("broadcast_recipients")
     op.drop_table("broadcasts")
     with op.batch_alter_table("customers", schema=None) as batch_op:

@@ -32,6 +32,7 @@ from cascade.journeys.files import load_journey
 from cascade.profiles.service import upsert_customer
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
+from models.audiences import RefreshMembershipsInput
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Condition
 from models.loyalty import ScanInput
@@ -45,6 +46,7 @@ from worker import build_worker
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
+from workflows.segments import SegmentRefresh
 
 HERE = Path(__file__).parent
 Scenario = Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]
@@ -313,6 +315,16 @@ async def _broadcast(env: WorkflowEnvironment, db: Database, settings: Settings,
     _write(f"{name}_done", await env.client.get_workflow_handle(handle.id).fetch_history())
 
 
+async def _segment_refresh(env: WorkflowEnvironment, db: Database, settings: Settings, name: str) -> None:
+    """One scheduled refresh of every segment's memberships."""
+    await upsert_customer(db, CustomerProfile(id=f"replay-{name}", name="Ann"))
+    handle = await env.client.start_workflow(
+        SegmentRefresh.run, RefreshMembershipsInput(), id=f"replay-{name}", task_queue=settings.task_queue
+    )
+    await handle.result()
+    _write(name, await handle.fetch_history())
+
+
 # Whole-workflow scenarios beyond the cascade: recorded only when named.
 OTHER_SCENARIOS: dict[str, Callable[[WorkflowEnvironment, Database, Settings, str], Awaitable[None]]] = {
     # Recorded on the code before "loyalty-round-v2", "record-run", "signal-dedup" and
@@ -322,6 +334,7 @@ OTHER_SCENARIOS: dict[str, Callable[[WorkflowEnvironment, Database, Settings, st
     "loyalty_v2": _loyalty_round,
     "scan_v2": _scans,
     "broadcast": _broadcast,
+    "segment_refresh": _segment_refresh,
 }
 
 
