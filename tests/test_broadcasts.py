@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from cascade.audiences import broadcasts as service
 from cascade.audiences.broadcasts import (
     broadcast_progress,
+    local_start_delay,
     signal_broadcast,
     start_broadcast,
 )
@@ -274,3 +275,13 @@ async def test_the_broadcasts_cli_starts_watches_pauses_resumes_cancels_and_list
     assert unknown.exit_code == 1 and "unknown segment 'nobody'" in unknown.output
     missing = await cli("status", "never-started")
     assert missing.exit_code == 1 and "no such broadcast" in missing.output
+
+
+def test_local_time_delay() -> None:
+    now = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
+    # 08:30 UTC is 09:30 in Berlin: 10:00 there is in 30 minutes; in Tokyo (17:30) it is tomorrow.
+    assert local_start_delay("Europe/Berlin", time(10, 0), now) == timedelta(minutes=30)
+    assert local_start_delay("Asia/Tokyo", time(10, 0), now) == timedelta(hours=16, minutes=30)
+    # A customer whose 10:00 is this very minute starts now; an unknown zone counts as UTC.
+    assert local_start_delay("Europe/London", time(8, 30), now) == timedelta(0)
+    assert local_start_delay("Mars/Olympus", time(10, 0), now) == timedelta(hours=1, minutes=30)

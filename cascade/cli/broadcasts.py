@@ -169,3 +169,7 @@ def list_command() -> None:
             row.id, row.segment, row.journey, audience, str(row.handled or 0), f"{row.created_at:%Y-%m-%d %H:%M}"
         )
     _console.print(table)
+
+
+if __name__ == "__main__":
+    app()

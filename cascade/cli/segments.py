@@ -143,3 +143,7 @@ def validate(directory: DirOption = None) -> None:
     catalog = _catalog(Settings(), directory)
     files = [n for n in catalog.names() if catalog.segments[n].source != "built-in"]
     typer.echo(f"ok: {len(files)} segment files and {len(catalog.names()) - len(files)} built-in segments are valid")
+
+
+if __name__ == "__main__":
+    app()
