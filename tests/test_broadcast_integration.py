@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy import func, insert, select
+from sqlmodel import col
 from temporalio.testing import WorkflowEnvironment
 
 from cascade.audiences.broadcasts import start_broadcast
@@ -107,7 +108,9 @@ async def test_a_broadcast_to_2000_customers_runs_every_cascade_once(
         assert result.runs == 2  # 9 pages (the last one empty), continue-as-new every 3
 
         async def finished() -> int:
-            query = select(func.count()).where(JourneyRun.finished_at.is_not(None), JourneyRun.journey == "bulk")  # type: ignore[union-attr]
+            query = select(func.count()).where(
+                col(JourneyRun.finished_at).is_not(None), col(JourneyRun.journey) == "bulk"
+            )
             async with db.engine.connect() as conn:
                 return int((await conn.execute(query)).scalar_one())
 
