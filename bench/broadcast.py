@@ -109,7 +109,7 @@ async def _load_customers(db: Database, n: int) -> float:
                 " SELECT 'c' || lpad(g::text, 8, '0'), 'Ann', 'UTC', '[]', '[]', g % 7, 0, '{}',"
                 " now() - (g % 1000) * interval '1 day',"
                 " CASE WHEN g % 7 = 0 THEN NULL ELSE now() - (g % 800) * interval '1 day' END"
-                " FROM generate_series(1, :n) AS g"
+                " FROM generate_series(1, CAST(:n AS integer)) AS g"
             ),
             {"n": n},
         )
@@ -126,12 +126,12 @@ async def _load_events(db: Database, customers: int, events: int) -> float:
                 text(
                     "INSERT INTO engagement_events (customer_id, channel, type, source, properties, occurred_at,"
                     " received_at)"
-                    " SELECT 'c' || lpad((1 + (g * 7919) % :customers)::text, 8, '0'),"
+                    " SELECT 'c' || lpad((1 + (g * 7919) % CAST(:customers AS integer))::text, 8, '0'),"
                     " CASE WHEN g % 5 IN (1, 2) THEN 'email' END,"
                     " CASE g % 5 WHEN 0 THEN 'purchase' WHEN 1 THEN 'opened' WHEN 2 THEN 'clicked'"
                     " ELSE 'page_viewed' END, 'bench',"
                     " json_build_object('amount', g % 400), now() - ((g * 31) % 730) * interval '1 day', now()"
-                    " FROM generate_series(:lo, :hi) AS g"
+                    " FROM generate_series(CAST(:lo AS integer), CAST(:hi AS integer)) AS g"
                 ),
                 {"customers": customers, "lo": start + 1, "hi": min(start + batch, events)},
             )

@@ -9,9 +9,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, ScheduleActionStartWorkflow, ScheduleOverlapPolicy
 
-from cascade.audiences.membership import current_segments, refresh_memberships, route_transitions
+from cascade.audiences.membership import (
+    current_segments,
+    refresh_memberships,
+    refresh_schedule,
+    route_transitions,
+)
 from cascade.audiences.service import load_segments
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
@@ -99,3 +104,13 @@ async def test_the_refresh_workflow_and_the_event_path_keep_memberships_current(
         assert sent.status_code == 202, sent.text
     # The purchase moved bob from churned to active at once, not at the next scheduled refresh.
     assert await current_segments(db, "bob") == ["active"]
+
+
+def test_the_refresh_schedule_starts_segment_refresh_at_the_configured_interval() -> None:
+    settings = Settings(segment_refresh_minutes=15, task_queue="q")
+    schedule = refresh_schedule(settings, timedelta(minutes=settings.segment_refresh_minutes))
+    assert isinstance(schedule.action, ScheduleActionStartWorkflow)
+    assert (schedule.action.workflow, schedule.action.task_queue) == (SegmentRefresh.__name__, "q")
+    assert [i.every for i in schedule.spec.intervals] == [timedelta(minutes=15)]
+    # A slow refresh is never run twice at once (its transitions are keyed by time).
+    assert schedule.policy.overlap == ScheduleOverlapPolicy.SKIP
