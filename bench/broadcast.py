@@ -126,12 +126,12 @@ async def _load_events(db: Database, customers: int, events: int) -> float:
                 text(
                     "INSERT INTO engagement_events (customer_id, channel, type, source, properties, occurred_at,"
                     " received_at)"
-                    " SELECT 'c' || lpad((1 + (g * 7919) % CAST(:customers AS integer))::text, 8, '0'),"
+                    " SELECT 'c' || lpad((1 + (g * 7919) % CAST(:customers AS bigint))::text, 8, '0'),"
                     " CASE WHEN g % 5 IN (1, 2) THEN 'email' END,"
                     " CASE g % 5 WHEN 0 THEN 'purchase' WHEN 1 THEN 'opened' WHEN 2 THEN 'clicked'"
                     " ELSE 'page_viewed' END, 'bench',"
                     " json_build_object('amount', g % 400), now() - ((g * 31) % 730) * interval '1 day', now()"
-                    " FROM generate_series(CAST(:lo AS integer), CAST(:hi AS integer)) AS g"
+                    " FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g"
                 ),
                 {"customers": customers, "lo": start + 1, "hi": min(start + batch, events)},
             )

@@ -112,7 +112,7 @@ async def test_a_broadcast_starts_one_cascade_per_member_across_continue_as_new(
         0,
     )
     assert result.runs == 2  # 12 recipients in pages of 3, continue-as-new every 2 pages
-    sends = await eventually(lambda: _all_sent(db, 10))
+    sends = await eventually(lambda: _all_sent(db, 10), within=90)
     assert sends == dict.fromkeys(members[2:], 1)
     described = await client.get_workflow_handle(_journey_id("bcast", members[5], broadcast_id)).describe()
     assert described.typed_search_attributes.get(sa.CAMPAIGN) == broadcast_id
@@ -139,14 +139,14 @@ async def test_pause_resume_and_cancel_stops_journeys_that_have_not_sent(
         p = await broadcast_progress(client, broadcast_id)
         return p if p.started == started and (status is None or p.status == status) else None
 
-    await eventually(lambda: progress_with(2))
+    await eventually(lambda: progress_with(2), within=90)
     await signal_broadcast(client, broadcast_id, "pause")
     # The page spacing (2000 s) passes; a paused broadcast starts nobody else.
     await ts_env.sleep(3000)
-    paused = await eventually(lambda: progress_with(2, "paused"))
+    paused = await eventually(lambda: progress_with(2, "paused"), within=90)
     assert paused.audience == 8
     await signal_broadcast(client, broadcast_id, "resume")
-    await eventually(lambda: progress_with(4))
+    await eventually(lambda: progress_with(4), within=90)
     await signal_broadcast(client, broadcast_id, "cancel", reason="wrong segment")
     result = await _result(client, broadcast_id)
     assert (result.status, result.started, result.cancelled_journeys) == ("cancelled", 4, 4)
@@ -184,14 +184,14 @@ async def test_a_crash_mid_page_and_a_restart_mid_way_start_nobody_twice(
     monkeypatch.setattr(service.RecipientStarter, "_mark", crash_once)
     journey = spec("email", name="bcast-restart")
     broadcast_id = await _start(client, bsettings, journey, page_size=3, rate_per_second=0.001)
-    await eventually(lambda: _progress_at(client, broadcast_id, 3))
+    await eventually(lambda: _progress_at(client, broadcast_id, 3), within=90)
 
     async def second_page_recorded() -> BroadcastProgress | None:
         # Skips the page spacing, then the retry's back-off after the crash.
         await ts_env.sleep(3100)
         return await _progress_at(client, broadcast_id, 6)
 
-    await eventually(second_page_recorded)
+    await eventually(second_page_recorded, within=90)
     assert len(crashes) == 1
     # A member who joins now is not in the frozen audience, not even after a restart.
     await seed(db, "m999", email="m999@example.com")
@@ -209,7 +209,7 @@ async def test_a_crash_mid_page_and_a_restart_mid_way_start_nobody_twice(
     )
     result = BroadcastProgress.model_validate(await restarted.result())
     assert (result.status, result.audience, result.started, result.skipped, result.failed) == ("done", 9, 9, {}, 0)
-    sends = await eventually(lambda: _all_sent(db, 9))
+    sends = await eventually(lambda: _all_sent(db, 9), within=90)
     assert sends == dict.fromkeys(members, 1)
     for cid in members:
         described = await client.get_workflow_handle(_journey_id("bcast-restart", cid, broadcast_id)).describe()
@@ -257,15 +257,15 @@ async def test_the_broadcasts_cli_starts_watches_pauses_resumes_cancels_and_list
         out = (await cli("status", bid)).output
         return out if text in out else None
 
-    first = await eventually(lambda: status_says("started 2,"))
+    first = await eventually(lambda: status_says("started 2,"), within=90)
     assert "audience 4" in first
     assert (await cli("pause", bid)).output.strip() == f"pause sent to broadcast {bid}"
     await ts_env.sleep(3000)
-    await eventually(lambda: status_says(": paused"))
+    await eventually(lambda: status_says(": paused"), within=90)
     assert (await cli("resume", bid)).exit_code == 0
-    await eventually(lambda: status_says("started 4,"))
+    await eventually(lambda: status_says("started 4,"), within=90)
     assert (await cli("cancel", bid, "--reason", "typo")).exit_code == 0
-    done = await eventually(lambda: status_says(": cancelled"))
+    done = await eventually(lambda: status_says(": cancelled"), within=90)
     assert "journeys cancelled before their first send: 4" in done
     listed = await cli("list")
     assert listed.exit_code == 0 and bid in listed.output and "everyone" in listed.output
