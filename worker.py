@@ -19,6 +19,7 @@ from types import TracebackType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.audiences import AudienceActivities
 from activities.experiments import ExperimentActivities
 from activities.journey import JourneyActivities
 from activities.loyalty import LoyaltyActivities
@@ -34,11 +35,13 @@ from channels.base import Channel
 from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
 from models.journey import ChannelName
+from workflows.broadcast import BroadcastWorkflow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
+from workflows.segments import SegmentRefresh
 
-WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan]
+WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan, BroadcastWorkflow, SegmentRefresh]
 
 
 class CascadeWorkers:
@@ -90,6 +93,7 @@ def build_worker(
     runs = RunActivities(db)
     routing = RoutingActivities(db, settings)
     experiments = ExperimentActivities(db)
+    audiences = AudienceActivities(db, client, settings)
     workers = [
         Worker(
             client,
@@ -112,6 +116,10 @@ def build_worker(
                 routing.choose_wait,
                 routing.choose_send_time,
                 experiments.assign_variant,
+                audiences.snapshot_audience,
+                audiences.start_recipients,
+                audiences.cancel_unsent_journeys,
+                audiences.refresh_segment_memberships,
             ],
         )
     ]

@@ -173,7 +173,25 @@ class Trigger(BaseModel):
         " keyed journey runs once per key, ever, and an unkeyed one again once the last run ended",
     )
 
+    # --- Audiences (#13): start when the customer enters or leaves a segment. Each adds
+    # the event `segment_entered:<name>` / `segment_exited:<name>` to `events`, which is
+    # what membership changes are routed as.
+    segment_entered: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    segment_exited: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
     _parse_reentry = field_validator("reentry", mode="before")(parse_duration)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _segment_events(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (data.get("segment_entered") or data.get("segment_exited")):
+            events = list(data.get("events") or [])
+            for kind in ("segment_entered", "segment_exited"):
+                name = data.get(kind)
+                if isinstance(name, str) and f"{kind}:{name}" not in events:
+                    events.append(f"{kind}:{name}")
+            data = {**data, "events": events}
+        return data
 
     @model_serializer(mode="wrap")
     def _leave_out_unset_reentry(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -183,6 +201,9 @@ class Trigger(BaseModel):
         data: dict[str, Any] = handler(self)
         if data.get("reentry") is None:
             data.pop("reentry", None)
+        for kind in ("segment_entered", "segment_exited"):
+            if data.get(kind) is None:
+                data.pop(kind, None)
         return data
 
 
@@ -558,7 +579,7 @@ class JourneySpec(BaseModel):
 
     @model_serializer(mode="wrap")
     def _leave_out_unused_features(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # A spec that uses neither routing nor an experiment serialises as before they
+        # A spec that uses no routing, experiment or audience serialises as before they
         # existed: its content hash stays, and workers of the previous release still read
         # its input.
         data: dict[str, Any] = handler(self)
@@ -568,7 +589,14 @@ class JourneySpec(BaseModel):
             data.pop("max_steps", None)
         if data.get("experiment") is None:
             data.pop("experiment", None)
+        if data.get("audience") is None:
+            data.pop("audience", None)
         return data
+
+    # --- Audiences (#13): only members of this segment enter (segments/*.yaml or built-in).
+    audience: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Only members of this segment enter"
+    )
 
     _parse_valid_for = field_validator("valid_for", mode="before")(parse_duration)
 

@@ -479,3 +479,69 @@ Index("ix_deliveries_created_at", Delivery.__table__.c.created_at)  # type: igno
 # Conversions are events of one type (purchase) by customer.
 Index("ix_engagement_events_type_customer", EngagementEvent.__table__.c.type, EngagementEvent.__table__.c.customer_id)  # type: ignore[attr-defined]
 Index("ix_journey_runs_started_at", JourneyRun.__table__.c.started_at)  # type: ignore[attr-defined]
+
+
+# --- Audiences (#13) ---------------------------------------------------------------------
+# Segment queries test a customer's events by type and time ("purchases in 90 days") and
+# the funnel by the age of the last purchase or sign-up: these indexes answer them without
+# a scan of the events table.
+Index(
+    "ix_engagement_events_customer_type_time",
+    EngagementEvent.__table__.c.customer_id,  # type: ignore[attr-defined]
+    EngagementEvent.__table__.c.type,  # type: ignore[attr-defined]
+    EngagementEvent.__table__.c.occurred_at,  # type: ignore[attr-defined]
+)
+Index("ix_customers_last_purchase_at", Customer.__table__.c.last_purchase_at)  # type: ignore[attr-defined]
+Index("ix_customers_created_at", Customer.__table__.c.created_at)  # type: ignore[attr-defined]
+
+
+class Broadcast(SQLModel, table=True):
+    """A campaign to a whole segment: one cascade per member of its frozen audience."""
+
+    __tablename__ = "broadcasts"
+
+    id: str = Field(primary_key=True, max_length=128)
+    segment: str = Field(max_length=64)
+    journey: str = Field(max_length=64)
+    send_at: datetime | None = _ts()
+    local_time: str | None = Field(default=None, max_length=8)
+    # Set in the same transaction that writes the audience snapshot: None until then.
+    audience: int | None = None
+    created_at: datetime = _created()
+
+
+class BroadcastRecipient(SQLModel, table=True):
+    """One member of a broadcast's frozen audience and what the broadcast did for them.
+
+    `status` None is pending; it is set once (started, skipped or failed) by an UPDATE
+    that only touches pending rows, so a retried page counts nobody twice.
+    """
+
+    __tablename__ = "broadcast_recipients"
+
+    broadcast_id: str = Field(primary_key=True, max_length=128)
+    customer_id: str = Field(primary_key=True, max_length=128)
+    status: str | None = Field(default=None, max_length=16)
+    reason: str | None = Field(default=None, max_length=64)
+    workflow_id: str | None = Field(default=None, max_length=512)
+
+
+class SegmentMembership(SQLModel, table=True):
+    """A stretch of time a customer was in a segment: entered, and exited (None while a member).
+
+    Kept current by the event path (the customer an event is about) and by a Temporal
+    Schedule (transitions caused by time alone, such as becoming dormant).
+    """
+
+    __tablename__ = "segment_memberships"
+    __table_args__ = (
+        # Who is in a segment now, and one customer's open memberships.
+        Index("ix_segment_memberships_open", "segment", "exited_at", "customer_id"),
+        Index("ix_segment_memberships_customer", "customer_id", "segment"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    segment: str = Field(max_length=64)
+    customer_id: str = Field(max_length=128)
+    entered_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    exited_at: datetime | None = _ts()

@@ -16,9 +16,11 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from models.journey import JourneyInput, JourneyResult
+from workflows.broadcast import BroadcastWorkflow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
+from workflows.segments import SegmentRefresh
 
 # This module is loaded into the workflow sandbox (ReorderedCascade below): the codec's
 # cryptography and settings are not workflow code, so they come from outside it.
@@ -27,7 +29,7 @@ with workflow.unsafe.imports_passed_through():
 
 # Every workflow the worker runs (worker.WORKFLOWS is not imported: this module is loaded
 # into the workflow sandbox for ReorderedCascade below, and the worker module is not sandbox-safe).
-WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan]
+WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan, BroadcastWorkflow, SegmentRefresh]
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
@@ -59,7 +61,8 @@ class ReorderedCascade:
 
 async def test_an_incompatible_change_is_caught():
     replayer = Replayer(workflows=[ReorderedCascade], data_converter=CODEC_CONVERTER)
-    result = await replayer.replay_workflow(_history(HISTORIES[0]), raise_on_replay_failure=False)
+    cascade = next(p for p in HISTORIES if p.stem.startswith("cascade_"))
+    result = await replayer.replay_workflow(_history(cascade), raise_on_replay_failure=False)
     assert result.replay_failure is not None
     assert "nondetermin" in str(result.replay_failure).lower()
 

@@ -17,10 +17,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.service import RPCError
 
+from cascade.audiences.membership import refresh_customer
+from cascade.audiences.service import load_segments
 from cascade.events.ingest import mark_routed, pending_starts, record_app_event
 from cascade.infra.logging import get_logger
 from cascade.journeys.triggers import RouteResult, start_planned
 from models.events import AppEvent, AppEventBatch, AppEventBatchResult, AppEventResult
+from models.tables import utcnow
 from webhooks.keys import authenticate
 
 router = APIRouter(tags=["events"])
@@ -93,6 +96,11 @@ async def _accept(request: Request, tenant: str, event: AppEvent) -> AppEventRes
             ) from exc
         await mark_routed(state.db, tenant, event.event_id)
         recorded.result.started = routed.started
+    if recorded.customer_id is not None:
+        # Audiences (#13): the event may move the customer into or out of segments.
+        await refresh_customer(
+            state.client, state.db, state.settings, load_segments(state.settings), recorded.customer_id, utcnow()
+        )
     return recorded.result
 
 

@@ -24,6 +24,7 @@ from cascade.infra.temporal import connect
 from cascade.tracking.tokens import warn_if_dev_secret
 from models.ids import NestedValueError
 from webhooks.api_events import router as events_router
+from webhooks.api_segments import router as segments_router
 from webhooks.console import router as console_router
 from webhooks.engagement import router as engagement_router
 from webhooks.http import (
@@ -134,5 +135,6 @@ def create_app(
     app.include_router(preferences_router)
     app.include_router(receipts_router)
     app.include_router(console_router)  # the analytics console (issue 15), behind API-key login
+    app.include_router(segments_router)
     document_body_limit(app, settings.webhooks_max_body_bytes)
     return app

@@ -6,10 +6,24 @@ group is one `add_typer` line below (keep them alphabetical).
 
 from __future__ import annotations
 
-from cascade.cli import channels, customers, events, experiments, forecast, journeys, keys, reports, routing, schedules
+from cascade.cli import (
+    broadcasts,
+    channels,
+    customers,
+    events,
+    experiments,
+    forecast,
+    journeys,
+    keys,
+    reports,
+    routing,
+    schedules,
+    segments,
+)
 from cascade.cli.common import group
 
 app = group("Cascade: omnichannel customer journeys on Temporal.")
+app.add_typer(broadcasts.app, name="broadcasts")
 app.add_typer(channels.app, name="channels")
 app.add_typer(customers.app, name="customers")
 app.add_typer(events.app, name="events")
@@ -20,3 +34,4 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(reports.app, name="report")
 app.add_typer(routing.app, name="routing")
 app.add_typer(schedules.app, name="schedules")
+app.add_typer(segments.app, name="segments")

@@ -303,6 +303,21 @@ class Settings(BaseSettings):
     console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
     # The console's overview and journey pages look back this many days by default.
     console_days: int = Field(default=30, ge=1, le=3650)
+    # --- Audiences and broadcasts (#13) ---
+    # Segment files (segments/*.yaml) and the thresholds of the built-in funnel segments:
+    # new = signed up within new_days; loyal = at least loyal_purchases purchases within
+    # loyal_window_days and the last within active_days; active = bought within active_days
+    # (not loyal); dormant = last purchase active_days..churned_days ago; churned = longer.
+    segments_dir: Path = PROJECT_ROOT / "segments"
+    segment_new_days: int = Field(default=30, ge=1, le=3650)
+    segment_active_days: int = Field(default=90, ge=1, le=3650)
+    segment_loyal_purchases: int = Field(default=3, ge=1, le=100000)
+    segment_loyal_window_days: int = Field(default=365, ge=1, le=3650)
+    segment_churned_days: int = Field(default=365, ge=2, le=36500)
+    # Cascades a broadcast activity starts at once (each start is one Temporal RPC).
+    broadcast_start_concurrency: int = Field(default=50, ge=1, le=1000)
+    # How often the Temporal Schedule refreshes every segment's memberships (time-only changes).
+    segment_refresh_minutes: int = Field(default=60, ge=1, le=10080)
 
     @field_validator("database_schema")
     @classmethod

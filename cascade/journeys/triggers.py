@@ -30,6 +30,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from cascade.audiences.compiler import CUSTOMERS, segment_condition
+from cascade.audiences.service import load_segments
 from cascade.events.outbox import PlannedSignal, mark_run_finished, signal_run
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings, get_settings
@@ -222,6 +224,9 @@ async def plan_event(
         if (cond := failed_condition(spec.entry.conditions, profile, props, now)) is not None:
             plan.not_entered[spec.name] = f"entry condition not met: {describe(cond)}"
             continue
+        if spec.audience is not None and (refused := await _audience_refusal(session, spec.audience, customer.id, now)):
+            plan.not_entered[spec.name] = refused
+            continue
         key = _run_key(spec, props)
         workflow_id = journey_workflow_id(spec.name, customer.id, key)
         refusal, rerun = await _reentry_refusal(session, spec, workflow_id, key is not None, now)
@@ -232,6 +237,19 @@ async def plan_event(
         context = journey_context(spec, {**props, "event_type": event_type})
         plan.starts.append(PlannedStart(spec, key, context, deadline, rerun))
     return plan
+
+
+async def _audience_refusal(session: AsyncSession, segment: str, customer_id: str, now: datetime) -> str | None:
+    """Why the customer may not enter a journey for members of `segment`, or None if they are one."""
+    catalog = load_segments(get_settings())
+    if segment not in catalog.segments:
+        return f"audience {segment!r} is not a known segment"
+    dialect = session.get_bind().dialect.name
+    query = select(CUSTOMERS.c.id).where(
+        CUSTOMERS.c.id == customer_id, segment_condition(catalog, segment, dialect=dialect, now=now)
+    )
+    member = (await session.exec(query)).first()
+    return None if member is not None else f"not in the audience segment {segment!r}"
 
 
 async def send_planned(client: Client, db: Database, signals: Sequence[PlannedSignal]) -> None:

@@ -23,6 +23,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from cascade.audiences.broadcasts import start_broadcast
+from cascade.audiences.service import load_segments
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
 from cascade.infra.temporal import register_search_attributes
@@ -30,6 +32,7 @@ from cascade.journeys.files import load_journey
 from cascade.profiles.service import upsert_customer
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
+from models.audiences import RefreshMembershipsInput
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Condition
 from models.loyalty import ScanInput
@@ -43,6 +46,7 @@ from worker import build_worker
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
+from workflows.segments import SegmentRefresh
 
 HERE = Path(__file__).parent
 Scenario = Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]
@@ -285,6 +289,42 @@ async def _scans(env: WorkflowEnvironment, db: Database, settings: Settings, nam
         _write(f"{name}_{journey}", await handle.fetch_history())
 
 
+async def _broadcast(env: WorkflowEnvironment, db: Database, settings: Settings, name: str) -> None:
+    """A broadcast to the built-in `new` segment: 3 recipients in pages of 2, so it continues as new."""
+    for i in range(3):
+        await upsert_customer(
+            db,
+            CustomerProfile(
+                id=f"replay-{name}-{i}", name="Ann", contacts=[ContactIn(channel="email", address=f"b{i}@example.com")]
+            ),
+        )
+    handle = await start_broadcast(
+        env.client,
+        load_segments(settings),
+        settings.task_queue,
+        broadcast_id=f"replay-{name}",
+        segment="new",
+        journey=spec("email", name="broadcast"),
+        page_size=2,
+        pages_per_run=1,
+        rate_per_second=1000,
+    )
+    first_run = handle.result_run_id
+    await env.client.get_workflow_handle(handle.id).result()
+    _write(f"{name}_continued", await env.client.get_workflow_handle(handle.id, run_id=first_run).fetch_history())
+    _write(f"{name}_done", await env.client.get_workflow_handle(handle.id).fetch_history())
+
+
+async def _segment_refresh(env: WorkflowEnvironment, db: Database, settings: Settings, name: str) -> None:
+    """One scheduled refresh of every segment's memberships."""
+    await upsert_customer(db, CustomerProfile(id=f"replay-{name}", name="Ann"))
+    handle = await env.client.start_workflow(
+        SegmentRefresh.run, RefreshMembershipsInput(), id=f"replay-{name}", task_queue=settings.task_queue
+    )
+    await handle.result()
+    _write(name, await handle.fetch_history())
+
+
 # Whole-workflow scenarios beyond the cascade: recorded only when named.
 OTHER_SCENARIOS: dict[str, Callable[[WorkflowEnvironment, Database, Settings, str], Awaitable[None]]] = {
     # Recorded on the code before "loyalty-round-v2", "record-run", "signal-dedup" and
@@ -293,6 +333,8 @@ OTHER_SCENARIOS: dict[str, Callable[[WorkflowEnvironment, Database, Settings, st
     "scan_v1": _scans,
     "loyalty_v2": _loyalty_round,
     "scan_v2": _scans,
+    "broadcast": _broadcast,
+    "segment_refresh": _segment_refresh,
 }
 
 

@@ -1,0 +1,1 @@
+"""Audiences: segments compiled to SQL, their membership over time, and broadcasts."""

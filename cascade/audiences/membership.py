@@ -1,0 +1,198 @@
+"""Segment membership over time: who entered and left each segment, and when.
+
+`refresh_memberships` compares each segment's query with the open memberships and
+records the difference in two statements per segment (an INSERT ... SELECT of new
+members, an UPDATE closing the memberships of those who left): customers never pass
+through Python. The event path refreshes the one customer an event is about; a Temporal
+Schedule refreshes everyone, for changes time alone causes (becoming dormant). Each
+transition is routed like an event, `segment_entered:<name>` / `segment_exited:<name>`,
+so a journey's trigger can be `segment_entered: dormant`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import DateTime, Table, exists, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import SQLModel
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+from temporalio.service import RPCError
+
+from cascade.audiences.compiler import CUSTOMERS, segment_condition
+from cascade.audiences.definition import SegmentCatalog
+from cascade.infra.db import Database
+from cascade.infra.logging import get_logger
+from cascade.infra.settings import Settings
+from cascade.journeys.files import load_all_journeys
+from cascade.journeys.inputs import UnknownCustomerError
+from cascade.journeys.triggers import route_event
+from models.audiences import RefreshMembershipsInput
+from models.journey import JourneySpec
+from models.tables import SegmentMembership
+
+log = get_logger("audiences.membership")
+MEMBERSHIPS: Table = SQLModel.metadata.tables[SegmentMembership.__tablename__]
+REFRESH_WORKFLOW = "SegmentRefresh"
+REFRESH_SCHEDULE_ID = "cascade-segment-refresh"
+
+
+@dataclass
+class Transitions:
+    """Who entered and who left each segment in one refresh."""
+
+    entered: dict[str, list[str]] = field(default_factory=dict)
+    exited: dict[str, list[str]] = field(default_factory=dict)
+
+    def events(self) -> list[tuple[str, str]]:
+        """(customer id, event type) for every transition, e.g. ("c1", "segment_entered:dormant")."""
+        found = [(c, f"segment_entered:{s}") for s, ids in self.entered.items() for c in ids]
+        return found + [(c, f"segment_exited:{s}") for s, ids in self.exited.items() for c in ids]
+
+
+async def _refresh_one(
+    conn: AsyncConnection, catalog: SegmentCatalog, segment: str, now: datetime, customer_id: str | None
+) -> tuple[list[str], list[str]]:
+    condition = segment_condition(catalog, segment, dialect=conn.dialect.name, now=now)
+    open_now = (MEMBERSHIPS.c.segment == segment) & MEMBERSHIPS.c.exited_at.is_(None)
+    already = exists(select(literal(1)).where(open_now, MEMBERSHIPS.c.customer_id == CUSTOMERS.c.id))
+    joining = select(literal(segment), CUSTOMERS.c.id, literal(now, DateTime(timezone=True))).where(condition, ~already)
+    still = exists(
+        select(literal(1)).select_from(CUSTOMERS).where(CUSTOMERS.c.id == MEMBERSHIPS.c.customer_id, condition)
+    )
+    leaving = update(MEMBERSHIPS).where(open_now, ~still).values(exited_at=now)
+    if customer_id is not None:
+        joining = joining.where(CUSTOMERS.c.id == customer_id)
+        leaving = leaving.where(MEMBERSHIPS.c.customer_id == customer_id)
+    await conn.execute(insert(MEMBERSHIPS).from_select(["segment", "customer_id", "entered_at"], joining))
+    await conn.execute(leaving)
+    # `now` marks this refresh's rows exactly (one refresh per segment at a time: the schedule skips overlaps).
+    mine = MEMBERSHIPS.c.segment == segment
+    if customer_id is not None:
+        mine = mine & (MEMBERSHIPS.c.customer_id == customer_id)
+    entered = [
+        str(r[0])
+        for r in await conn.execute(select(MEMBERSHIPS.c.customer_id).where(mine, MEMBERSHIPS.c.entered_at == now))
+    ]
+    exited = [
+        str(r[0])
+        for r in await conn.execute(select(MEMBERSHIPS.c.customer_id).where(mine, MEMBERSHIPS.c.exited_at == now))
+    ]
+    return entered, exited
+
+
+async def refresh_memberships(
+    db: Database,
+    catalog: SegmentCatalog,
+    *,
+    now: datetime | None = None,
+    customer_id: str | None = None,
+    segments: list[str] | None = None,
+) -> Transitions:
+    """Bring the memberships of `segments` (default: all) up to date, for one customer or everyone."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    result = Transitions()
+    for name in segments if segments is not None else catalog.names():
+        async with db.engine.begin() as conn:
+            entered, exited = await _refresh_one(conn, catalog, name, now, customer_id)
+        if entered:
+            result.entered[name] = entered
+        if exited:
+            result.exited[name] = exited
+    return result
+
+
+async def current_segments(db: Database, customer_id: str) -> list[str]:
+    """The segments the customer is a member of now (by the recorded memberships)."""
+    query = select(MEMBERSHIPS.c.segment).where(
+        MEMBERSHIPS.c.customer_id == customer_id, MEMBERSHIPS.c.exited_at.is_(None)
+    )
+    async with db.engine.connect() as conn:
+        return sorted(str(r[0]) for r in await conn.execute(query))
+
+
+async def route_transitions(
+    client: Client,
+    db: Database,
+    settings: Settings,
+    transitions: Transitions,
+    journeys: list[JourneySpec],
+    now: datetime,
+) -> list[str]:
+    """Start the journeys whose trigger is a segment transition that happened; their workflow ids."""
+    wanted = {e for spec in journeys if spec.trigger for e in spec.trigger.events if e.startswith("segment_")}
+    started: list[str] = []
+    for customer_id, event_type in transitions.events():
+        if event_type not in wanted:
+            continue
+        try:
+            routed = await route_event(
+                client,
+                db,
+                customer_id,
+                event_type,
+                journeys=journeys,
+                settings=settings,
+                now=now,
+                event_id=f"{event_type}:{customer_id}:{now.isoformat()}",
+            )
+        except UnknownCustomerError:
+            continue
+        started += routed.started
+    return started
+
+
+def refresh_schedule(settings: Settings, every: timedelta) -> Schedule:
+    """The Schedule that refreshes every segment's memberships `every` so often."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            REFRESH_WORKFLOW, RefreshMembershipsInput(), id=REFRESH_SCHEDULE_ID, task_queue=settings.task_queue
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(hours=1)),
+    )
+
+
+async def apply_refresh_schedule(client: Client, settings: Settings) -> str:
+    """Create the refresh schedule, or update it to the current settings."""
+    every = timedelta(minutes=settings.segment_refresh_minutes)
+    schedule = refresh_schedule(settings, every)
+    try:
+        await client.create_schedule(REFRESH_SCHEDULE_ID, schedule)
+        return f"created {REFRESH_SCHEDULE_ID} (every {every})"
+    except ScheduleAlreadyRunningError:
+
+        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(REFRESH_SCHEDULE_ID).update(replace)
+        return f"updated {REFRESH_SCHEDULE_ID} (every {every})"
+
+
+async def refresh_customer(
+    client: Client, db: Database, settings: Settings, catalog: SegmentCatalog, customer_id: str, now: datetime
+) -> Transitions:
+    """The event path: refresh one customer's memberships and start the journeys their transitions trigger.
+
+    A transition whose journey could not be started (Temporal down) stays recorded; it
+    is logged, and not routed again by a later refresh.
+    """
+    transitions = await refresh_memberships(db, catalog, now=now, customer_id=customer_id)
+    if transitions.entered or transitions.exited:
+        try:
+            await route_transitions(client, db, settings, transitions, load_all_journeys(), now)
+        except RPCError as exc:
+            log.warning("segments.transition_not_routed", customer_id=customer_id, error=str(exc))
+    return transitions

@@ -1,0 +1,100 @@
+"""Reading segments: the checked catalog, member counts, samples and pages of member ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from cascade.audiences.compiler import CUSTOMERS, check_catalog, count_query, member_query
+from cascade.audiences.definition import SegmentCatalog, load_catalog, segment_files
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+
+_CACHE: dict[tuple[object, ...], SegmentCatalog] = {}
+
+
+def _fingerprint(settings: Settings, folder: Path) -> tuple[object, ...]:
+    files = segment_files(folder) if folder.is_dir() else []
+    stats = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    thresholds = (
+        settings.segment_new_days,
+        settings.segment_active_days,
+        settings.segment_loyal_purchases,
+        settings.segment_loyal_window_days,
+        settings.segment_churned_days,
+    )
+    return (str(folder), stats, thresholds)
+
+
+def load_segments(settings: Settings, directory: Path | None = None) -> SegmentCatalog:
+    """The built-in funnel and the segment files, validated and compiled once per change.
+
+    A file edit applies to the next call without a restart; unchanged files cost a stat.
+    Raises SegmentDefinitionError (file, field, line) when any segment is invalid.
+    """
+    folder = directory if directory is not None else settings.segments_dir
+    key = _fingerprint(settings, folder)
+    cached = _CACHE.get(key)
+    if cached is None:
+        cached = load_catalog(settings, folder)
+        check_catalog(cached)
+        _CACHE.clear()
+        _CACHE[key] = cached
+    return cached
+
+
+@dataclass
+class SegmentCount:
+    """How many customers a segment has now, out of how many live profiles."""
+
+    name: str
+    members: int
+    customers: int
+
+
+async def count_members(db: Database, catalog: SegmentCatalog, name: str, now: datetime | None = None) -> int:
+    """The number of members of segment `name` (one COUNT query)."""
+    query = count_query(catalog, name, dialect=db.engine.dialect.name, now=now or datetime.now(UTC))
+    async with db.engine.connect() as conn:
+        count: int = (await conn.execute(query)).scalar_one()
+        return count
+
+
+async def count_customers(db: Database) -> int:
+    """Live profiles (not merged into another, not erased)."""
+    query = (
+        select(func.count())
+        .select_from(CUSTOMERS)
+        .where(CUSTOMERS.c.merged_into.is_(None), CUSTOMERS.c.erased_at.is_(None))
+    )
+    async with db.engine.connect() as conn:
+        count: int = (await conn.execute(query)).scalar_one()
+        return count
+
+
+async def member_page(
+    db: Database,
+    catalog: SegmentCatalog,
+    name: str,
+    *,
+    after: str | None = None,
+    limit: int = 1000,
+    now: datetime | None = None,
+) -> list[str]:
+    """Up to `limit` member ids greater than `after`, in id order (a keyset page: no OFFSET)."""
+    query = member_query(catalog, name, dialect=db.engine.dialect.name, now=now or datetime.now(UTC))
+    if after is not None:
+        query = query.where(CUSTOMERS.c.id > after)
+    query = query.order_by(CUSTOMERS.c.id).limit(limit)
+    async with db.engine.connect() as conn:
+        return [str(row[0]) for row in await conn.execute(query)]
+
+
+async def all_members(db: Database, catalog: SegmentCatalog, name: str, now: datetime | None = None) -> set[str]:
+    """Every member id (tests and small segments; a broadcast pages instead)."""
+    query = member_query(catalog, name, dialect=db.engine.dialect.name, now=now or datetime.now(UTC))
+    async with db.engine.connect() as conn:
+        return {str(row[0]) for row in await conn.execute(query)}

@@ -1,0 +1,149 @@
+"""`cascade segments`: list, show, count, sample and validate segments (segments/*.yaml and the funnel)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from cascade.audiences.compiler import CUSTOMERS, member_query
+from cascade.audiences.definition import LoadedSegment, SegmentCatalog, SegmentDefinitionError
+from cascade.audiences.service import count_customers, count_members, load_segments, member_page
+from cascade.cli.common import command, group
+from cascade.infra.db import Database, run_with_database
+from cascade.infra.settings import Settings
+
+T = TypeVar("T")
+
+app = group(
+    "Segments: who is in them now. Files live in segments/*.yaml (CASCADE_SEGMENTS_DIR);"
+    " new, active, loyal, dormant and churned are built in."
+)
+_console = Console()
+DirOption = Annotated[
+    Path | None, typer.Option("--dir", help="Folder of segment files (default: CASCADE_SEGMENTS_DIR or segments/)")
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(1)
+
+
+def _catalog(settings: Settings, directory: Path | None) -> SegmentCatalog:
+    try:
+        return load_segments(settings, directory)
+    except SegmentDefinitionError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _segment(catalog: SegmentCatalog, name: str) -> LoadedSegment:
+    try:
+        return catalog.get(name)
+    except KeyError as exc:
+        raise _fail(str(exc.args[0])) from None
+
+
+def _run(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    return run_with_database(work, settings)
+
+
+@command(app, "list")
+def list_segments(
+    directory: DirOption = None,
+    counts: Annotated[bool, typer.Option("--counts", help="Count each segment's members (one query each)")] = False,
+) -> None:
+    """Every segment: name, where it is defined, description (and member counts with --counts)."""
+    settings = Settings()
+    catalog = _catalog(settings, directory)
+    found: dict[str, int] = {}
+    if counts:
+
+        async def count_all(db: Database) -> dict[str, int]:
+            return {name: await count_members(db, catalog, name) for name in catalog.names()}
+
+        found = _run(settings, count_all)
+    table = Table("segment", "source", "description", *(["members"] if counts else []))
+    for name in catalog.names():
+        loaded = catalog.segments[name]
+        table.add_row(name, loaded.source, loaded.spec.description, *([str(found[name])] if counts else []))
+    _console.print(table)
+
+
+@command(app)
+def show(
+    name: str,
+    directory: DirOption = None,
+    sql: Annotated[bool, typer.Option("--sql", help="Print the compiled SQL for the configured database")] = False,
+) -> None:
+    """A segment's rules, its member count out of all live customers, and (--sql) its query."""
+    settings = Settings()
+    catalog = _catalog(settings, directory)
+    loaded = _segment(catalog, name)
+
+    async def counts(db: Database) -> tuple[int, int, str]:
+        query = member_query(catalog, name, dialect=db.engine.dialect.name, now=datetime.now(UTC))
+        text = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
+        return await count_members(db, catalog, name), await count_customers(db), text
+
+    members, customers, text = _run(settings, counts)
+    rules = [r.model_dump(mode="json", by_alias=True, exclude_defaults=True) for r in loaded.spec.where]
+    typer.echo(f"{name}: {loaded.spec.description}")
+    typer.echo(f"source: {loaded.source}")
+    typer.echo(f"members: {members} of {customers} customers")
+    typer.echo(yaml.safe_dump({"where": rules}, sort_keys=False, allow_unicode=True).rstrip())
+    if sql:
+        typer.echo(text)
+
+
+@command(app)
+def count(name: str, directory: DirOption = None) -> None:
+    """Print the number of members of a segment now."""
+    settings = Settings()
+    catalog = _catalog(settings, directory)
+    _segment(catalog, name)
+    typer.echo(str(_run(settings, lambda db: count_members(db, catalog, name))))
+
+
+@command(app)
+def sample(
+    name: str,
+    directory: DirOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many members to show")] = 10,
+) -> None:
+    """The first members of a segment (by id): id, name, city, purchases, last purchase."""
+    settings = Settings()
+    catalog = _catalog(settings, directory)
+    _segment(catalog, name)
+
+    async def rows(db: Database) -> list[Any]:
+        ids = await member_page(db, catalog, name, limit=limit)
+        columns = (CUSTOMERS.c.id, CUSTOMERS.c.name, CUSTOMERS.c.city, CUSTOMERS.c.purchase_count)
+        query = select(*columns, CUSTOMERS.c.last_purchase_at).where(CUSTOMERS.c.id.in_(ids))
+        async with db.engine.connect() as conn:
+            return list(await conn.execute(query.order_by(CUSTOMERS.c.id)))
+
+    table = Table("id", "name", "city", "purchases", "last purchase")
+    for row in _run(settings, rows):
+        last = f"{row.last_purchase_at:%Y-%m-%d}" if row.last_purchase_at else ""
+        table.add_row(row.id, row.name or "", row.city or "", str(row.purchase_count), last)
+    _console.print(table)
+
+
+@command(app)
+def validate(directory: DirOption = None) -> None:
+    """Check every segment file (schema, fields, references); errors name file, field and line."""
+    catalog = _catalog(Settings(), directory)
+    files = [n for n in catalog.names() if catalog.segments[n].source != "built-in"]
+    typer.echo(f"ok: {len(files)} segment files and {len(catalog.names()) - len(files)} built-in segments are valid")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,116 @@
+"""Segment memberships over time: refreshed in SQL for everyone or one customer, by the event
+path and the SegmentRefresh workflow; transitions start `segment_entered` journeys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.client import Client, ScheduleActionStartWorkflow, ScheduleOverlapPolicy
+
+from cascade.audiences.membership import (
+    current_segments,
+    refresh_memberships,
+    refresh_schedule,
+    route_transitions,
+)
+from cascade.audiences.service import load_segments
+from cascade.infra.db import Database
+from cascade.infra.settings import Settings
+from models.audiences import RefreshMembershipsInput, RefreshMembershipsResult
+from tests.helpers import serve_app, spec
+from tests.test_segments import NOW, _people
+from webhooks.app import create_app
+from webhooks.keys import create_key
+from worker import build_worker
+from workflows.segments import SegmentRefresh
+
+FUNNEL = ["new", "active", "loyal", "dormant", "churned"]
+
+
+@pytest.mark.postgres
+async def test_refresh_records_entries_and_exits_once(any_db: Database) -> None:
+    await _people(any_db)
+    catalog = load_segments(Settings(), Path("/nonexistent"))
+    first = await refresh_memberships(any_db, catalog, now=NOW, segments=FUNNEL)
+    assert first.entered == {"new": ["cat"], "loyal": ["ann"], "dormant": ["bob"], "churned": ["dan"]}
+    assert first.exited == {}
+    again = await refresh_memberships(any_db, catalog, now=NOW + timedelta(minutes=5), segments=FUNNEL)
+    assert (again.entered, again.exited) == ({}, {})
+    # 100 days on, time alone has moved ann from loyal to dormant, and cat is no longer new.
+    later = await refresh_memberships(any_db, catalog, now=NOW + timedelta(days=100), segments=FUNNEL)
+    assert later.entered == {"dormant": ["ann"]}
+    assert later.exited == {"new": ["cat"], "loyal": ["ann"]}
+    assert sorted(later.events()) == [
+        ("ann", "segment_entered:dormant"),
+        ("ann", "segment_exited:loyal"),
+        ("cat", "segment_exited:new"),
+    ]
+    assert await current_segments(any_db, "ann") == ["dormant"]
+    assert await current_segments(any_db, "cat") == []
+
+
+@pytest.mark.postgres
+async def test_refreshing_one_customer_leaves_the_others_alone(any_db: Database) -> None:
+    await _people(any_db)
+    catalog = load_segments(Settings(), Path("/nonexistent"))
+    only_bob = await refresh_memberships(any_db, catalog, now=NOW, customer_id="bob", segments=FUNNEL)
+    assert (only_bob.entered, only_bob.exited) == ({"dormant": ["bob"]}, {})
+    assert await current_segments(any_db, "ann") == []
+
+
+async def test_a_transition_starts_the_segment_entered_journey(client: Client, db: Database) -> None:
+    await _people(db)
+    catalog = load_segments(Settings(), Path("/nonexistent"))
+    name = f"dormant-{uuid.uuid4().hex[:6]}"
+    journeys = [
+        spec("email", name=name, trigger={"segment_entered": "dormant"}),
+        spec("email", name=f"{name}-left", trigger={"segment_exited": "loyal"}),
+    ]
+    assert journeys[0].trigger is not None and journeys[0].trigger.events == ["segment_entered:dormant"]
+    settings = Settings(database_url="sqlite://", task_queue=f"t-{uuid.uuid4().hex[:6]}")
+    await refresh_memberships(db, catalog, now=NOW, segments=FUNNEL)
+    later = NOW + timedelta(days=100)
+    transitions = await refresh_memberships(db, catalog, now=later, segments=FUNNEL)
+    started = await route_transitions(client, db, settings, transitions, journeys, later)
+    assert sorted(started) == [f"journey/{name}-left/ann", f"journey/{name}/ann"]
+
+
+async def test_the_refresh_workflow_and_the_event_path_keep_memberships_current(
+    client: Client, settings: Settings, db: Database
+) -> None:
+    await _people(db)
+    async with build_worker(client, settings, db):
+        handle = await client.start_workflow(
+            SegmentRefresh.run,
+            RefreshMembershipsInput(at=datetime.now(UTC)),
+            id=f"refresh-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.task_queue,
+        )
+        result: RefreshMembershipsResult = await handle.result()
+    # Judged at the real clock, the hand-made customers (dated around NOW) have aged.
+    assert result.entered["churned"] == 2 and "dormant" in await current_segments(db, "ann")
+    assert await current_segments(db, "bob") == ["churned"]
+    key, _ = await create_key(db, "shop1")
+    async with serve_app(create_app(settings, client=client, db=db)) as url, httpx.AsyncClient(base_url=url) as web:
+        sent = await web.post(
+            "/v1/events",
+            json={"event_id": "p-bob-1", "customer_id": "bob", "type": "purchase", "properties": {"amount": 20}},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert sent.status_code == 202, sent.text
+    # The purchase moved bob from churned to active at once, not at the next scheduled refresh.
+    assert await current_segments(db, "bob") == ["active"]
+
+
+def test_the_refresh_schedule_starts_segment_refresh_at_the_configured_interval() -> None:
+    settings = Settings(segment_refresh_minutes=15, task_queue="q")
+    schedule = refresh_schedule(settings, timedelta(minutes=settings.segment_refresh_minutes))
+    assert isinstance(schedule.action, ScheduleActionStartWorkflow)
+    assert (schedule.action.workflow, schedule.action.task_queue) == (SegmentRefresh.__name__, "q")
+    assert [i.every for i in schedule.spec.intervals] == [timedelta(minutes=15)]
+    # A slow refresh is never run twice at once (its transitions are keyed by time).
+    assert schedule.policy.overlap == ScheduleOverlapPolicy.SKIP

@@ -1,0 +1,106 @@
+"""`cascade segments ...` (typer CliRunner on the group) and GET /v1/segments/{name} over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from cascade.cli.segments import app
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import Settings
+from tests.helpers import serve_app
+from tests.test_segments import _people, _write
+from webhooks.app import create_app
+from webhooks.keys import create_key
+
+BERLINERS = [{"field": "city", "op": "eq", "value": "Berlin"}]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A seeded SQLite file and a segments folder, named by the environment as in production."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+
+    async def seed() -> None:
+        db = Database.from_url(url)
+        await migrate(db.engine)
+        await _people(db)
+        await db.dispose()
+
+    asyncio.run(seed())
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    _write(folder, "berliners", BERLINERS)
+    _write(folder, "telegram_fans", [{"reachable": "telegram"}, {"segment": "berliners"}])
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("CASCADE_SEGMENTS_DIR", str(folder))
+    return folder
+
+
+def test_cli_lists_counts_samples_and_shows(cli_env: Path) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(app, ["list", "--counts"])
+    assert listed.exit_code == 0, listed.output
+    for name in ("berliners", "telegram_fans", "new", "active", "loyal", "dormant", "churned"):
+        assert name in listed.output
+    counted = runner.invoke(app, ["count", "berliners"])
+    assert (counted.exit_code, counted.output.strip()) == (0, "2")
+    assert runner.invoke(app, ["count", "telegram_fans"]).output.strip() == "1"
+    sampled = runner.invoke(app, ["sample", "berliners", "--limit", "1"])
+    assert sampled.exit_code == 0 and "ann" in sampled.output and "dan" not in sampled.output
+    shown = runner.invoke(app, ["show", "telegram_fans", "--sql"])
+    assert shown.exit_code == 0, shown.output
+    assert "members: 1 of 4 customers" in shown.output
+    assert "reachable: telegram" in shown.output and "FROM customers" in shown.output
+
+
+def test_cli_validate_and_errors_exit_1_with_file_field_line(cli_env: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate"])
+    assert ok.exit_code == 0 and "ok: 2 segment files and 5 built-in segments are valid" in ok.output
+    unknown = runner.invoke(app, ["count", "nobody"])
+    assert unknown.exit_code == 1 and "unknown segment 'nobody'" in unknown.output
+    _write(cli_env, "broken", [{"field": "city", "op": "older_than", "value": "3d"}])
+    bad = runner.invoke(app, ["validate"])
+    assert bad.exit_code == 1
+    assert "broken.yaml: where.0.op (line 4): older_than needs a time field" in bad.output
+    assert "Traceback" not in bad.output
+    # Every command refuses to answer from an invalid set of files.
+    assert runner.invoke(app, ["count", "berliners"]).exit_code == 1
+
+
+@pytest.mark.postgres
+async def test_get_segment_answers_the_count_behind_an_api_key(any_db: Database, client, tmp_path: Path) -> None:
+    await _people(any_db)
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    _write(folder, "berliners", BERLINERS)
+    settings = Settings(segments_dir=folder)
+    key, _ = await create_key(any_db, "shop1")
+    async with serve_app(create_app(settings, client=client, db=any_db)) as url, httpx.AsyncClient(base_url=url) as web:
+        assert (await web.get("/v1/segments/berliners")).status_code == 401
+        assert (await web.get("/v1/segments/berliners", headers={"X-API-Key": "csk_x_y"})).status_code == 401
+        auth = {"Authorization": f"Bearer {key}"}
+        got = await web.get("/v1/segments/berliners", headers=auth)
+        assert got.status_code == 200
+        assert got.json() == {
+            "name": "berliners",
+            "description": "",
+            "source": "segments/berliners.yaml",
+            "members": 2,
+            "customers": 4,
+        }
+        loyal = (await web.get("/v1/segments/loyal", headers=auth)).json()
+        assert loyal["source"] == "built-in" and loyal["customers"] == 4
+        missing = await web.get("/v1/segments/nobody", headers=auth)
+        assert missing.status_code == 404 and missing.json() == {"error": "unknown segment 'nobody'"}
+        assert (await web.get("/v1/segments/Bad%20Name", headers=auth)).status_code == 422
+        _write(folder, "broken", [{"field": "nope.nope", "op": "eq", "value": 1}])
+        broken = await web.get("/v1/segments/berliners", headers=auth)
+        assert broken.status_code == 500
+        assert "broken.yaml: where.0.field (line 3): unknown field" in broken.json()["error"]
+        assert "Traceback" not in broken.text

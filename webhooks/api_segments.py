@@ -1,0 +1,59 @@
+"""GET /v1/segments/{name}: a segment's definition and member count, with the same API keys as /v1/events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from pydantic import BaseModel
+
+from cascade.audiences.definition import NAME_PATTERN, SegmentDefinitionError
+from cascade.audiences.service import count_customers, count_members, load_segments
+from cascade.infra.logging import get_logger
+from webhooks.api_events import tenant_of
+
+router = APIRouter(tags=["segments"])
+log = get_logger("webhooks.segments")
+
+
+class SegmentInfo(BaseModel):
+    """A segment now: who it is (description, source) and how many customers are in it."""
+
+    name: str
+    description: str
+    source: str
+    members: int
+    customers: int
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing, unknown or revoked API key"},
+    404: {"description": "Unknown segment"},
+    500: {"description": "The segment definitions on the server are invalid (the message names file and line)"},
+}
+
+
+@router.get("/v1/segments/{name}", response_model=SegmentInfo, responses=_ERRORS)
+async def get_segment(
+    name: Annotated[str, Path(pattern=NAME_PATTERN, description="Segment name, e.g. loyal")],
+    request: Request,
+    tenant: Annotated[str, Depends(tenant_of)],
+) -> SegmentInfo:
+    """The segment's description and its member count (one indexed COUNT query)."""
+    state = request.app.state
+    try:
+        catalog = load_segments(state.settings)
+    except SegmentDefinitionError as exc:
+        log.error("segments.invalid", error=str(exc))
+        raise HTTPException(500, f"segment definitions are invalid: {exc}") from None
+    if name not in catalog.segments:
+        raise HTTPException(404, f"unknown segment {name!r}")
+    loaded = catalog.segments[name]
+    source = "built-in" if loaded.source == "built-in" else f"segments/{name}.yaml"
+    return SegmentInfo(
+        name=name,
+        description=loaded.spec.description,
+        source=source,
+        members=await count_members(state.db, catalog, name),
+        customers=await count_customers(state.db),
+    )
