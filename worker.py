@@ -148,7 +148,7 @@ async def main() -> None:
     db = Database.from_settings(settings)
     await migrate(db.engine)
     try:
-        client = await connect(settings)
+        client = await connect(settings, warn_dev_key=True)
     except CodecError as exc:
         # issue 17: a missing or wrong payload key stops the worker before it runs a task.
         await db.dispose()

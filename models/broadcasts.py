@@ -8,8 +8,8 @@ from datetime import datetime, time
 from pydantic import BaseModel, Field, model_validator
 
 from models.journey import JourneySpec
+from models.workflow_types import BROADCAST_WORKFLOW as BROADCAST_WORKFLOW
 
-BROADCAST_WORKFLOW = "BroadcastWorkflow"
 BROADCAST_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 

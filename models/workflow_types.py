@@ -10,6 +10,8 @@ CASCADE_JOURNEY = "CascadeJourney"
 LOYALTY_LOOP = "LoyaltyLoop"
 BIRTHDAY_SCAN = "BirthdayScan"
 WINBACK_SCAN = "WinbackScan"
+BROADCAST_WORKFLOW = "BroadcastWorkflow"
+SEGMENT_REFRESH = "SegmentRefresh"
 
 #: The query every journey-like workflow answers with its state.
 STATE_QUERY = "state"

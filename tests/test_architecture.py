@@ -183,5 +183,7 @@ def test_workflow_type_names_match_the_registered_classes() -> None:
         workflow_types.LOYALTY_LOOP,
         workflow_types.BIRTHDAY_SCAN,
         workflow_types.WINBACK_SCAN,
+        workflow_types.BROADCAST_WORKFLOW,
+        workflow_types.SEGMENT_REFRESH,
     }
     assert named == registered

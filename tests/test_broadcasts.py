@@ -259,7 +259,7 @@ async def test_the_broadcasts_cli_starts_watches_pauses_resumes_cancels_and_list
 
     first = await eventually(lambda: status_says("started 2,"), within=90)
     assert "audience 4" in first
-    assert (await cli("pause", bid)).output.strip() == f"pause sent to broadcast {bid}"
+    assert (await cli("pause", bid)).stdout.strip() == f"pause sent to broadcast {bid}"
     await ts_env.sleep(3000)
     await eventually(lambda: status_says(": paused"), within=90)
     assert (await cli("resume", bid)).exit_code == 0

@@ -78,7 +78,7 @@ def create_app(
         app.state.db = db or Database.from_settings(settings)
         if own_db:
             await migrate(app.state.db.engine)
-        app.state.client = client or await connect(settings)
+        app.state.client = client or await connect(settings, warn_dev_key=True)
         app.state.settings = settings
         warn_if_dev_secret(settings)
         # Sends the signals events store (and whatever a crashed process left behind).

@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
 from cascade.audiences.definition import (
@@ -164,7 +165,8 @@ class _Compiler:
         return self.attribute_test(key, cond, loc)
 
     def column_test(self, column: Column[Any], cond: Condition, loc: Loc) -> ColumnElement[bool]:
-        kind = column.type
+        # A decorated column type (UTCDateTime) is judged by the type it stores as.
+        kind = column.type.impl_instance if isinstance(column.type, TypeDecorator) else column.type
         op, value = cond.op, cond.value
         if op == "exists":
             return column.is_not(None)

@@ -42,10 +42,11 @@ from cascade.journeys.triggers import route_event
 from models.audiences import RefreshMembershipsInput
 from models.journey import JourneySpec
 from models.tables import SegmentMembership
+from models.workflow_types import SEGMENT_REFRESH
 
 log = get_logger("audiences.membership")
 MEMBERSHIPS: Table = SQLModel.metadata.tables[SegmentMembership.__tablename__]
-REFRESH_WORKFLOW = "SegmentRefresh"
+REFRESH_WORKFLOW = SEGMENT_REFRESH
 REFRESH_SCHEDULE_ID = "cascade-segment-refresh"
 
 

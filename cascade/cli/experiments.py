@@ -79,7 +79,7 @@ def render_report(report: ExperimentReport, console: Console) -> None:
         cmp = v.versus_control
         interval = v.conversion_rate_interval
         table.add_row(
-            v.name + (" (control)" if v.is_control else ""),
+            v.name + (" (control)" if v.is_control and v.name != "control" else ""),
             _pct(v.conversion_rate),
             f"{_pct(interval.low)} - {_pct(interval.high)}" if interval else "-",
             _pct(cmp.relative_lift, 1) if cmp else "",

@@ -15,15 +15,16 @@ from cascade.infra.settings import Settings
 from models import search_attributes as sa
 
 
-async def connect(settings: Settings, check_keys: bool = True) -> Client:
+async def connect(settings: Settings, check_keys: bool = True, warn_dev_key: bool = False) -> Client:
     """A client for the configured server and namespace, speaking encrypted pydantic payloads.
 
     Misconfigured keys fail here (CodecError naming the setting), and so does a key that
     cannot decrypt the namespace's latest workflows (see check_codec_keys): before any
-    worker or service runs with it.
+    worker or service runs with it. Long-running services pass `warn_dev_key` so their logs
+    say when the public development key is in use; a CLI command keeps its output clean.
     """
     converter = data_converter(settings)
-    if uses_dev_key(settings):
+    if warn_dev_key and uses_dev_key(settings):
         get_logger("temporal").warning(
             "codec.dev_key",
             detail="CASCADE_CODEC_KEYS holds the public dev-only key: anyone can decrypt those histories",
