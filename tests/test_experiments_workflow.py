@@ -15,7 +15,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from sqlmodel import select
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from analytics.assignment import assign_variant
@@ -31,6 +30,7 @@ from models.events import AppEvent
 from models.journey import CONTROL_ARM, Experiment, JourneySpec, Outcome, StepStatus
 from models.tables import ExperimentAssignment
 from starter import start_journey
+from tests.codec import CODEC_CONVERTER
 from tests.conftest import seed
 from tests.helpers import deliveries, original_links, outbox, spec, wait_for_state
 from tests.test_replay import WORKFLOWS
@@ -57,7 +57,7 @@ def ids_by_arm(experiment: Experiment, prefix: str) -> dict[str, str]:
 
 async def assert_replays(handle: WorkflowHandle[Any, Any]) -> None:
     history = await handle.fetch_history()
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=CODEC_CONVERTER)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
 

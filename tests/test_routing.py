@@ -16,7 +16,6 @@ import pytest
 from pydantic import ValidationError
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
@@ -32,6 +31,7 @@ from models.journey import JourneySpec, Outcome, StepStatus
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import Customer, Delivery, RoutingDecision
 from starter import start_journey
+from tests.codec import CODEC_CONVERTER
 from tests.helpers import deliveries, spec, wait_for_state
 from worker import WORKFLOWS, build_worker
 from workflows.cascade import CascadeJourney
@@ -329,7 +329,7 @@ async def test_decisions_replay_from_history(client, db, settings, unique_id):
         history = await handle.fetch_history()
     assert all(s.status == StepStatus.SENT and s.routing and s.routing.endswith("explored") for s in result.steps)
     # The workflow is replayed without any database: the decisions come from the history.
-    replay = await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(
+    replay = await Replayer(workflows=WORKFLOWS, data_converter=CODEC_CONVERTER).replay_workflow(
         history, raise_on_replay_failure=False
     )
     assert replay.replay_failure is None
