@@ -47,14 +47,19 @@ def quiet_runtime() -> Runtime:
     )
 
 
-@pytest.fixture(scope="session")
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The native time-skipping test server: days of cascade pass in milliseconds."""
-    env = await WorkflowEnvironment.start_time_skipping(
+async def start_ts_env() -> WorkflowEnvironment:
+    """A native time-skipping test server speaking the production payload codec."""
+    return await WorkflowEnvironment.start_time_skipping(
         data_converter=CODEC_CONVERTER,
         test_server_existing_path=binary("temporal-test-server"),
         runtime=quiet_runtime(),
     )
+
+
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The native time-skipping test server: days of cascade pass in milliseconds."""
+    env = await start_ts_env()
     yield env
     await env.shutdown()
 
