@@ -114,6 +114,9 @@ def test_cli_imports_exports_and_erases(tmp_path: Path) -> None:
     assert json.loads(exported.stdout)["profile"]["name"] == "Ann"
     # No Temporal server here; history erasure is tested in tests/test_codec.py.
     assert run("erase", "c1", "--yes", "--no-histories").returncode == 0
+    # Running it again is how an operator finishes an erasure: it says so and succeeds.
+    again = run("erase", "c1", "--yes", "--no-histories")
+    assert again.returncode == 0 and "already erased" in again.stderr, again.stderr
     assert json.loads(run("export", "c1").stdout)["contact_points"] == []
     unknown = run("export", "nobody")
     assert unknown.returncode == 2 and "nobody" in unknown.stderr and "Traceback" not in unknown.stderr

@@ -156,12 +156,15 @@ def _run(command: str, env: dict[str, str], cwd: Path) -> tuple[int, str]:
 def _until(command: str, env: dict[str, str], cwd: Path, expected: list[str], within: float = 60) -> str:
     """Run until the output shows what it should (visibility and signals settle in a moment)."""
     deadline = time.monotonic() + within
+    first: str | None = None
     while True:
         status, output = _run(command, env, cwd)
         if status == 0 and all(text in output for text in expected):
             return output
+        # A retry can fail for another reason than the first try did: show both.
+        first = first if first is not None else f"first try: exit {status}\n{output}"
         if time.monotonic() > deadline:
-            raise AssertionError(f"{command}: exit {status}, expected {expected}:\n{output}")
+            raise AssertionError(f"{command}: exit {status}, expected {expected}:\n{output}\n{first}")
         time.sleep(0.5)
 
 

@@ -20,7 +20,7 @@ from cascade.infra.db import run_with_database
 from cascade.infra.settings import Settings, get_settings
 from cascade.infra.temporal import connect, erase_customer_histories
 from cascade.profiles.importer import ImportAborted, ImportReport, import_profiles
-from cascade.profiles.privacy import UnknownCustomer, erase_customer, export_profile
+from cascade.profiles.privacy import AlreadyErased, UnknownCustomer, erase_customer, export_profile
 from cascade.profiles.service import ProfileError
 
 app = group("Import, show, export and erase customer profiles.")
@@ -137,24 +137,35 @@ def erase(
         raise typer.Exit(1)
     try:
         report = run_with_database(lambda db: erase_customer(db, customer_id))
+    except AlreadyErased as exc:
+        # A second run is how an operator finishes an erasure whose history deletion failed,
+        # so it is not an error: the database part is done, the histories are tried again.
+        errors.print(f"[yellow]{exc}[/yellow]")
+        if not histories:
+            return
+        erased_id = exc.customer_id
     except (UnknownCustomer, ProfileError) as exc:
         fail(str(exc), out=errors)
-    removed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.removed.items())
-    kept = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.kept.items())
-    errors.print(f"[green]erased[/green] {report.customer_id}: removed {removed}; kept as {report.pseudonym}: {kept}")
+    else:
+        removed = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.removed.items())
+        kept = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report.kept.items())
+        errors.print(
+            f"[green]erased[/green] {report.customer_id}: removed {removed}; kept as {report.pseudonym}: {kept}"
+        )
+        erased_id = report.customer_id
     if histories:
         settings = get_settings()
         try:
-            deleted = asyncio.run(_erase_histories(settings, report.customer_id))
+            deleted = asyncio.run(_erase_histories(settings, erased_id))
         except (RuntimeError, RPCError, CodecError) as exc:
             fail(
                 f"the profile is erased but its Temporal histories are not: {exc}. Once that is fixed "
                 f"(Temporal at {settings.temporal_address}), run "
-                f"`cascade customers erase-histories {report.customer_id}`.",
+                f"`cascade customers erase-histories {erased_id}`.",
                 status=3,
                 out=errors,
             )
-        errors.print(f"[green]deleted[/green] {len(deleted)} workflow histories of {report.customer_id} in Temporal")
+        errors.print(f"[green]deleted[/green] {len(deleted)} workflow histories of {erased_id} in Temporal")
 
 
 async def _erase_histories(settings: Settings, customer_id: str) -> list[str]:

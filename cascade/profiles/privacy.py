@@ -33,6 +33,14 @@ class UnknownCustomer(LookupError):
     """No profile has this id."""
 
 
+class AlreadyErased(ProfileError):
+    """The customer was erased before; nothing personal is left in the database."""
+
+    def __init__(self, customer_id: str) -> None:
+        super().__init__(f"customer {customer_id!r} was already erased")
+        self.customer_id = customer_id
+
+
 def _rows(items: Any, exclude: set[str] | None = None) -> list[dict[str, Any]]:
     return [item.model_dump(mode="json", exclude=exclude) for item in items]
 
@@ -95,7 +103,7 @@ async def erase_customer(db: Database, customer_id: str) -> ErasureReport:
         if customer is None:
             raise UnknownCustomer(f"customer {customer_id!r} is not in the profile database")
         if customer.erased_at is not None:
-            raise ProfileError(f"customer {customer_id!r} was already erased")
+            raise AlreadyErased(customer_id)
         merged = list((await session.exec(select(Customer.id).where(col(Customer.merged_into) == customer_id))).all())
         ids = [customer_id, *merged]
         alias = pseudonym(customer_id)
