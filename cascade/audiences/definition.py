@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from cascade.infra.settings import PROJECT_ROOT, Settings
+from cascade.infra.yaml_source import compose_and_load, line_of
 from models.journey import ChannelName, Condition, parse_duration
 from models.tables import Topic
 
@@ -208,28 +209,6 @@ class SegmentCatalog:
         return sorted(self.segments)
 
 
-def line_of(tree: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """The 1-based line of the node at `loc` (or its deepest existing ancestor); None without a tree."""
-    if tree is None:
-        return None
-    node = tree
-    line = node.start_mark.line + 1
-    for part in loc:
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                    child, line = value, key.start_mark.line + 1
-                    break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            child = node.value[part]
-            line = child.start_mark.line + 1
-        if child is None:
-            break
-        node = child
-    return line
-
-
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     # The union's tags and the `not_` attribute name are not keys of the file.
     return tuple("not" if p == "not_" else p for p in loc if not (isinstance(p, str) and p.startswith(_TAG)))
@@ -244,13 +223,7 @@ def describe(where: str, loc: tuple[int | str, ...], message: str, tree: yaml.No
 
 def parse_segment_text(text: str, where: str) -> LoadedSegment:
     """Parse and validate one segment's YAML; errors name `where`, the field and the line."""
-    try:
-        tree = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise SegmentDefinitionError(f"{where}:{line} invalid YAML: {exc}") from exc
+    tree, data = compose_and_load(text, where, SegmentDefinitionError)
     if not isinstance(data, dict):
         raise SegmentDefinitionError(f"{where}: expected a mapping with name and where")
     try:

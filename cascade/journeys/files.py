@@ -9,6 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from cascade.infra.settings import PROJECT_ROOT
+from cascade.infra.yaml_source import compose_and_load, line_of
 from cascade.journeys.definition import validate_spec
 from models.journey import JourneySpec
 
@@ -28,31 +29,10 @@ def describe_validation_error(exc: ValidationError, where: str, tree: yaml.Node 
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        line = _line_of(tree, err["loc"]) if tree is not None else None
+        line = line_of(tree, tuple(err["loc"]))
         at = f" (line {line})" if line is not None else ""
         lines.append(f"{where}: {loc}{at}: {err['msg']}")
     return "\n".join(lines)
-
-
-def _line_of(node: yaml.Node, loc: tuple[int | str, ...]) -> int:
-    """The 1-based line of the node at `loc` (or of its deepest existing ancestor)."""
-    line = node.start_mark.line + 1
-    for part in loc:
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                    child = value
-                    line = key.start_mark.line + 1
-                    break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            child = node.value[part]
-            line = child.start_mark.line + 1
-        if child is None:
-            # A missing field or a validator on the object itself: the parent's line.
-            break
-        node = child
-    return line
 
 
 def resolve_journey_path(name_or_path: str | Path) -> Path:
@@ -86,14 +66,7 @@ def load_journey(name_or_path: str | Path) -> JourneySpec:
 
 def parse_journey_text(text: str, where: str) -> JourneySpec:
     """Parse and validate YAML text; errors name `where`, the line and the field."""
-    try:
-        # Composed once for the line numbers of error messages, loaded once for the data.
-        tree = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise JourneyDefinitionError(f"{where}:{line} invalid YAML: {exc}") from exc
+    tree, data = compose_and_load(text, where, JourneyDefinitionError)
     return parse_journey(data, where, tree)
 
 
