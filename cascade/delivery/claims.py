@@ -177,18 +177,20 @@ async def cap_full(
     return SendMessageResult(status="postponed", reason=f"frequency cap {cap.max} per {cap.per}", wake_at=frees)
 
 
+def _held_claim(idempotency_key: str, attempt: int) -> Update:
+    # Only the attempt that still holds the claim may touch it: a late attempt whose lease
+    # ran out must not undo what the next one did.
+    return update(Delivery).where(
+        col(Delivery.idempotency_key) == idempotency_key,
+        col(Delivery.status) == DeliveryStatus.QUEUED,
+        col(Delivery.attempts) == attempt,
+    )
+
+
 async def renew_claim(db: Database, idempotency_key: str, attempt: int, lease: timedelta) -> None:
     """Extend the lease of the claim `attempt` holds (nothing if it no longer holds it)."""
     async with db.session() as session:
-        await session.exec(
-            update(Delivery)
-            .where(
-                col(Delivery.idempotency_key) == idempotency_key,
-                col(Delivery.status) == DeliveryStatus.QUEUED,
-                col(Delivery.attempts) == attempt,
-            )
-            .values(claimed_until=utcnow() + lease)
-        )
+        await session.exec(_held_claim(idempotency_key, attempt).values(claimed_until=utcnow() + lease))
 
 
 async def record_sent(db: Database, idempotency_key: str, provider_message_id: str, cost: float) -> None:
@@ -219,13 +221,9 @@ async def release_claim(db: Database, idempotency_key: str, attempt: int, code: 
     """
     async with db.session() as session:
         await session.exec(
-            update(Delivery)
-            .where(
-                col(Delivery.idempotency_key) == idempotency_key,
-                col(Delivery.status) == DeliveryStatus.QUEUED,
-                col(Delivery.attempts) == attempt,
+            _held_claim(idempotency_key, attempt).values(
+                claimed_until=None, failure_code=code, failure_reason=reason[:1000]
             )
-            .values(claimed_until=None, failure_code=code, failure_reason=reason[:1000])
         )
 
 
