@@ -54,6 +54,9 @@ from worker import build_worker
 from workflows.cascade import CascadeJourney
 
 DAY = timedelta(days=1)
+# The claim's lease (the heartbeat timeout) in the lease tests: short enough to wait out,
+# long enough that a loaded machine does not end it between two steps of a test.
+LEASE = 1.5
 
 
 def _input(cid: str, channel: str = "telegram", journey: str = "t", **extra: Any) -> SendMessageInput:
@@ -218,15 +221,15 @@ async def test_a_crash_between_the_call_and_the_sent_update(any_db, unique_id, i
     channel = DiesAfterTheCall(SandboxChannel("email", any_db), idempotent=idempotent)
     acts = _acts(any_db, email=channel)
     with pytest.raises(RuntimeError):
-        await _env(heartbeat=0.3).run(acts.send_message, _input(unique_id, "email"))
+        await _env(heartbeat=LEASE).run(acts.send_message, _input(unique_id, "email"))
     [row] = await deliveries(any_db, f"journey/t/{unique_id}")
     assert row.status == "queued" and row.claimed_until is not None  # the dead attempt's claim
     # Before the lease (the heartbeat timeout) ends, another attempt waits.
     with pytest.raises(ApplicationError) as busy:
-        await _env(heartbeat=0.3).run(acts.send_message, _input(unique_id, "email"))
+        await _env(heartbeat=LEASE).run(acts.send_message, _input(unique_id, "email"))
     assert busy.value.type == "SendInProgress"
-    await asyncio.sleep(0.4)
-    retry = await _env(heartbeat=0.3).run(acts.send_message, _input(unique_id, "email"))
+    await asyncio.sleep(LEASE + 0.3)
+    retry = await _env(heartbeat=LEASE).run(acts.send_message, _input(unique_id, "email"))
     if idempotent:
         # Called again with the same key; the provider answered with the first message.
         assert retry.status == "sent" and retry.duplicate and channel.calls == 2
@@ -248,10 +251,10 @@ async def test_settling_asks_the_delivery_log(any_db, unique_id):
 
     assert (await settle("journey/none/x/run/0")).status == "not_sent"
     with pytest.raises(RuntimeError):
-        await _env(heartbeat=0.3).run(acts.send_message, _input(unique_id, "email"))
+        await _env(heartbeat=LEASE).run(acts.send_message, _input(unique_id, "email"))
     with pytest.raises(ApplicationError, match="still running"):
         await settle()  # the claim is live: an attempt may still finish
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(LEASE + 0.3)
     settled = await settle()
     assert settled.status == "unknown" and settled.reason == "outcome_unknown"
     [row] = await deliveries(any_db, f"journey/t/{unique_id}")
@@ -265,19 +268,19 @@ async def test_settling_asks_the_delivery_log(any_db, unique_id):
 
 async def test_the_claim_is_a_heartbeat_lease_renewed_while_a_long_send_runs(any_db, unique_id):
     await seed(any_db, unique_id, email="ann@example.com")
-    slow = SlowProvider(SandboxChannel("email", any_db), seconds=1.2)
+    slow = SlowProvider(SandboxChannel("email", any_db), seconds=3 * LEASE)
     acts = _acts(any_db, email=slow)
-    env = _env(heartbeat=0.3)
+    env = _env(heartbeat=LEASE, attempt=30)
     beats: list[Any] = []
     env.on_heartbeat = lambda *details: beats.append(details)
     first = asyncio.create_task(env.run(acts.send_message, _input(unique_id, "email")))
     await slow.started.wait()
     [row] = await deliveries(any_db, f"journey/t/{unique_id}")
-    assert row.claimed_until is not None and row.claimed_until - row.created_at < timedelta(seconds=2)
-    # Long past the 0.3 s lease: still held, because the running attempt renews it.
-    await asyncio.sleep(0.8)
+    assert row.claimed_until is not None and row.claimed_until - row.created_at < timedelta(seconds=3 * LEASE)
+    # Long past the lease: still held, because the running attempt renews it.
+    await asyncio.sleep(2 * LEASE)
     with pytest.raises(ApplicationError) as busy:
-        await _env(heartbeat=0.3).run(acts.send_message, _input(unique_id, "email"))
+        await _env(heartbeat=LEASE).run(acts.send_message, _input(unique_id, "email"))
     assert busy.value.type == "SendInProgress"
     assert (await first).status == "sent"
     assert slow.calls == 1 and len(beats) >= 3
