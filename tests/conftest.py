@@ -20,12 +20,13 @@ from temporalio.client import Client
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
-from cascade.infra.db import Database, async_url, migrate
+from cascade.infra.db import Database, async_url
 from cascade.infra.settings import Settings
 from cascade.infra.temporal import register_search_attributes
 from cascade.profiles.service import upsert_customer
 from models.profiles import ContactIn, CustomerProfile
 from tests.codec import CODEC_CONVERTER
+from tests.schema_template import postgres_schema, sqlite_copy
 
 BIN = Path(sys.executable).parent
 
@@ -83,8 +84,8 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[Database]:
     """A fresh SQLite database with the schema created."""
+    await sqlite_copy(Path(make_url(settings.database_url).database or ""))
     database = Database.from_settings(settings)
-    await migrate(database.engine)
     yield database
     await database.dispose()
 
@@ -159,14 +160,14 @@ async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     """The same test on SQLite and on real PostgreSQL (skipped only if it is unreachable and
     CASCADE_REQUIRE_POSTGRES is not set)."""
     if request.param == "sqlite":
+        await sqlite_copy(tmp_path / "cascade.db")
         database = Database.from_url(f"sqlite:///{tmp_path / 'cascade.db'}")
     else:
         await require_postgres()
         # A schema of its own per test: concurrent runs (CI beside a developer) share
-        # the one `test` database without dropping each other's tables. migrate() creates it.
+        # the one `test` database without dropping each other's tables.
         schema = f"t_{uuid.uuid4().hex[:12]}"
-        database = Database.from_url(POSTGRES_URL, schema=schema)
-    await migrate(database.engine)
+        database = await postgres_schema(POSTGRES_URL, schema)
     yield database
     await database.dispose()
     if request.param == "postgresql":
