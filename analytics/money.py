@@ -38,7 +38,7 @@ from sqlalchemy import ColumnElement, Float, Integer, String, and_, case, exists
 from sqlalchemy import cast as sql_cast
 from sqlmodel import SQLModel
 
-from analytics.funnel import SENT_STATUSES, FunnelQuery, FunnelRow, deliveries, funnel, runs
+from analytics.funnel import RUNS, SENT_STATUSES, FunnelQuery, FunnelRow, deliveries, filters, funnel, runs
 from analytics.savings_model import (
     JourneyRunCosts,
     RunSavings,
@@ -131,24 +131,10 @@ def _load_specs(names: set[str], given: Mapping[str, JourneySpec] | None) -> dic
     return specs
 
 
-def _run_filters(query: FunnelQuery) -> list[ColumnElement[bool]]:
-    r = runs.c
-    where: list[ColumnElement[bool]] = []
-    if query.journey is not None:
-        where.append(r.journey == query.journey)
-    if query.campaign is not None:
-        where.append(r.campaign == query.campaign)
-    if query.since is not None:
-        where.append(r.started_at >= query.since)
-    if query.until is not None:
-        where.append(r.started_at < query.until)
-    return where
-
-
 async def _usable_channels(db: Database, query: FunnelQuery) -> dict[tuple[str, str], set[str]]:
     """(customer, topic) -> channels usable now, for the customers of the runs in range."""
     cp, co = contact_points.c, consents.c
-    in_range = select(runs.c.customer_id).where(*_run_filters(query))
+    in_range = select(runs.c.customer_id).where(*filters(query, RUNS))
     stmt = (
         select(cp.customer_id, cp.channel, cp.status, co.topic, co.granted)
         .select_from(contact_points)
@@ -184,7 +170,7 @@ async def run_costs(
         select(r.workflow_id, r.run_id, r.journey, r.customer_id, d.step, d.channel, d.status, d.cost)
         .select_from(runs)
         .outerjoin(deliveries, and_(d.workflow_id == r.workflow_id, d.run_id == r.run_id))
-        .where(*_run_filters(query))
+        .where(*filters(query, RUNS))
         .order_by(r.id, d.step)
     )
     async with db.engine.connect() as conn:
@@ -314,10 +300,10 @@ async def savings_report(
     """
     d, r = deliveries.c, runs.c
     async with db.engine.connect() as conn:
-        names = {row[0] for row in await conn.execute(select(r.journey).where(*_run_filters(query)).distinct())}
+        names = {row[0] for row in await conn.execute(select(r.journey).where(*filters(query, RUNS)).distinct())}
     journeys = _load_specs(names, specs)
     plan = _plan_rows(journeys, prices)
-    in_range = select(r.workflow_id, r.run_id, r.journey, r.customer_id).where(*_run_filters(query)).subquery("r")
+    in_range = select(r.workflow_id, r.run_id, r.journey, r.customer_id).where(*filters(query, RUNS)).subquery("r")
     # Every planned step of every run; runs of a journey without a file: the steps they logged.
     planned = select(
         in_range.c.workflow_id,

@@ -276,6 +276,7 @@ async def main() -> None:
     parser.add_argument("--loads", type=int, default=20, help="console page loads per page (0: skip)")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--reuse", metavar="SCHEMA", help="measure a schema kept by an earlier --keep run")
+    parser.add_argument("--load-only", action="store_true", help="generate and load a kept schema, measure nothing")
     args = parser.parse_args()
 
     result: dict[str, Any] = {}
@@ -292,6 +293,10 @@ async def main() -> None:
         await migrate(db.engine)
         result["copy_load_s"] = round(await load(schema, tables), 1)
         del tables
+        if args.load_only:
+            await db.dispose()
+            print(json.dumps({**result, "schema": schema}, indent=2))
+            return
     try:
         async with db.engine.connect() as conn:
             for table in ("deliveries", "journey_runs", "customers", "engagement_events"):

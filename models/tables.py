@@ -545,3 +545,32 @@ class SegmentMembership(SQLModel, table=True):
     customer_id: str = Field(max_length=128)
     entered_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     exited_at: datetime | None = _ts()
+
+
+class StepSkip(SQLModel, table=True):
+    """A journey step that sent nothing, and why (no usable contact, a condition, a cap...).
+
+    A skipped step leaves no row in the delivery log; its reason lives in the journey's
+    state. The journey writes its skipped steps here when it ends (activities/runs.py),
+    so the funnel can count them by reason. `skipped_at` is the run's end: the state does
+    not time each skip.
+    """
+
+    __tablename__ = "step_skips"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "run_id", "step"),
+        Index("ix_step_skips_journey_time", "journey", "skipped_at"),
+        Index("ix_step_skips_time", "skipped_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(max_length=512)
+    run_id: str = Field(max_length=64)
+    journey: str = Field(max_length=64)
+    campaign: str | None = Field(default=None, max_length=128)
+    variant: str | None = Field(default=None, max_length=32)
+    customer_id: str = Field(index=True, max_length=128)
+    step: int
+    channel: str = Field(max_length=32)
+    reason: str = Field(max_length=200)
+    skipped_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
