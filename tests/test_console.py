@@ -14,7 +14,7 @@ from temporalio.client import Client
 
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
-from models.tables import utcnow
+from models.tables import Customer, utcnow
 from tests.analytics_rows import History, add_customer
 from tests.helpers import serve_app
 from webhooks.app import create_app
@@ -163,3 +163,21 @@ async def test_forecast_api_and_form_name_bad_fields(console: Console) -> None:
         nosuch = await web.get("/console/forecast", params={"journey": "nosuch"})
         assert nosuch.status_code == 422 and "journey: no journey named" in nosuch.text
         assert "Traceback" not in nosuch.text
+
+
+async def test_forecast_of_a_segment_in_the_api_and_the_form(console: Console) -> None:
+    async with console.db.session() as session:
+        # dormant: last purchase 90-365 days ago (the built-in thresholds).
+        session.add(Customer(id="dora", last_purchase_at=utcnow() - timedelta(days=150)))
+    headers = {"X-API-Key": console.key}
+    async with httpx.AsyncClient(base_url=console.url, headers=headers, timeout=60) as web:
+        api = await web.get("/console/api/forecast", params={"journey": "winback", "segment": "dormant"})
+        assert api.status_code == 200, api.text
+        assert api.json()["forecast"]["audience"] == 1 and api.json()["segment"] == "dormant"
+        page = await web.get("/console/forecast", params={"journey": "winback", "segment": "dormant"})
+        assert page.status_code == 200 and "1 customers are in segment dormant now" in page.text
+        assert '<option value="dormant" selected>' in page.text
+        nosuch = await web.get("/console/api/forecast", params={"journey": "winback", "segment": "nobody"})
+        assert nosuch.status_code == 422 and "segment: no segment named 'nobody'" in nosuch.json()["error"]
+        both = await web.get("/console/forecast", params={"journey": "winback", "segment": "dormant", "audience": "9"})
+        assert both.status_code == 422 and "not both" in both.text

@@ -25,6 +25,8 @@ from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import JourneyForecast, forecast_journey
 from analytics.funnel import FunnelQuery, FunnelRow, deliveries, entries, events, funnel, reaction_times, runs
 from analytics.money import customers, savings_report
+from cascade.audiences.definition import SegmentCatalog, SegmentDefinitionError
+from cascade.audiences.service import load_segments
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from cascade.journeys.files import JourneyDefinitionError, journey_files, load_journey
@@ -293,7 +295,15 @@ def _journey_names() -> list[str]:
     return sorted(path.stem for path in journey_files())
 
 
-async def _forecast(request: Request, journey: str, audience: str | None) -> JourneyForecast:
+def _segments(settings: Settings) -> SegmentCatalog:
+    """The segment catalog; ValueError when a segment file does not load."""
+    try:
+        return load_segments(settings)
+    except SegmentDefinitionError as exc:
+        raise ValueError(f"segment: the segment files do not load: {exc}") from None
+
+
+async def _forecast(request: Request, journey: str, audience: str | None, segment: str | None) -> JourneyForecast:
     """The forecast the form or the API asks for; ValueError names the bad field."""
     db, settings = _state(request)
     if journey not in _journey_names():
@@ -308,28 +318,44 @@ async def _forecast(request: Request, journey: str, audience: str | None) -> Jou
     except JourneyDefinitionError as exc:
         raise ValueError(f"journey: {exc}") from None
     return await forecast_journey(
-        db, spec, settings.channel_costs, audience=count, settings=ForecastSettings(draws=2000, seed=0)
+        db,
+        spec,
+        settings.channel_costs,
+        audience=count,
+        segment=segment or None,
+        catalog=_segments(settings) if segment else None,
+        settings=ForecastSettings(draws=2000, seed=0),
     )
 
 
 @router.get("/forecast", response_class=HTMLResponse)
 async def forecast_page(
-    request: Request, viewer: PageViewer, journey: str | None = None, audience: str | None = None
+    request: Request,
+    viewer: PageViewer,
+    journey: str | None = None,
+    audience: str | None = None,
+    segment: str | None = None,
 ) -> HTMLResponse:
     """The forecast form; with ?journey= the three scenarios, a chart and the assumptions."""
     _, settings = _state(request)
+    try:
+        segment_names = _segments(settings).names()
+    except ValueError:
+        segment_names = []  # the form still works with a number; asking for a segment says why not
     context: dict[str, Any] = {
         "title": "Forecast",
         "viewer": viewer,
         "journeys": _journey_names(),
         "journey": journey,
         "audience_text": audience or "",
+        "segments": segment_names,
+        "segment": segment or "",
         "currency": settings.currency,
     }
     if journey is None:
         return _render("forecast.html", **context)
     try:
-        result = await _forecast(request, journey, audience)
+        result = await _forecast(request, journey, audience, segment)
     except ValueError as exc:
         return _render("forecast.html", 422, error=str(exc), **context)
     return _render(
@@ -347,10 +373,11 @@ async def forecast_api(
     viewer: Annotated[Viewer, Depends(api_viewer)],
     journey: str,
     audience: Annotated[str | None, Query(description="customers; default: who meets the entry rules")] = None,
+    segment: Annotated[str | None, Query(description="send to this segment's members (counted now)")] = None,
 ) -> dict[str, Any]:
     """The forecast as JSON (X-API-Key)."""
     try:
-        result = await _forecast(request, journey, audience)
+        result = await _forecast(request, journey, audience, segment)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     return result.model_dump(mode="json")
