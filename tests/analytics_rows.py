@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from analytics.funnel import deliveries, events, memberships, runs, skips
 from cascade.infra.db import Database
@@ -160,6 +160,11 @@ class History:
             for table, rows in tables:
                 if rows:
                     await conn.execute(insert(table), rows)
+            if not db.is_sqlite and self.deliveries:
+                # The rows carry their own ids: move the sequence past them so later inserts get new ones.
+                await conn.execute(
+                    text("SELECT setval(pg_get_serial_sequence('deliveries', 'id'), (SELECT max(id) FROM deliveries))")
+                )
 
 
 async def add_customer(db: Database, customer: str, usable: dict[str, bool]) -> None:

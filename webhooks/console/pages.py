@@ -2,8 +2,9 @@
 
 Pages (all under /console, none without an API key or a login made with one):
 overview (last N days: messages, cost, savings, conversions), one journey's funnel with
-charts, running journeys with Temporal UI links, one customer's timeline, the forecast form;
-/console/api/forecast answers the same forecast as JSON.
+charts, running journeys with Temporal UI links, one customer's timeline, experiments (per
+arm: conversion with its interval, P(beat control), the sample-ratio check), the forecast
+form; /console/api/forecast answers the same forecast as JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from analytics.funnel import FunnelQuery, FunnelRow, deliveries, entries, events
 from analytics.money import customers, savings_report
 from cascade.audiences.definition import SegmentCatalog, SegmentDefinitionError
 from cascade.audiences.service import load_segments
+from cascade.experiments.queries import experiment_names
+from cascade.experiments.report import ExperimentReport
+from cascade.experiments.results import UnknownExperimentError, experiment_report
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from cascade.journeys.files import JourneyDefinitionError, journey_files, load_journey
@@ -288,6 +292,34 @@ async def customer_timeline(request: Request, customer_id: str, viewer: PageView
     name, items = await timeline(db, customer_id)
     return _render(
         "customer.html", title=f"Customer {customer_id}", viewer=viewer, customer_id=customer_id, name=name, items=items
+    )
+
+
+@router.get("/experiments", response_class=HTMLResponse)
+async def experiments(request: Request, viewer: PageViewer) -> HTMLResponse:
+    """Every experiment with an entrant: journey, mode, customers per arm, and whether the split is off."""
+    db, _ = _state(request)
+    reports: list[ExperimentReport] = [await experiment_report(db, name) for name in await experiment_names(db)]
+    return _render("experiments.html", title="Experiments", viewer=viewer, reports=reports)
+
+
+@router.get("/experiments/{name}", response_class=HTMLResponse)
+async def experiment_page(request: Request, name: str, viewer: PageViewer) -> HTMLResponse:
+    """One experiment: the funnel per arm, conversion with its interval, lift, P(beat control), SRM."""
+    db, settings = _state(request)
+    try:
+        report = await experiment_report(db, name)
+    except UnknownExperimentError as exc:
+        return _render("error.html", 404, title="No such experiment", viewer=viewer, message=str(exc))
+    stats = {v.name: v for v in report.stats.variants} if report.stats else {}
+    return _render(
+        "experiment.html",
+        title=f"Experiment {name}",
+        viewer=viewer,
+        report=report,
+        stats=stats,
+        currency=settings.currency,
+        temporal_link=_temporal_list(settings, f"Journey={_keyword(report.journey)}"),
     )
 
 
