@@ -242,7 +242,8 @@ async def test_experiments_pages_show_each_arm_with_interval_beat_probability_an
 
 def _row(html: str, first_cell: str) -> str:
     """The table row whose first cell starts with `first_cell` (a link or text)."""
-    for row in re.findall(r"<tr>(.*?)</tr>", html, flags=re.S):
+    rows: list[str] = re.findall(r"<tr>(.*?)</tr>", html, flags=re.S)
+    for row in rows:
         cell = re.sub(r"<[^>]+>", "", row.split("</td>", 1)[0]).strip()
         if cell.split(" ")[0] == first_cell:
             return row
