@@ -32,9 +32,9 @@ and 0013.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
@@ -46,17 +46,30 @@ from sqlalchemy import (
     Table,
     and_,
     case,
+    delete,
     exists,
     func,
+    insert,
     literal,
     or_,
     select,
+    update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 
-from cascade.infra.db import Database
-from models.tables import Delivery, DeliveryStatus, EngagementEvent, JourneyRun, SegmentMembership, StepSkip
+from cascade.infra.db import Database, insert_ignoring_conflicts
+from models.tables import (
+    Delivery,
+    DeliveryStatus,
+    EngagementEvent,
+    FunnelDaily,
+    JourneyRun,
+    RollupState,
+    SegmentMembership,
+    StepSkip,
+)
 
 Dimension = Literal["journey", "step", "channel", "campaign", "day", "variant", "segment"]
 DIMENSIONS: tuple[str, ...] = ("journey", "step", "channel", "campaign", "day", "variant", "segment")
@@ -145,7 +158,8 @@ def _seconds_between(is_sqlite: bool, later: Any, earlier: Any) -> ColumnElement
     return cast(ColumnElement[float], func.extract("epoch", later - earlier))
 
 
-def _day(is_sqlite: bool, column: Any) -> ColumnElement[Any]:
+def day_of(is_sqlite: bool, column: Any) -> ColumnElement[Any]:
+    """The UTC calendar day of a timestamp column, on either database."""
     if is_sqlite:
         return cast(ColumnElement[Any], func.date(column))
     # The day in UTC, whatever the session's time zone.
@@ -288,7 +302,7 @@ def _group_columns(is_sqlite: bool, by: Sequence[str], source: Source, step: Any
         "step": step,
         "channel": source.channel,
         "campaign": source.campaign if source.campaign is not None else runs.c.campaign,
-        "day": _day(is_sqlite, source.time),
+        "day": day_of(is_sqlite, source.time),
         "variant": source.variant,
         "segment": memberships.c.segment,
     }
@@ -323,10 +337,25 @@ def _sort_key(key: dict[str, str | int | None]) -> tuple[tuple[bool, str | int],
     return tuple((value is None, value if value is not None else "") for value in key.values())
 
 
-async def funnel(db: Database, query: FunnelQuery) -> list[FunnelRow]:
-    """The funnel per group of `query.by`, ordered by the groups (one row when ungrouped)."""
+FIGURES: tuple[str, ...] = (
+    "messages",
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "failed",
+    "unknown",
+    "unsubscribed",
+    "converted",
+    "revenue",
+    "cost",
+)
+
+
+def _raw_select(is_sqlite: bool, query: FunnelQuery, *extra: ColumnElement[bool]) -> Any:
+    """The funnel over the delivery log itself: one aggregate SELECT, grouped by `query.by`."""
     d = deliveries.c
-    conv = conversions_subquery(db.is_sqlite, query)
+    conv = conversions_subquery(is_sqlite, query)
     status = d.status
     sent = status.in_(SENT_STATUSES)
     clicked = d.clicked_at.is_not(None)
@@ -345,7 +374,7 @@ async def funnel(db: Database, query: FunnelQuery) -> list[FunnelRow]:
     def count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
         return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
-    groups = _group_columns(db.is_sqlite, query.by, DELIVERIES, d.step)
+    groups = _group_columns(is_sqlite, query.by, DELIVERIES, d.step)
     stmt = (
         select(
             *groups,
@@ -365,23 +394,181 @@ async def funnel(db: Database, query: FunnelQuery) -> list[FunnelRow]:
         .outerjoin(conv, conv.c.delivery_id == d.id)
         .outerjoin(unsubs, unsubs.c.delivery_id == d.id)
     )
-    stmt = _grouped_joins(stmt, query.by, DELIVERIES).where(*filters(query, DELIVERIES))
+    stmt = _grouped_joins(stmt, query.by, DELIVERIES).where(*filters(query, DELIVERIES), *extra)
     if groups:
-        stmt = stmt.group_by(*groups).order_by(*groups)
-    async with db.engine.connect() as conn:
-        rows = (await conn.execute(stmt)).mappings().all()
-    found: dict[tuple[Any, ...], FunnelRow] = {}
+        stmt = stmt.group_by(*groups)
+    return stmt
+
+
+def _add(found: dict[tuple[Any, ...], FunnelRow], by: Sequence[str], rows: Sequence[Any]) -> None:
+    """Add aggregate rows into `found` by group (the rollup's and the log's parts of one range)."""
     for row in rows:
-        if not groups and not row["messages"]:
+        if not row["messages"]:
             continue
-        figures = {k: v for k, v in row.items() if k not in query.by}
-        values = {name: _key_value(row[name]) for name in query.by}
-        found[tuple(values.values())] = FunnelRow(key=dict(values), **figures)
+        values = {name: _key_value(row[name]) for name in by}
+        item = found.setdefault(tuple(values.values()), FunnelRow(key=dict(values)))
+        for name in FIGURES:
+            setattr(item, name, getattr(item, name) + (row[name] or 0))
+
+
+async def funnel(
+    db: Database, query: FunnelQuery, *, now: datetime | None = None, rollup: bool = True
+) -> list[FunnelRow]:
+    """The funnel per group of `query.by`, ordered by the groups (one row when ungrouped).
+
+    Whole days the daily rollup holds are read from it, the rest of the range from the
+    delivery log (see :func:`refresh_rollup`); `rollup=False` reads everything from the log.
+    The figures are the same either way (the tests hold them equal).
+    """
+    found: dict[tuple[Any, ...], FunnelRow] = {}
+    raw_where: list[ColumnElement[bool]] = []
+    if rollup and _rollup_answers(query):
+        days = rollup_range(query, await refresh_rollup(db, now=now))
+        if days is not None:
+            async with db.engine.connect() as conn:
+                _add(found, query.by, (await conn.execute(_rollup_select(query, *days))).mappings().all())
+            raw_where.append(outside(deliveries.c.created_at, days))
+    async with db.engine.connect() as conn:
+        _add(found, query.by, (await conn.execute(_raw_select(db.is_sqlite, query, *raw_where))).mappings().all())
     for group, reasons in (await skipped_steps(db, query)).items():
         item = found.setdefault(group, FunnelRow(key=dict(zip(query.by, group, strict=True))))
         item.skipped_by_reason = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
         item.skipped = sum(reasons.values())
     return sorted(found.values(), key=lambda row: _sort_key(row.key))
+
+
+# --- The daily rollup -------------------------------------------------------------------
+#
+# Scanning a million messages per question is what made the funnel take seconds. Days that
+# are over (older than ROLLUP_AFTER: every step's wait, late reactions and the default
+# attribution window are behind them) are aggregated once into funnel_daily; the funnel
+# reads them from there and only the recent days from the log. The rollup is built
+# incrementally by whoever asks first after a day closes (compare-and-set on rollup_state,
+# so two readers never add a day twice); a reaction to a message older than ROLLUP_AFTER
+# is not seen until `refresh_rollup(..., rebuild=True)`.
+
+ROLLUP_AFTER = timedelta(days=35)
+ROLLUP_WINDOW = timedelta(days=7)
+ROLLUP_EVENTS = ["purchase"]
+ROLLUP_DIMENSIONS = ("journey", "step", "channel", "campaign", "day", "variant")
+ROLLUP_NAME = "funnel_daily"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+daily: Table = SQLModel.metadata.tables[FunnelDaily.__tablename__]
+rollup_state: Table = SQLModel.metadata.tables[RollupState.__tablename__]
+DAILY = Source(
+    journey=daily.c.journey,
+    time=daily.c.day,
+    customer=None,
+    channel=daily.c.channel,
+    campaign=daily.c.campaign,
+    variant=daily.c.variant,
+)
+
+
+def _rollup_answers(query: FunnelQuery) -> bool:
+    """Whether the rollup holds what `query` asks (no segments, the default attribution)."""
+    return (
+        query.segment is None
+        and all(name in ROLLUP_DIMENSIONS for name in query.by)
+        and query.attribution_window == ROLLUP_WINDOW
+        and query.conversion_events == ROLLUP_EVENTS
+    )
+
+
+def _midnight(at: datetime) -> datetime:
+    at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _next_midnight(at: datetime) -> datetime:
+    start = _midnight(at)
+    return (
+        start if start == (at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)) else start + timedelta(days=1)
+    )
+
+
+def _rollup_select(query: FunnelQuery, start: datetime | None, end: datetime) -> Any:
+    """The rollup's rows of whole days [start, end), grouped by `query.by`."""
+    c = daily.c
+    columns = {
+        "journey": c.journey,
+        "step": c.step,
+        "channel": c.channel,
+        "campaign": c.campaign,
+        "day": c.day,
+        "variant": c.variant,
+    }
+    groups = [columns[name].label(name) for name in query.by]
+    sums = [sql_cast(func.coalesce(func.sum(c[name]), 0), c[name].type).label(name) for name in FIGURES]
+    untimed = query.model_copy(update={"since": None, "until": None})
+    where = [*filters(untimed, DAILY), c.day < end.date()]
+    if start is not None:
+        where.append(c.day >= start.date())
+    stmt = select(*groups, *sums).where(*where)
+    return stmt.group_by(*groups) if groups else stmt
+
+
+Build = Callable[[AsyncConnection, datetime, datetime], Awaitable[None]]
+
+
+async def advance_rollup(
+    db: Database, name: str, table: Table, build: Build, *, now: datetime | None = None, rebuild: bool = False
+) -> datetime:
+    """Move rollup `name` up to the last closed day: `build` adds the rows of [from, to) to
+    `table` (whose `day` column says which day a row is). Returns the time it now reaches.
+
+    Compare-and-set on rollup_state: of two readers that find the same days closed, one
+    builds them and the other reads what was there. `rebuild` starts from nothing.
+    """
+    cutoff = _midnight((now or datetime.now(UTC)) - ROLLUP_AFTER)
+    s = rollup_state.c
+    async with db.engine.begin() as conn:
+        if rebuild:
+            await conn.execute(delete(table))
+            await conn.execute(delete(rollup_state).where(s.name == name))
+        row = (await conn.execute(select(s.until).where(s.name == name))).scalar_one_or_none()
+        if row is None:
+            await conn.execute(
+                insert_ignoring_conflicts(db, RollupState).values(name=name, until=_EPOCH).on_conflict_do_nothing()
+            )
+            row = _EPOCH
+        built = row if row.tzinfo else row.replace(tzinfo=UTC)
+        if built >= cutoff:
+            return built
+        moved = await conn.execute(update(rollup_state).where(s.name == name, s.until == row).values(until=cutoff))
+        if moved.rowcount != 1:
+            return built
+        await conn.execute(delete(table).where(table.c.day >= built.date(), table.c.day < cutoff.date()))
+        await build(conn, built, cutoff)
+    return cutoff
+
+
+async def refresh_rollup(db: Database, *, now: datetime | None = None, rebuild: bool = False) -> datetime:
+    """Roll the funnel of the days that closed since the last call into funnel_daily; the time it reaches.
+
+    `rebuild` starts again from nothing (after a late change to old messages).
+    """
+
+    async def build(conn: AsyncConnection, since: datetime, until: datetime) -> None:
+        day_query = FunnelQuery(since=since, until=until, by=list(ROLLUP_DIMENSIONS))
+        aggregate = _raw_select(db.is_sqlite, day_query).subquery("day_rows")
+        columns = ["day", "journey", "step", "channel", "campaign", "variant", *FIGURES]
+        await conn.execute(insert(daily).from_select(columns, select(*(aggregate.c[name] for name in columns))))
+
+    return await advance_rollup(db, ROLLUP_NAME, daily, build, now=now, rebuild=rebuild)
+
+
+def rollup_range(query: FunnelQuery, frozen_until: datetime) -> tuple[datetime | None, datetime] | None:
+    """The whole days [start, end) of `query`'s range a rollup built up to `frozen_until` holds (None: none)."""
+    start = _next_midnight(query.since) if query.since is not None else None
+    end = min(_midnight(query.until), frozen_until) if query.until is not None else frozen_until
+    return (start, end) if start is None or start < end else None
+
+
+def outside(column: Any, days: tuple[datetime | None, datetime]) -> ColumnElement[bool]:
+    """`column` falls outside the rolled-up days: those rows are read from the log."""
+    start, end = days
+    return or_(column < start, column >= end) if start is not None else column >= end
 
 
 async def skipped_steps(db: Database, query: FunnelQuery) -> dict[tuple[Any, ...], dict[str, int]]:
@@ -403,7 +590,7 @@ async def entries(db: Database, query: FunnelQuery) -> list[EntryRow]:
     """Journey runs started in the range, per journey/campaign/day of `query.by` (others ignored)."""
     r = runs.c
     by = [name for name in query.by if name in ("journey", "campaign", "day")]
-    columns = {"journey": r.journey, "campaign": r.campaign, "day": _day(db.is_sqlite, r.started_at)}
+    columns = {"journey": r.journey, "campaign": r.campaign, "day": day_of(db.is_sqlite, r.started_at)}
     groups = [columns[name].label(name) for name in by]
     outcome = func.coalesce(r.outcome, "running").label("outcome")
     stmt = select(*groups, outcome, func.count().label("runs")).select_from(runs).where(*filters(query, RUNS))

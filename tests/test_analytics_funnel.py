@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import func, select
 
-from analytics.funnel import FunnelQuery, entries, funnel, reaction_times
+from analytics.funnel import FunnelQuery, daily, entries, funnel, reaction_times
 from cascade.infra.db import Database
 from tests.analytics_rows import T0, History
 
@@ -196,3 +197,40 @@ async def test_skipped_steps_are_counted_by_reason(any_db: Database) -> None:
     # The date range applies to the skips too.
     early = await funnel(any_db, FunnelQuery(until=T0 - timedelta(days=1)))
     assert early == []
+
+
+async def test_the_daily_rollup_gives_the_figures_of_the_log(any_db: Database) -> None:
+    h = _history()
+    extra = _arms_and_segments()
+    h.runs += extra.runs
+    h.deliveries += extra.deliveries
+    h.events += extra.events
+    h.skips += extra.skips
+    await h.save(any_db)
+    queries = [
+        FunnelQuery(),
+        FunnelQuery(by=["journey", "step", "channel"]),
+        FunnelQuery(by=["day", "campaign"]),
+        FunnelQuery(by=["variant"], journey="winback"),
+        FunnelQuery(channel="sms", campaign="autumn", by=["day"]),
+        # A range that starts and ends inside days: their parts come from the log.
+        FunnelQuery(since=T0 + timedelta(hours=5), until=T0 + timedelta(days=7, hours=12), by=["channel"]),
+        FunnelQuery(since=T0 - timedelta(days=1), by=["journey"]),
+    ]
+    # First the rollup holds the first four days, then (a later "now") every day.
+    steps = ((T0 + timedelta(days=39), T0.date() + timedelta(days=4)), (T0 + timedelta(days=90), None))
+    for now, rolled_until in steps:
+        for query in queries:
+            assert await funnel(any_db, query, now=now) == await funnel(any_db, query, rollup=False), query
+        async with any_db.engine.connect() as conn:
+            days = [row.day for row in await conn.execute(select(daily.c.day).distinct())]
+            rolled = (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one()
+        if rolled_until is not None:
+            assert days and all(day < rolled_until for day in days)
+        # Each message is in the rollup once however many times it was refreshed.
+        assert rolled == sum(1 for d in h.deliveries if rolled_until is None or d["created_at"].date() < rolled_until)
+    # A changed attribution is not what the rollup holds: the log answers, and differently.
+    later = T0 + timedelta(days=90)
+    [usual] = await funnel(any_db, FunnelQuery(), now=later)
+    [wide] = await funnel(any_db, FunnelQuery(attribution_window=timedelta(days=40)), now=later)
+    assert wide.converted == usual.converted + 1  # cid's purchase 30 days after his sms counts in 40 days
