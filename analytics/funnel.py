@@ -26,8 +26,9 @@ The date range applies to the message's creation (runs: their start; conversions
 their message, so a purchase the day after the range still counts for a message inside it).
 Campaign comes from the run that sent the message. Every report filters through one
 builder, :func:`filters`, over the columns of the table it reads (:class:`Source`).
-Everything runs on SQLite and PostgreSQL; the indexes it relies on are in migrations 0010
-and 0013.
+Whole days older than ``ROLLUP_AFTER`` are read from a daily rollup (``funnel_daily``, see
+"The daily rollup" below) with the same figures. Everything runs on SQLite and PostgreSQL;
+the indexes and tables it relies on are in migrations 0010 and 0013.
 """
 
 from __future__ import annotations
@@ -475,16 +476,19 @@ def _rollup_answers(query: FunnelQuery) -> bool:
     )
 
 
+def _utc(at: datetime) -> datetime:
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def _midnight(at: datetime) -> datetime:
-    at = at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
-    return at.replace(hour=0, minute=0, second=0, microsecond=0)
+    """The start (UTC) of the day `at` falls in."""
+    return _utc(at).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def _next_midnight(at: datetime) -> datetime:
+    """`at` itself when it is a midnight (UTC), else the next one."""
     start = _midnight(at)
-    return (
-        start if start == (at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)) else start + timedelta(days=1)
-    )
+    return start if start == _utc(at) else start + timedelta(days=1)
 
 
 def _rollup_select(query: FunnelQuery, start: datetime | None, end: datetime) -> Any:
