@@ -13,7 +13,10 @@ from temporalio import activity
 
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from models.runs import RecordRunFinishedInput, RecordRunStartedInput
-from models.tables import JourneyRun
+from models.tables import JourneyRun, StepSkip
+
+# The reason column's width: a longer reason (a long condition) is cut, not refused.
+REASON_CHARS = 200
 
 
 class RunActivities:
@@ -32,10 +35,28 @@ class RunActivities:
 
     @activity.defn
     async def record_run_finished(self, input: RecordRunFinishedInput) -> None:
-        """Mark the run finished with its outcome (a repeat writes the same again)."""
+        """Mark the run finished with its outcome and record its skipped steps (a repeat writes the same again)."""
         async with self._db.session() as session:
             await session.exec(
                 update(JourneyRun)
                 .where(col(JourneyRun.workflow_id) == input.workflow_id, col(JourneyRun.run_id) == input.run_id)
                 .values(finished_at=input.finished_at, outcome=input.outcome)
             )
+            if input.skipped and input.journey is not None and input.customer_id is not None:
+                rows = [
+                    {
+                        "workflow_id": input.workflow_id,
+                        "run_id": input.run_id,
+                        "journey": input.journey,
+                        "campaign": input.campaign,
+                        "variant": input.variant,
+                        "customer_id": input.customer_id,
+                        "step": skip.step,
+                        "channel": skip.channel,
+                        "reason": skip.reason[:REASON_CHARS],
+                        "skipped_at": input.finished_at,
+                    }
+                    for skip in input.skipped
+                ]
+                # A retried activity finds its rows there: (workflow, run, step) is unique.
+                await session.exec(insert_ignoring_conflicts(self._db, StepSkip).values(rows).on_conflict_do_nothing())

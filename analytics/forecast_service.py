@@ -5,8 +5,9 @@ has the method and the priors). This module gathers what it needs:
 
 * **Plan**: the journey file's steps, each with the price of one message on its channel
   (``CASCADE_CHANNEL_COSTS``) and the reaction it awaits.
-* **Audience**: given, or counted: the customers (not erased, not merged away) who meet the
-  journey's entry conditions today, by the same rule the trigger uses.
+* **Audience**: given; or a segment's members now (the segment compiled to one COUNT, as
+  ``cascade segments count`` does); or counted: the customers (not erased, not merged away)
+  who meet the journey's entry conditions today, by the same rule the trigger uses.
 * **History per channel**: the funnel of every message in the window (all journeys: a
   channel's rates are the customers' habits more than one journey's), as nested counts.
   A conversion is attributed last touch (see :mod:`analytics.funnel`) and may follow a
@@ -39,6 +40,8 @@ from analytics.forecast_model import (
     forecast,
 )
 from analytics.funnel import FunnelQuery, FunnelRow, funnel, runs
+from cascade.audiences.definition import SegmentCatalog
+from cascade.audiences.service import count_members
 from cascade.infra.db import Database
 from cascade.journeys.rules import failed_condition
 from cascade.profiles.service import template_fields
@@ -51,6 +54,7 @@ class JourneyForecast(BaseModel):
 
     journey: str
     audience_source: str
+    segment: str | None = None
     history_since: datetime | None
     history_until: datetime | None
     notes: list[str]
@@ -125,12 +129,26 @@ async def forecast_journey(
     prices: Mapping[str, float],
     *,
     audience: int | None = None,
+    segment: str | None = None,
+    catalog: SegmentCatalog | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     settings: ForecastSettings | None = None,
 ) -> JourneyForecast:
-    """Forecast `spec` sent to `audience` customers (counted from its entry rules when None)."""
-    if audience is None:
+    """Forecast `spec` sent to `audience` customers, or to segment `segment`'s members now
+    (counted with `catalog`), or to those who meet its entry rules (neither given).
+
+    ValueError names the bad input: both an audience and a segment, or an unknown segment.
+    """
+    if segment is not None:
+        if audience is not None:
+            raise ValueError("audience: give a number of customers or a segment, not both")
+        if catalog is None or segment not in catalog.names():
+            known = ", ".join(catalog.names()) if catalog is not None else "none loaded"
+            raise ValueError(f"segment: no segment named {segment!r} (known: {known})")
+        audience = await count_members(db, catalog, segment)
+        source = f"{audience} customers are in segment {segment} now"
+    elif audience is None:
         audience = await audience_size(db, spec)
         source = f"{audience} customers meet the entry conditions of {spec.name} today"
     else:
@@ -139,6 +157,7 @@ async def forecast_journey(
     return JourneyForecast(
         journey=spec.name,
         audience_source=source,
+        segment=segment,
         history_since=since,
         history_until=until,
         notes=notes,

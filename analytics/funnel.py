@@ -13,17 +13,29 @@ Definitions (one delivery row is one message; every figure counts messages unles
   default), last touch; revenue is the event's ``properties.amount``. A purchase with no
   message in its window is not in the funnel (it was not the journeys' doing).
 * ``entered``: journey runs started in the range; ``outcomes``: how the finished ones ended.
+* ``skipped`` / ``skipped_by_reason``: steps that sent nothing (no usable contact point, a
+  condition not met, active on another channel, a cap still full, ...), from ``step_skips``,
+  which a journey writes when it ends (so a running journey's skips are not counted yet);
+  dated at the run's end.
+* ``variant``: the experiment arm of the journey that sent the message (``deliveries.variant``).
+* ``segment``: the segments the customer was a member of **when the message was created**
+  (or the step skipped), from the recorded memberships (``segment_memberships``, kept by the
+  event path and the refresh schedule). A customer in two segments counts in both groups.
 
 The date range applies to the message's creation (runs: their start; conversions follow
 their message, so a purchase the day after the range still counts for a message inside it).
-Campaign comes from the run that sent the message. Everything runs on SQLite and PostgreSQL;
-the indexes it relies on are in migration 0010.
+Campaign comes from the run that sent the message. Every report filters through one
+builder, :func:`filters`, over the columns of the table it reads (:class:`Source`).
+Whole days older than ``ROLLUP_AFTER`` are read from a daily rollup (``funnel_daily``, see
+"The daily rollup" below) with the same figures. Everything runs on SQLite and PostgreSQL;
+the indexes and tables it relies on are in migrations 0010 and 0013.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
@@ -35,23 +47,39 @@ from sqlalchemy import (
     Table,
     and_,
     case,
+    delete,
+    exists,
     func,
+    insert,
     literal,
     or_,
     select,
+    update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 
-from cascade.infra.db import Database
-from models.tables import Delivery, DeliveryStatus, EngagementEvent, JourneyRun
+from cascade.infra.db import Database, insert_ignoring_conflicts
+from models.tables import (
+    Delivery,
+    DeliveryStatus,
+    EngagementEvent,
+    FunnelDaily,
+    JourneyRun,
+    RollupState,
+    SegmentMembership,
+    StepSkip,
+)
 
-Dimension = Literal["journey", "step", "channel", "campaign", "day"]
-DIMENSIONS: tuple[str, ...] = ("journey", "step", "channel", "campaign", "day")
+Dimension = Literal["journey", "step", "channel", "campaign", "day", "variant", "segment"]
+DIMENSIONS: tuple[str, ...] = ("journey", "step", "channel", "campaign", "day", "variant", "segment")
 
 deliveries: Table = SQLModel.metadata.tables[Delivery.__tablename__]
 events: Table = SQLModel.metadata.tables[EngagementEvent.__tablename__]
 runs: Table = SQLModel.metadata.tables[JourneyRun.__tablename__]
+skips: Table = SQLModel.metadata.tables[StepSkip.__tablename__]
+memberships: Table = SQLModel.metadata.tables[SegmentMembership.__tablename__]
 
 SENT_STATUSES = (
     DeliveryStatus.SENT.value,
@@ -79,6 +107,8 @@ class FunnelQuery(BaseModel):
     journey: str | None = None
     channel: str | None = None
     campaign: str | None = None
+    variant: str | None = None
+    segment: str | None = Field(default=None, description="members at the time (segment_memberships)")
     since: datetime | None = None
     until: datetime | None = Field(default=None, description="exclusive")
     by: list[Dimension] = Field(default_factory=list)
@@ -98,6 +128,8 @@ class FunnelRow(BaseModel):
     unsubscribed: int = 0
     failed: int = 0
     unknown: int = 0
+    skipped: int = 0
+    skipped_by_reason: dict[str, int] = Field(default_factory=dict)
     messages: int = 0
     cost: float = 0.0
     revenue: float = 0.0
@@ -127,24 +159,99 @@ def _seconds_between(is_sqlite: bool, later: Any, earlier: Any) -> ColumnElement
     return cast(ColumnElement[float], func.extract("epoch", later - earlier))
 
 
-def _day(is_sqlite: bool, column: Any) -> ColumnElement[Any]:
+def day_of(is_sqlite: bool, column: Any) -> ColumnElement[Any]:
+    """The UTC calendar day of a timestamp column, on either database."""
     if is_sqlite:
         return cast(ColumnElement[Any], func.date(column))
     # The day in UTC, whatever the session's time zone.
     return sql_cast(func.timezone("UTC", column), Date)
 
 
-def _delivery_filters(query: FunnelQuery) -> list[ColumnElement[bool]]:
-    d = deliveries.c
+@dataclass(frozen=True)
+class Source:
+    """The columns of one table a :class:`FunnelQuery` filters on.
+
+    `time` is what the date range and segment membership are judged at. A campaign the
+    table does not carry is looked up on the run (`workflow_id`, `run_id`); a filter the
+    table cannot answer (None) is refused rather than ignored.
+    """
+
+    journey: Any
+    time: Any
+    customer: Any
+    channel: Any | None = None
+    campaign: Any | None = None
+    variant: Any | None = None
+    workflow_id: Any | None = None
+    run_id: Any | None = None
+
+
+DELIVERIES = Source(
+    journey=deliveries.c.journey,
+    time=deliveries.c.created_at,
+    customer=deliveries.c.customer_id,
+    channel=deliveries.c.channel,
+    variant=deliveries.c.variant,
+    workflow_id=deliveries.c.workflow_id,
+    run_id=deliveries.c.run_id,
+)
+SKIPS = Source(
+    journey=skips.c.journey,
+    time=skips.c.skipped_at,
+    customer=skips.c.customer_id,
+    channel=skips.c.channel,
+    campaign=skips.c.campaign,
+    variant=skips.c.variant,
+)
+RUNS = Source(journey=runs.c.journey, time=runs.c.started_at, customer=runs.c.customer_id, campaign=runs.c.campaign)
+
+
+def member_at(segment: str, customer: Any, at: Any) -> ColumnElement[bool]:
+    """EXISTS a membership saying `customer` was in `segment` at time `at`."""
+    # An alias of its own: the outer query may join the memberships to group by segment.
+    m = memberships.alias("member_at").c
+    return exists().where(
+        m.segment == segment,
+        m.customer_id == customer,
+        m.entered_at <= at,
+        or_(m.exited_at.is_(None), m.exited_at > at),
+    )
+
+
+def filters(query: FunnelQuery, source: Source) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of `query` over `source`: the one place every report filters."""
     where: list[ColumnElement[bool]] = []
+
+    def need(column: Any, name: str) -> Any:
+        if column is None:
+            raise ValueError(f"{name}: this report cannot be filtered by {name}")
+        return column
+
     if query.journey is not None:
-        where.append(d.journey == query.journey)
+        where.append(source.journey == query.journey)
     if query.channel is not None:
-        where.append(d.channel == query.channel)
+        where.append(need(source.channel, "channel") == query.channel)
+    if query.variant is not None:
+        where.append(need(source.variant, "variant") == query.variant)
+    if query.campaign is not None:
+        if source.campaign is not None:
+            where.append(source.campaign == query.campaign)
+        else:
+            # An alias of its own: the outer query may join the runs to group by campaign.
+            r = runs.alias("campaign_run").c
+            where.append(
+                exists().where(
+                    r.workflow_id == need(source.workflow_id, "campaign"),
+                    r.run_id == source.run_id,
+                    r.campaign == query.campaign,
+                )
+            )
+    if query.segment is not None:
+        where.append(member_at(query.segment, source.customer, source.time))
     if query.since is not None:
-        where.append(d.created_at >= query.since)
+        where.append(source.time >= query.since)
     if query.until is not None:
-        where.append(d.created_at < query.until)
+        where.append(source.time < query.until)
     return where
 
 
@@ -189,16 +296,35 @@ def conversions_subquery(is_sqlite: bool, query: FunnelQuery) -> Any:
     )
 
 
-def _group_columns(is_sqlite: bool, by: Sequence[str]) -> list[ColumnElement[Any]]:
-    d = deliveries.c
-    columns: dict[str, ColumnElement[Any]] = {
-        "journey": d.journey,
-        "step": d.step,
-        "channel": d.channel,
-        "campaign": runs.c.campaign,
-        "day": _day(is_sqlite, d.created_at),
+def _group_columns(is_sqlite: bool, by: Sequence[str], source: Source, step: Any) -> list[ColumnElement[Any]]:
+    """The group columns of `by` over `source` (campaign from the run, segment from the membership join)."""
+    columns: dict[str, Any] = {
+        "journey": source.journey,
+        "step": step,
+        "channel": source.channel,
+        "campaign": source.campaign if source.campaign is not None else runs.c.campaign,
+        "day": day_of(is_sqlite, source.time),
+        "variant": source.variant,
+        "segment": memberships.c.segment,
     }
     return [columns[name].label(name) for name in by]
+
+
+def _grouped_joins(stmt: Any, by: Sequence[str], source: Source) -> Any:
+    """The joins `by` needs: the run for a campaign, the memberships (at the time) for a segment."""
+    if "campaign" in by and source.campaign is None:
+        stmt = stmt.outerjoin(runs, and_(runs.c.workflow_id == source.workflow_id, runs.c.run_id == source.run_id))
+    if "segment" in by:
+        m = memberships.c
+        stmt = stmt.join(
+            memberships,
+            and_(
+                m.customer_id == source.customer,
+                m.entered_at <= source.time,
+                or_(m.exited_at.is_(None), m.exited_at > source.time),
+            ),
+        )
+    return stmt
 
 
 def _key_value(value: Any) -> str | int | None:
@@ -207,10 +333,30 @@ def _key_value(value: Any) -> str | int | None:
     return str(value)
 
 
-async def funnel(db: Database, query: FunnelQuery) -> list[FunnelRow]:
-    """The funnel per group of `query.by`, ordered by the groups (one row when ungrouped)."""
+def _sort_key(key: dict[str, str | int | None]) -> tuple[tuple[bool, str | int], ...]:
+    # Groups sort as SQL would order them, missing values last.
+    return tuple((value is None, value if value is not None else "") for value in key.values())
+
+
+FIGURES: tuple[str, ...] = (
+    "messages",
+    "sent",
+    "delivered",
+    "opened",
+    "clicked",
+    "failed",
+    "unknown",
+    "unsubscribed",
+    "converted",
+    "revenue",
+    "cost",
+)
+
+
+def _raw_select(is_sqlite: bool, query: FunnelQuery, *extra: ColumnElement[bool]) -> Any:
+    """The funnel over the delivery log itself: one aggregate SELECT, grouped by `query.by`."""
     d = deliveries.c
-    conv = conversions_subquery(db.is_sqlite, query)
+    conv = conversions_subquery(is_sqlite, query)
     status = d.status
     sent = status.in_(SENT_STATUSES)
     clicked = d.clicked_at.is_not(None)
@@ -229,7 +375,7 @@ async def funnel(db: Database, query: FunnelQuery) -> list[FunnelRow]:
     def count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
         return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
-    groups = _group_columns(db.is_sqlite, query.by)
+    groups = _group_columns(is_sqlite, query.by, DELIVERIES, d.step)
     stmt = (
         select(
             *groups,
@@ -248,41 +394,210 @@ async def funnel(db: Database, query: FunnelQuery) -> list[FunnelRow]:
         .select_from(deliveries)
         .outerjoin(conv, conv.c.delivery_id == d.id)
         .outerjoin(unsubs, unsubs.c.delivery_id == d.id)
-        .where(*_delivery_filters(query))
     )
-    if query.campaign is not None or "campaign" in query.by:
-        stmt = stmt.outerjoin(runs, and_(runs.c.workflow_id == d.workflow_id, runs.c.run_id == d.run_id))
-        if query.campaign is not None:
-            stmt = stmt.where(runs.c.campaign == query.campaign)
+    stmt = _grouped_joins(stmt, query.by, DELIVERIES).where(*filters(query, DELIVERIES), *extra)
     if groups:
-        stmt = stmt.group_by(*groups).order_by(*groups)
-    async with db.engine.connect() as conn:
-        rows = (await conn.execute(stmt)).mappings().all()
-    result = []
+        stmt = stmt.group_by(*groups)
+    return stmt
+
+
+def _add(found: dict[tuple[Any, ...], FunnelRow], by: Sequence[str], rows: Sequence[Any]) -> None:
+    """Add aggregate rows into `found` by group (the rollup's and the log's parts of one range)."""
     for row in rows:
-        if not groups and not row["messages"]:
+        if not row["messages"]:
             continue
-        figures = {k: v for k, v in row.items() if k not in query.by}
-        result.append(FunnelRow(key={name: _key_value(row[name]) for name in query.by}, **figures))
-    return result
+        values = {name: _key_value(row[name]) for name in by}
+        item = found.setdefault(tuple(values.values()), FunnelRow(key=dict(values)))
+        for name in FIGURES:
+            setattr(item, name, getattr(item, name) + (row[name] or 0))
+
+
+async def funnel(
+    db: Database, query: FunnelQuery, *, now: datetime | None = None, rollup: bool = True
+) -> list[FunnelRow]:
+    """The funnel per group of `query.by`, ordered by the groups (one row when ungrouped).
+
+    Whole days the daily rollup holds are read from it, the rest of the range from the
+    delivery log (see :func:`refresh_rollup`); `rollup=False` reads everything from the log.
+    The figures are the same either way (the tests hold them equal).
+    """
+    found: dict[tuple[Any, ...], FunnelRow] = {}
+    raw_where: list[ColumnElement[bool]] = []
+    if rollup and _rollup_answers(query):
+        days = rollup_range(query, await refresh_rollup(db, now=now))
+        if days is not None:
+            async with db.engine.connect() as conn:
+                _add(found, query.by, (await conn.execute(_rollup_select(query, *days))).mappings().all())
+            raw_where.append(outside(deliveries.c.created_at, days))
+    async with db.engine.connect() as conn:
+        _add(found, query.by, (await conn.execute(_raw_select(db.is_sqlite, query, *raw_where))).mappings().all())
+    for group, reasons in (await skipped_steps(db, query)).items():
+        item = found.setdefault(group, FunnelRow(key=dict(zip(query.by, group, strict=True))))
+        item.skipped_by_reason = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        item.skipped = sum(reasons.values())
+    return sorted(found.values(), key=lambda row: _sort_key(row.key))
+
+
+# --- The daily rollup -------------------------------------------------------------------
+#
+# Scanning a million messages per question is what made the funnel take seconds. Days that
+# are over (older than ROLLUP_AFTER: every step's wait, late reactions and the default
+# attribution window are behind them) are aggregated once into funnel_daily; the funnel
+# reads them from there and only the recent days from the log. The rollup is built
+# incrementally by whoever asks first after a day closes (compare-and-set on rollup_state,
+# so two readers never add a day twice); a reaction to a message older than ROLLUP_AFTER
+# is not seen until `refresh_rollup(..., rebuild=True)`.
+
+ROLLUP_AFTER = timedelta(days=35)
+ROLLUP_WINDOW = timedelta(days=7)
+ROLLUP_EVENTS = ["purchase"]
+ROLLUP_DIMENSIONS = ("journey", "step", "channel", "campaign", "day", "variant")
+ROLLUP_NAME = "funnel_daily"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+daily: Table = SQLModel.metadata.tables[FunnelDaily.__tablename__]
+rollup_state: Table = SQLModel.metadata.tables[RollupState.__tablename__]
+DAILY = Source(
+    journey=daily.c.journey,
+    time=daily.c.day,
+    customer=None,
+    channel=daily.c.channel,
+    campaign=daily.c.campaign,
+    variant=daily.c.variant,
+)
+
+
+def _rollup_answers(query: FunnelQuery) -> bool:
+    """Whether the rollup holds what `query` asks (no segments, the default attribution)."""
+    return (
+        query.segment is None
+        and all(name in ROLLUP_DIMENSIONS for name in query.by)
+        and query.attribution_window == ROLLUP_WINDOW
+        and query.conversion_events == ROLLUP_EVENTS
+    )
+
+
+def _utc(at: datetime) -> datetime:
+    return at.astimezone(UTC) if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _midnight(at: datetime) -> datetime:
+    """The start (UTC) of the day `at` falls in."""
+    return _utc(at).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _next_midnight(at: datetime) -> datetime:
+    """`at` itself when it is a midnight (UTC), else the next one."""
+    start = _midnight(at)
+    return start if start == _utc(at) else start + timedelta(days=1)
+
+
+def _rollup_select(query: FunnelQuery, start: datetime | None, end: datetime) -> Any:
+    """The rollup's rows of whole days [start, end), grouped by `query.by`."""
+    c = daily.c
+    columns = {
+        "journey": c.journey,
+        "step": c.step,
+        "channel": c.channel,
+        "campaign": c.campaign,
+        "day": c.day,
+        "variant": c.variant,
+    }
+    groups = [columns[name].label(name) for name in query.by]
+    sums = [sql_cast(func.coalesce(func.sum(c[name]), 0), c[name].type).label(name) for name in FIGURES]
+    untimed = query.model_copy(update={"since": None, "until": None})
+    where = [*filters(untimed, DAILY), c.day < end.date()]
+    if start is not None:
+        where.append(c.day >= start.date())
+    stmt = select(*groups, *sums).where(*where)
+    return stmt.group_by(*groups) if groups else stmt
+
+
+Build = Callable[[AsyncConnection, datetime, datetime], Awaitable[None]]
+
+
+async def advance_rollup(
+    db: Database, name: str, table: Table, build: Build, *, now: datetime | None = None, rebuild: bool = False
+) -> datetime:
+    """Move rollup `name` up to the last closed day: `build` adds the rows of [from, to) to
+    `table` (whose `day` column says which day a row is). Returns the time it now reaches.
+
+    Compare-and-set on rollup_state: of two readers that find the same days closed, one
+    builds them and the other reads what was there. `rebuild` starts from nothing.
+    """
+    cutoff = _midnight((now or datetime.now(UTC)) - ROLLUP_AFTER)
+    s = rollup_state.c
+    async with db.engine.begin() as conn:
+        if rebuild:
+            await conn.execute(delete(table))
+            await conn.execute(delete(rollup_state).where(s.name == name))
+        row = (await conn.execute(select(s.until).where(s.name == name))).scalar_one_or_none()
+        if row is None:
+            await conn.execute(
+                insert_ignoring_conflicts(db, RollupState).values(name=name, until=_EPOCH).on_conflict_do_nothing()
+            )
+            row = _EPOCH
+        built = row if row.tzinfo else row.replace(tzinfo=UTC)
+        if built >= cutoff:
+            return built
+        moved = await conn.execute(update(rollup_state).where(s.name == name, s.until == row).values(until=cutoff))
+        if moved.rowcount != 1:
+            return built
+        await conn.execute(delete(table).where(table.c.day >= built.date(), table.c.day < cutoff.date()))
+        await build(conn, built, cutoff)
+    return cutoff
+
+
+async def refresh_rollup(db: Database, *, now: datetime | None = None, rebuild: bool = False) -> datetime:
+    """Roll the funnel of the days that closed since the last call into funnel_daily; the time it reaches.
+
+    `rebuild` starts again from nothing (after a late change to old messages).
+    """
+
+    async def build(conn: AsyncConnection, since: datetime, until: datetime) -> None:
+        day_query = FunnelQuery(since=since, until=until, by=list(ROLLUP_DIMENSIONS))
+        aggregate = _raw_select(db.is_sqlite, day_query).subquery("day_rows")
+        columns = ["day", "journey", "step", "channel", "campaign", "variant", *FIGURES]
+        await conn.execute(insert(daily).from_select(columns, select(*(aggregate.c[name] for name in columns))))
+
+    return await advance_rollup(db, ROLLUP_NAME, daily, build, now=now, rebuild=rebuild)
+
+
+def rollup_range(query: FunnelQuery, frozen_until: datetime) -> tuple[datetime | None, datetime] | None:
+    """The whole days [start, end) of `query`'s range a rollup built up to `frozen_until` holds (None: none)."""
+    start = _next_midnight(query.since) if query.since is not None else None
+    end = min(_midnight(query.until), frozen_until) if query.until is not None else frozen_until
+    return (start, end) if start is None or start < end else None
+
+
+def outside(column: Any, days: tuple[datetime | None, datetime]) -> ColumnElement[bool]:
+    """`column` falls outside the rolled-up days: those rows are read from the log."""
+    start, end = days
+    return or_(column < start, column >= end) if start is not None else column >= end
+
+
+async def skipped_steps(db: Database, query: FunnelQuery) -> dict[tuple[Any, ...], dict[str, int]]:
+    """Skipped steps per group of `query.by` (key values in its order): reason -> count."""
+    s = skips.c
+    groups = _group_columns(db.is_sqlite, query.by, SKIPS, s.step)
+    stmt = select(*groups, s.reason, func.count().label("n")).select_from(skips)
+    stmt = _grouped_joins(stmt, query.by, SKIPS).where(*filters(query, SKIPS))
+    stmt = stmt.group_by(*groups, s.reason)
+    out: dict[tuple[Any, ...], dict[str, int]] = {}
+    async with db.engine.connect() as conn:
+        for row in (await conn.execute(stmt)).mappings():
+            key = tuple(_key_value(row[name]) for name in query.by)
+            out.setdefault(key, {})[row["reason"]] = int(row["n"])
+    return out
 
 
 async def entries(db: Database, query: FunnelQuery) -> list[EntryRow]:
     """Journey runs started in the range, per journey/campaign/day of `query.by` (others ignored)."""
     r = runs.c
     by = [name for name in query.by if name in ("journey", "campaign", "day")]
-    columns = {"journey": r.journey, "campaign": r.campaign, "day": _day(db.is_sqlite, r.started_at)}
+    columns = {"journey": r.journey, "campaign": r.campaign, "day": day_of(db.is_sqlite, r.started_at)}
     groups = [columns[name].label(name) for name in by]
     outcome = func.coalesce(r.outcome, "running").label("outcome")
-    stmt = select(*groups, outcome, func.count().label("runs")).select_from(runs)
-    if query.journey is not None:
-        stmt = stmt.where(r.journey == query.journey)
-    if query.campaign is not None:
-        stmt = stmt.where(r.campaign == query.campaign)
-    if query.since is not None:
-        stmt = stmt.where(r.started_at >= query.since)
-    if query.until is not None:
-        stmt = stmt.where(r.started_at < query.until)
+    stmt = select(*groups, outcome, func.count().label("runs")).select_from(runs).where(*filters(query, RUNS))
     stmt = stmt.group_by(*groups, outcome).order_by(*groups, outcome)
     async with db.engine.connect() as conn:
         rows = (await conn.execute(stmt)).mappings().all()
@@ -312,7 +627,7 @@ async def reaction_times(db: Database, query: FunnelQuery) -> list[ReactionTimes
     bucket = case(*whens, else_=REACT_BUCKETS[-1][1]).label("bucket")
     inner = (
         select(d.channel.label("channel"), delay.label("delay"), bucket)
-        .where(d.sent_at.is_not(None), reacted_at.is_not(None), *_delivery_filters(query))
+        .where(d.sent_at.is_not(None), reacted_at.is_not(None), *filters(query, DELIVERIES))
         .subquery("reacted")
     )
     stmt = (

@@ -30,15 +30,45 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, Float, Integer, String, and_, case, exists, func, literal, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Integer,
+    String,
+    Table,
+    and_,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 
-from analytics.funnel import SENT_STATUSES, FunnelQuery, FunnelRow, deliveries, funnel, runs
+from analytics.funnel import (
+    RUNS,
+    SENT_STATUSES,
+    FunnelQuery,
+    FunnelRow,
+    Source,
+    advance_rollup,
+    day_of,
+    deliveries,
+    filters,
+    funnel,
+    outside,
+    rollup_range,
+    runs,
+)
 from analytics.savings_model import (
     JourneyRunCosts,
     RunSavings,
@@ -49,9 +79,17 @@ from analytics.savings_model import (
 from cascade.infra.db import Database
 from cascade.journeys.files import JourneyDefinitionError, load_journey, resolve_journey_path
 from models.journey import JourneySpec
-from models.tables import Consent, ContactPoint, ContactStatus, Customer, Topic
+from models.tables import Consent, ContactPoint, ContactStatus, Customer, SavingsDaily, Topic
 
 contact_points = SQLModel.metadata.tables[ContactPoint.__tablename__]
+savings_daily: Table = SQLModel.metadata.tables[SavingsDaily.__tablename__]
+SAVINGS_ROLLUP = "savings_daily"
+SAVINGS_DAYS = Source(
+    journey=savings_daily.c.journey,
+    time=savings_daily.c.day,
+    customer=None,
+    campaign=savings_daily.c.campaign,
+)
 consents = SQLModel.metadata.tables[Consent.__tablename__]
 customers = SQLModel.metadata.tables[Customer.__tablename__]
 
@@ -131,24 +169,10 @@ def _load_specs(names: set[str], given: Mapping[str, JourneySpec] | None) -> dic
     return specs
 
 
-def _run_filters(query: FunnelQuery) -> list[ColumnElement[bool]]:
-    r = runs.c
-    where: list[ColumnElement[bool]] = []
-    if query.journey is not None:
-        where.append(r.journey == query.journey)
-    if query.campaign is not None:
-        where.append(r.campaign == query.campaign)
-    if query.since is not None:
-        where.append(r.started_at >= query.since)
-    if query.until is not None:
-        where.append(r.started_at < query.until)
-    return where
-
-
 async def _usable_channels(db: Database, query: FunnelQuery) -> dict[tuple[str, str], set[str]]:
     """(customer, topic) -> channels usable now, for the customers of the runs in range."""
     cp, co = contact_points.c, consents.c
-    in_range = select(runs.c.customer_id).where(*_run_filters(query))
+    in_range = select(runs.c.customer_id).where(*filters(query, RUNS))
     stmt = (
         select(cp.customer_id, cp.channel, cp.status, co.topic, co.granted)
         .select_from(contact_points)
@@ -184,7 +208,7 @@ async def run_costs(
         select(r.workflow_id, r.run_id, r.journey, r.customer_id, d.step, d.channel, d.status, d.cost)
         .select_from(runs)
         .outerjoin(deliveries, and_(d.workflow_id == r.workflow_id, d.run_id == r.run_id))
-        .where(*_run_filters(query))
+        .where(*filters(query, RUNS))
         .order_by(r.id, d.step)
     )
     async with db.engine.connect() as conn:
@@ -272,69 +296,87 @@ def _price(channel: Any, prices: Mapping[str, float]) -> Any:
     )
 
 
-def _usable_now(customer: Any, channel: Any, topic: Any) -> ColumnElement[bool]:
-    """The send activity's rule (cascade.profiles.contacts), as a correlated EXISTS."""
-    cp, co = contact_points.c, consents.c
-    marketing_ok = and_(
-        cp.status != ContactStatus.UNSUBSCRIBED.value,
-        exists().where(
-            co.customer_id == cp.customer_id,
-            co.channel == cp.channel,
-            co.topic == Topic.MARKETING.value,
-            co.granted.is_(True),
-        ),
-    )
-    transactional_ok = ~exists().where(
-        co.customer_id == cp.customer_id,
-        co.channel == cp.channel,
-        co.topic == Topic.TRANSACTIONAL.value,
-        co.granted.is_(False),
-    )
-    return exists().where(
-        cp.customer_id == customer,
-        cp.channel == channel,
-        cp.status.not_in(_DEAD),
-        exists().where(customers.c.id == cp.customer_id, customers.c.erased_at.is_(None)),
-        or_(and_(topic == Topic.MARKETING.value, marketing_ok), and_(topic != Topic.MARKETING.value, transactional_ok)),
+def _reach(customers_in_range: Any) -> Any:
+    """Per (customer, channel): usable now for marketing, and for transactional messages.
+
+    The send activity's rule (cascade.profiles.contacts) aggregated once and hash-joined:
+    a correlated EXISTS per unsent step probed the contact points and consents hundreds of
+    thousands of times.
+    """
+    cp = contact_points.c
+    marketing = consents.alias("marketing_consent")
+    transactional = consents.alias("transactional_consent")
+    mk, tr = marketing.c, transactional.c
+    marketing_ok = and_(cp.status != ContactStatus.UNSUBSCRIBED.value, mk.granted.is_(True))
+    return (
+        select(
+            cp.customer_id.label("customer_id"),
+            cp.channel.label("channel"),
+            func.max(case((marketing_ok, 1), else_=0)).label("marketing"),
+            func.max(case((tr.granted.is_(False), 0), else_=1)).label("transactional"),
+        )
+        .select_from(contact_points)
+        .join(customers, and_(customers.c.id == cp.customer_id, customers.c.erased_at.is_(None)))
+        .outerjoin(
+            marketing,
+            and_(mk.customer_id == cp.customer_id, mk.channel == cp.channel, mk.topic == Topic.MARKETING.value),
+        )
+        .outerjoin(
+            transactional,
+            and_(tr.customer_id == cp.customer_id, tr.channel == cp.channel, tr.topic == Topic.TRANSACTIONAL.value),
+        )
+        .where(cp.status.not_in(_DEAD), cp.customer_id.in_(customers_in_range))
+        .group_by(cp.customer_id, cp.channel)
+        .subquery("reach")
     )
 
 
-async def savings_report(
+async def _savings_select(
     db: Database,
     query: FunnelQuery,
     prices: Mapping[str, float],
-    currency: str,
-    specs: Mapping[str, JourneySpec] | None = None,
-) -> SavingsReport:
-    """Savings of the runs started in range, in total and per journey, computed in SQL.
-
-    The same figures as judging every run with :func:`run_costs` and
-    :func:`analytics.savings_model.run_savings` (the tests hold them equal), aggregated in
-    the database so a million messages need not travel to Python.
-    """
+    specs: Mapping[str, JourneySpec] | None,
+    extra: Sequence[ColumnElement[bool]] = (),
+    *,
+    per_day: bool = False,
+) -> Any:
+    """Runs, actual cost and the two counterfactuals per journey (and per start day and
+    campaign with `per_day`) of the runs `query` and `extra` select."""
     d, r = deliveries.c, runs.c
+    where = [*filters(query, RUNS), *extra]
     async with db.engine.connect() as conn:
-        names = {row[0] for row in await conn.execute(select(r.journey).where(*_run_filters(query)).distinct())}
+        names = {row[0] for row in await conn.execute(select(r.journey).where(*where).distinct())}
     journeys = _load_specs(names, specs)
     plan = _plan_rows(journeys, prices)
-    in_range = select(r.workflow_id, r.run_id, r.journey, r.customer_id).where(*_run_filters(query)).subquery("r")
+    # Runs are grouped by their integer id: sorting a million wide text keys was most of the time.
+    in_range = (
+        select(
+            r.id,
+            r.workflow_id,
+            r.run_id,
+            r.journey,
+            r.customer_id,
+            r.campaign,
+            day_of(db.is_sqlite, r.started_at).label("day"),
+        )
+        .where(*where)
+        .subquery("r")
+    )
+    run_columns = (
+        in_range.c.id.label("run_key"),
+        in_range.c.workflow_id,
+        in_range.c.run_id,
+        in_range.c.journey,
+        in_range.c.customer_id,
+        in_range.c.campaign,
+        in_range.c.day,
+    )
     # Every planned step of every run; runs of a journey without a file: the steps they logged.
     planned = select(
-        in_range.c.workflow_id,
-        in_range.c.run_id,
-        in_range.c.journey,
-        in_range.c.customer_id,
-        plan.c.step,
-        plan.c.channel,
-        plan.c.price,
-        plan.c.topic,
-        literal(True).label("known"),
+        *run_columns, plan.c.step, plan.c.channel, plan.c.price, plan.c.topic, literal(True).label("known")
     ).join(plan, plan.c.journey == in_range.c.journey)
     logged = select(
-        in_range.c.workflow_id,
-        in_range.c.run_id,
-        in_range.c.journey,
-        in_range.c.customer_id,
+        *run_columns,
         d.step,
         d.channel,
         _price(d.channel, prices).label("price"),
@@ -346,15 +388,16 @@ async def savings_report(
     steps = union_all(planned, logged).subquery("steps")
     sent = d.status.in_(SENT_STATUSES)
     cost = case((sent, d.cost), else_=steps.c.price)
+    reach = _reach(select(r.customer_id).where(*where))
+    reachable = case((steps.c.topic == Topic.MARKETING.value, reach.c.marketing == 1), else_=reach.c.transactional == 1)
     usable = or_(
         d.id.is_not(None),  # sent or tried: a contact point was found
-        and_(steps.c.known, _usable_now(steps.c.customer_id, steps.c.channel, steps.c.topic)),
+        and_(steps.c.known, reachable),
     )
+    run_keys = [steps.c.run_key, steps.c.journey, *((steps.c.day, steps.c.campaign) if per_day else ())]
     per_channel = (
         select(
-            steps.c.workflow_id,
-            steps.c.run_id,
-            steps.c.journey,
+            *run_keys,
             func.sum(case((sent, d.cost), else_=0.0)).label("actual"),
             func.max(case((usable, cost), else_=None)).label("usable_cost"),
         )
@@ -363,33 +406,101 @@ async def savings_report(
             deliveries,
             and_(d.workflow_id == steps.c.workflow_id, d.run_id == steps.c.run_id, d.step == steps.c.step),
         )
-        .group_by(steps.c.workflow_id, steps.c.run_id, steps.c.journey, steps.c.channel)
+        .outerjoin(reach, and_(reach.c.customer_id == steps.c.customer_id, reach.c.channel == steps.c.channel))
+        .group_by(*run_keys, steps.c.channel)
         .subquery("per_channel")
     )
+    keys = [per_channel.c[c.name] for c in run_keys]
     per_run = (
         select(
-            per_channel.c.journey,
+            *keys,
             func.sum(per_channel.c.actual).label("actual"),
             func.sum(func.coalesce(per_channel.c.usable_cost, 0.0)).label("all_usable"),
             func.max(func.coalesce(per_channel.c.usable_cost, 0.0)).label("dearest"),
         )
-        .group_by(per_channel.c.workflow_id, per_channel.c.run_id, per_channel.c.journey)
+        .group_by(*keys)
         .subquery("per_run")
     )
-    stmt = (
-        select(
-            per_run.c.journey,
-            func.count().label("runs"),
-            sql_cast(func.sum(per_run.c.actual), Float).label("actual"),
-            sql_cast(func.sum(per_run.c.all_usable), Float).label("all_usable"),
-            sql_cast(func.sum(per_run.c.dearest), Float).label("dearest"),
-        )
-        .group_by(per_run.c.journey)
-        .order_by(per_run.c.journey)
-    )
+    groups = [per_run.c.journey, *((per_run.c.day, per_run.c.campaign) if per_day else ())]
+    return select(
+        *groups,
+        func.count().label("runs"),
+        sql_cast(func.coalesce(func.sum(per_run.c.actual), 0.0), Float).label("actual"),
+        sql_cast(func.coalesce(func.sum(per_run.c.all_usable), 0.0), Float).label("all_usable"),
+        sql_cast(func.coalesce(func.sum(per_run.c.dearest), 0.0), Float).label("dearest"),
+    ).group_by(*groups)
+
+
+async def refresh_savings_rollup(
+    db: Database,
+    prices: Mapping[str, float],
+    specs: Mapping[str, JourneySpec] | None = None,
+    *,
+    now: datetime | None = None,
+    rebuild: bool = False,
+) -> datetime:
+    """Roll the savings of runs started on days that closed since the last call into savings_daily."""
+
+    async def build(conn: AsyncConnection, since: datetime, until: datetime) -> None:
+        stmt = await _savings_select(db, FunnelQuery(since=since, until=until), prices, specs, per_day=True)
+        day_rows = stmt.subquery("day_rows")
+        columns = ["day", "journey", "campaign", "runs", "actual", "all_usable", "dearest"]
+        await conn.execute(insert(savings_daily).from_select(columns, select(*(day_rows.c[c] for c in columns))))
+
+    return await advance_rollup(db, SAVINGS_ROLLUP, savings_daily, build, now=now, rebuild=rebuild)
+
+
+async def savings_report(
+    db: Database,
+    query: FunnelQuery,
+    prices: Mapping[str, float],
+    currency: str,
+    specs: Mapping[str, JourneySpec] | None = None,
+    *,
+    now: datetime | None = None,
+    rollup: bool = True,
+) -> SavingsReport:
+    """Savings of the runs started in range, in total and per journey, computed in SQL.
+
+    The same figures as judging every run with :func:`run_costs` and
+    :func:`analytics.savings_model.run_savings` (the tests hold them equal), aggregated in
+    the database so a million messages need not travel to Python. Runs started on days
+    the savings rollup holds are read from it (judged when the day was rolled up), the
+    others from the log; `rollup=False` judges every run now.
+    """
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+
+    def add(rows: Sequence[Any]) -> None:
+        for row in rows:
+            item = totals[row.journey]
+            for i, value in enumerate((row.runs, row.actual, row.all_usable, row.dearest)):
+                item[i] += value or 0
+
+    extra: list[ColumnElement[bool]] = []
+    if rollup and query.segment is None:
+        days = rollup_range(query, await refresh_savings_rollup(db, prices, specs, now=now))
+        if days is not None:
+            c = savings_daily.c
+            untimed = query.model_copy(update={"since": None, "until": None})
+            where = [*filters(untimed, SAVINGS_DAYS), c.day < days[1].date()]
+            if days[0] is not None:
+                where.append(c.day >= days[0].date())
+            stmt = select(
+                c.journey,
+                func.sum(c.runs).label("runs"),
+                func.sum(c.actual).label("actual"),
+                func.sum(c.all_usable).label("all_usable"),
+                func.sum(c.dearest).label("dearest"),
+            ).where(*where)
+            async with db.engine.connect() as conn:
+                add((await conn.execute(stmt.group_by(c.journey))).all())
+            extra.append(outside(runs.c.started_at, days))
+    stmt = await _savings_select(db, query, prices, specs, extra)
     async with db.engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
-    groups = {row.journey: _summary(row.runs, row.actual, row.all_usable, row.dearest) for row in rows}
+        add((await conn.execute(stmt)).all())
+    groups = {
+        name: _summary(int(item[0]), item[1], item[2], item[3]) for name, item in sorted(totals.items()) if item[0]
+    }
     total = _summary(
         sum(g.runs for g in groups.values()),
         math.fsum(g.actual for g in groups.values()),

@@ -10,7 +10,10 @@
    (asyncpg ``copy_records_to_table``) into a schema of its own in 127.0.0.1:5432/test,
    migrated first, so the indexes of migration 0010 are there; then ANALYZE.
 2. **Queries** (median of --repeat runs, wall time from the Python call): the funnel by
-   channel, by journey and step, time to react, cost by channel, and the savings report.
+   channel, by journey and step, time to react, cost by channel, and the savings report,
+   after the daily rollups are built (their build time is printed); the same funnel and
+   one campaign's savings read from the log alone; and a raw-SQL baseline measured in the
+   same run (one GROUP BY over every message), with each query's ratio to it.
 3. **Console**: the overview and a journey page served by uvicorn (the console router on the
    same database), 20 loads each after one warm-up: p50 / p95.
 4. **Backtest**: the last campaign of winback forecast from the history before it, the
@@ -43,8 +46,8 @@ from sqlalchemy import text
 
 from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import backtest_campaign
-from analytics.funnel import FunnelQuery, funnel, reaction_times
-from analytics.money import cost_report, savings_report
+from analytics.funnel import FunnelQuery, funnel, reaction_times, refresh_rollup
+from analytics.money import cost_report, refresh_savings_rollup, savings_report
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
 from cascade.journeys.files import load_journey
@@ -276,6 +279,7 @@ async def main() -> None:
     parser.add_argument("--loads", type=int, default=20, help="console page loads per page (0: skip)")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--reuse", metavar="SCHEMA", help="measure a schema kept by an earlier --keep run")
+    parser.add_argument("--load-only", action="store_true", help="generate and load a kept schema, measure nothing")
     args = parser.parse_args()
 
     result: dict[str, Any] = {}
@@ -292,6 +296,10 @@ async def main() -> None:
         await migrate(db.engine)
         result["copy_load_s"] = round(await load(schema, tables), 1)
         del tables
+        if args.load_only:
+            await db.dispose()
+            print(json.dumps({**result, "schema": schema}, indent=2))
+            return
     try:
         async with db.engine.connect() as conn:
             for table in ("deliveries", "journey_runs", "customers", "engagement_events"):
@@ -300,6 +308,31 @@ async def main() -> None:
         settings = Settings(channel_costs=PRICES, console_days=3650)
         now = datetime.now(UTC)
         everything = FunnelQuery(since=now - timedelta(days=3650))
+        # Baseline in the same run: the cheapest SQL that reads every message once (the load
+        # of the machine weighs on it as on the reports; ratios below are against it).
+        baseline = text("SELECT channel, count(*), sum(cost) FROM deliveries GROUP BY channel")
+
+        async def scan() -> None:
+            async with db.engine.connect() as conn:
+                (await conn.execute(baseline)).all()
+
+        result["baseline_scan_s"] = round(await timed(scan, args.repeat), 3)
+        # The rollups, built from nothing once (later calls add only the days that closed).
+        started = time.perf_counter()
+        await refresh_rollup(db, rebuild=True)
+        await refresh_savings_rollup(db, PRICES, rebuild=True)
+        result["rollup_build_s"] = round(time.perf_counter() - started, 1)
+        print("rollup build", result["rollup_build_s"], file=sys.stderr, flush=True)
+        log_only: dict[str, Callable[[], Awaitable[Any]]] = {
+            "funnel_by_channel": lambda: funnel(db, everything.model_copy(update={"by": ["channel"]}), rollup=False),
+            "savings_one_campaign": lambda: savings_report(
+                db, FunnelQuery(campaign="winback-5"), PRICES, "USD", rollup=False
+            ),
+        }
+        result["log_only_s"] = {}
+        for name, call in log_only.items():
+            result["log_only_s"][name] = round(await timed(call, 1), 3)
+            print("log only", name, result["log_only_s"][name], file=sys.stderr, flush=True)
         queries: dict[str, Callable[[], Awaitable[Any]]] = {
             "funnel_by_channel": lambda: funnel(db, everything.model_copy(update={"by": ["channel"]})),
             "funnel_by_journey_step": lambda: funnel(db, everything.model_copy(update={"by": ["journey", "step"]})),
@@ -313,6 +346,9 @@ async def main() -> None:
         for name, call in queries.items():
             result["query_median_s"][name] = round(await timed(call, args.repeat), 3)
             print(name, result["query_median_s"][name], file=sys.stderr, flush=True)
+        result["ratio_to_baseline"] = {
+            name: round(seconds / result["baseline_scan_s"], 2) for name, seconds in result["query_median_s"].items()
+        }
         savings = await savings_report(db, everything, PRICES, "USD")
         result["savings"] = {
             "actual": round(savings.total.actual, 2),

@@ -21,10 +21,24 @@ class RecordRunStartedInput(BaseModel):
     started_at: datetime
 
 
+class SkippedStep(BaseModel):
+    """A step of the run that sent nothing, and the reason the journey's state gives."""
+
+    step: int
+    channel: str
+    reason: str
+
+
 class RecordRunFinishedInput(BaseModel):
-    """A journey run ended, and how (an outcome, not a reason text)."""
+    """A journey run ended, and how (an outcome, not a reason text); its skipped steps for the funnel."""
 
     workflow_id: str
     run_id: str
     outcome: str = Field(max_length=32)
     finished_at: datetime
+    # Empty from journeys that ended before skips were recorded (patch `record-skips`).
+    journey: str | None = None
+    customer_id: str | None = None
+    campaign: str | None = None
+    variant: str | None = None
+    skipped: list[SkippedStep] = Field(default_factory=list)

@@ -545,3 +545,93 @@ class SegmentMembership(SQLModel, table=True):
     customer_id: str = Field(max_length=128)
     entered_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     exited_at: datetime | None = _ts()
+
+
+class StepSkip(SQLModel, table=True):
+    """A journey step that sent nothing, and why (no usable contact, a condition, a cap...).
+
+    A skipped step leaves no row in the delivery log; its reason lives in the journey's
+    state. The journey writes its skipped steps here when it ends (activities/runs.py),
+    so the funnel can count them by reason. `skipped_at` is the run's end: the state does
+    not time each skip.
+    """
+
+    __tablename__ = "step_skips"
+    __table_args__ = (
+        UniqueConstraint("workflow_id", "run_id", "step"),
+        Index("ix_step_skips_journey_time", "journey", "skipped_at"),
+        Index("ix_step_skips_time", "skipped_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: str = Field(max_length=512)
+    run_id: str = Field(max_length=64)
+    journey: str = Field(max_length=64)
+    campaign: str | None = Field(default=None, max_length=128)
+    variant: str | None = Field(default=None, max_length=32)
+    customer_id: str = Field(index=True, max_length=128)
+    step: int
+    channel: str = Field(max_length=32)
+    reason: str = Field(max_length=200)
+    skipped_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class FunnelDaily(SQLModel, table=True):
+    """The funnel's figures per day and journey/step/channel/campaign/variant, for closed days.
+
+    A day is rolled up once it is older than `analytics_freeze_days` (by then its messages'
+    reactions and attributed purchases are in); the funnel reads these rows for such days
+    and the delivery log for the rest (analytics.funnel). Conversions are counted with the
+    default attribution (7 days, `purchase`); a funnel asked with other ones reads the log.
+    """
+
+    __tablename__ = "funnel_daily"
+    __table_args__ = (Index("ix_funnel_daily_day_journey", "day", "journey"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    journey: str = Field(max_length=64)
+    step: int
+    channel: str = Field(max_length=32)
+    campaign: str | None = Field(default=None, max_length=128)
+    variant: str | None = Field(default=None, max_length=32)
+    messages: int = 0
+    sent: int = 0
+    delivered: int = 0
+    opened: int = 0
+    clicked: int = 0
+    failed: int = 0
+    unknown: int = 0
+    unsubscribed: int = 0
+    converted: int = 0
+    revenue: float = 0.0
+    cost: float = 0.0
+
+
+class RollupState(SQLModel, table=True):
+    """How far a rollup has been built: everything before `until` is in it."""
+
+    __tablename__ = "rollup_state"
+
+    name: str = Field(primary_key=True, max_length=64)
+    until: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class SavingsDaily(SQLModel, table=True):
+    """Savings of the journey runs started on one day, per journey and campaign, for closed days.
+
+    Built like funnel_daily (analytics.money): the counterfactuals are judged with the
+    prices, journey files and contacts of the time the day was rolled up.
+    """
+
+    __tablename__ = "savings_daily"
+    __table_args__ = (Index("ix_savings_daily_day_journey", "day", "journey"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    journey: str = Field(max_length=64)
+    campaign: str | None = Field(default=None, max_length=128)
+    runs: int = 0
+    actual: float = 0.0
+    all_usable: float = 0.0
+    dearest: float = 0.0

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
-from analytics.funnel import deliveries, events, runs
+from analytics.funnel import deliveries, events, memberships, runs, skips
 from cascade.infra.db import Database
 from models.tables import Consent, ContactPoint, Customer
 
@@ -24,6 +24,8 @@ class History:
     runs: list[dict[str, Any]] = field(default_factory=list)
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    skips: list[dict[str, Any]] = field(default_factory=list)
+    memberships: list[dict[str, Any]] = field(default_factory=list)
 
     def run(
         self, journey: str, customer: str, *, campaign: str | None = None, at: datetime = T0, outcome: str | None = None
@@ -58,6 +60,7 @@ class History:
         status: str = "delivered",
         opened_after: timedelta | None = None,
         clicked_after: timedelta | None = None,
+        variant: str | None = None,
     ) -> int:
         """A message of `run`; returns its delivery id."""
         n = next(_ids)
@@ -80,6 +83,7 @@ class History:
                 "opened_at": at + opened_after if opened_after is not None else None,
                 "clicked_at": at + clicked_after if clicked_after is not None else None,
                 "failed_at": at if status == "failed" else None,
+                "variant": variant,
             }
         )
         return n
@@ -108,12 +112,59 @@ class History:
             }
         )
 
+    def skip(
+        self,
+        run: tuple[str, str],
+        journey: str,
+        customer: str,
+        step: int,
+        channel: str,
+        reason: str,
+        *,
+        at: datetime = T0,
+        campaign: str | None = None,
+        variant: str | None = None,
+    ) -> None:
+        """A step of `run` that sent nothing, as the journey records it when it ends."""
+        self.skips.append(
+            {
+                "workflow_id": run[0],
+                "run_id": run[1],
+                "journey": journey,
+                "campaign": campaign,
+                "variant": variant,
+                "customer_id": customer,
+                "step": step,
+                "channel": channel,
+                "reason": reason,
+                "skipped_at": at,
+            }
+        )
+
+    def member(self, customer: str, segment: str, entered: datetime, exited: datetime | None = None) -> None:
+        """A stretch of time `customer` was in `segment`."""
+        self.memberships.append(
+            {"segment": segment, "customer_id": customer, "entered_at": entered, "exited_at": exited}
+        )
+
     async def save(self, db: Database) -> None:
-        """Insert every row (runs, then deliveries, then events)."""
+        """Insert every row (runs, then deliveries, events, skips and memberships)."""
+        tables = (
+            (runs, self.runs),
+            (deliveries, self.deliveries),
+            (events, self.events),
+            (skips, self.skips),
+            (memberships, self.memberships),
+        )
         async with db.engine.begin() as conn:
-            for table, rows in ((runs, self.runs), (deliveries, self.deliveries), (events, self.events)):
+            for table, rows in tables:
                 if rows:
                     await conn.execute(insert(table), rows)
+            if not db.is_sqlite and self.deliveries:
+                # The rows carry their own ids: move the sequence past them so later inserts get new ones.
+                await conn.execute(
+                    text("SELECT setval(pg_get_serial_sequence('deliveries', 'id'), (SELECT max(id) FROM deliveries))")
+                )
 
 
 async def add_customer(db: Database, customer: str, usable: dict[str, bool]) -> None:

@@ -8,7 +8,9 @@ import pytest
 
 from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import audience_size, backtest_campaign, channel_history, forecast_journey
+from cascade.audiences.service import load_segments
 from cascade.infra.db import Database
+from cascade.infra.settings import Settings
 from cascade.journeys.files import load_journey
 from models.tables import Customer
 from tests.analytics_rows import T0, History
@@ -90,6 +92,26 @@ async def test_audience_counted_from_the_entry_conditions(any_db: Database) -> N
     assert await audience_size(any_db, load_journey("welcome")) == 2  # no entry conditions: every live customer
     result = await forecast_journey(any_db, load_journey("winback"), PRICES, settings=FAST)
     assert result.forecast.audience == 1 and "entry conditions" in result.audience_source
+
+
+async def test_audience_of_a_segment_is_its_compiled_count(any_db: Database) -> None:
+    now = datetime.now(UTC)
+    async with any_db.session() as session:
+        # dormant: last purchase 90-365 days ago (the built-in thresholds).
+        session.add(Customer(id="d1", last_purchase_at=now - timedelta(days=120)))
+        session.add(Customer(id="d2", last_purchase_at=now - timedelta(days=200)))
+        session.add(Customer(id="recent", last_purchase_at=now - timedelta(days=3)))
+        session.add(Customer(id="gone", last_purchase_at=now - timedelta(days=120), erased_at=now))
+    catalog = load_segments(Settings())
+    result = await forecast_journey(
+        any_db, load_journey("winback"), PRICES, segment="dormant", catalog=catalog, settings=FAST
+    )
+    assert result.forecast.audience == 2 and result.segment == "dormant"
+    assert result.audience_source == "2 customers are in segment dormant now"
+    with pytest.raises(ValueError, match="segment: no segment named 'nobody'"):
+        await forecast_journey(any_db, load_journey("winback"), PRICES, segment="nobody", catalog=catalog)
+    with pytest.raises(ValueError, match="not both"):
+        await forecast_journey(any_db, load_journey("winback"), PRICES, audience=5, segment="dormant", catalog=catalog)
 
 
 async def test_backtest_of_a_past_campaign_uses_only_the_data_before_it(any_db: Database) -> None:

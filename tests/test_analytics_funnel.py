@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import func, select
 
-from analytics.funnel import FunnelQuery, entries, funnel, reaction_times
+from analytics.funnel import FunnelQuery, daily, entries, funnel, reaction_times
 from cascade.infra.db import Database
 from tests.analytics_rows import T0, History
 
@@ -129,3 +130,107 @@ async def test_time_to_react_per_channel(any_db: Database) -> None:
     assert email.buckets["1-10 min"] == 1 and email.buckets["1-3 days"] == 1
     assert email.mean_seconds == pytest.approx((180 + 2 * 86400) / 2, rel=1e-4)
     assert times["sms"].buckets["1-6 h"] == 1
+
+
+def _arms_and_segments() -> History:
+    """Two arms of an experiment, two segments over time, and steps skipped for reasons."""
+    h = History()
+    day = timedelta(days=1)
+    # ann: arm "plain", in `dormant` when the email went out (she left it after buying).
+    r = h.run("winback", "ann", campaign="autumn", outcome="reacted")
+    h.send(
+        r, "winback", "ann", 0, "email", cost=0.001, status="clicked", clicked_after=timedelta(hours=1), variant="plain"
+    )
+    h.event("ann", "purchase", T0 + day, amount=40.0)
+    h.member("ann", "dormant", T0 - 30 * day, exited=T0 + day)
+    h.member("ann", "active", T0 + day)
+    # bob: arm "personal", dormant throughout; his email step was skipped, the sms sent.
+    r = h.run("winback", "bob", campaign="autumn", outcome="exhausted")
+    h.skip(r, "winback", "bob", 0, "email", "no usable email contact point", campaign="autumn", variant="personal")
+    h.send(r, "winback", "bob", 2, "sms", cost=0.05, variant="personal")
+    h.member("bob", "dormant", T0 - 60 * day)
+    # cid: arm "plain", joined `dormant` only after his message: not counted in it.
+    r = h.run("winback", "cid", campaign="autumn", outcome="exhausted")
+    h.send(r, "winback", "cid", 0, "email", cost=0.001, variant="plain")
+    h.skip(r, "winback", "cid", 1, "telegram", "no usable telegram contact point", campaign="autumn", variant="plain")
+    h.skip(r, "winback", "cid", 2, "sms", "condition not met: purchase_count lt 3", campaign="autumn", variant="plain")
+    h.member("cid", "dormant", T0 + 2 * day)
+    return h
+
+
+async def test_funnel_by_variant_counts_each_arm(any_db: Database) -> None:
+    await _arms_and_segments().save(any_db)
+    rows = {r.key["variant"]: r for r in await funnel(any_db, FunnelQuery(by=["variant"]))}
+    assert list(rows) == ["personal", "plain"]
+    plain, personal = rows["plain"], rows["personal"]
+    assert (plain.messages, plain.clicked, plain.converted, plain.revenue) == (2, 1, 1, 40.0)
+    assert (personal.messages, personal.converted) == (1, 0) and personal.cost == pytest.approx(0.05)
+    assert (plain.skipped, personal.skipped) == (2, 1)
+    only = await funnel(any_db, FunnelQuery(variant="personal"))
+    assert len(only) == 1 and (only[0].messages, only[0].skipped) == (1, 1)
+
+
+async def test_funnel_by_segment_counts_members_at_the_time_of_the_message(any_db: Database) -> None:
+    await _arms_and_segments().save(any_db)
+    rows = {r.key["segment"]: r for r in await funnel(any_db, FunnelQuery(by=["segment"]))}
+    # ann's and bob's messages went out while they were dormant; cid's before he was.
+    assert list(rows) == ["dormant"]
+    assert (rows["dormant"].messages, rows["dormant"].converted, rows["dormant"].skipped) == (2, 1, 1)
+    dormant = await funnel(any_db, FunnelQuery(segment="dormant", by=["channel"]))
+    assert {(r.key["channel"], r.messages) for r in dormant} == {("email", 1), ("sms", 1)}
+    assert await funnel(any_db, FunnelQuery(segment="active")) == []
+
+
+async def test_skipped_steps_are_counted_by_reason(any_db: Database) -> None:
+    await _arms_and_segments().save(any_db)
+    [total] = await funnel(any_db, FunnelQuery())
+    assert total.skipped == 3
+    assert total.skipped_by_reason == {
+        "condition not met: purchase_count lt 3": 1,
+        "no usable email contact point": 1,
+        "no usable telegram contact point": 1,
+    }
+    by_step = {r.key["step"]: r for r in await funnel(any_db, FunnelQuery(by=["step"]))}
+    # Step 1 sent nothing at all: a row of its own with only the skip.
+    assert (by_step[1].messages, by_step[1].skipped) == (0, 1)
+    assert by_step[0].skipped_by_reason == {"no usable email contact point": 1}
+    # The date range applies to the skips too.
+    early = await funnel(any_db, FunnelQuery(until=T0 - timedelta(days=1)))
+    assert early == []
+
+
+async def test_the_daily_rollup_gives_the_figures_of_the_log(any_db: Database) -> None:
+    h = _history()
+    extra = _arms_and_segments()
+    h.runs += extra.runs
+    h.deliveries += extra.deliveries
+    h.events += extra.events
+    h.skips += extra.skips
+    await h.save(any_db)
+    queries = [
+        FunnelQuery(),
+        FunnelQuery(by=["journey", "step", "channel"]),
+        FunnelQuery(by=["day", "campaign"]),
+        FunnelQuery(by=["variant"], journey="winback"),
+        FunnelQuery(channel="sms", campaign="autumn", by=["day"]),
+        # A range that starts and ends inside days: their parts come from the log.
+        FunnelQuery(since=T0 + timedelta(hours=5), until=T0 + timedelta(days=7, hours=12), by=["channel"]),
+        FunnelQuery(since=T0 - timedelta(days=1), by=["journey"]),
+    ]
+    # First the rollup holds the first four days, then (a later "now") every day.
+    steps = ((T0 + timedelta(days=39), T0.date() + timedelta(days=4)), (T0 + timedelta(days=90), None))
+    for now, rolled_until in steps:
+        for query in queries:
+            assert await funnel(any_db, query, now=now) == await funnel(any_db, query, rollup=False), query
+        async with any_db.engine.connect() as conn:
+            days = [row.day for row in await conn.execute(select(daily.c.day).distinct())]
+            rolled = (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one()
+        if rolled_until is not None:
+            assert days and all(day < rolled_until for day in days)
+        # Each message is in the rollup once however many times it was refreshed.
+        assert rolled == sum(1 for d in h.deliveries if rolled_until is None or d["created_at"].date() < rolled_until)
+    # A changed attribution is not what the rollup holds: the log answers, and differently.
+    later = T0 + timedelta(days=90)
+    [usual] = await funnel(any_db, FunnelQuery(), now=later)
+    [wide] = await funnel(any_db, FunnelQuery(attribution_window=timedelta(days=40)), now=later)
+    assert wide.converted == usual.converted + 1  # cid's purchase 30 days after his sms counts in 40 days

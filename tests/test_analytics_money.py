@@ -97,12 +97,15 @@ async def test_savings_against_both_counterfactuals(any_db: Database) -> None:
 
 async def test_a_withdrawn_consent_makes_a_step_unusable_and_lowers_the_savings(any_db: Database) -> None:
     await _winback(any_db)
-    before = await savings_report(any_db, FunnelQuery(), PRICES, "USD")
+    before = await savings_report(any_db, FunnelQuery(), PRICES, "USD", rollup=False)
+    rolled = await savings_report(any_db, FunnelQuery(), PRICES, "USD")  # the closed days, judged now
     async with any_db.session() as session:
         withdraw = update(Consent).where(col(Consent.customer_id) == "ann", col(Consent.channel) == "sms")
         await session.exec(withdraw.values(granted=False))
-    after = await savings_report(any_db, FunnelQuery(), PRICES, "USD")
+    after = await savings_report(any_db, FunnelQuery(), PRICES, "USD", rollup=False)
     assert after.total.all_usable == pytest.approx(before.total.all_usable - 0.05)
+    # A rolled-up day keeps the judgement of the day it was rolled up (documented).
+    assert (await savings_report(any_db, FunnelQuery(), PRICES, "USD")).total == rolled.total == before.total
 
 
 async def test_a_run_of_a_journey_without_file_counts_only_its_messages(any_db: Database) -> None:
@@ -144,3 +147,23 @@ async def test_sql_savings_equal_the_reference_per_run_judgement(any_db: Databas
             assert got.runs == expected.runs, name
             for field in ("actual", "all_usable", "dearest_usable", "saved_vs_all", "saved_vs_dearest"):
                 assert getattr(got, field) == pytest.approx(getattr(expected, field), abs=1e-9), (name, field)
+
+
+async def test_the_savings_rollup_gives_the_figures_of_the_log(any_db: Database) -> None:
+    await _winback(any_db)
+    h = History()
+    # More runs on later days and another campaign, so days split between rollup and log.
+    for i, who in enumerate(("ann", "bob", "cid")):
+        r = h.run("winback", who, campaign="late", at=T0 + timedelta(days=3 + i, hours=6))
+        h.send(r, "winback", who, 0, "email", cost=0.001, at=T0 + timedelta(days=3 + i, hours=6))
+    await h.save(any_db)
+    queries = [
+        FunnelQuery(),
+        FunnelQuery(campaign="late"),
+        FunnelQuery(journey="winback", since=T0 + timedelta(hours=3), until=T0 + timedelta(days=4, hours=12)),
+    ]
+    for now in (T0 + timedelta(days=39), T0 + timedelta(days=90)):  # days 0-3 rolled up, then every day
+        for query in queries:
+            rolled = await savings_report(any_db, query, PRICES, "USD", now=now)
+            assert rolled == await savings_report(any_db, query, PRICES, "USD", rollup=False), query
+    assert (await savings_report(any_db, FunnelQuery(campaign="late"), PRICES, "USD")).total.runs == 3

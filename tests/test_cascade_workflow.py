@@ -14,6 +14,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from analytics.funnel import FunnelQuery, funnel
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from cascade.profiles.service import upsert_customer
@@ -108,6 +109,11 @@ async def test_unusable_contacts_are_skipped_without_waiting(client, db, setting
     assert result.steps[1].reason == "no consent"
     assert result.steps[2].sent_at - result.started_at < timedelta(minutes=1)
     assert [m.channel for m in await outbox(db)] == ["sms"]
+    # The run hands its skipped steps to the funnel when it ends (no delivery row has them).
+    by_step = {r.key["step"]: r for r in await funnel(db, FunnelQuery(by=["step"]))}
+    assert by_step[0].skipped_by_reason == {"contact unsubscribed": 1} and by_step[0].messages == 0
+    assert by_step[1].skipped_by_reason == {"no consent": 1}
+    assert (by_step[2].skipped, by_step[2].sent) == (0, 1)
 
 
 async def test_customer_without_any_usable_contact_is_unreachable(client, db, settings, run_worker, unique_id):

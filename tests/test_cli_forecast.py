@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from cascade.cli.forecast import app
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import get_settings
+from models.tables import Customer
 from tests.analytics_rows import T0, History
 
 runner = CliRunner()
@@ -42,6 +43,10 @@ async def _fill(url: str) -> None:
             if status == "clicked":
                 h.event(who, "purchase", start + timedelta(hours=1), amount=25.0)
     await h.save(db)
+    async with db.session() as session:
+        for i in range(3):  # dormant: last purchase 90-365 days ago
+            session.add(Customer(id=f"dormant-{i}", last_purchase_at=datetime.now(UTC) - timedelta(days=150)))
+        session.add(Customer(id="recent", last_purchase_at=datetime.now(UTC) - timedelta(days=1)))
     await db.dispose()
 
 
@@ -85,6 +90,15 @@ def test_backtest_reports_the_error_per_figure(database: str) -> None:
     assert sent["actual"] == 30 and data["audience"] == 30
 
 
+def test_forecast_of_a_segment_counts_its_members(database: str) -> None:
+    result = runner.invoke(app, ["--journey", "winback", "--segment", "dormant", "--draws", "500", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["forecast"]["audience"] == 3 and data["segment"] == "dormant"
+    table = runner.invoke(app, ["--journey", "winback", "--segment", "dormant", "--draws", "500"])
+    assert table.exit_code == 0 and "3 customers are in segment dormant now" in table.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -92,6 +106,8 @@ def test_backtest_reports_the_error_per_figure(database: str) -> None:
         (["--journey", "nosuch"], "nosuch"),
         (["--journey", "winback", "--since", "soon"], "'soon' is not a date"),
         (["backtest", "--journey", "winback", "--campaign", "never"], "has no runs"),
+        (["--journey", "winback", "--segment", "nobody"], "no segment named 'nobody'"),
+        (["--journey", "winback", "--segment", "dormant", "--audience", "5"], "not both"),
     ],
 )
 def test_bad_input_is_named(database: str, args: list[str], message: str) -> None:

@@ -29,10 +29,14 @@ async def _fill(url: str) -> None:
     await add_customer(db, "bob", {"email": True, "sms": True})
     h = History()
     r = h.run("winback", "ann", campaign="autumn", outcome="reacted")
-    h.send(r, "winback", "ann", 0, "email", cost=0.001, status="clicked", clicked_after=timedelta(hours=1))
+    h.send(
+        r, "winback", "ann", 0, "email", cost=0.001, status="clicked", clicked_after=timedelta(hours=1), variant="plain"
+    )
     h.event("ann", "purchase", T0 + timedelta(days=1), amount=30.0)
+    h.member("ann", "dormant", T0 - timedelta(days=200))
     r = h.run("winback", "bob", campaign="autumn", outcome="reacted")
-    h.send(r, "winback", "bob", 0, "email", cost=0.001)
+    h.send(r, "winback", "bob", 0, "email", cost=0.001, variant="personal")
+    h.skip(r, "winback", "bob", 1, "telegram", "no telegram contact", campaign="autumn", variant="personal")
     h.send(
         r,
         "winback",
@@ -105,12 +109,32 @@ def test_savings_table_and_charts_to_files(database: str, tmp_path: Path) -> Non
     assert re.search(r"<script[^>]*\bsrc=", page) is None
 
 
+def test_funnel_by_variant_with_skips_by_reason(database: str) -> None:
+    result = runner.invoke(app, ["funnel", "--journey", "winback", "--by", "variant", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["variant"]: r for r in json.loads(result.output)}
+    # bob's sms was sent outside the experiment's rows (no variant): a group of its own.
+    assert rows["plain"]["converted"] == 1 and rows["personal"]["converted"] == 0
+    assert rows["personal"]["skipped_by_reason"] == {"no telegram contact": 1}
+    table = runner.invoke(app, ["funnel", "--by", "variant"])
+    assert table.exit_code == 0, table.output
+    assert "no telegram contact: 1" in table.output
+
+
+def test_funnel_of_one_segment(database: str) -> None:
+    result = runner.invoke(app, ["funnel", "--segment", "dormant", "--by", "channel", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    # Only ann was dormant: her one email, clicked and converted.
+    assert [(r["channel"], r["messages"], r["converted"]) for r in rows] == [("email", "1", "1")]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["funnel", "--since", "yesterday"], "'yesterday' is not a date"),
         (["funnel", "--since", "2026-10-02", "--until", "2026-10-01"], "is not after --since"),
-        (["funnel", "--by", "variant"], "needs experiment assignments"),
+        (["funnel", "--segment", "nobody"], "no segment named 'nobody'"),
         (["funnel", "--format", "png"], "give --output"),
         (["funnel", "--window", "0"], "more than 0 days"),
     ],

@@ -3,6 +3,7 @@ every page shows what the history holds. The browser tests are in test_console_b
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,18 +13,28 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from cascade.experiments.results import experiment_report
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
-from models.tables import utcnow
+from models.tables import Customer, ExperimentAssignment, utcnow
 from tests.analytics_rows import History, add_customer
 from tests.helpers import serve_app
+from tests.test_experiments_results import EXPERIMENT, JOURNEY, populate
 from webhooks.app import create_app
 from webhooks.console.auth import COOKIE, cookie_prefix, session_cookie
 from webhooks.keys import create_key, revoke_key
 
 pytestmark = pytest.mark.postgres
 
-PAGES = ["/console/", "/console/journeys/winback", "/console/running", "/console/customers/ann", "/console/forecast"]
+PAGES = [
+    "/console/",
+    "/console/journeys/winback",
+    "/console/running",
+    "/console/customers/ann",
+    "/console/forecast",
+    "/console/experiments",
+    "/console/experiments/sale-subject",
+]
 
 
 async def fill_console_history(db: Database) -> None:
@@ -163,3 +174,77 @@ async def test_forecast_api_and_form_name_bad_fields(console: Console) -> None:
         nosuch = await web.get("/console/forecast", params={"journey": "nosuch"})
         assert nosuch.status_code == 422 and "journey: no journey named" in nosuch.text
         assert "Traceback" not in nosuch.text
+
+
+async def test_forecast_of_a_segment_in_the_api_and_the_form(console: Console) -> None:
+    async with console.db.session() as session:
+        # dormant: last purchase 90-365 days ago (the built-in thresholds).
+        session.add(Customer(id="dora", last_purchase_at=utcnow() - timedelta(days=150)))
+    headers = {"X-API-Key": console.key}
+    async with httpx.AsyncClient(base_url=console.url, headers=headers, timeout=60) as web:
+        api = await web.get("/console/api/forecast", params={"journey": "winback", "segment": "dormant"})
+        assert api.status_code == 200, api.text
+        assert api.json()["forecast"]["audience"] == 1 and api.json()["segment"] == "dormant"
+        page = await web.get("/console/forecast", params={"journey": "winback", "segment": "dormant"})
+        assert page.status_code == 200 and "1 customers are in segment dormant now" in page.text
+        assert '<option value="dormant" selected>' in page.text
+        nosuch = await web.get("/console/api/forecast", params={"journey": "winback", "segment": "nobody"})
+        assert nosuch.status_code == 422 and "segment: no segment named 'nobody'" in nosuch.json()["error"]
+        both = await web.get("/console/forecast", params={"journey": "winback", "segment": "dormant", "audience": "9"})
+        assert both.status_code == 422 and "not both" in both.text
+
+
+async def test_experiments_pages_show_each_arm_with_interval_beat_probability_and_srm(console: Console) -> None:
+    await populate(console.db, n=150)
+    report = await experiment_report(console.db, EXPERIMENT.name)
+    assert report.stats is not None and report.stats.sample_ratio is not None
+    headers = {"X-API-Key": console.key}
+    async with httpx.AsyncClient(base_url=console.url, headers=headers, timeout=60) as web:
+        listing = await web.get("/console/experiments")
+        assert listing.status_code == 200
+        row = _row(listing.text, EXPERIMENT.name)
+        assert JOURNEY.name in row and ">ok<" in row and f"<td>{sum(x.recipients for x in report.funnel)}</td>" in row
+
+        page = await web.get(f"/console/experiments/{EXPERIMENT.name}")
+        assert page.status_code == 200
+        assert "Sample ratio ok" in page.text
+        for arm in report.stats.variants:
+            line = _row(page.text, arm.name)
+            assert f"<td>{arm.recipients}</td>" in line
+            interval = arm.conversion_rate_interval
+            assert interval is not None and interval.low is not None and interval.high is not None
+            assert f"{100 * interval.low:.2f}-{100 * interval.high:.2f}%" in line
+            beat = arm.versus_control.probability_to_beat_control if arm.versus_control else None
+            # The same analytics the CLI prints: control has no P(beat), each variant its own.
+            assert (f'class="beat">{100 * beat:.1f}%' if beat is not None else 'class="beat">-') in line
+
+        # Every later entrant lands in one arm: the split is off and the pages say so.
+        async with console.db.session() as session:
+            for i in range(300):
+                session.add(
+                    ExperimentAssignment(
+                        experiment=EXPERIMENT.name,
+                        customer_id=f"skew{i}",
+                        variant="plain",
+                        journey=JOURNEY.name,
+                        workflow_id=f"w-skew{i}",
+                        run_id="r1",
+                        assigned_at=utcnow(),
+                    )
+                )
+        skewed = await web.get(f"/console/experiments/{EXPERIMENT.name}")
+        assert "Sample ratio mismatch" in skewed.text and 'role="alert"' in skewed.text
+        assert "mismatch" in _row((await web.get("/console/experiments")).text, EXPERIMENT.name)
+
+        missing = await web.get("/console/experiments/nosuch")
+        assert missing.status_code == 404 and "no customer has entered it" in missing.text
+
+
+def _row(html: str, first_cell: str) -> str:
+    """The table row whose first cell starts with `first_cell` (a link or text)."""
+    rows: list[str] = re.findall(r"<tr>(.*?)</tr>", html, flags=re.S)
+    for row in rows:
+        cell = re.sub(r"<[^>]+>", "", row.split("</td>", 1)[0]).strip()
+        if cell.split(" ")[0] == first_cell:
+            return row
+    raise AssertionError(f"no row for {first_cell!r}")

@@ -82,6 +82,11 @@ async def test_a_marketer_logs_in_and_reads_every_page(site: tuple[str, str]) ->
             assert "purchase" in timeline and "journey started" in timeline and "clicked" in timeline
             await page.screenshot(path=ARTIFACTS / "console-customer.png", full_page=True)
 
+            # No journey of this history ran an experiment: the page says so (the arms'
+            # table is checked over HTTP in test_console.py).
+            await page.click("header a:text-is('Experiments')")
+            assert "No experiment has had an entrant yet" in await page.inner_text("main")
+
             await page.click("header a:text-is('Forecast')")
             await page.select_option("select[name=journey]", "winback")
             await page.fill("input[name=audience]", "2000")

@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
         StepStatus,
     )
     from models.routing import ChooseChannelInput, ChooseSendTimeInput, ChooseWaitInput
-    from models.runs import RecordRunFinishedInput, RecordRunStartedInput
+    from models.runs import RecordRunFinishedInput, RecordRunStartedInput, SkippedStep
 
 CHECK_TIMEOUT = timedelta(seconds=30)
 RECORD_TIMEOUT = timedelta(seconds=30)
@@ -316,15 +316,26 @@ class CascadeJourney:
 
     async def _record_finished(self, result: JourneyResult) -> None:
         info = workflow.info()
+        finished = RecordRunFinishedInput(
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            outcome=result.outcome.value if result.outcome else "finished",
+            finished_at=workflow.now(),
+        )
+        # Skipped steps leave no delivery row: the run hands them to the funnel when it
+        # ends. Only the activity's input grows (same command), but the patch keeps old
+        # histories' inputs exactly as they were recorded.
+        if workflow.patched("record-skips"):
+            spec = self._input.spec
+            finished.journey, finished.customer_id = spec.name, self._input.customer_id
+            finished.campaign, finished.variant = spec.campaign, self._state.variant
+            finished.skipped = [
+                SkippedStep(step=r.index, channel=r.channel.value, reason=r.reason or "skipped")
+                for r in result.steps
+                if r.status == StepStatus.SKIPPED
+            ]
         await workflow.execute_activity_method(
-            RunActivities.record_run_finished,
-            RecordRunFinishedInput(
-                workflow_id=info.workflow_id,
-                run_id=info.run_id,
-                outcome=result.outcome.value if result.outcome else "finished",
-                finished_at=workflow.now(),
-            ),
-            start_to_close_timeout=RECORD_TIMEOUT,
+            RunActivities.record_run_finished, finished, start_to_close_timeout=RECORD_TIMEOUT
         )
 
     async def _check_with_rules(

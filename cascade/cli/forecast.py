@@ -1,6 +1,7 @@
 """`cascade forecast`: a planned journey's outcome in three scenarios, and backtests.
 
 cascade forecast --journey winback                    # audience: who meets its entry rules
+cascade forecast --journey winback --segment dormant  # audience: the segment's members now
 cascade forecast --journey winback --audience 5000 --format json
 cascade forecast backtest --journey winback --campaign autumn
 """
@@ -16,6 +17,8 @@ from rich.table import Table
 
 from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import CampaignBacktest, JourneyForecast, backtest_campaign, forecast_journey
+from cascade.audiences.definition import SegmentDefinitionError
+from cascade.audiences.service import load_segments
 from cascade.cli.common import Group, command
 from cascade.cli.reports import parse_when
 from cascade.infra.db import Database, run_with_database
@@ -86,6 +89,7 @@ def forecast_command(
     audience: Annotated[
         int | None, typer.Option(min=0, help="Customers to send to (default: who meets the entry rules now)")
     ] = None,
+    segment: Annotated[str | None, typer.Option(help="Send to this segment's members (counted now)")] = None,
     since: Annotated[str | None, typer.Option(help="History from this date (default: all)")] = None,
     until: Annotated[str | None, typer.Option(help="History up to this date, exclusive")] = None,
     draws: Annotated[int, typer.Option(min=100, max=1_000_000, help="Monte Carlo draws")] = 4000,
@@ -101,10 +105,29 @@ def forecast_command(
     settings = get_settings()
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
     knobs = ForecastSettings(draws=draws, seed=seed)
+    catalog = None
+    if segment is not None:
+        if audience is not None:
+            raise typer.BadParameter("give --audience or --segment, not both", param_hint="'--segment'")
+        try:
+            catalog = load_segments(settings)
+        except SegmentDefinitionError as exc:
+            raise typer.BadParameter(f"the segment files do not load: {exc}", param_hint="'--segment'") from None
+        if segment not in catalog.names():
+            known = ", ".join(catalog.names())
+            raise typer.BadParameter(f"no segment named {segment!r} (known: {known})", param_hint="'--segment'")
 
     async def work(db: Database) -> JourneyForecast:
         return await forecast_journey(
-            db, spec, settings.channel_costs, audience=audience, since=start, until=end, settings=knobs
+            db,
+            spec,
+            settings.channel_costs,
+            audience=audience,
+            segment=segment,
+            catalog=catalog,
+            since=start,
+            until=end,
+            settings=knobs,
         )
 
     result: JourneyForecast = run_with_database(work)

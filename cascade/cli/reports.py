@@ -1,6 +1,7 @@
 """`cascade report funnel|cost|savings`: the marketer's numbers as a table, JSON, CSV or a chart.
 
 cascade report funnel --journey winback --since 2026-10-01 --by channel
+cascade report funnel --by variant --segment dormant
 cascade report cost --by journey --format csv
 cascade report savings --format png --output savings.png
 """
@@ -23,6 +24,8 @@ from rich.table import Table
 from analytics import charts
 from analytics.funnel import FunnelQuery, FunnelRow, funnel
 from analytics.money import CostRow, SavingsReport, cost_report, savings_report
+from cascade.audiences.definition import SegmentDefinitionError
+from cascade.audiences.service import load_segments
 from cascade.cli.common import command, group
 from cascade.infra.db import Database, run_with_database
 from cascade.infra.settings import get_settings
@@ -39,6 +42,7 @@ class By(StrEnum):
     campaign = "campaign"
     day = "day"
     variant = "variant"
+    segment = "segment"
 
 
 class Format(StrEnum):
@@ -74,13 +78,13 @@ def build_query(
     campaign: str | None = None,
     channel: str | None = None,
     window_days: float = 7.0,
+    *,
+    variant: str | None = None,
+    segment: str | None = None,
 ) -> FunnelQuery:
     """The query the options describe; bad options are refused with the option's name."""
-    if By.variant in by:
-        raise typer.BadParameter(
-            "grouping by variant needs experiment assignments, which this database does not record yet",
-            param_hint="'--by'",
-        )
+    if segment is not None:
+        _check_segment(segment)
     if window_days <= 0:
         raise typer.BadParameter("must be more than 0 days", param_hint="'--window'")
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
@@ -90,6 +94,8 @@ def build_query(
         journey=journey,
         campaign=campaign,
         channel=channel,
+        variant=variant,
+        segment=segment,
         since=start,
         until=end,
         by=[b.value for b in dict.fromkeys(by)],
@@ -97,7 +103,18 @@ def build_query(
     )
 
 
-_TEXT_COLUMNS = {*(b.value for b in By), "currency"}
+def _check_segment(name: str) -> None:
+    """A segment the catalog knows (built-in or a file), else the option is refused."""
+    try:
+        catalog = load_segments(get_settings())
+    except SegmentDefinitionError as exc:
+        raise typer.BadParameter(f"the segment files do not load: {exc}", param_hint="'--segment'") from None
+    if name not in catalog.names():
+        known = ", ".join(catalog.names())
+        raise typer.BadParameter(f"no segment named {name!r} (known: {known})", param_hint="'--segment'")
+
+
+_TEXT_COLUMNS = {*(b.value for b in By), "currency", "skipped_by_reason"}
 
 
 def _records(rows: Sequence[FunnelRow | CostRow]) -> list[dict[str, Any]]:
@@ -106,6 +123,14 @@ def _records(rows: Sequence[FunnelRow | CostRow]) -> list[dict[str, Any]]:
         data = row.model_dump()
         out.append({**data.pop("key"), **data})
     return out
+
+
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    # Tables and CSV cells hold text: a breakdown such as skipped_by_reason as "reason: n; ...".
+    return {
+        k: "; ".join(f"{reason}: {n}" for reason, n in v.items()) if isinstance(v, dict) else v
+        for k, v in record.items()
+    }
 
 
 def _write(
@@ -133,14 +158,14 @@ def _write(
         if records:
             writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
             writer.writeheader()
-            writer.writerows(records)
+            writer.writerows(_flat(r) for r in records)
         text = buffer.getvalue()
     else:
         table = Table(title=title)
         columns = list(records[0]) if records else ["(no data in range)"]
         for name in columns:
             table.add_column(name, justify="left" if name in _TEXT_COLUMNS else "right")
-        for record in records:
+        for record in map(_flat, records):
             table.add_row(*(_cell(record[c]) for c in columns))
         if output is None:
             console.print(table)
@@ -173,6 +198,10 @@ JourneyOpt = Annotated[str | None, typer.Option("--journey", "-j", help="Only th
 SinceOpt = Annotated[str | None, typer.Option(help="From this date (YYYY-MM-DD or ISO datetime, UTC)")]
 UntilOpt = Annotated[str | None, typer.Option(help="Up to this date, exclusive")]
 CampaignOpt = Annotated[str | None, typer.Option(help="Only runs of this campaign")]
+SegmentOpt = Annotated[
+    str | None, typer.Option(help="Only customers who were in this segment when the message went out")
+]
+VariantOpt = Annotated[str | None, typer.Option(help="Only this experiment arm")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table, json, csv, or a chart: html, png")]
 OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file (required for charts)")]
 WindowOpt = Annotated[float, typer.Option("--window", help="Attribution window of conversions, in days")]
@@ -193,12 +222,14 @@ def funnel_command(
     by: Annotated[list[By] | None, typer.Option("--by", help="Group by (repeatable)")] = None,
     campaign: CampaignOpt = None,
     channel: Annotated[str | None, typer.Option(help="Only this channel")] = None,
+    segment: SegmentOpt = None,
+    variant: VariantOpt = None,
     window: WindowOpt = 7.0,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
-    """Sent, delivered, opened, clicked, converted, unsubscribed, failed, cost and revenue."""
-    query = build_query(journey, since, until, by or [], campaign, channel, window)
+    """Sent, delivered, opened, clicked, converted, unsubscribed, failed, skipped (by reason), cost and revenue."""
+    query = build_query(journey, since, until, by or [], campaign, channel, window, variant=variant, segment=segment)
     rows: list[FunnelRow] = _run(lambda db: funnel(db, query))
     _write(_records(rows), fmt, output, "Funnel", lambda: charts.funnel_chart(rows))
 
@@ -210,12 +241,16 @@ def cost_command(
     until: UntilOpt = None,
     by: Annotated[list[By] | None, typer.Option("--by", help="Group by (repeatable); channel by default")] = None,
     campaign: CampaignOpt = None,
+    segment: SegmentOpt = None,
+    variant: VariantOpt = None,
     window: WindowOpt = 7.0,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
     """Cost per channel (or journey, step, ...), per reaction and per conversion."""
-    query = build_query(journey, since, until, by or [By.channel], campaign, None, window)
+    query = build_query(
+        journey, since, until, by or [By.channel], campaign, None, window, variant=variant, segment=segment
+    )
     currency = get_settings().currency
     rows: list[CostRow] = _run(lambda db: cost_report(db, query, currency))
     _write(_records(rows), fmt, output, f"Cost ({currency})", lambda: charts.cost_chart(rows))

@@ -2,8 +2,9 @@
 
 Pages (all under /console, none without an API key or a login made with one):
 overview (last N days: messages, cost, savings, conversions), one journey's funnel with
-charts, running journeys with Temporal UI links, one customer's timeline, the forecast form;
-/console/api/forecast answers the same forecast as JSON.
+charts, running journeys with Temporal UI links, one customer's timeline, experiments (per
+arm: conversion with its interval, P(beat control), the sample-ratio check), the forecast
+form; /console/api/forecast answers the same forecast as JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import JourneyForecast, forecast_journey
 from analytics.funnel import FunnelQuery, FunnelRow, deliveries, entries, events, funnel, reaction_times, runs
 from analytics.money import customers, savings_report
+from cascade.audiences.definition import SegmentCatalog, SegmentDefinitionError
+from cascade.audiences.service import load_segments
+from cascade.experiments.queries import experiment_names
+from cascade.experiments.report import ExperimentReport
+from cascade.experiments.results import UnknownExperimentError, experiment_report
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from cascade.journeys.files import JourneyDefinitionError, journey_files, load_journey
@@ -289,11 +295,47 @@ async def customer_timeline(request: Request, customer_id: str, viewer: PageView
     )
 
 
+@router.get("/experiments", response_class=HTMLResponse)
+async def experiments(request: Request, viewer: PageViewer) -> HTMLResponse:
+    """Every experiment with an entrant: journey, mode, customers per arm, and whether the split is off."""
+    db, _ = _state(request)
+    reports: list[ExperimentReport] = [await experiment_report(db, name) for name in await experiment_names(db)]
+    return _render("experiments.html", title="Experiments", viewer=viewer, reports=reports)
+
+
+@router.get("/experiments/{name}", response_class=HTMLResponse)
+async def experiment_page(request: Request, name: str, viewer: PageViewer) -> HTMLResponse:
+    """One experiment: the funnel per arm, conversion with its interval, lift, P(beat control), SRM."""
+    db, settings = _state(request)
+    try:
+        report = await experiment_report(db, name)
+    except UnknownExperimentError as exc:
+        return _render("error.html", 404, title="No such experiment", viewer=viewer, message=str(exc))
+    stats = {v.name: v for v in report.stats.variants} if report.stats else {}
+    return _render(
+        "experiment.html",
+        title=f"Experiment {name}",
+        viewer=viewer,
+        report=report,
+        stats=stats,
+        currency=settings.currency,
+        temporal_link=_temporal_list(settings, f"Journey={_keyword(report.journey)}"),
+    )
+
+
 def _journey_names() -> list[str]:
     return sorted(path.stem for path in journey_files())
 
 
-async def _forecast(request: Request, journey: str, audience: str | None) -> JourneyForecast:
+def _segments(settings: Settings) -> SegmentCatalog:
+    """The segment catalog; ValueError when a segment file does not load."""
+    try:
+        return load_segments(settings)
+    except SegmentDefinitionError as exc:
+        raise ValueError(f"segment: the segment files do not load: {exc}") from None
+
+
+async def _forecast(request: Request, journey: str, audience: str | None, segment: str | None) -> JourneyForecast:
     """The forecast the form or the API asks for; ValueError names the bad field."""
     db, settings = _state(request)
     if journey not in _journey_names():
@@ -308,28 +350,44 @@ async def _forecast(request: Request, journey: str, audience: str | None) -> Jou
     except JourneyDefinitionError as exc:
         raise ValueError(f"journey: {exc}") from None
     return await forecast_journey(
-        db, spec, settings.channel_costs, audience=count, settings=ForecastSettings(draws=2000, seed=0)
+        db,
+        spec,
+        settings.channel_costs,
+        audience=count,
+        segment=segment or None,
+        catalog=_segments(settings) if segment else None,
+        settings=ForecastSettings(draws=2000, seed=0),
     )
 
 
 @router.get("/forecast", response_class=HTMLResponse)
 async def forecast_page(
-    request: Request, viewer: PageViewer, journey: str | None = None, audience: str | None = None
+    request: Request,
+    viewer: PageViewer,
+    journey: str | None = None,
+    audience: str | None = None,
+    segment: str | None = None,
 ) -> HTMLResponse:
     """The forecast form; with ?journey= the three scenarios, a chart and the assumptions."""
     _, settings = _state(request)
+    try:
+        segment_names = _segments(settings).names()
+    except ValueError:
+        segment_names = []  # the form still works with a number; asking for a segment says why not
     context: dict[str, Any] = {
         "title": "Forecast",
         "viewer": viewer,
         "journeys": _journey_names(),
         "journey": journey,
         "audience_text": audience or "",
+        "segments": segment_names,
+        "segment": segment or "",
         "currency": settings.currency,
     }
     if journey is None:
         return _render("forecast.html", **context)
     try:
-        result = await _forecast(request, journey, audience)
+        result = await _forecast(request, journey, audience, segment)
     except ValueError as exc:
         return _render("forecast.html", 422, error=str(exc), **context)
     return _render(
@@ -347,10 +405,11 @@ async def forecast_api(
     viewer: Annotated[Viewer, Depends(api_viewer)],
     journey: str,
     audience: Annotated[str | None, Query(description="customers; default: who meets the entry rules")] = None,
+    segment: Annotated[str | None, Query(description="send to this segment's members (counted now)")] = None,
 ) -> dict[str, Any]:
     """The forecast as JSON (X-API-Key)."""
     try:
-        result = await _forecast(request, journey, audience)
+        result = await _forecast(request, journey, audience, segment)
     except ValueError as exc:
         raise HTTPException(status_code=422, detail=str(exc)) from None
     return result.model_dump(mode="json")
