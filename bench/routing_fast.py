@@ -342,8 +342,83 @@ def run(customers: int, weeks: int, seed: int, params: RoutingParams) -> dict[st
     return out
 
 
+def pooled_by_week(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """Per strategy and week, over every seed: cost per reaction, reaction rate, and both against fixed."""
+    weeks = runs[0]["weeks"]
+    out: dict[str, list[dict[str, float]]] = {}
+    for name in runs[0]["strategies"]:
+        rows = []
+        for w in range(weeks):
+
+            def total(strategy: str, key: str, week: int = w) -> float:
+                return sum(float(r["strategies"][strategy]["by_week"][week][key]) for r in runs)
+
+            cost, journeys = total(name, "cost"), total(name, "journeys")
+            reacted = sum(
+                r["strategies"][name]["by_week"][w]["reaction_rate"] * r["strategies"][name]["by_week"][w]["journeys"]
+                for r in runs
+            )
+            fixed_reacted = sum(
+                r["strategies"]["fixed"]["by_week"][w]["reaction_rate"]
+                * r["strategies"]["fixed"]["by_week"][w]["journeys"]
+                for r in runs
+            )
+            cpr = cost / reacted if reacted else float("inf")
+            fixed_cpr = total("fixed", "cost") / fixed_reacted if fixed_reacted else float("inf")
+            rows.append(
+                {
+                    "week": w + 1,
+                    "cost_per_reaction": round(cpr, 4),
+                    "reaction_rate": round(reacted / journeys, 3),
+                    "cost_per_reaction_vs_fixed": round(cpr / fixed_cpr, 3),
+                    "reaction_rate_vs_fixed": round(reacted / fixed_reacted, 3) if fixed_reacted else 0.0,
+                }
+            )
+        out[name] = rows
+    return out
+
+
+def chart(runs: list[dict[str, Any]], weekly: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """Cost per reaction by week per strategy (all seeds pooled), and the same against fixed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, rows in weekly.items():
+        style = "--" if name.startswith("oracle") else "-"
+        weeks = [r["week"] for r in rows]
+        left.plot(weeks, [r["cost_per_reaction"] for r in rows], style, marker="o", ms=3, label=name)
+        right.plot(weeks, [r["cost_per_reaction_vs_fixed"] for r in rows], style, marker="o", ms=3, label=name)
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    left.set_title(f"Cost per reaction by week ({runs[0]['customers']} customers, seeds {seeds})")
+    left.set_xlabel("week of simulated time")
+    left.set_ylabel("cost per reaction")
+    right.axhline(0.7, color="grey", lw=0.8, ls=":")
+    right.set_title("against the fixed cascade (goal: <= 0.7)")
+    right.set_xlabel("week of simulated time")
+    right.set_ylabel("x fixed cascade")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(weekly: dict[str, list[dict[str, float]]]) -> str:
+    """The weekly cost per reaction as a Markdown table (README), with the ratio to fixed in brackets."""
+    names = list(weekly)
+    lines = ["| week | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for w in range(len(weekly[names[0]])):
+        cells = []
+        for name in names:
+            row = weekly[name][w]
+            cells.append(f"{row['cost_per_reaction']:.4f} ({row['cost_per_reaction_vs_fixed']:.2f}x)")
+        lines.append(f"| {w + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    """Run the seeds, print the ratios, write routing_fast.json."""
+    """Run the seeds, print the ratios, write routing_fast.json, the chart and the weekly table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=400)
     parser.add_argument("--weeks", type=int, default=12)
@@ -362,8 +437,18 @@ def main() -> None:
                 f" sms/journey {t['sms_per_journey']:.3f} vs fixed {data['vs_fixed'][name]} ({s['seconds']} s)",
                 flush=True,
             )
+    weekly = pooled_by_week(runs)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "routing_fast.json").write_text(json.dumps(runs, indent=1))
+    (RESULTS / "routing_fast.json").write_text(json.dumps({"runs": runs, "by_week_pooled": weekly}, indent=1))
+    chart(runs, weekly, RESULTS / "routing_fast.png")
+    (RESULTS / "routing_fast_weeks.md").write_text(table(weekly) + "\n")
+    print(table(weekly))
+    last = min(4, args.weeks)
+    for name, rows in weekly.items():
+        tail = rows[-last:]
+        cost = np.mean([r["cost_per_reaction_vs_fixed"] for r in tail])
+        rate = np.mean([r["reaction_rate_vs_fixed"] for r in tail])
+        print(f"{name}: last {last} weeks, cost per reaction {cost:.3f}x fixed, reaction rate {rate:.3f}x fixed")
 
 
 if __name__ == "__main__":
