@@ -29,6 +29,10 @@ apart), optichannel (each step the customer's cheapest channel per expected reac
 `rank_channels`, a day apart), optichannel+time+wait (plus the send hour from the
 customer's reaction hours and the wait from their reaction delays), and an oracle that
 knows each customer's true chances and hour (the best any ranking could do).
+
+One simplification against the activities: everyone's counts, the fitted prior strengths
+and the channels' reaction delays are read once per simulated week (the activity reads
+them at each decision); the customer's own history is read at each decision, as there.
 """
 
 from __future__ import annotations
