@@ -2,10 +2,11 @@
 
     python bench/routing.py [--customers 40] [--weeks 4] [--seed 7]
 
-Every customer has hidden traits: a chance to open a message on each channel, an hour
-of the day they read (a message sent within 2 h of it is opened with the full chance,
-otherwise with 55 % of it), and a typical reaction delay. Four strategies each get their
-own SQLite database and one promotion per customer per week, run by the real
+The population and the way customers read are bench/routing_fast.py's (four kinds of
+customer with their own chance per channel, a habitual hour of the day, a personal delay;
+a message arriving off their hour is read at their next habitual hour with 55 % of the
+chance), with the same luck per (seed, customer, week, channel). Four strategies each get
+their own SQLite database and one promotion per customer per week, run by the real
 CascadeJourney and activities (sandbox channels) on Temporal's time-skipping server:
 
 - everything: email, telegram and SMS at once (steps one minute apart);
@@ -13,12 +14,12 @@ CascadeJourney and activities (sandbox channels) on Temporal's time-skipping ser
 - optichannel: the same pool, routed per customer (`route: optichannel`);
 - optichannel+time+wait: plus `send_at: best` (24 h window) and `wait: adaptive`.
 
-The simulated customer reads the sandbox outbox once per simulated hour: a message they
-will react to is marked opened (sent + their delay) in the delivery log and its journey
-signalled. Simplifications, the same for every strategy: a reaction later than one day
-counts as none, and the signal arrives at the next hourly poll (time to reaction is
-measured from the delivery log's times, not from the poll). Prices per message: email
-0.002, telegram 0.01 (a business messenger's price), SMS 0.05.
+The simulated customers look at the sandbox outbox once per simulated hour: a message
+they will open gets its open time; when that time has come (at the first hourly look
+after it) the open is written to the delivery log and the journey signalled, so no
+model learns from an open before it happened. A journey has reacted when any of its
+messages is opened within 24 h of being sent. Prices per message: email 0.002, telegram
+0.01 (a business messenger's price), SMS 0.05.
 
 Writes bench/results/routing.json and routing.png (cost per reaction by week, totals).
 """
@@ -53,6 +54,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from bench.routing_fast import CHANNELS, COSTS, Person, population, read_at
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
 from cascade.infra.temporal import register_search_attributes
@@ -65,27 +67,8 @@ from starter import start_journey
 from worker import build_worker
 from workflows.cascade import CascadeJourney
 
-CHANNELS = ("email", "telegram", "sms")
-COSTS = {"email": 0.002, "telegram": 0.01, "sms": 0.05}
-# (share, open chance per channel) of three kinds of customer.
-KINDS = (
-    (0.3, {"email": 0.45, "telegram": 0.05, "sms": 0.35}),
-    (0.4, {"email": 0.05, "telegram": 0.55, "sms": 0.35}),
-    (0.3, {"email": 0.03, "telegram": 0.03, "sms": 0.5}),
-)
-OFF_HOUR_FACTOR = 0.55
 STRATEGIES = ("everything", "fixed", "optichannel", "optichannel+time+wait")
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-@dataclass
-class Person:
-    """A simulated customer's hidden traits."""
-
-    id: str
-    p: dict[str, float]
-    hour: int
-    delay_minutes: float
 
 
 @dataclass
@@ -109,17 +92,6 @@ class Week:
             "cost_per_reaction": self.cost / self.reacted if self.reacted else float("inf"),
             "median_hours_to_reaction": float(np.median(self.hours_to_reaction)) if self.hours_to_reaction else 0.0,
         }
-
-
-def population(n: int, rng: np.random.Generator) -> list[Person]:
-    """`n` customers of the three kinds, each with some noise on their chances."""
-    shares = np.array([k[0] for k in KINDS])
-    people = []
-    for i in range(n):
-        kind = KINDS[int(rng.choice(len(KINDS), p=shares / shares.sum()))][1]
-        p = {ch: float(np.clip(v + rng.normal(0, 0.05), 0.01, 0.95)) for ch, v in kind.items()}
-        people.append(Person(f"sim{i:04d}", p, int(rng.integers(7, 23)), float(rng.lognormal(np.log(40), 0.8))))
-    return people
 
 
 def journey(strategy: str, week: int) -> JourneySpec:
@@ -152,7 +124,9 @@ class Simulation:
         self.client: Client = env.client
         self.strategy = strategy
         self.people = {p.id: p for p in people}
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        # Opens still to come: (when, delivery id, workflow id, step).
+        self.pending: list[tuple[datetime, int, str, int]] = []
         self.settings = Settings(
             database_url=f"sqlite:///{workdir / (strategy.replace('+', '-') + '.db')}",
             task_queue=f"bench-{uuid.uuid4().hex[:8]}",
@@ -173,8 +147,8 @@ class Simulation:
             ]
             await upsert_customer(self.db, CustomerProfile.model_validate({"id": person.id, "contacts": contacts}))
 
-    async def react(self, week: Week, started: datetime) -> None:
-        """The customers read what arrived since the last poll."""
+    async def react(self, week: Week, week_no: int, started: datetime) -> None:
+        """The customers look at what arrived since the last look, and open what is due."""
         now = await self.env.get_current_time()
         async with self.db.session() as session:
             rows = (
@@ -187,27 +161,29 @@ class Simulation:
             ).all()
         for message, delivery in rows:
             self.seen = max(self.seen, message.id or 0)
+            assert delivery.id is not None
             person = self.people[delivery.customer_id]
-            # The outbox is read hourly: the message went out within the last hour.
+            # Looked at hourly: the message went out within the last hour.
             sent = now - timedelta(minutes=30)
-            near = min(abs(sent.hour - person.hour), 24 - abs(sent.hour - person.hour)) <= 2
-            chance = person.p[delivery.channel] * (1.0 if near else OFF_HOUR_FACTOR)
-            delay = timedelta(minutes=float(self.rng.lognormal(np.log(person.delay_minutes), 0.5)))
-            reacts = bool(self.rng.random() < chance) and delay <= timedelta(days=1)
-            values: dict[str, Any] = {"sent_at": sent}
-            if reacts:
-                values |= {"opened_at": sent + delay, "status": "opened"}
             async with self.db.session() as session:
-                await session.exec(update(Delivery).where(col(Delivery.id) == delivery.id).values(**values))
-            if reacts:
+                await session.exec(update(Delivery).where(col(Delivery.id) == delivery.id).values(sent_at=sent))
+            opened = read_at(person, delivery.channel, sent, week_no, self.seed)
+            if opened is not None:
+                self.pending.append((opened, delivery.id, delivery.workflow_id, delivery.step))
                 if delivery.workflow_id not in week.reacted_runs:
                     week.reacted_runs.add(delivery.workflow_id)
-                    week.hours_to_reaction.append((sent + delay - started).total_seconds() / 3600)
-                handle = self.client.get_workflow_handle(delivery.workflow_id)
-                opened = EngagementInput(type=EngagementType.OPENED, step=delivery.step)
-                # "Send everything" has ended its journey by the time the customer reads.
-                with contextlib.suppress(RPCError):
-                    await handle.signal(CascadeJourney.engagement, opened)
+                    week.hours_to_reaction.append((opened - started).total_seconds() / 3600)
+        due = [p for p in self.pending if p[0] <= now]
+        self.pending = [p for p in self.pending if p[0] > now]
+        for opened, delivery_id, workflow_id, step in due:
+            async with self.db.session() as session:
+                await session.exec(
+                    update(Delivery).where(col(Delivery.id) == delivery_id).values(opened_at=opened, status="opened")
+                )
+            handle = self.client.get_workflow_handle(workflow_id)
+            # "Send everything" has ended its journey by the time the customer reads.
+            with contextlib.suppress(RPCError):
+                await handle.signal(CascadeJourney.engagement, EngagementInput(type=EngagementType.OPENED, step=step))
 
     async def run_week(self, week_no: int) -> Week:
         """Start the week's journeys, play the customers hour by hour until every journey ended."""
@@ -219,7 +195,7 @@ class Simulation:
         )
         for _ in range(24 * 8):
             await self.env.sleep(timedelta(hours=1))
-            await self.react(week, started)
+            await self.react(week, week_no, started)
             async with self.db.session() as session:
                 done = (
                     await session.exec(
@@ -228,7 +204,8 @@ class Simulation:
                         )
                     )
                 ).one()
-            if done >= len(self.people):
+            # Opens still to come are played too, so the next week's decisions see them.
+            if done >= len(self.people) and not self.pending:
                 break
         # A journey reacted when the customer opened any of its messages (also one that came
         # after "send everything" had ended its journey).

@@ -7,15 +7,17 @@ is the ranking by posterior means and can be asserted.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
 from sqlmodel import col, select
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
@@ -27,11 +29,11 @@ from cascade.routing.history import channel_history, reaction_delays
 from cascade.routing.sendtime import preview
 from cascade.routing.timing import preview_send_times
 from models.events import EngagementInput, EngagementType
-from models.journey import JourneySpec, Outcome, StepStatus
+from models.journey import JourneyResult, JourneySpec, Outcome, StepStatus
 from models.profiles import ContactIn, CustomerProfile
 from models.tables import Customer, Delivery, RoutingDecision
 from starter import start_journey
-from tests.codec import CODEC_CONVERTER
+from tests.codec import CODEC_CONVERTER, decrypt_history, payloads_in
 from tests.helpers import deliveries, spec, wait_for_state
 from worker import WORKFLOWS, build_worker
 from workflows.cascade import CascadeJourney
@@ -333,6 +335,43 @@ async def test_decisions_replay_from_history(client, db, settings, unique_id):
         history, raise_on_replay_failure=False
     )
     assert replay.replay_failure is None
+
+
+STORED = Path(__file__).parent / "histories" / "cascade_optichannel.json"
+
+
+async def test_the_stored_optichannel_history_replays_with_its_decisions():
+    """An optichannel journey recorded through the payload codec (tests/histories/record.py):
+    routed, timed and adaptively waited steps replay on the current code without a database."""
+    data = json.loads(STORED.read_text())
+    history = WorkflowHistory.from_json(data.pop("workflowId"), data)
+    # The journey's input and every activity's result are ciphertext (search attributes and
+    # patch markers are not payloads the codec sees).
+    started = history.events[0].workflow_execution_started_event_attributes.input
+    results = [e.activity_task_completed_event_attributes.result for e in history.events]
+    encodings = {p.metadata["encoding"].decode() for m in (started, *results) for p in payloads_in(m)}
+    assert encodings == {"binary/encrypted"}
+    replay = await Replayer(workflows=WORKFLOWS, data_converter=CODEC_CONVERTER).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert replay.replay_failure is None
+    clear = await decrypt_history(history)
+    activities = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in clear.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert activities.count("choose_channel") == activities.count("choose_wait") == 2
+    assert activities.count("choose_send_time") == 2
+    (done,) = [e for e in clear.events if e.HasField("workflow_execution_completed_event_attributes")]
+    result = JourneyResult.model_validate_json(
+        done.workflow_execution_completed_event_attributes.result.payloads[0].data
+    )
+    # The decisions the activities made are what the journey recorded and replay repeats.
+    assert [s.channel.value for s in result.steps[:2]] == ["telegram", "email"]
+    assert result.steps[0].routing and result.steps[0].routing.startswith("telegram: 0.86 past reaction rate")
+    assert result.steps[0].wait_reason and "clamped to 1.0 h" in result.steps[0].wait_reason
+    assert result.outcome == Outcome.REACTED and result.reacted_step == 1
 
 
 # --- send time -------------------------------------------------------------------------

@@ -149,21 +149,27 @@ def test_preference_multiplies_p_by_the_boost():
     assert next(s for s in capped.ranked if s.channel == "sms").p_adjusted == 1.0
 
 
-def test_stay_where_active_pins_the_recent_channel_first():
+def test_stay_where_active_raises_p_but_does_not_override_the_price():
     recent = {"sms": NOW - timedelta(days=3)}
+    plain = {s.channel: s for s in rank_channels(routing(), GREEDY).ranked}
     decision = rank_channels(routing(last_reaction_at=recent), GREEDY)
-    assert order(decision) == ["sms", "viber", "email"]
-    assert decision.ranked[0].pinned and "reacted 3 d ago, kept first" in decision.ranked[0].reason
-    # Older than stay_active_days (30): no pin.
+    sms = next(s for s in decision.ranked if s.channel == "sms")
+    assert sms.active and sms.p_adjusted == pytest.approx(1.5 * plain["sms"].p_reaction)
+    assert "reacted 3 d ago x1.5" in sms.reason
+    # 0.05 / 0.9 = 0.056 still behind viber's 0.02 / 0.5: a recent SMS reaction does not buy
+    # an SMS every time (model v1 pinned it first, paying 25x an email for the same reader).
+    assert order(decision) == ["viber", "email", "sms"]
+    # At one price, recent activity decides: SMS (0.06 / 0.6) before viber (0.06 / 0.5) until
+    # the customer reacted on viber yesterday (0.06 / 0.75).
+    tied = [ChannelOption(channel="viber", cost=0.06), ChannelOption(channel="sms", cost=0.06)]
+    assert order(rank_channels(routing(options=tied), GREEDY))[0] == "sms"
+    viber_active = rank_channels(routing(options=tied, last_reaction_at={"viber": NOW - timedelta(days=1)}), GREEDY)
+    assert order(viber_active)[0] == "viber"
+    # Older than stay_active_days (30), or switched off: no boost.
     old = rank_channels(routing(last_reaction_at={"sms": NOW - timedelta(days=40)}), GREEDY)
-    assert order(old) == ["viber", "email", "sms"]
-    # Switched off.
+    assert not any(s.active for s in old.ranked)
     off = rank_channels(routing(last_reaction_at=recent), RoutingParams(exploration=0, stay_active_days=None))
-    assert order(off) == ["viber", "email", "sms"]
-    # Pinned even when exploring.
-    explore = RoutingParams(exploration=1.0)
-    for seed in range(50):
-        assert rank_channels(routing(last_reaction_at=recent, seed=seed), explore).chosen == "sms"
+    assert next(s for s in off.ranked if s.channel == "sms").p_adjusted == pytest.approx(plain["sms"].p_reaction)
     # An active channel the customer cannot be reached on now is not chosen.
     options = [o if o.channel != "sms" else ChannelOption(channel="sms", cost=0.05, usable=False) for o in OPTIONS]
     unreachable = rank_channels(routing(options=options, last_reaction_at=recent), GREEDY)
@@ -299,11 +305,29 @@ def test_shrinkage_pulls_a_thin_history_toward_the_segment():
     many = [local(2, 3, weeks_back=w % 25, minute=w) for w in range(50)]
     assert hour_profile(many, BERLIN, segment_at_19()).best_hour() == 2 * 24 + 3
     # Exact formula at the planted hour: (smoothed own + a * q) / (n + a), the smoothing a
-    # Gaussian of 1 h cut at 4 h, so the hour itself keeps 1 / sum(exp(-x^2 / 2), x = -4..4).
+    # Gaussian of 1 h cut at 4 h, so the hour itself keeps 1 / sum(exp(-x^2 / 2), x = -4..4),
+    # of which half stays on Wednesday and half is spread over the seven days' 03:00.
     seg = segment_at_19()
     q = seg / seg.sum()
     centre = 1 / np.exp(-(np.arange(-4, 5) ** 2) / 2).sum()
-    assert profile.probabilities[51] == pytest.approx((2 * centre + 24 * q[51]) / (2 + 24))
+    own = 2 * centre * (0.5 + 0.5 / 7)
+    assert profile.probabilities[51] == pytest.approx((own + 24 * q[51]) / (2 + 24))
+
+
+def test_a_habit_seen_on_one_day_is_expected_on_the_others():
+    mondays = [local(0, 20, 5, weeks_back=w) for w in range(1, 3)]  # read at 20:05 on two Mondays
+    profile = hour_profile(mondays, BERLIN)
+    # Tuesday: 20:00 now beats 10:00 (without pooling the Tuesday hours were all alike).
+    assert profile.probabilities[24 + 20] > profile.probabilities[24 + 10]
+    assert hour_profile(mondays, BERLIN, day_pooling=0).probabilities[24 + 20] == pytest.approx(
+        hour_profile(mondays, BERLIN, day_pooling=0).probabilities[24 + 10]
+    )
+    # Monday itself stays the best hour of the week.
+    assert profile.best_hour() == 20
+    step_on_tuesday = next_send_time(local(1, 9), profile, BERLIN, timedelta(hours=24))
+    assert step_on_tuesday.send_at == local(1, 20).astimezone(UTC)
+    with pytest.raises(ValueError, match="day_pooling"):
+        hour_profile(mondays, BERLIN, day_pooling=1.5)
 
 
 def test_send_time_picks_the_best_hour_in_the_window():

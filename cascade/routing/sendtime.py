@@ -13,6 +13,13 @@ Method:
    around the week: a reaction at 19:00 also says something about 18:00 and 20:00, and a
    night owl's nearest evening hour outranks an arbitrary morning when quiet hours forbid
    the night. Smoothing keeps the total, ``n`` reactions.
+   **Pooled across the days**: a share ``day_pooling`` (0.5) of each own reaction is
+   credited to the same hour on every day of the week, ``c_h = (1 - l) * w_h + l * D_{h mod 24} / 7``
+   with ``w`` the smoothed weekly counts and ``D`` their sums per hour of the day. Someone
+   seen reading at 20:00 on Mondays most likely reads at 20:00 on Tuesdays too; without the
+   pooling, a Tuesday step of a customer known only from Mondays had a flat profile and went
+   out at whatever hour the previous step's wait ended (bench/routing_fast.py). A weekday
+   habit of its own still wins once it is seen: its own hour keeps ``1 - l + l / 7`` of it.
 3. **Shrinkage toward the segment** (a Dirichlet prior): with own smoothed counts ``c_h``
    and the segment's hour-of-week distribution ``q_h`` (its reaction counts, normalised),
    the customer's distribution is ``pi_h = (c_h + a * q_h) / (n + a)`` with
@@ -120,6 +127,7 @@ def hour_profile(
     strength: float = 24.0,
     smooth_hours: float = 1.0,
     fallback_hour: int = 10,
+    day_pooling: float = 0.5,
 ) -> HourProfile:
     """The customer's hour-of-week distribution, shrunk toward the segment's (module docstring)."""
     if not 0 <= smooth_hours <= 24:
@@ -128,10 +136,15 @@ def hour_profile(
         raise ValueError(f"strength must be > 0, got {strength}")
     if not 0 <= fallback_hour < 24:
         raise ValueError(f"fallback_hour must be 0..23, got {fallback_hour}")
+    if not 0 <= day_pooling <= 1:
+        raise ValueError(f"day_pooling must be in [0, 1], got {day_pooling}")
     own = hour_histogram(own_reactions, zone)
     n = float(own.sum())
     if smooth_hours > 0:
         own = ndimage.gaussian_filter1d(own, sigma=smooth_hours, mode="wrap", truncate=4.0)
+    if day_pooling > 0 and n > 0:
+        by_hour_of_day = own.reshape(7, 24).sum(axis=0)
+        own = (1 - day_pooling) * own + day_pooling * np.tile(by_hour_of_day / 7, 7)
 
     segment: NDArray[np.float64] | None = None
     if segment_counts is not None:
