@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from bench.bare_workflow import BareJourney
+from cascade.infra.codec import data_converter
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
 from cascade.profiles.service import upsert_customer
@@ -143,7 +143,8 @@ async def main() -> None:
             await upsert_customer(db, CustomerProfile(id=f"b-{i}", name=f"B{i}", contacts=contacts))
 
         env = await WorkflowEnvironment.start_local(
-            data_converter=pydantic_data_converter,
+            # Encrypted payloads on both sides, as production runs (cascade.infra.codec).
+            data_converter=data_converter(settings),
             dev_server_existing_path=binary("temporal"),
             search_attributes=ALL,
             runtime=quiet_runtime(),

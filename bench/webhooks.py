@@ -27,13 +27,13 @@ from typing import Any
 
 import httpx
 from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.signal_sink import SignalSink
+from cascade.infra.codec import data_converter
 from cascade.infra.db import Database, migrate
 from cascade.infra.logging import configure_logging
 from cascade.infra.settings import Settings
@@ -82,7 +82,8 @@ async def main() -> None:
     db = Database.from_settings(settings)
     await migrate(db.engine)
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        # Encrypted payloads, as production runs (cascade.infra.codec).
+        data_converter=data_converter(settings),
         dev_server_existing_path=shutil.which("temporal") or str(Path(sys.executable).parent / "temporal"),
     )
     client: Client = env.client
