@@ -10,6 +10,9 @@ every signal is visible in its workflow. Latency: M events one at a time, from t
 workflow's query shows the signal, vs the same for a bare signal.
 
     .venv/bin/python bench/webhooks.py -n 400 -m 60
+
+Batch: `--batch-events` page views and cart updates through POST /v1/events/batch
+(`--batch-size` per request), on `--database-url` (PostgreSQL) or SQLite.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -75,10 +79,22 @@ async def main() -> None:
     parser.add_argument("-m", type=int, default=60, help="sequential events for the latency run")
     parser.add_argument("-c", type=int, default=16, help="requests in flight")
     parser.add_argument("--customers", type=int, default=16)
+    parser.add_argument(
+        "--batch-events", type=int, default=4000, help="events through POST /v1/events/batch (0: skip that part)"
+    )
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--database-url", default=None, help="e.g. postgresql://postgres@127.0.0.1:5432/test (default: SQLite)"
+    )
     args = parser.parse_args()
     configure_logging("WARNING", "console")
     tmp = Path(tempfile.mkdtemp(prefix="cascade-bench-"))
-    settings = Settings(database_url=f"sqlite:///{tmp / 'cascade.db'}", task_queue="bench-webhooks")
+    schema = f"bench_{uuid.uuid4().hex[:8]}" if args.database_url else None
+    settings = Settings(
+        database_url=args.database_url or f"sqlite:///{tmp / 'cascade.db'}",
+        database_schema=schema,
+        task_queue="bench-webhooks",
+    )
     db = Database.from_settings(settings)
     await migrate(db.engine)
     env = await WorkflowEnvironment.start_local(
@@ -166,13 +182,18 @@ async def main() -> None:
                             await bare(0)
                         await _until_count(target, before + 1)
                         (api_lat if kind == "api" else bare_lat).append(time.perf_counter() - start)
+                batch_s = await _batches(http, args) if args.batch_events else None
             for handle in handles:
                 await handle.signal(SignalSink.stop)
     finally:
         await env.shutdown()
         await db.dispose()
+        if schema is not None:
+            await _drop_schema(settings.database_url, schema)
 
-    result = {
+    db_kind = "postgresql" if args.database_url else "sqlite"
+    result: dict[str, Any] = {
+        "database": db_kind,
         "events": args.n,
         "in_flight": args.c,
         "api_events_per_s": round(args.n / api_s, 1),
@@ -184,16 +205,50 @@ async def main() -> None:
         "bare_p50_ms": round(_pct(bare_lat, 0.5), 1),
         "bare_p99_ms": round(_pct(bare_lat, 0.99), 1),
     }
+    if batch_s is not None:
+        result["database"] = db_kind
+        result["batch_events"] = args.batch_events
+        result["batch_size"] = args.batch_size
+        result["batch_events_per_s"] = round(args.batch_events / batch_s, 1)
     result["p50_ratio"] = round(result["api_p50_ms"] / result["bare_p50_ms"], 2)
     result["p99_ratio"] = round(result["api_p99_ms"] / result["bare_p99_ms"], 2)
     print(
         f"throughput: /v1/events {result['api_events_per_s']}/s vs bare signal {result['bare_signals_per_s']}/s "
         f"-> ratio {result['throughput_ratio']}"
     )
+    if batch_s is not None:
+        print(
+            f"batch: {args.batch_events} events in batches of {args.batch_size} on {db_kind}: "
+            f"{result['batch_events_per_s']} events/s (stored, profiles updated, segments refreshed)"
+        )
     print(f"latency p50: {result['api_p50_ms']} ms vs {result['bare_p50_ms']} ms -> ratio {result['p50_ratio']}")
     print(f"latency p99: {result['api_p99_ms']} ms vs {result['bare_p99_ms']} ms -> ratio {result['p99_ratio']}")
     _save(result)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _batches(http: httpx.AsyncClient, args: argparse.Namespace) -> float:
+    """Seconds to send `--batch-events` page views and cart updates (no journey waits on
+    them: what a shop sends most) through the batch endpoint, two batches in flight."""
+    kinds = ("page_view", "cart_updated")
+    events = [
+        {"event_id": f"b-{i}", "customer_id": f"bench-{i % args.customers}", "type": kinds[i % 2]}
+        for i in range(args.batch_events)
+    ]
+    chunks = [events[i : i + args.batch_size] for i in range(0, len(events), args.batch_size)]
+
+    async def one(i: int) -> None:
+        reply = await http.post("/v1/events/batch", json={"events": chunks[i]})
+        assert reply.status_code == 202 and reply.json()["accepted"] == len(chunks[i]), reply.text
+
+    return await _pool(len(chunks), 2, one)
+
+
+async def _drop_schema(url: str, schema: str) -> None:
+    database = Database.from_url(url)
+    async with database.engine.begin() as conn:
+        await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    await database.dispose()
 
 
 def _save(result: dict[str, Any]) -> None:

@@ -58,69 +58,108 @@ async def record_app_event(
     The journeys to start are planned on the profile as this event leaves it (a purchase
     counts before `purchase_count` conditions are judged).
     """
-    at = event.occurred_at or utcnow()
     specs = list(journeys) if journeys is not None else load_all_journeys()
-    stored_id = f"{tenant}:{event.event_id}"
     async with writer(db), db.session() as session:
-        customer_id = await resolve_customer_id(session, event.customer_id)
-        customer = await session.get(Customer, customer_id, with_for_update=not db.is_sqlite)
-        if customer is None and event.type == "registered":
-            # A registration may be the first the engine hears of a customer.
-            await session.exec(
-                insert_ignoring_conflicts(db, Customer)
-                .values(id=customer_id, children_ages=[], favourite_categories=[], attributes={}, created_at=utcnow())
-                .on_conflict_do_nothing()
-            )
-            customer = await session.get(Customer, customer_id)
-        if customer is None or customer.erased_at is not None:
-            # An erased customer's events would write personal data back: refused alike.
-            return RecordedEvent(
-                AppEventResult(
-                    event_id=event.event_id,
-                    status="unknown_customer",
-                    detail=f"customer_id {event.customer_id!r}: no such customer",
-                )
-            )
-        inserted = await insert_event(
-            db,
-            session,
-            type=event.type,
-            occurred_at=at,
-            event_id=stored_id,
-            customer_id=customer_id,
-            source=f"api:{tenant}",
-            properties=event.properties,
-        )
-        if not inserted:
-            return RecordedEvent(
-                AppEventResult(event_id=event.event_id, status="duplicate", detail="already received; nothing done"),
-                customer_id=customer_id,
-            )
-        apply_app_event(customer, event, at)
-        session.add(customer)
-        plan = await plan_event(
-            session,
-            customer,
-            event.type,
-            event.properties,
-            specs=specs,
-            now=at,
-            event_id=stored_id,
-            conversion=event.conversion is not False,
-        )
-        rows = enqueue(session, plan.signals, stored_id, lease)
-        if not plan.starts:
-            await _mark_routed(session, stored_id)
-    result = AppEventResult(
-        event_id=event.event_id, status="accepted", signalled=sorted({*plan.converted, *plan.exited})
-    )
+        recorded = await _record(db, session, tenant, event, specs, lease)
+    _log(tenant, event, recorded)
+    return recorded
+
+
+async def record_app_events(
+    db: Database,
+    tenant: str,
+    events: Sequence[AppEvent],
+    *,
+    journeys: Sequence[JourneySpec] | None = None,
+    lease: timedelta = DEFAULT_LEASE,
+) -> list[RecordedEvent]:
+    """`record_app_event` for a batch, in order and in ONE transaction (one commit, one
+    writer-lock turn on SQLite): each event is judged on the profile as the events before
+    it in the batch left it. All or nothing: a failure stores none of them, and the
+    sender's retry is safe since every event is idempotent."""
+    specs = list(journeys) if journeys is not None else load_all_journeys()
+    async with writer(db), db.session() as session:
+        recorded = [await _record(db, session, tenant, event, specs, lease) for event in events]
+    for event, one in zip(events, recorded, strict=True):
+        _log(tenant, event, one)
+    return recorded
+
+
+def _log(tenant: str, event: AppEvent, recorded: RecordedEvent) -> None:
+    if recorded.result.status != "accepted":
+        return
     log.info(
         "event.app",
         tenant=tenant,
-        customer_id=customer_id,
+        customer_id=recorded.customer_id,
         event_type=event.type,
-        workflow_ids=result.signalled,
-        starts=[s.spec.name for s in plan.starts],
+        workflow_ids=recorded.result.signalled,
+        starts=[s.spec.name for s in recorded.starts],
+    )
+
+
+async def _record(
+    db: Database, session: AsyncSession, tenant: str, event: AppEvent, specs: list[JourneySpec], lease: timedelta
+) -> RecordedEvent:
+    """One event's rows, added to the caller's transaction (see record_app_event)."""
+    at = event.occurred_at or utcnow()
+    stored_id = f"{tenant}:{event.event_id}"
+    # The id the shop sent is the surviving profile's nearly always: one read settles
+    # it; a merged-away id is followed to its survivor.
+    customer_id = event.customer_id
+    customer = await session.get(Customer, customer_id, with_for_update=not db.is_sqlite)
+    if customer is not None and customer.merged_into is not None:
+        customer_id = await resolve_customer_id(session, event.customer_id)
+        customer = await session.get(Customer, customer_id, with_for_update=not db.is_sqlite)
+    if customer is None and event.type == "registered":
+        # A registration may be the first the engine hears of a customer.
+        await session.exec(
+            insert_ignoring_conflicts(db, Customer)
+            .values(id=customer_id, children_ages=[], favourite_categories=[], attributes={}, created_at=utcnow())
+            .on_conflict_do_nothing()
+        )
+        customer = await session.get(Customer, customer_id)
+    if customer is None or customer.erased_at is not None:
+        # An erased customer's events would write personal data back: refused alike.
+        return RecordedEvent(
+            AppEventResult(
+                event_id=event.event_id,
+                status="unknown_customer",
+                detail=f"customer_id {event.customer_id!r}: no such customer",
+            )
+        )
+    inserted = await insert_event(
+        db,
+        session,
+        type=event.type,
+        occurred_at=at,
+        event_id=stored_id,
+        customer_id=customer_id,
+        source=f"api:{tenant}",
+        properties=event.properties,
+    )
+    if not inserted:
+        return RecordedEvent(
+            AppEventResult(event_id=event.event_id, status="duplicate", detail="already received; nothing done"),
+            customer_id=customer_id,
+        )
+    apply_app_event(customer, event, at)
+    session.add(customer)
+    plan = await plan_event(
+        session,
+        customer,
+        event.type,
+        event.properties,
+        specs=specs,
+        now=at,
+        event_id=stored_id,
+        conversion=event.conversion is not False,
+    )
+    rows = enqueue(session, plan.signals, stored_id, lease)
+    if not plan.starts:
+        await _mark_routed(session, stored_id)
+    result = AppEventResult(
+        event_id=event.event_id, status="accepted", signalled=sorted({*plan.converted, *plan.exited})
     )
     return RecordedEvent(result, customer_id, rows, plan.starts, plan.not_entered)
 

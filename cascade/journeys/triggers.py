@@ -145,14 +145,15 @@ async def _customer_ids(session: AsyncSession, customer_id: str) -> list[str]:
 
 
 async def running_journeys(
-    session: AsyncSession, customer_id: str, *, marketing_only: bool = False
+    session: AsyncSession, customer_id: str, *, marketing_only: bool = False, survivor: bool = False
 ) -> list[JourneyRun]:
     """The customer's journey runs not yet known to be finished (journey_runs look-up).
 
     `marketing_only` leaves out runs that sent a transactional message: an unsubscribe
-    from marketing must not stop an order-status journey.
+    from marketing must not stop an order-status journey. `survivor`: the caller knows
+    `customer_id` is a surviving profile (not merged away), which saves a look-up.
     """
-    ids = await _customer_ids(session, customer_id)
+    ids = [customer_id] if survivor else await _customer_ids(session, customer_id)
     runs = list(
         (
             await session.exec(
@@ -199,7 +200,7 @@ async def plan_event(
     plan = EventPlan()
     if signals:
         targets: set[tuple[str, str | None]] = set()
-        for run in await running_journeys(session, customer.id):
+        for run in await running_journeys(session, customer.id, survivor=customer.merged_into is None):
             spec = by_name.get(run.journey)
             exit_on = run.exit_on if run.exit_on is not None else (spec.exit_on if spec else [])
             convert_on = run.convert_on if run.convert_on is not None else (spec.convert_on if spec else [])
