@@ -83,6 +83,7 @@ async def main() -> None:
         "--batch-events", type=int, default=4000, help="events through POST /v1/events/batch (0: skip that part)"
     )
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--out", default="webhooks.json", help="file name under bench/results/")
     parser.add_argument(
         "--database-url", default=None, help="e.g. postgresql://postgres@127.0.0.1:5432/test (default: SQLite)"
     )
@@ -166,13 +167,14 @@ async def main() -> None:
 
                 await _pool(20, 4, post)  # warm-up: connections, caches
                 await _pool(20, 4, bare)
-                bare_s = await timed(bare)
-                api_s = await timed(post)
+                # -n 0: only the batch part (e.g. on PostgreSQL, the single events on SQLite).
+                bare_s = await timed(bare) if args.n else 0.0
+                api_s = await timed(post) if args.n else 0.0
 
                 api_lat: list[float] = []
                 bare_lat: list[float] = []
                 target = handles[0]
-                for _ in range(args.m):
+                for _ in range(args.m if args.n else 0):
                     for kind in ("api", "bare"):
                         before = await target.query(SignalSink.received)
                         start = time.perf_counter()
@@ -192,38 +194,39 @@ async def main() -> None:
             await _drop_schema(settings.database_url, schema)
 
     db_kind = "postgresql" if args.database_url else "sqlite"
-    result: dict[str, Any] = {
-        "database": db_kind,
-        "events": args.n,
-        "in_flight": args.c,
-        "api_events_per_s": round(args.n / api_s, 1),
-        "bare_signals_per_s": round(args.n / bare_s, 1),
-        "throughput_ratio": round(bare_s / api_s, 2),
-        "latency_samples": args.m,
-        "api_p50_ms": round(_pct(api_lat, 0.5), 1),
-        "api_p99_ms": round(_pct(api_lat, 0.99), 1),
-        "bare_p50_ms": round(_pct(bare_lat, 0.5), 1),
-        "bare_p99_ms": round(_pct(bare_lat, 0.99), 1),
-    }
+    result: dict[str, Any] = {"database": db_kind}
+    if args.n:
+        result |= {
+            "events": args.n,
+            "in_flight": args.c,
+            "api_events_per_s": round(args.n / api_s, 1),
+            "bare_signals_per_s": round(args.n / bare_s, 1),
+            "throughput_ratio": round(bare_s / api_s, 2),
+            "latency_samples": args.m,
+            "api_p50_ms": round(_pct(api_lat, 0.5), 1),
+            "api_p99_ms": round(_pct(api_lat, 0.99), 1),
+            "bare_p50_ms": round(_pct(bare_lat, 0.5), 1),
+            "bare_p99_ms": round(_pct(bare_lat, 0.99), 1),
+        }
     if batch_s is not None:
-        result["database"] = db_kind
         result["batch_events"] = args.batch_events
         result["batch_size"] = args.batch_size
         result["batch_events_per_s"] = round(args.batch_events / batch_s, 1)
-    result["p50_ratio"] = round(result["api_p50_ms"] / result["bare_p50_ms"], 2)
-    result["p99_ratio"] = round(result["api_p99_ms"] / result["bare_p99_ms"], 2)
-    print(
-        f"throughput: /v1/events {result['api_events_per_s']}/s vs bare signal {result['bare_signals_per_s']}/s "
-        f"-> ratio {result['throughput_ratio']}"
-    )
+    if args.n:
+        result["p50_ratio"] = round(result["api_p50_ms"] / result["bare_p50_ms"], 2)
+        result["p99_ratio"] = round(result["api_p99_ms"] / result["bare_p99_ms"], 2)
+        print(
+            f"throughput: /v1/events {result['api_events_per_s']}/s vs bare signal "
+            f"{result['bare_signals_per_s']}/s -> ratio {result['throughput_ratio']}"
+        )
+        print(f"latency p50: {result['api_p50_ms']} ms vs {result['bare_p50_ms']} ms -> ratio {result['p50_ratio']}")
+        print(f"latency p99: {result['api_p99_ms']} ms vs {result['bare_p99_ms']} ms -> ratio {result['p99_ratio']}")
     if batch_s is not None:
         print(
             f"batch: {args.batch_events} events in batches of {args.batch_size} on {db_kind}: "
             f"{result['batch_events_per_s']} events/s (stored, profiles updated, segments refreshed)"
         )
-    print(f"latency p50: {result['api_p50_ms']} ms vs {result['bare_p50_ms']} ms -> ratio {result['p50_ratio']}")
-    print(f"latency p99: {result['api_p99_ms']} ms vs {result['bare_p99_ms']} ms -> ratio {result['p99_ratio']}")
-    _save(result)
+    _save(result, args.out)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -251,8 +254,8 @@ async def _drop_schema(url: str, schema: str) -> None:
     await database.dispose()
 
 
-def _save(result: dict[str, Any]) -> None:
-    out = Path(__file__).resolve().parent / "results" / "webhooks.json"
+def _save(result: dict[str, Any], name: str) -> None:
+    out = Path(__file__).resolve().parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
