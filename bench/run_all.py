@@ -120,7 +120,7 @@ BENCHES = [
                              "--out", "webhooks_batch.json"],
           ["bench/webhooks.py", "-n", "0", "--batch-events", "20000", "--database-url", POSTGRES,
            "--out", "webhooks_batch.json"], _batch, "webhooks_batch.json", needs_postgres=True),
-    Bench("throughput", ["bench/throughput.py", "-n", "200", "--concurrency", "50", "--warmup", "20"],
+    Bench("throughput", ["bench/throughput.py", "-n", "100", "--concurrency", "20", "--warmup", "10"],
           ["bench/throughput.py", "-n", "1000"], _throughput, "throughput.json"),
     Bench("broadcast", ["bench/broadcast.py", "starts", "-n", "1000"], ["bench/broadcast.py", "starts", "-n", "100000"],
           _broadcast, None, needs_postgres=True),
