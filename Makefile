@@ -33,8 +33,8 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: install  ## throughput vs raw Temporal on the dev server (see README)
-	$(PY) bench/throughput.py
+bench: install  ## every benchmark (quick sizes; BENCH_ARGS=--full for the README's), one table -> bench/results/
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

@@ -99,6 +99,7 @@ def build_worker(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
+            max_cached_workflows=settings.worker_max_cached_workflows,
             # One pooled database connection per slot (Settings.pool_size).
             max_concurrent_activities=settings.worker_max_concurrent_activities,
             # send_message stays here too: journeys started before per-channel queues

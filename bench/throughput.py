@@ -24,12 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from bench.bare_workflow import BareJourney
+from cascade.infra.codec import data_converter
 from cascade.infra.db import Database, migrate
+from cascade.infra.logging import configure_logging
 from cascade.infra.settings import Settings
 from cascade.profiles.service import upsert_customer
 from channels.base import OutboundMessage, SendReceipt
@@ -131,7 +132,13 @@ async def main() -> None:
     parser.add_argument("-n", type=int, default=1000, help="journeys per side")
     parser.add_argument("--concurrency", type=int, default=100, help="journeys in flight")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="the worker's log level (INFO: a line per send, as in production; the raw side logs nothing)",
+    )
     args = parser.parse_args()
+    configure_logging(args.log_level, "json")
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/bench.db", task_queue="bench")
@@ -143,7 +150,8 @@ async def main() -> None:
             await upsert_customer(db, CustomerProfile(id=f"b-{i}", name=f"B{i}", contacts=contacts))
 
         env = await WorkflowEnvironment.start_local(
-            data_converter=pydantic_data_converter,
+            # Encrypted payloads on both sides, as production runs (cascade.infra.codec).
+            data_converter=data_converter(settings),
             dev_server_existing_path=binary("temporal"),
             search_attributes=ALL,
             runtime=quiet_runtime(),
@@ -172,7 +180,10 @@ async def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "throughput.json").write_text(
-        json.dumps({"n": args.n, "runs": [asdict(r) for r in runs], "ratio": cascade / raw}, indent=1)
+        json.dumps(
+            {"n": args.n, "log_level": args.log_level, "runs": [asdict(r) for r in runs], "ratio": cascade / raw},
+            indent=1,
+        )
     )
 
 

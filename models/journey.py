@@ -641,6 +641,11 @@ class JourneyInput(BaseModel):
     customer_id: str = Field(min_length=1, max_length=128)
     deadline: datetime | None = None
     context: dict[str, Any] = Field(default_factory=dict, description="Extra template fields")
+    triggered_at: datetime | None = Field(
+        default=None,
+        description="When the trigger happened, if before the start request: the first step's delay counts "
+        "from it (default: from the start request, never from when a worker first ran the journey)",
+    )
 
 
 class StepRecord(BaseModel):

@@ -19,7 +19,7 @@ from temporalio.service import RPCError
 
 from cascade.audiences.membership import refresh_customer
 from cascade.audiences.service import load_segments
-from cascade.events.ingest import mark_routed, pending_starts, record_app_event
+from cascade.events.ingest import RecordedEvent, mark_routed, pending_starts, record_app_event, record_app_events
 from cascade.infra.logging import get_logger
 from cascade.journeys.triggers import RouteResult, start_planned
 from models.events import AppEvent, AppEventBatch, AppEventBatchResult, AppEventResult
@@ -67,49 +67,71 @@ async def post_event(event: AppEvent, request: Request, tenant: Annotated[str, D
 
 
 async def _accept(request: Request, tenant: str, event: AppEvent) -> AppEventResult:
-    """Store the event with its signals, hand them to the relay, start triggered journeys.
-
-    Starting is tracked on the event row: a sender's retry after a failed start (503)
-    finds the event stored but not routed and starts its journeys then (its signals were
-    stored the first time); a repeat of a routed event does nothing at all.
-    """
+    """Store the event with its signals, hand them to the relay, start triggered journeys."""
     state = request.app.state
     lease = timedelta(seconds=state.settings.outbox_lease_seconds)
     recorded = await record_app_event(state.db, tenant, event, lease=lease)
-    result = recorded.result
-    if result.status == "unknown_customer":
-        return result
-    if result.status == "duplicate":
-        pending = await pending_starts(state.db, tenant, event)
-        if pending is None:
-            return result
-        recorded = pending
-    state.relay.submit(recorded.rows)
-    if recorded.starts and recorded.customer_id is not None:
-        routed = RouteResult()
-        try:
-            await start_planned(state.client, state.db, state.settings, recorded.customer_id, recorded.starts, routed)
-        except RPCError as exc:
-            log.error("event.routing_failed", customer_id=event.customer_id, event_type=event.type, error=str(exc))
-            raise HTTPException(
-                503, "event stored; starting its journeys failed (Temporal unavailable): retry"
-            ) from exc
-        await mark_routed(state.db, tenant, event.event_id)
-        recorded.result.started = routed.started
-    if recorded.customer_id is not None:
-        # Audiences (#13): the event may move the customer into or out of segments.
-        await refresh_customer(
-            state.client, state.db, state.settings, load_segments(state.settings), recorded.customer_id, utcnow()
-        )
-    return recorded.result
+    results = await _route(request, tenant, [(event, recorded)])
+    return results[0]
+
+
+async def _route(request: Request, tenant: str, stored: list[tuple[AppEvent, RecordedEvent]]) -> list[AppEventResult]:
+    """After the commit: hand the signals to the relay, start triggered journeys, refresh segments.
+
+    Starting is tracked on the event row: a sender's retry after a failed start (503)
+    finds the event stored but not routed and starts its journeys then (its signals were
+    stored the first time); a repeat of a routed event does nothing at all. Segments are
+    refreshed once per customer, after all of the customer's events.
+    """
+    state = request.app.state
+    results: list[AppEventResult] = []
+    customers: dict[str, None] = {}
+    for event, recorded in stored:
+        result = recorded.result
+        if result.status == "unknown_customer":
+            results.append(result)
+            continue
+        if result.status == "duplicate":
+            pending = await pending_starts(state.db, tenant, event)
+            if pending is None:
+                results.append(result)
+                continue
+            recorded = pending
+        state.relay.submit(recorded.rows)
+        if recorded.starts and recorded.customer_id is not None:
+            routed = RouteResult()
+            try:
+                await start_planned(
+                    state.client, state.db, state.settings, recorded.customer_id, recorded.starts, routed
+                )
+            except RPCError as exc:
+                log.error("event.routing_failed", customer_id=event.customer_id, event_type=event.type, error=str(exc))
+                raise HTTPException(
+                    503, "event stored; starting its journeys failed (Temporal unavailable): retry"
+                ) from exc
+            await mark_routed(state.db, tenant, event.event_id)
+            recorded.result.started = routed.started
+        if recorded.customer_id is not None:
+            customers[recorded.customer_id] = None
+        results.append(recorded.result)
+    if customers:
+        # Audiences (#13): the events may move the customers into or out of segments.
+        segments, now = load_segments(state.settings), utcnow()
+        for customer_id in customers:
+            await refresh_customer(state.client, state.db, state.settings, segments, customer_id, now)
+    return results
 
 
 @router.post("/v1/events/batch", status_code=202, response_model=AppEventBatchResult, responses=_AUTH_ERRORS)
 async def post_events(
     batch: AppEventBatch, request: Request, tenant: Annotated[str, Depends(tenant_of)]
 ) -> AppEventBatchResult:
-    """Up to 1000 events in order; each is idempotent, so a retried batch is safe."""
-    results = [await _accept(request, tenant, e) for e in batch.events]
+    """Up to 1000 events in order, stored in one transaction; each is idempotent, so a
+    retried batch is safe."""
+    state = request.app.state
+    lease = timedelta(seconds=state.settings.outbox_lease_seconds)
+    recorded = await record_app_events(state.db, tenant, batch.events, lease=lease)
+    results = await _route(request, tenant, list(zip(batch.events, recorded, strict=True)))
     return AppEventBatchResult(
         accepted=sum(r.status == "accepted" for r in results),
         duplicates=sum(r.status == "duplicate" for r in results),

@@ -350,9 +350,20 @@ class CascadeJourney:
         step = self._input.spec.steps[index]
         record = self._state.steps[index]
         if delay and step.delay is not None:
-            self._set_status("delayed")
-            if await self._sleep(step.delay, deadline):
-                return None
+            wait = step.delay
+            # The first delay counts from the trigger's own time (the start request as the
+            # server took it, or an earlier trigger time the starter passed), not from
+            # this task: a start that waited in a backlog of workflow tasks must not send
+            # later. Server time, from the history: deterministic, and no client clock.
+            if index == 0 and workflow.patched("delay-from-trigger"):
+                origin = workflow.info().workflow_start_time
+                if self._input.triggered_at is not None:
+                    origin = min(origin, self._input.triggered_at)
+                wait = min(step.delay, origin + step.delay - workflow.now())
+            if wait > timedelta(0):
+                self._set_status("delayed")
+                if await self._sleep(wait, deadline):
+                    return None
         check = CheckContactResult(usable=False, reason="not checked")
         for _ in range(MAX_POSTPONES):
             check = await workflow.execute_activity_method(

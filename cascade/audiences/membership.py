@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import DateTime, Table, exists, insert, literal, select, update
+from sqlalchemy import DateTime, Select, Table, case, exists, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 from temporalio.client import (
@@ -33,6 +34,7 @@ from temporalio.service import RPCError
 
 from cascade.audiences.compiler import CUSTOMERS, segment_condition
 from cascade.audiences.definition import SegmentCatalog
+from cascade.events.outbox import writer
 from cascade.infra.db import Database
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings
@@ -104,14 +106,81 @@ async def refresh_memberships(
 ) -> Transitions:
     """Bring the memberships of `segments` (default: all) up to date, for one customer or everyone."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
+    names = segments if segments is not None else catalog.names()
+    if customer_id is not None:
+        return await _refresh_customer_memberships(db, catalog, names, now, customer_id)
     result = Transitions()
-    for name in segments if segments is not None else catalog.names():
+    for name in names:
         async with db.engine.begin() as conn:
             entered, exited = await _refresh_one(conn, catalog, name, now, customer_id)
         if entered:
             result.entered[name] = entered
         if exited:
             result.exited[name] = exited
+    return result
+
+
+# Building the segments' SQL costs milliseconds per segment, more than running it: the
+# judgement is built once per second of `now` and reused by every event in that second.
+# Windows thus end up to a second early when deciding *whether* to write; the write
+# itself uses the exact time, and the scheduled refresh catches what time alone changes.
+_JUDGEMENTS: dict[tuple[int, tuple[str, ...], str, datetime], tuple[SegmentCatalog, Select[Any]]] = {}
+
+
+def _judgement(catalog: SegmentCatalog, names: tuple[str, ...], dialect: str, now: datetime) -> Select[Any]:
+    """SELECT, per segment, whether the customer matches it and whether a membership is open."""
+    key = (id(catalog), names, dialect, now)
+    cached = _JUDGEMENTS.get(key)
+    if cached is not None and cached[0] is catalog:
+        return cached[1]
+    columns: list[Any] = []
+    for i, name in enumerate(names):
+        condition = segment_condition(catalog, name, dialect=dialect, now=now)
+        is_open = exists(
+            select(literal(1)).where(
+                MEMBERSHIPS.c.segment == name,
+                MEMBERSHIPS.c.exited_at.is_(None),
+                MEMBERSHIPS.c.customer_id == CUSTOMERS.c.id,
+            )
+        )
+        columns += [case((condition, True), else_=False).label(f"in_{i}"), is_open.label(f"open_{i}")]
+    statement = select(*columns)
+    _JUDGEMENTS.clear()  # one second's statement at a time
+    _JUDGEMENTS[key] = (catalog, statement)
+    return statement
+
+
+async def _refresh_customer_memberships(
+    db: Database, catalog: SegmentCatalog, names: list[str], now: datetime, customer_id: str
+) -> Transitions:
+    """One customer's refresh: every segment judged in one read, written only where it changed.
+
+    The event path runs this for every event, and most events move nobody: one SELECT
+    (each segment's condition and open membership, as columns of the customer's row)
+    settles it without a write, where the per-segment statements cost four statements and
+    a write transaction per segment. A change is written with the same guarded statements
+    as the full refresh, in one transaction, so a concurrent refresh never doubles a row.
+    """
+    result = Transitions()
+    if not names:
+        return result
+    judged = _judgement(catalog, tuple(names), db.engine.dialect.name, now.replace(microsecond=0))
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(judged.where(CUSTOMERS.c.id == customer_id))).first()
+    if row is None:
+        # No such customer: only open memberships could need closing (the full statements do it).
+        changed = list(names)
+    else:
+        changed = [name for i, name in enumerate(names) if bool(row[2 * i]) != bool(row[2 * i + 1])]
+    if not changed:
+        return result
+    async with writer(db), db.engine.begin() as conn:
+        for name in changed:
+            entered, exited = await _refresh_one(conn, catalog, name, now, customer_id)
+            if entered:
+                result.entered[name] = entered
+            if exited:
+                result.exited[name] = exited
     return result
 
 

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     # Activity slots of the worker's main task queue (the channel queues have
     # channel_max_concurrent_sends each).
     worker_max_concurrent_activities: int = Field(default=30, ge=1)
+    # Workflows the worker keeps in memory between their tasks (Temporal's sticky cache).
+    # A cached journey wakes without replaying its history; one evicted replays it on
+    # its next task (correct, only slower). Size it to the journeys that wake together
+    # (a campaign's next step), not to every sleeping one: memory grows with it.
+    worker_max_cached_workflows: int = Field(default=1000, ge=0)
 
     webhooks_host: str = "127.0.0.1"
     webhooks_port: int = 8000

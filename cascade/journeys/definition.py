@@ -56,10 +56,16 @@ def check_spec(spec: JourneySpec) -> None:
 
 
 def journey_input(
-    spec: JourneySpec, customer_id: str, deadline: datetime | None, context: dict[str, Any]
+    spec: JourneySpec,
+    customer_id: str,
+    deadline: datetime | None,
+    context: dict[str, Any],
+    triggered_at: datetime | None = None,
 ) -> JourneyInput:
     """The workflow input of a new start, refused (ValidationError) if the deadline has no time zone."""
-    payload = JourneyInput(spec=spec, customer_id=customer_id, deadline=deadline, context=context)
+    payload = JourneyInput(
+        spec=spec, customer_id=customer_id, deadline=deadline, context=context, triggered_at=triggered_at
+    )
     if payload.deadline is not None and payload.deadline.tzinfo is None:
         # On the object itself, as the model validator that used to hold this check reported it.
         _raise(

@@ -63,6 +63,7 @@ async def start_journey(
     db: Database | None = None,
     settings: Settings | None = None,
     rerun: bool = True,
+    triggered_at: datetime | None = None,
 ) -> WorkflowHandle[Any, Any]:
     """Start `journey` for `customer_id`, or return the handle of the one already running.
 
@@ -72,7 +73,9 @@ async def start_journey(
     Only the `context` entries the journey's templates and step conditions read go into
     the workflow input (it is readable in Temporal: no stray email or address). With
     `rerun` False, a closed run of the same id is not run again (temporalio's
-    WorkflowAlreadyStartedError). Everything is validated before a workflow starts: a bad
+    WorkflowAlreadyStartedError). `triggered_at` is when the trigger happened if it was
+    before the start (default: the start itself): the first step's delay counts from it.
+    Everything is validated before a workflow starts: a bad
     definition raises JourneyDefinitionError, an unknown customer UnknownCustomerError,
     a template field that neither the profile nor `context` has TemplateFieldError, a
     bad deadline or context ValueError, each naming what was wrong.
@@ -90,7 +93,7 @@ async def start_journey(
     # One id rule everywhere (models/ids.py): no '/' in ids or keys, so workflow ids never collide.
     check_customer_id(customer_id)
     try:
-        payload = journey_input(spec, customer_id, deadline, journey_context(spec, context or {}))
+        payload = journey_input(spec, customer_id, deadline, journey_context(spec, context or {}), triggered_at)
     except ValidationError as exc:
         raise ValueError(describe_validation_error(exc, f"journey {spec.name!r} input")) from exc
     if key is not None:

@@ -145,14 +145,15 @@ async def _customer_ids(session: AsyncSession, customer_id: str) -> list[str]:
 
 
 async def running_journeys(
-    session: AsyncSession, customer_id: str, *, marketing_only: bool = False
+    session: AsyncSession, customer_id: str, *, marketing_only: bool = False, survivor: bool = False
 ) -> list[JourneyRun]:
     """The customer's journey runs not yet known to be finished (journey_runs look-up).
 
     `marketing_only` leaves out runs that sent a transactional message: an unsubscribe
-    from marketing must not stop an order-status journey.
+    from marketing must not stop an order-status journey. `survivor`: the caller knows
+    `customer_id` is a surviving profile (not merged away), which saves a look-up.
     """
-    ids = await _customer_ids(session, customer_id)
+    ids = [customer_id] if survivor else await _customer_ids(session, customer_id)
     runs = list(
         (
             await session.exec(
@@ -188,18 +189,22 @@ async def plan_event(
     conversion: bool = True,
     signals: bool = True,
     starts: bool = True,
+    runs: Sequence[JourneyRun] | None = None,
 ) -> EventPlan:
     """What `event_type` does to `customer`'s journeys (reads only; nothing is sent).
 
     `conversion` False keeps the event from converting anything (an event the shop
-    marked `conversion: false`). `signals`/`starts` False leave that half out.
+    marked `conversion: false`). `signals`/`starts` False leave that half out. `runs`:
+    the customer's running journeys when the caller has read them already (a batch).
     """
     props = dict(properties or {})
     by_name = {s.name: s for s in specs}
     plan = EventPlan()
     if signals:
         targets: set[tuple[str, str | None]] = set()
-        for run in await running_journeys(session, customer.id):
+        if runs is None:
+            runs = await running_journeys(session, customer.id, survivor=customer.merged_into is None)
+        for run in runs:
             spec = by_name.get(run.journey)
             exit_on = run.exit_on if run.exit_on is not None else (spec.exit_on if spec else [])
             convert_on = run.convert_on if run.convert_on is not None else (spec.convert_on if spec else [])
@@ -218,8 +223,11 @@ async def plan_event(
                 plan.converted.append(run.workflow_id)
     if not starts:
         return plan
+    matching = matching_journeys(specs, event_type)
+    if not matching:
+        return plan
     profile = template_fields(customer)
-    for spec in matching_journeys(specs, event_type):
+    for spec in matching:
         assert spec.trigger is not None
         if (cond := failed_condition(spec.entry.conditions, profile, props, now)) is not None:
             plan.not_entered[spec.name] = f"entry condition not met: {describe(cond)}"
