@@ -66,7 +66,7 @@ class Transitions:
 async def _refresh_one(
     conn: AsyncConnection, catalog: SegmentCatalog, segment: str, now: datetime, customer_id: str | None
 ) -> tuple[list[str], list[str]]:
-    condition = segment_condition(catalog, segment, dialect=conn.dialect.name, now=now)
+    condition = segment_condition(catalog, segment, dialect=conn.dialect.name, now=now, customer_id=customer_id)
     open_now = (MEMBERSHIPS.c.segment == segment) & MEMBERSHIPS.c.exited_at.is_(None)
     already = exists(select(literal(1)).where(open_now, MEMBERSHIPS.c.customer_id == CUSTOMERS.c.id))
     joining = select(literal(segment), CUSTOMERS.c.id, literal(now, DateTime(timezone=True))).where(condition, ~already)
