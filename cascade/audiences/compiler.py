@@ -294,13 +294,19 @@ class _Compiler:
             .where(EVENTS.c.customer_id.is_not(None), *where)
             .group_by(EVENTS.c.customer_id)
             .having(not_(test) if complement else test)
-            .subquery()
         )
-        # EXISTS over the grouped rows, not `id IN (...)`: PostgreSQL turns it into a hash
-        # (anti) join that spills to disk when big, where a NOT IN or an IN under OR/NOT
-        # becomes a subplan that rescans the subquery's rows per customer once they
-        # outgrow work_mem.
-        found = exists(select(literal(1)).select_from(grouped).where(grouped.c.customer_id == CUSTOMERS.c.id))
+        found: ColumnElement[bool]
+        if self.pg:
+            # EXISTS over the grouped rows, not `id IN (...)`: PostgreSQL turns it into a
+            # hash (anti) join that spills to disk when big, where a NOT IN or an IN under
+            # OR/NOT becomes a subplan that rescans the subquery's rows per customer once
+            # they outgrow work_mem.
+            rows = grouped.subquery()
+            found = exists(select(literal(1)).select_from(rows).where(rows.c.customer_id == CUSTOMERS.c.id))
+        else:
+            # SQLite runs a non-correlated IN once into a temporary index, where it would
+            # rebuild an EXISTS's grouped rows for every customer.
+            found = CUSTOMERS.c.id.in_(grouped)
         return not_(found) if complement else found
 
     def reachable(self, rule: ReachableRule) -> ColumnElement[bool]:
