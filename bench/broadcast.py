@@ -1,20 +1,20 @@
-"""Broadcast throughput against a raw start loop, and segment counts over a big PostgreSQL base.
+"""Broadcast throughput against a raw start loop (segment counts: bench/segments.py).
 
-    python bench/broadcast.py starts [-n 100000] [--concurrency 50]
-    python bench/broadcast.py segments [--customers 1000000] [--events 10000000]
+    python bench/broadcast.py starts [-n 100000] [--concurrency 50] [--page-size 500]
 
 `starts`: a BroadcastWorkflow to a segment of n customers on PostgreSQL and the real dev
-server, against a raw loop of `client.start_workflow` with the same concurrency and the
-same payload, in the same run. Both start CascadeJourney workflows on a task queue no
-worker polls, so both sides measure starting (the broadcast's snapshot, paging and
-bookkeeping included), not running the cascades. Also the process's peak RSS (it hosts
-the broadcast worker) during the broadcast.
+server, against a raw loop of `client.start_workflow` with the same concurrency, the
+same payload and the same start options (search attributes, memo), in the same run (half
+of the raw loop before the broadcast, half after, after an uncounted warm-up of the dev
+server). Both start CascadeJourney workflows on a task queue no worker polls, so both
+sides measure starting (the broadcast's snapshot, paging and bookkeeping included), not
+running the cascades. Also the time
+spent inside the page activities (and in their bookkeeping write) against outside them
+(snapshot, workflow tasks between pages), and the process's peak RSS (it hosts the
+broadcast worker) during the broadcast.
 
-`segments`: bulk-loads customers and events with INSERT ... SELECT generate_series (no
-API), then times COUNT queries of behavioural segments and prints their plans.
-
-Both use their own PostgreSQL schema at CASCADE_TEST_POSTGRES_URL (default
-postgresql://postgres@127.0.0.1:5432/test) and drop it at the end. Results go to stdout
+It uses its own PostgreSQL schema at CASCADE_TEST_POSTGRES_URL (default
+postgresql://postgres@127.0.0.1:5432/test) and drops it at the end. Results go to stdout
 as JSON.
 """
 
@@ -28,7 +28,6 @@ import resource
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +37,17 @@ import asyncpg
 import yaml
 from sqlalchemy import text
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.audiences import AudienceActivities
 from cascade.audiences.broadcasts import start_broadcast
-from cascade.audiences.compiler import count_query
 from cascade.audiences.service import load_segments
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
+from models import search_attributes as sa
 from models.broadcasts import BroadcastProgress
 from models.journey import JourneyInput, JourneySpec
 from models.search_attributes import REGISTERED
@@ -59,15 +58,7 @@ POSTGRES_URL = os.environ.get("CASCADE_TEST_POSTGRES_URL", "postgresql://postgre
 SPEC = JourneySpec.model_validate(
     {"name": "bench", "steps": [{"channel": "email", "content": {"subject": "News", "body": "Hello {{ name }}"}}]}
 )
-SEGMENTS = {
-    "everyone": [{"field": "purchase_count", "op": "gte", "value": 0}],
-    "lapsed_buyers": [
-        {"event": "purchase", "within": "365d", "op": "gte", "value": 2},
-        {"event": "purchase", "within": "90d", "op": "eq", "value": 0},
-    ],
-    "big_spenders": [{"event": "purchase", "within": "365d", "sum": "amount", "op": "gt", "value": 300}],
-    "opened_recently": [{"event": "opened", "channel": "email", "within": "30d"}],
-}
+SEGMENTS = {"everyone": [{"field": "purchase_count", "op": "gte", "value": 0}]}
 
 
 def _rss_mib() -> float:
@@ -117,66 +108,69 @@ async def _load_customers(db: Database, n: int) -> float:
     return time.perf_counter() - began
 
 
-async def _load_events(db: Database, customers: int, events: int) -> float:
-    began = time.perf_counter()
-    batch = 1_000_000
-    for start in range(0, events, batch):
-        async with db.engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO engagement_events (customer_id, channel, type, source, properties, occurred_at,"
-                    " received_at)"
-                    " SELECT 'c' || lpad((1 + (g * 7919) % CAST(:customers AS bigint))::text, 8, '0'),"
-                    " CASE WHEN g % 5 IN (1, 2) THEN 'email' END,"
-                    " CASE g % 5 WHEN 0 THEN 'purchase' WHEN 1 THEN 'opened' WHEN 2 THEN 'clicked'"
-                    " ELSE 'page_viewed' END, 'bench',"
-                    " json_build_object('amount', g % 400), now() - ((g * 31) % 730) * interval '1 day', now()"
-                    " FROM generate_series(CAST(:lo AS bigint), CAST(:hi AS bigint)) AS g"
-                ),
-                {"customers": customers, "lo": start + 1, "hi": min(start + batch, events)},
+class _PageClock:
+    """Wall time of each page's activity and of its bookkeeping write, to see where time goes."""
+
+    def __init__(self, starter: Any) -> None:
+        self.pages: list[float] = []
+        self.marks: list[float] = []
+        page, mark = starter.start_page, starter._mark
+
+        async def timed_page(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return await page(*args, **kwargs)
+            finally:
+                self.pages.append(time.perf_counter() - began)
+
+        async def timed_mark(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return await mark(*args, **kwargs)
+            finally:
+                self.marks.append(time.perf_counter() - began)
+
+        starter.start_page, starter._mark = timed_page, timed_mark
+
+
+async def _raw_loop(client: Client, queue: str, ids: range, concurrency: int, run: str) -> float:
+    """`client.start_workflow` for each id, `concurrency` at a time, with the options a broadcast sets."""
+    gate = asyncio.Semaphore(concurrency)
+    spec = SPEC.model_copy(update={"campaign": run})
+    memo = {"journey": spec.name, "broadcast": run, "spec_hash": spec.content_hash()}
+
+    async def one(i: int) -> None:
+        customer_id = f"c{i:08d}"
+        attributes: list[SearchAttributePair[Any]] = [
+            SearchAttributePair(sa.CUSTOMER_ID, customer_id),
+            SearchAttributePair(sa.JOURNEY, spec.name),
+            SearchAttributePair(sa.JOURNEY_STATUS, "running"),
+            SearchAttributePair(sa.STEP, 0),
+            SearchAttributePair(sa.CHANNEL, spec.steps[0].channel.value),
+            SearchAttributePair(sa.CAMPAIGN, run),
+        ]
+        async with gate:
+            await client.start_workflow(
+                "CascadeJourney",
+                JourneyInput(spec=spec, customer_id=customer_id),
+                id=f"raw/{run}/{i}",
+                task_queue=queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=TypedSearchAttributes(attributes),
+                memo=memo,
             )
-    async with db.engine.begin() as conn:
-        await conn.execute(text("ANALYZE engagement_events"))
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in ids))
     return time.perf_counter() - began
 
 
-async def segments(customers: int, events: int, repeats: int) -> dict[str, Any]:
-    """Bulk-load, then time each segment's COUNT (best and median of `repeats`) with its plan."""
-    db, settings, schema = await _schema("seg")
-    try:
-        out: dict[str, Any] = {"customers": customers, "events": events}
-        out["load_customers_s"] = round(await _load_customers(db, customers), 1)
-        out["load_events_s"] = round(await _load_events(db, customers, events), 1)
-        catalog = load_segments(settings)
-        now = datetime.now(UTC)
-        timings: dict[str, Any] = {}
-        for name in [*SEGMENTS, "dormant", "loyal"]:
-            query = count_query(catalog, name, dialect="postgresql", now=now)
-            runs = []
-            count = 0
-            async with db.engine.connect() as conn:
-                for _ in range(repeats):
-                    began = time.perf_counter()
-                    count = (await conn.execute(query)).scalar_one()
-                    runs.append(time.perf_counter() - began)
-                compiled = query.compile(db.engine, compile_kwargs={"literal_binds": True})
-                plan = [r[0] for r in await conn.execute(text(f"EXPLAIN {compiled}"))]
-            runs.sort()
-            timings[name] = {
-                "members": count,
-                "best_s": round(runs[0], 3),
-                "median_s": round(runs[len(runs) // 2], 3),
-                "plan": plan,
-            }
-        out["segments"] = timings
-        return out
-    finally:
-        await db.dispose()
-        await _drop(schema)
+async def starts(n: int, concurrency: int, page_size: int) -> dict[str, Any]:
+    """Broadcast to n customers vs a raw start loop with the same concurrency, same run.
 
-
-async def starts(n: int, concurrency: int) -> dict[str, Any]:
-    """Broadcast to n customers vs a raw start loop with the same concurrency, same run."""
+    The raw loop starts n journeys too, half before the broadcast and half after, so a
+    change of the machine's load during the run weighs on both sides alike.
+    """
     db, settings, schema = await _schema("starts")
     env = await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
@@ -192,6 +186,12 @@ async def starts(n: int, concurrency: int) -> dict[str, Any]:
         settings = settings.model_copy(update={"task_queue": idle, "broadcast_start_concurrency": concurrency})
         queue = f"bench-broadcast-{uuid.uuid4().hex[:6]}"
         acts = AudienceActivities(db, client, settings)
+        clock = _PageClock(acts.starter)
+        run = uuid.uuid4().hex[:6]
+        # The dev server's first starts are slower (its caches are cold): warm it up uncounted.
+        await _raw_loop(client, idle, range(n + 1, n + 1 + min(500, n // 5)), concurrency, run)
+        half = n // 2
+        raw_first_s = await _raw_loop(client, idle, range(1, half + 1), concurrency, run)
         rss_before = _rss_mib()
         async with Worker(
             client,
@@ -208,38 +208,31 @@ async def starts(n: int, concurrency: int) -> dict[str, Any]:
                 segment="everyone",
                 journey=SPEC,
                 rate_per_second=1_000_000,
-                page_size=500,
+                page_size=page_size,
                 pages_per_run=50,
             )
             result = BroadcastProgress.model_validate(await handle.result())
             broadcast_s = time.perf_counter() - began
         rss_peak = _rss_mib()
         assert result.started == n, result
-
-        gate = asyncio.Semaphore(concurrency)
-        run = uuid.uuid4().hex[:6]
-
-        async def one(i: int) -> None:
-            async with gate:
-                await client.start_workflow(
-                    "CascadeJourney",
-                    JourneyInput(spec=SPEC, customer_id=f"c{i:08d}"),
-                    id=f"raw/{run}/{i}",
-                    task_queue=idle,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                )
-
-        began = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(1, n + 1)))
-        raw_s = time.perf_counter() - began
+        raw_second_s = await _raw_loop(client, idle, range(half + 1, n + 1), concurrency, run)
+        raw_s = raw_first_s + raw_second_s
+        in_pages = sum(clock.pages)
         return {
             "recipients": n,
             "concurrency": concurrency,
+            "page_size": page_size,
             "broadcast_s": round(broadcast_s, 1),
             "broadcast_per_s": round(n / broadcast_s, 1),
             "raw_loop_s": round(raw_s, 1),
             "raw_per_s": round(n / raw_s, 1),
+            "raw_first_half_per_s": round(half / raw_first_s, 1),
+            "raw_second_half_per_s": round((n - half) / raw_second_s, 1),
             "ratio": round(raw_s / broadcast_s, 3),
+            "pages": len(clock.pages),
+            "in_page_activities_s": round(in_pages, 1),
+            "of_which_marking_s": round(sum(clock.marks), 2),
+            "outside_pages_s": round(broadcast_s - in_pages, 1),
             "continue_as_new_runs": result.runs,
             "rss_before_mib": round(rss_before, 1),
             "peak_rss_mib": round(rss_peak, 1),
@@ -257,15 +250,9 @@ def main() -> None:
     s = sub.add_parser("starts")
     s.add_argument("-n", type=int, default=100_000)
     s.add_argument("--concurrency", type=int, default=50)
-    g = sub.add_parser("segments")
-    g.add_argument("--customers", type=int, default=1_000_000)
-    g.add_argument("--events", type=int, default=10_000_000)
-    g.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--page-size", type=int, default=500)
     args = parser.parse_args()
-    if args.what == "starts":
-        result = asyncio.run(starts(args.n, args.concurrency))
-    else:
-        result = asyncio.run(segments(args.customers, args.events, args.repeats))
+    result = asyncio.run(starts(args.n, args.concurrency, args.page_size))
     print(json.dumps(result, indent=1))
 
 

@@ -493,6 +493,24 @@ Index(
 )
 Index("ix_customers_last_purchase_at", Customer.__table__.c.last_purchase_at)  # type: ignore[attr-defined]
 Index("ix_customers_created_at", Customer.__table__.c.created_at)  # type: ignore[attr-defined]
+# Segment speed (#13, migration 0012): a behaviour rule is one grouped subquery over the
+# events of a type; these hand it a customer's events in order (long windows) or only the
+# recent ones (short windows) without reading the table, channel included.
+_EVENTS = EngagementEvent.__table__  # type: ignore[attr-defined]
+Index(
+    "ix_engagement_events_type_customer_time",
+    _EVENTS.c.type,
+    _EVENTS.c.customer_id,
+    _EVENTS.c.occurred_at,
+    _EVENTS.c.channel,
+)
+Index(
+    "ix_engagement_events_type_time_customer",
+    _EVENTS.c.type,
+    _EVENTS.c.occurred_at,
+    _EVENTS.c.customer_id,
+    _EVENTS.c.channel,
+)
 
 
 class Broadcast(SQLModel, table=True):

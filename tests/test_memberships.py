@@ -3,29 +3,39 @@ path and the SegmentRefresh workflow; transitions start `segment_entered` journe
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from temporalio.client import Client, ScheduleActionStartWorkflow, ScheduleOverlapPolicy
+from temporalio.client import (
+    Client,
+    ScheduleActionExecutionStartWorkflow,
+    ScheduleActionStartWorkflow,
+    ScheduleOverlapPolicy,
+)
 from temporalio.testing import WorkflowEnvironment
+from typer.testing import CliRunner
 
 from cascade.audiences.membership import (
+    REFRESH_SCHEDULE_ID,
     current_segments,
     refresh_memberships,
     refresh_schedule,
     route_transitions,
 )
 from cascade.audiences.service import load_segments
+from cascade.cli.segments import app as segments_cli
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from cascade.infra.temporal import register_search_attributes
 from models.audiences import RefreshMembershipsInput, RefreshMembershipsResult
 from tests.conftest import start_ts_env
-from tests.helpers import serve_app, spec
+from tests.helpers import eventually, serve_app, spec
 from tests.test_segments import NOW, _people
 from webhooks.app import create_app
 from webhooks.keys import create_key
@@ -137,3 +147,53 @@ def test_the_refresh_schedule_starts_segment_refresh_at_the_configured_interval(
     assert [i.every for i in schedule.spec.intervals] == [timedelta(minutes=15)]
     # A slow refresh is never run twice at once (its transitions are keyed by time).
     assert schedule.policy.overlap == ScheduleOverlapPolicy.SKIP
+
+
+@pytest.mark.integration
+async def test_the_segments_cli_applies_shows_runs_and_deletes_the_refresh_schedule(
+    dev_server: WorkflowEnvironment, settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Schedules need the real dev server (the time-skipping one has none).
+    client = dev_server.client
+    await _people(db)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("CASCADE_TASK_QUEUE", settings.task_queue)
+    monkeypatch.setenv("TEMPORAL_ADDRESS", client.service_client.config.target_host)
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Any:
+        # In a thread: the CLI runs its own event loop while this one runs the worker.
+        return await asyncio.to_thread(runner.invoke, segments_cli, ["schedule", *args])
+
+    refused = await cli("--every", "10x")
+    assert refused.exit_code == 1 and "--every: '10x' is not a duration" in refused.output
+    assert "no cascade-segment-refresh schedule" in (await cli("--show")).output
+    try:
+        created = await cli("--every", "30m")
+        assert created.exit_code == 0, created.output
+        assert f"created {REFRESH_SCHEDULE_ID}: SegmentRefresh every 30m on {settings.task_queue}" in created.output
+        shown = await cli("--show")
+        assert shown.exit_code == 0 and "every 30m" in shown.output and "next: 20" in shown.output
+        updated = await cli("--every", "2h")
+        assert f"updated {REFRESH_SCHEDULE_ID}: SegmentRefresh every 2h" in updated.output
+        assert "every 2h" in (await cli("--show")).output
+        # What the schedule starts is a SegmentRefresh the worker of the queue runs: fire it once now.
+        handle = client.get_schedule_handle(REFRESH_SCHEDULE_ID)
+        async with build_worker(client, settings, db):
+            await handle.trigger()
+
+            async def fired() -> str | None:
+                recent = (await handle.describe()).info.recent_actions
+                action = recent[-1].action if recent else None
+                return action.workflow_id if isinstance(action, ScheduleActionExecutionStartWorkflow) else None
+
+            refresh_id = await eventually(fired, within=60)
+            result = await client.get_workflow_handle(refresh_id, result_type=RefreshMembershipsResult).result()
+        # Judged at the real clock, the hand-made customers (dated around NOW) have aged.
+        assert result.entered["churned"] == 2
+        assert "runs so far: 1" in (await cli("--show")).output
+    finally:
+        deleted = await cli("--delete")
+    assert deleted.exit_code == 0 and f"deleted {REFRESH_SCHEDULE_ID}" in deleted.output
+    gone = await cli("--show")
+    assert gone.exit_code == 1 and "no cascade-segment-refresh schedule" in gone.output

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
-from cascade.audiences.compiler import CONSENTS, CONTACTS, CUSTOMERS, EVENTS, member_query
+from cascade.audiences.compiler import CONSENTS, CONTACTS, CUSTOMERS, EVENTS, member_query, segment_condition
 from cascade.audiences.definition import SegmentDefinitionError
 from cascade.audiences.service import all_members, count_customers, count_members, load_segments, member_page
 from cascade.infra.db import Database
@@ -196,6 +196,30 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
     ("not of a test on a missing value", {"not": {"field": "city", "op": "eq", "value": "Berlin"}}, {"bob", "cat"}),
     ("another segment", {"segment": "berliners"}, {"ann", "dan"}),
     ("not another segment", {"not": {"segment": "berliners"}}, {"bob", "cat"}),
+    # Rules that hold for a customer without events compile to the complement (NOT EXISTS).
+    (
+        "a sum below a threshold holds without events",
+        {"event": "purchase", "within": "365d", "sum": "amount", "op": "lt", "value": 100},
+        {"bob", "cat", "dan"},
+    ),
+    ("count ne", {"event": "purchase", "op": "ne", "value": 1}, {"ann", "cat", "dan"}),
+    ("count lte in a window", {"event": "purchase", "within": "90d", "op": "lte", "value": 1}, {"bob", "cat", "dan"}),
+    ("not of a count", {"not": {"event": "purchase", "op": "gte", "value": 2}}, {"bob", "cat"}),
+    (
+        "a count under any",
+        {
+            "any": [
+                {"event": "purchase", "within": "90d", "op": "gte", "value": 3},
+                {"field": "city", "op": "eq", "value": "Paris"},
+            ]
+        },
+        {"ann", "bob"},
+    ),
+    (
+        "not of a sum that holds for nothing bought",
+        {"not": {"event": "purchase", "within": "365d", "sum": "amount", "op": "lt", "value": 100}},
+        {"ann"},
+    ),
 ]
 
 
@@ -213,6 +237,15 @@ async def test_every_operator_selects_exactly_the_expected_customers(people: Dat
         count = await count_members(people, catalog, f"case{i}", now=NOW)
         if got != expected or count != len(expected):
             failures.append(f"{label}: got {sorted(got)} (count {count}), expected {sorted(expected)}")
+        # The event path asks about one customer: the same answer, from that customer's rows only.
+        for person in ["eve", "fay", *sorted(PEOPLE)]:
+            condition = segment_condition(
+                catalog, f"case{i}", dialect=people.engine.dialect.name, now=NOW, customer_id=person
+            )
+            async with people.engine.connect() as conn:
+                one = (await conn.execute(select(CUSTOMERS.c.id).where(condition))).all()
+            if bool(one) != (person in expected):
+                failures.append(f"{label}: {person} alone gives {bool(one)}")
     assert not failures, "\n".join(failures)
     assert await count_customers(people) == 4
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Table, func, insert, literal, select, update
+from sqlalchemy import Table, bindparam, func, insert, literal, select, update
 from sqlmodel import SQLModel, col
 from sqlmodel import select as sqlmodel_select
 from temporalio.client import Client, WorkflowHandle
@@ -152,11 +152,22 @@ class RecipientStarter:
         outcomes: dict[tuple[str, str | None], list[tuple[str, str | None]]] = defaultdict(list)
         gate = asyncio.Semaphore(self.concurrency)
         now = datetime.now(UTC)
+        # Whether the journey's templates find every field depends only on which custom
+        # attributes a profile has: checked once per set of names, not once per recipient
+        # (a check parses every template).
+        unfit: dict[frozenset[str], bool] = {}
+        memo = {"journey": spec.name, "broadcast": broadcast_id, "spec_hash": spec.content_hash()}
+
+        def misses_fields(customer: Customer) -> bool:
+            names = frozenset(customer.attributes)
+            if names not in unfit:
+                unfit[names] = bool(check_journey(spec, {*template_fields(customer), *SEND_TIME_FIELDS})[0])
+            return unfit[names]
 
         async def one(customer_id: str) -> None:
             async with gate:
                 status, reason, workflow_id = await self._start_one(
-                    broadcast_id, spec, customers.get(customer_id), customer_id, local_time, now
+                    broadcast_id, spec, customers.get(customer_id), customer_id, local_time, now, misses_fields, memo
                 )
             outcomes[(status, reason)].append((customer_id, workflow_id))
             heartbeat()
@@ -173,13 +184,15 @@ class RecipientStarter:
         customer_id: str,
         local_time: time | None,
         now: datetime,
+        misses_fields: Callable[[Customer], bool],
+        memo: dict[str, str],
     ) -> tuple[str, str | None, str | None]:
         if customer is None or customer.erased_at is not None:
             return "skipped", "erased", None
         if customer.merged_into is not None:
             # The survivor is a member in their own right if the segment says so.
             return "skipped", "merged", None
-        if check_journey(spec, {*template_fields(customer), *SEND_TIME_FIELDS})[0]:
+        if misses_fields(customer):
             return "skipped", "template_field_missing", None
         workflow_id = journey_workflow_id(spec.name, customer_id, broadcast_run_key(broadcast_id))
         attributes: list[SearchAttributePair[Any]] = [
@@ -203,7 +216,7 @@ class RecipientStarter:
                 # page or a restarted broadcast finds it and counts it as started.
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=TypedSearchAttributes(attributes),
-                memo={"journey": spec.name, "broadcast": broadcast_id, "spec_hash": spec.content_hash()},
+                memo=memo,
                 **options,
             )
         except WorkflowAlreadyStartedError:
@@ -220,21 +233,31 @@ class RecipientStarter:
     async def _mark(
         self, broadcast_id: str, outcomes: dict[tuple[str, str | None], list[tuple[str, str | None]]]
     ) -> BroadcastCounts:
+        """Record the page's outcomes: one read of what is still unmarked, one batched UPDATE per outcome.
+
+        Only recipients still unmarked count, so a retried page (its first attempt marked
+        some, then died) counts nobody twice.
+        """
         counts = BroadcastCounts()
+        page = [customer_id for items in outcomes.values() for customer_id, _ in items]
+        if not page:
+            return counts
+        mine = RECIPIENTS.c.broadcast_id == broadcast_id
         async with self.db.engine.begin() as conn:
+            unmarked = select(RECIPIENTS.c.customer_id).where(
+                mine, RECIPIENTS.c.customer_id.in_(page), RECIPIENTS.c.status.is_(None)
+            )
+            pending = {str(r[0]) for r in await conn.execute(unmarked.with_for_update())}
             for (status, reason), items in outcomes.items():
-                marked = 0
-                for customer_id, workflow_id in items:
-                    result = await conn.execute(
+                rows = [{"b_customer": c, "b_workflow": w} for c, w in items if c in pending]
+                if rows:
+                    mark = (
                         update(RECIPIENTS)
-                        .where(
-                            RECIPIENTS.c.broadcast_id == broadcast_id,
-                            RECIPIENTS.c.customer_id == customer_id,
-                            RECIPIENTS.c.status.is_(None),
-                        )
-                        .values(status=status, reason=reason, workflow_id=workflow_id)
+                        .where(mine, RECIPIENTS.c.customer_id == bindparam("b_customer"), RECIPIENTS.c.status.is_(None))
+                        .values(status=status, reason=reason, workflow_id=bindparam("b_workflow"))
                     )
-                    marked += result.rowcount
+                    await conn.execute(mark, rows)
+                marked = len(rows)
                 if status == "started":
                     counts.started += marked
                 elif status == "failed":

@@ -1,10 +1,12 @@
 """Segments compiled to one SQL query (SQLAlchemy Core) that runs on SQLite and PostgreSQL.
 
 The rules of a segment become one WHERE clause over `customers`: profile tests compare
-columns (or typed values of the `attributes` JSON), event tests are correlated EXISTS /
-COUNT / SUM subqueries over `engagement_events` (served by the index on customer, type
-and time), reachability is an EXISTS over `contact_points` and `consents`, and another
-segment is inlined. No customer is ever loaded into Python to be filtered.
+columns (or typed values of the `attributes` JSON), an event count or sum is one grouped
+subquery over `engagement_events` (GROUP BY customer_id HAVING ...) the database joins to
+the customers, "any event" / "no event" are EXISTS / NOT EXISTS (semi / anti joins), all
+read from the indexes on (type, customer, time) and (type, time, customer),
+reachability is an EXISTS over `contact_points` and `consents`, and another segment is
+inlined. No customer is ever loaded into Python to be filtered.
 
 Every leaf is two-valued (never NULL), so `not` means exactly "the rule does not hold",
 with the same treatment of a missing value as a journey's entry conditions: it fails
@@ -101,12 +103,13 @@ _PG_TYPES = {"number": ("number",), "string": ("string",), "bool": ("boolean",)}
 class _Compiler:
     """One compilation: the dialect, the moment windows are measured from, the catalog."""
 
-    def __init__(self, catalog: SegmentCatalog, dialect: str, now: datetime) -> None:
+    def __init__(self, catalog: SegmentCatalog, dialect: str, now: datetime, customer_id: str | None = None) -> None:
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"segments compile for sqlite or postgresql, not {dialect!r}")
         self.catalog = catalog
         self.pg = dialect == "postgresql"
         self.now = now.astimezone(UTC)
+        self.customer_id = customer_id
 
     # --- rules ----------------------------------------------------------------------
 
@@ -251,27 +254,60 @@ class _Compiler:
     # --- behaviour ---------------------------------------------------------------------
 
     def events(self, rule: EventRule) -> ColumnElement[bool]:
+        """A count or sum rule as one grouped subquery, "any" / "none" as a semi / anti join.
+
+        The subquery reads the events of the rule's type(s) once, from an index range
+        (type, then customer or time; migration 0012), and groups them by customer: the
+        database joins its result to the customers instead of probing the events once per
+        customer. When the rule holds for a customer without events (`eq 0`, `lt 2`, a sum
+        below a threshold), the subquery selects the complement (the customers it does
+        not hold for) and the rule becomes NOT EXISTS of it: an anti join.
+        """
         where: list[ColumnElement[bool]] = [
-            EVENTS.c.customer_id == CUSTOMERS.c.id,
             EVENTS.c.type.in_(rule.types) if len(rule.types) > 1 else EVENTS.c.type == rule.types[0],
         ]
         if rule.channel is not None:
             where.append(EVENTS.c.channel == rule.channel.value)
         if rule.within is not None:
             where.append(EVENTS.c.occurred_at >= self.now - rule.within)
-        if rule.sum is not None:
-            amount = self.typed(EVENTS.c.properties, rule.sum, "number")
-            total = select(func.coalesce(func.sum(amount), 0.0)).where(*where).scalar_subquery()
-            return _compare(total, rule.op, rule.value, nullable=False)
+        if self.customer_id is not None:
+            # One customer (the event path): the subquery reads that customer's index range only.
+            where.append(EVENTS.c.customer_id == self.customer_id)
         holds = _predicate(rule.op, rule.value)
-        some = exists(select(literal(1)).where(*where))
-        # "At least one" and "none" need no count: EXISTS stops at the first index hit.
-        if not holds(0) and holds(1) and holds(10**12):
-            return some
-        if holds(0) and not holds(1) and not holds(10**12):
-            return not_(some)
-        count = select(func.count()).where(*where).scalar_subquery()
-        return _compare(count, rule.op, rule.value, nullable=False)
+        if rule.sum is None:
+            # "At least one" and "none" need no count: (NOT) EXISTS stops at the first index hit.
+            some = exists(select(literal(1)).where(EVENTS.c.customer_id == CUSTOMERS.c.id, *where))
+            if not holds(0) and holds(1) and holds(10**12):
+                return some
+            if holds(0) and not holds(1) and not holds(10**12):
+                return not_(some)
+            measure: ColumnElement[Any] = func.count()
+        else:
+            amount = self.typed(EVENTS.c.properties, rule.sum, "number")
+            measure = func.coalesce(func.sum(amount), 0.0)
+        # A customer without events has a count (or sum) of 0: if the rule holds for 0, it
+        # holds for everyone except the customers whose events make it fail.
+        test = _compare(measure, rule.op, rule.value, nullable=False)
+        complement = holds(0)
+        grouped = (
+            select(EVENTS.c.customer_id)
+            .where(EVENTS.c.customer_id.is_not(None), *where)
+            .group_by(EVENTS.c.customer_id)
+            .having(not_(test) if complement else test)
+        )
+        found: ColumnElement[bool]
+        if self.pg:
+            # EXISTS over the grouped rows, not `id IN (...)`: PostgreSQL turns it into a
+            # hash (anti) join that spills to disk when big, where a NOT IN or an IN under
+            # OR/NOT becomes a subplan that rescans the subquery's rows per customer once
+            # they outgrow work_mem.
+            rows = grouped.subquery()
+            found = exists(select(literal(1)).select_from(rows).where(rows.c.customer_id == CUSTOMERS.c.id))
+        else:
+            # SQLite runs a non-correlated IN once into a temporary index, where it would
+            # rebuild an EXISTS's grouped rows for every customer.
+            found = CUSTOMERS.c.id.in_(grouped)
+        return not_(found) if complement else found
 
     def reachable(self, rule: ReachableRule) -> ColumnElement[bool]:
         where: list[ColumnElement[bool]] = [
@@ -367,10 +403,18 @@ def _check_values(cond: Condition, expected: str, loc: Loc) -> None:
             raise SegmentRuleError((*loc, "value"), f"{cond.field} is a {expected}: {v!r} is not")
 
 
-def segment_condition(catalog: SegmentCatalog, name: str, *, dialect: str, now: datetime) -> ColumnElement[bool]:
-    """The WHERE clause (over `customers`) of segment `name`, windows measured from `now`."""
-    compiler = _Compiler(catalog, dialect, now)
+def segment_condition(
+    catalog: SegmentCatalog, name: str, *, dialect: str, now: datetime, customer_id: str | None = None
+) -> ColumnElement[bool]:
+    """The WHERE clause (over `customers`) of segment `name`, windows measured from `now`.
+
+    With `customer_id`, the clause is for that one customer (the event path asks "is this
+    customer a member?"): the event subqueries read only that customer's events.
+    """
+    compiler = _Compiler(catalog, dialect, now, customer_id)
+    scope = [CUSTOMERS.c.id == customer_id] if customer_id is not None else []
     return and_(
+        *scope,
         CUSTOMERS.c.merged_into.is_(None),
         CUSTOMERS.c.erased_at.is_(None),
         compiler.segment(name, ()),

@@ -21,6 +21,7 @@ from sqlmodel import SQLModel
 from temporalio.client import (
     Client,
     Schedule,
+    ScheduleActionExecutionStartWorkflow,
     ScheduleActionStartWorkflow,
     ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
@@ -30,7 +31,7 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from cascade.audiences.compiler import CUSTOMERS, segment_condition
 from cascade.audiences.definition import SegmentCatalog
@@ -68,7 +69,7 @@ class Transitions:
 async def _refresh_one(
     conn: AsyncConnection, catalog: SegmentCatalog, segment: str, now: datetime, customer_id: str | None
 ) -> tuple[list[str], list[str]]:
-    condition = segment_condition(catalog, segment, dialect=conn.dialect.name, now=now)
+    condition = segment_condition(catalog, segment, dialect=conn.dialect.name, now=now, customer_id=customer_id)
     open_now = (MEMBERSHIPS.c.segment == segment) & MEMBERSHIPS.c.exited_at.is_(None)
     already = exists(select(literal(1)).where(open_now, MEMBERSHIPS.c.customer_id == CUSTOMERS.c.id))
     joining = select(literal(segment), CUSTOMERS.c.id, literal(now, DateTime(timezone=True))).where(condition, ~already)
@@ -235,20 +236,66 @@ def refresh_schedule(settings: Settings, every: timedelta) -> Schedule:
     )
 
 
-async def apply_refresh_schedule(client: Client, settings: Settings) -> str:
-    """Create the refresh schedule, or update it to the current settings."""
-    every = timedelta(minutes=settings.segment_refresh_minutes)
+async def apply_refresh_schedule(client: Client, settings: Settings, every: timedelta | None = None) -> str:
+    """Create the refresh schedule, or update it, to run every `every` (default: the settings)."""
+    every = every if every is not None else timedelta(minutes=settings.segment_refresh_minutes)
     schedule = refresh_schedule(settings, every)
     try:
         await client.create_schedule(REFRESH_SCHEDULE_ID, schedule)
-        return f"created {REFRESH_SCHEDULE_ID} (every {every})"
+        return f"created {REFRESH_SCHEDULE_ID}: SegmentRefresh every {_span(every)} on {settings.task_queue}"
     except ScheduleAlreadyRunningError:
 
         def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
             return ScheduleUpdate(schedule=schedule)
 
         await client.get_schedule_handle(REFRESH_SCHEDULE_ID).update(replace)
-        return f"updated {REFRESH_SCHEDULE_ID} (every {every})"
+        return f"updated {REFRESH_SCHEDULE_ID}: SegmentRefresh every {_span(every)} on {settings.task_queue}"
+
+
+async def show_refresh_schedule(client: Client) -> list[str]:
+    """The refresh schedule as lines: interval, queue, paused or not, next and recent runs.
+
+    Raises LookupError when there is none.
+    """
+    try:
+        described = await client.get_schedule_handle(REFRESH_SCHEDULE_ID).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise LookupError(f"no {REFRESH_SCHEDULE_ID} schedule (create it: cascade segments schedule)") from None
+        raise
+    schedule, info = described.schedule, described.info
+    every = ", ".join(_span(i.every) for i in schedule.spec.intervals) or "(no interval)"
+    queue = schedule.action.task_queue if isinstance(schedule.action, ScheduleActionStartWorkflow) else "?"
+    lines = [
+        f"{REFRESH_SCHEDULE_ID}: SegmentRefresh every {every} on {queue}"
+        + (" (paused)" if schedule.state.paused else ""),
+        "next: " + (", ".join(f"{t:%Y-%m-%d %H:%M:%S} UTC" for t in info.next_action_times[:3]) or "none"),
+        f"runs so far: {info.num_actions}, skipped as overlapping: {info.num_actions_skipped_overlap}",
+    ]
+    for action in info.recent_actions[-3:]:
+        started = action.action.workflow_id if isinstance(action.action, ScheduleActionExecutionStartWorkflow) else ""
+        lines.append(f"ran {action.started_at:%Y-%m-%d %H:%M:%S} UTC: {started}")
+    return lines
+
+
+async def delete_refresh_schedule(client: Client) -> str:
+    """Delete the refresh schedule (a refresh it started runs to its end). LookupError if there is none."""
+    try:
+        await client.get_schedule_handle(REFRESH_SCHEDULE_ID).delete()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise LookupError(f"no {REFRESH_SCHEDULE_ID} schedule to delete") from None
+        raise
+    return f"deleted {REFRESH_SCHEDULE_ID}"
+
+
+def _span(every: timedelta) -> str:
+    """A schedule interval as people write it: 90m, 1h, 2d."""
+    seconds = int(every.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 async def refresh_customer(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -12,13 +13,17 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
+from temporalio.service import RPCError
 
 from cascade.audiences.compiler import CUSTOMERS, member_query
 from cascade.audiences.definition import LoadedSegment, SegmentCatalog, SegmentDefinitionError
+from cascade.audiences.membership import apply_refresh_schedule, delete_refresh_schedule, show_refresh_schedule
 from cascade.audiences.service import count_customers, count_members, load_segments, member_page
 from cascade.cli.common import command, group
 from cascade.infra.db import Database, run_with_database
 from cascade.infra.settings import Settings
+from cascade.infra.temporal import connect
+from models.journey import parse_duration
 
 T = TypeVar("T")
 
@@ -135,6 +140,55 @@ def sample(
         last = f"{row.last_purchase_at:%Y-%m-%d}" if row.last_purchase_at else ""
         table.add_row(row.id, row.name or "", row.city or "", str(row.purchase_count), last)
     _console.print(table)
+
+
+def _interval(value: str) -> timedelta:
+    parsed = parse_duration(value)
+    if not isinstance(parsed, timedelta):
+        raise _fail(f"--every: {value!r} is not a duration (write it like 15m, 1h or 1d)")
+    if not timedelta(minutes=1) <= parsed <= timedelta(days=7):
+        raise _fail(f"--every: {value} is out of range (from 1m to 7d)")
+    return parsed
+
+
+@command(app)
+def schedule(
+    every: Annotated[
+        str | None,
+        typer.Option("--every", help="How often to refresh: 15m, 1h, 1d (default: CASCADE_SEGMENT_REFRESH_MINUTES)"),
+    ] = None,
+    show: Annotated[bool, typer.Option("--show", help="Show the schedule: interval, next and recent runs")] = False,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the schedule")] = False,
+) -> None:
+    """Create or update the Temporal Schedule that runs SegmentRefresh (time-only transitions: dormant, churned).
+
+    With no option it applies the configured interval; `--every 1h` sets another one.
+    The refreshes run on the worker of CASCADE_TASK_QUEUE.
+    """
+    if sum((every is not None, show, delete)) > 1:
+        raise _fail("use one of --every, --show and --delete at a time")
+    interval = _interval(every) if every is not None else None
+    settings = Settings()
+
+    async def act() -> list[str]:
+        client = await connect(settings)
+        if show:
+            return await show_refresh_schedule(client)
+        if delete:
+            return [await delete_refresh_schedule(client)]
+        return [await apply_refresh_schedule(client, settings, interval)]
+
+    try:
+        lines = asyncio.run(act())
+    except LookupError as exc:
+        raise _fail(str(exc.args[0])) from None
+    except RPCError as exc:
+        raise _fail(f"Temporal at {settings.temporal_address}: {exc.message}") from None
+    except RuntimeError as exc:
+        # Client.connect reports an unreachable server as a RuntimeError.
+        raise _fail(f"Temporal at {settings.temporal_address}: {exc}") from None
+    for line in lines:
+        typer.echo(line)
 
 
 @command(app)

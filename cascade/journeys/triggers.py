@@ -254,7 +254,7 @@ async def _audience_refusal(session: AsyncSession, segment: str, customer_id: st
         return f"audience {segment!r} is not a known segment"
     dialect = session.get_bind().dialect.name
     query = select(CUSTOMERS.c.id).where(
-        CUSTOMERS.c.id == customer_id, segment_condition(catalog, segment, dialect=dialect, now=now)
+        segment_condition(catalog, segment, dialect=dialect, now=now, customer_id=customer_id)
     )
     member = (await session.exec(query)).first()
     return None if member is not None else f"not in the audience segment {segment!r}"
