@@ -2,7 +2,7 @@
 daily funnel and savings rollups of closed days, with how far each is built.
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0012
 Create Date: 2026-11-30 20:40:00.000000
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | None = "0008"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
