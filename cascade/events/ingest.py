@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -149,27 +149,12 @@ async def _record_batch(
             continue
         taken.add(stored_id)
         customer = customers[event.customer_id]
-        at = event.occurred_at or utcnow()
-        apply_app_event(customer, event, at)
-        session.add(customer)
-        plan = await plan_event(
-            session,
-            customer,
-            event.type,
-            event.properties,
-            specs=specs,
-            now=at,
-            event_id=stored_id,
-            conversion=event.conversion is not False,
-            runs=runs_of[customer.id],
+        done = await _apply_and_plan(
+            session, customer, event, event.occurred_at or utcnow(), stored_id, specs, lease, runs_of[customer.id]
         )
-        signals = enqueue(session, plan.signals, stored_id, lease)
-        if not plan.starts:
+        if not done.starts:
             routed.append(stored_id)
-        result = AppEventResult(
-            event_id=event.event_id, status="accepted", signalled=sorted({*plan.converted, *plan.exited})
-        )
-        recorded.append(RecordedEvent(result, customer.id, signals, plan.starts, plan.not_entered))
+        recorded.append(done)
     if routed:
         await session.exec(
             update(EngagementEvent).where(col(EngagementEvent.event_id).in_(routed)).values(routed_at=utcnow())
@@ -235,6 +220,24 @@ async def _record(
             AppEventResult(event_id=event.event_id, status="duplicate", detail="already received; nothing done"),
             customer_id=customer_id,
         )
+    done = await _apply_and_plan(session, customer, event, at, stored_id, specs, lease)
+    if not done.starts:
+        await _mark_routed(session, stored_id)
+    return done
+
+
+async def _apply_and_plan(
+    session: AsyncSession,
+    customer: Customer,
+    event: AppEvent,
+    at: datetime,
+    stored_id: str,
+    specs: list[JourneySpec],
+    lease: timedelta,
+    runs: list[JourneyRun] | None = None,
+) -> RecordedEvent:
+    """A stored event's effect on the profile and the journeys: the profile changed, the
+    signals queued in the outbox (same transaction), the starts planned for after commit."""
     apply_app_event(customer, event, at)
     session.add(customer)
     plan = await plan_event(
@@ -246,14 +249,13 @@ async def _record(
         now=at,
         event_id=stored_id,
         conversion=event.conversion is not False,
+        runs=runs,
     )
-    rows = enqueue(session, plan.signals, stored_id, lease)
-    if not plan.starts:
-        await _mark_routed(session, stored_id)
+    signals = enqueue(session, plan.signals, stored_id, lease)
     result = AppEventResult(
         event_id=event.event_id, status="accepted", signalled=sorted({*plan.converted, *plan.exited})
     )
-    return RecordedEvent(result, customer_id, rows, plan.starts, plan.not_entered)
+    return RecordedEvent(result, customer.id, signals, plan.starts, plan.not_entered)
 
 
 async def pending_starts(
