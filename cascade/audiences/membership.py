@@ -23,13 +23,10 @@ from temporalio.client import (
     Schedule,
     ScheduleActionExecutionStartWorkflow,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -39,6 +36,7 @@ from cascade.events.outbox import writer
 from cascade.infra.db import Database
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings
+from cascade.infra.temporal import upsert_schedule
 from cascade.journeys.files import load_all_journeys
 from cascade.journeys.inputs import UnknownCustomerError
 from cascade.journeys.triggers import route_event
@@ -239,17 +237,9 @@ def refresh_schedule(settings: Settings, every: timedelta) -> Schedule:
 async def apply_refresh_schedule(client: Client, settings: Settings, every: timedelta | None = None) -> str:
     """Create the refresh schedule, or update it, to run every `every` (default: the settings)."""
     every = every if every is not None else timedelta(minutes=settings.segment_refresh_minutes)
-    schedule = refresh_schedule(settings, every)
-    try:
-        await client.create_schedule(REFRESH_SCHEDULE_ID, schedule)
-        return f"created {REFRESH_SCHEDULE_ID}: SegmentRefresh every {_span(every)} on {settings.task_queue}"
-    except ScheduleAlreadyRunningError:
-
-        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=schedule)
-
-        await client.get_schedule_handle(REFRESH_SCHEDULE_ID).update(replace)
-        return f"updated {REFRESH_SCHEDULE_ID}: SegmentRefresh every {_span(every)} on {settings.task_queue}"
+    created = await upsert_schedule(client, REFRESH_SCHEDULE_ID, refresh_schedule(settings, every))
+    verb = "created" if created else "updated"
+    return f"{verb} {REFRESH_SCHEDULE_ID}: SegmentRefresh every {_span(every)} on {settings.task_queue}"
 
 
 async def show_refresh_schedule(client: Client) -> list[str]:

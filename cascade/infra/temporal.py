@@ -6,7 +6,7 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
-from temporalio.client import Client
+from temporalio.client import Client, Schedule, ScheduleAlreadyRunningError, ScheduleUpdate, ScheduleUpdateInput
 from temporalio.service import RPCError, RPCStatusCode
 
 from cascade.infra.codec import CodecError, EncryptionCodec, data_converter, is_encrypted, uses_dev_key
@@ -131,3 +131,21 @@ async def erase_customer_histories(client: Client, customer_id: str) -> list[str
                 raise
         deleted.append(execution.id)
     return deleted
+
+
+async def upsert_schedule(client: Client, schedule_id: str, schedule: Schedule) -> bool:
+    """Create the Schedule `schedule_id`, or replace the definition of the one there; True if created.
+
+    Re-applying after a deploy must change the running schedule in place (its run count and
+    recent runs stay), not fail because it exists.
+    """
+    try:
+        await client.create_schedule(schedule_id, schedule)
+        return True
+    except ScheduleAlreadyRunningError:
+
+        def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(schedule_id).update(replace)
+        return False

@@ -13,16 +13,14 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
 )
 
 from cascade.infra.settings import Settings
+from cascade.infra.temporal import upsert_schedule
 from models.loyalty import ScanInput
 from models.workflow_types import BIRTHDAY_SCAN, WINBACK_SCAN
 
@@ -63,17 +61,8 @@ async def apply_schedules(client: Client, settings: Settings) -> list[str]:
     """Create each schedule, or update it to the current definition."""
     done = []
     for item in SCHEDULES:
-        schedule = _schedule(item, settings)
-        try:
-            await client.create_schedule(item.id, schedule)
-            done.append(f"created {item.id} (every {item.every})")
-        except ScheduleAlreadyRunningError:
-
-            def replace(_: ScheduleUpdateInput, new: Schedule = schedule) -> ScheduleUpdate:
-                return ScheduleUpdate(schedule=new)
-
-            await client.get_schedule_handle(item.id).update(replace)
-            done.append(f"updated {item.id} (every {item.every})")
+        created = await upsert_schedule(client, item.id, _schedule(item, settings))
+        done.append(f"{'created' if created else 'updated'} {item.id} (every {item.every})")
     return done
 
 
