@@ -29,33 +29,16 @@ from cascade.audiences.service import load_segments
 from cascade.cli.broadcasts import app as broadcasts_cli
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
-from cascade.infra.temporal import register_search_attributes
 from models import search_attributes as sa
 from models.broadcasts import BroadcastProgress
 from models.journey import JourneyResult, JourneySpec, Outcome
 from models.tables import Customer, Delivery
-from tests.conftest import seed, start_ts_env
+from tests.conftest import seed
 from tests.helpers import eventually, spec
+
+# Journeys started here outlive their tests: a server per module (see tests/own_server.py).
+from tests.own_server import own_client, own_ts_env  # noqa: F401
 from worker import build_worker
-
-
-# The recipients' journeys a broadcast or a segment transition starts may still be waiting
-# (with activities due) when a test ends, and the time-skipping server does not skip time
-# while activities are outstanding: on the session's shared server they would freeze the
-# clock of every later test. This module gets a server of its own.
-@pytest.fixture(scope="module")
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server for this module only."""
-    env = await start_ts_env()
-    yield env
-    await env.shutdown()
-
-
-@pytest.fixture(scope="module")
-async def client(ts_env: WorkflowEnvironment) -> Client:
-    """This module's server's client, with the journey search attributes registered."""
-    await register_search_attributes(ts_env.client)
-    return ts_env.client
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,11 @@ from cascade.audiences.service import load_segments
 from cascade.cli.segments import app as segments_cli
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
-from cascade.infra.temporal import register_search_attributes
 from models.audiences import RefreshMembershipsInput, RefreshMembershipsResult
-from tests.conftest import start_ts_env
 from tests.helpers import eventually, serve_app, spec
+
+# Journeys started here outlive their tests: a server per module (see tests/own_server.py).
+from tests.own_server import own_client, own_ts_env  # noqa: F401
 from tests.test_segments import NOW, _people
 from webhooks.app import create_app
 from webhooks.keys import create_key
@@ -43,25 +43,6 @@ from worker import build_worker
 from workflows.segments import SegmentRefresh
 
 FUNNEL = ["new", "active", "loyal", "dormant", "churned"]
-
-
-# The recipients' journeys a broadcast or a segment transition starts may still be waiting
-# (with activities due) when a test ends, and the time-skipping server does not skip time
-# while activities are outstanding: on the session's shared server they would freeze the
-# clock of every later test. This module gets a server of its own.
-@pytest.fixture(scope="module")
-async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server for this module only."""
-    env = await start_ts_env()
-    yield env
-    await env.shutdown()
-
-
-@pytest.fixture(scope="module")
-async def client(ts_env: WorkflowEnvironment) -> Client:
-    """This module's server's client, with the journey search attributes registered."""
-    await register_search_attributes(ts_env.client)
-    return ts_env.client
 
 
 @pytest.mark.postgres
