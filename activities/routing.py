@@ -134,6 +134,7 @@ class RoutingActivities:
                 last_reaction_at=history.last_reaction_at,
                 now=input.at,
                 seed=decision_seed(input.idempotency_key),
+                max_cost_per_reaction=input.max_cost_per_reaction,
             ),
             RoutingParams(exploration=settings.routing_exploration),
         )
@@ -151,6 +152,12 @@ class RoutingActivities:
                 for s in decision.ranked
             ],
             unusable=unusable,
+            over_ceiling={
+                s.channel: f"{s.expected_cost_per_reaction:.3f} per expected reaction"
+                f" above max_cost_per_reaction {input.max_cost_per_reaction:.3f}"
+                for s in decision.ranked
+                if s.over_ceiling and input.max_cost_per_reaction is not None
+            },
             explored=decision.explored,
             model_version=decision.model_version,
         )

@@ -84,10 +84,15 @@ STRATEGIES = (
     "optichannel",
     "optichannel+time",
     "optichannel+time+wait",
+    "optichannel+ceiling",
+    "optichannel+time+ceiling",
     "oracle",
     "oracle+time",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
+# max_cost_per_reaction of the "+ceiling" strategies: what one reaction is worth, here set
+# to five SMS (a marketer's figure, not fitted; README shows the sweep over --ceiling).
+CEILING = 0.25
 
 
 @dataclass
@@ -221,15 +226,19 @@ class Week:
 class Strategy:
     """Plays one strategy over the population, week by week, on its own delivery log."""
 
-    def __init__(self, name: str, people: list[Person], seed: int, params: RoutingParams) -> None:
+    def __init__(
+        self, name: str, people: list[Person], seed: int, params: RoutingParams, ceiling: float | None = None
+    ) -> None:
         self.name = name
+        # The journey's max_cost_per_reaction, for the strategies named "+ceiling".
+        self.ceiling = ceiling if name.endswith("+ceiling") else None
         self.people = people
         self.seed = seed
         self.params = params
         self.log = Log()
         self.channel_delays: dict[str, list[timedelta]] = {}
 
-    def _order(self, person: Person, at: datetime, pool: list[str], key: str, snapshot: Any) -> str:
+    def _order(self, person: Person, at: datetime, pool: list[str], key: str, snapshot: Any) -> str | None:
         if self.name.startswith("oracle"):
             return min(pool, key=lambda ch: (COSTS[ch] / person.p[ch], -person.p[ch]))
         own, last = self.log.own(person.id, at)
@@ -243,10 +252,10 @@ class Strategy:
                 last_reaction_at=last,
                 now=at,
                 seed=decision_seed(key),
+                max_cost_per_reaction=self.ceiling,
             ),
             self.params,
         )
-        assert decision.chosen is not None
         return decision.chosen
 
     def _send_time(self, person: Person, at: datetime) -> datetime:
@@ -270,7 +279,7 @@ class Strategy:
         """Every customer's journey of week `number`."""
         start = WEEK0 + timedelta(weeks=number)
         routed = self.name.startswith(("optichannel", "oracle"))
-        timed = self.name in ("optichannel+time", "optichannel+time+wait", "oracle+time")
+        timed = "+time" in self.name
         snapshot = self.log.snapshot(start) if routed and not self.name.startswith("oracle") else None
         if self.name == "optichannel+time+wait":
             # Everyone's delays per channel as of the week's start (like the population's counts).
@@ -289,6 +298,8 @@ class Strategy:
                 while pool and first_open is None:
                     key = f"{self.name}/{number}/{person.id}/{step}"
                     channel = self._order(person, at, pool, key, snapshot) if routed else pool[0]
+                    if channel is None:
+                        break  # every channel left is above the ceiling: the journey ends
                     pool.remove(channel)
                     send = self._send_time(person, at) if timed else at
                     message = Message(person.id, channel, send, read_at(person, channel, send, number, self.seed))
@@ -314,13 +325,20 @@ class Strategy:
         return result
 
 
-def run(customers: int, weeks: int, seed: int, params: RoutingParams) -> dict[str, Any]:
+def run(
+    customers: int,
+    weeks: int,
+    seed: int,
+    params: RoutingParams,
+    ceiling: float | None = None,
+    strategies: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """Every strategy over the same population and the same seed; the numbers of one run."""
     people = population(customers, np.random.default_rng(seed))
-    out: dict[str, Any] = {"customers": customers, "weeks": weeks, "seed": seed, "strategies": {}}
-    for name in STRATEGIES:
+    out: dict[str, Any] = {"customers": customers, "weeks": weeks, "seed": seed, "ceiling": ceiling, "strategies": {}}
+    for name in strategies or STRATEGIES:
         clock = time.perf_counter()
-        strategy = Strategy(name, people, seed, params)
+        strategy = Strategy(name, people, seed, params, ceiling)
         by_week = [strategy.week(w) for w in range(weeks)]
         total = Week(
             journeys=sum(w.journeys for w in by_week),
@@ -428,11 +446,16 @@ def main() -> None:
     parser.add_argument("--weeks", type=int, default=12)
     parser.add_argument("--seeds", type=int, nargs="+", default=[7])
     parser.add_argument("--exploration", type=float, default=RoutingParams().exploration)
+    parser.add_argument(
+        "--ceiling", type=float, default=CEILING, help="max_cost_per_reaction of the +ceiling strategies"
+    )
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=None, help="fixed is always run")
     args = parser.parse_args()
     params = RoutingParams(exploration=args.exploration)
+    chosen = None if args.strategies is None else tuple(s for s in STRATEGIES if s == "fixed" or s in args.strategies)
     runs = []
     for seed in args.seeds:
-        data = run(args.customers, args.weeks, seed, params)
+        data = run(args.customers, args.weeks, seed, params, args.ceiling, chosen)
         runs.append(data)
         for name, s in data["strategies"].items():
             t = s["total"]
