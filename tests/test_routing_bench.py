@@ -46,3 +46,16 @@ def test_strategies_meet_the_same_luck_and_the_order_alone_cannot_change_reactio
     # Sending at the customer's hour does change them.
     assert totals["oracle+time"]["reaction_rate"] > totals["fixed"]["reaction_rate"]
     assert [w["journeys"] for w in data["strategies"]["optichannel+time+wait"]["by_week"]] == [30, 30, 30]
+
+
+def test_a_ceiling_spares_sms_once_a_customer_has_left_it_unanswered():
+    strategies = ("fixed", "optichannel", "optichannel+ceiling")
+    data = run(30, 4, 5, RoutingParams(exploration=0.0), ceiling=0.06, strategies=strategies)
+    assert list(data["strategies"]) == list(strategies) and data["ceiling"] == 0.06
+    free, capped = (data["strategies"][s]["total"] for s in strategies[1:])
+    # An SMS (0.05) above 0.06 per reaction needs P < 0.83: after one unanswered SMS nearly
+    # every customer's is, so the capped strategy sends far fewer, and reacts less.
+    assert capped["sms_per_journey"] < 0.5 * free["sms_per_journey"]
+    assert capped["cost"] < free["cost"] and capped["reaction_rate"] <= free["reaction_rate"]
+    # The first week nobody has an SMS history: the ceiling holds nothing back yet.
+    assert data["strategies"]["optichannel+ceiling"]["by_week"][0] == data["strategies"]["optichannel"]["by_week"][0]
