@@ -532,6 +532,8 @@ async def test_preview_over_a_segment_uses_own_hours_then_the_segments(any_db: D
 async def test_the_example_journey_file_runs(client, db, routed_settings, run_worker, unique_id):
     await _customer(db, unique_id)
     journey = load_journey("optichannel_promo")
+    # A new customer has no history on any channel: the ceiling holds nothing back.
+    assert journey.max_cost_per_reaction == 0.25
     result = await (await _start(client, db, routed_settings, unique_id, journey)).result()
     sent = [s for s in result.steps if s.status == StepStatus.SENT]
     assert result.outcome == Outcome.EXHAUSTED and len(sent) == 2
