@@ -332,6 +332,109 @@ def chart(data: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of the same sizes (split over processes and seeds) as one result, pooled over seeds.
+
+    Each seed needs the fixed cascade once: it is deterministic (same population, luck and
+    09:00 start), so one process's fixed run serves the others of that seed.
+    """
+    seeds: dict[int, dict[str, Any]] = {}
+    for part in parts:
+        runs = seeds.setdefault(part["seed"], {})
+        runs.update(part["strategies"])
+    if any("fixed" not in runs for runs in seeds.values()):
+        raise SystemExit("every seed needs a fixed run to compare with")
+    # A strategy is compared with the fixed cascade over the seeds it ran on.
+    names = [s for s in STRATEGIES if any(s in runs for runs in seeds.values())]
+    weeks = parts[0]["weeks"]
+    tail = min(4, weeks)
+
+    def pooled(name: str, week_range: range, over: list[int]) -> dict[str, float]:
+        journeys = reacted = cost = 0.0
+        hours: list[float] = []
+        for runs in (seeds[seed] for seed in over):
+            for w in week_range:
+                row = runs[name]["by_week"][w]
+                journeys += row["journeys"]
+                reacted += row["reaction_rate"] * row["journeys"]
+                cost += row["cost"]
+            hours.append(runs[name]["total"]["median_hours_to_reaction"])
+        return {
+            "reaction_rate": reacted / journeys,
+            "cost_per_reaction": cost / reacted if reacted else float("inf"),
+            "median_hours_to_reaction": float(np.median(hours)),
+        }
+
+    out: dict[str, Any] = {
+        "customers": parts[0]["customers"],
+        "weeks": weeks,
+        "seeds": sorted(seeds),
+        "start_hour_utc": parts[0].get("start_hour_utc"),
+        "ceiling": parts[0].get("ceiling"),
+        "strategies": {},
+    }
+    for name in names:
+        over = sorted(seed for seed, runs in seeds.items() if name in runs)
+        fixed_all, fixed_tail = pooled("fixed", range(weeks), over), pooled("fixed", range(weeks - tail, weeks), over)
+        whole, last = pooled(name, range(weeks), over), pooled(name, range(weeks - tail, weeks), over)
+        weekly = []
+        for w in range(weeks):
+            mine, base = pooled(name, range(w, w + 1), over), pooled("fixed", range(w, w + 1), over)
+            weekly.append(
+                {
+                    "week": w + 1,
+                    "cost_per_reaction": mine["cost_per_reaction"],
+                    "cost_per_reaction_vs_fixed": mine["cost_per_reaction"] / base["cost_per_reaction"],
+                    "reaction_rate_vs_fixed": mine["reaction_rate"] / base["reaction_rate"],
+                }
+            )
+        out["strategies"][name] = {
+            "total": whole,
+            "last_weeks": last,
+            "vs_fixed": {
+                "cost_per_reaction": whole["cost_per_reaction"] / fixed_all["cost_per_reaction"],
+                "reaction_rate": whole["reaction_rate"] / fixed_all["reaction_rate"],
+                "last_cost_per_reaction": last["cost_per_reaction"] / fixed_tail["cost_per_reaction"],
+                "last_reaction_rate": last["reaction_rate"] / fixed_tail["reaction_rate"],
+            },
+            "seeds": over,
+            "per_seed_cost_vs_fixed": {
+                str(seed): seeds[seed][name]["total"]["cost_per_reaction"]
+                / seeds[seed]["fixed"]["total"]["cost_per_reaction"]
+                for seed in over
+            },
+            "by_week": weekly,
+        }
+    return out
+
+
+def merged_chart(data: dict[str, Any], path: Path) -> None:
+    """Cost per reaction against the fixed cascade by week (seeds pooled), and the totals."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, numbers in data["strategies"].items():
+        rows = numbers["by_week"]
+        left.plot([r["week"] for r in rows], [r["cost_per_reaction_vs_fixed"] for r in rows], marker="o", label=name)
+    left.axhline(0.7, color="grey", lw=0.8, ls=":")
+    seeds = ", ".join(str(s) for s in data["seeds"])
+    left.set_title(f"Real workflows: cost per reaction vs fixed by week (seeds {seeds})")
+    left.set_xlabel("week of simulated time")
+    left.set_ylabel("x fixed cascade (goal: <= 0.7)")
+    left.legend(fontsize=8)
+    names = list(data["strategies"])
+    x = np.arange(len(names))
+    right.bar(
+        x - 0.2, [data["strategies"][n]["vs_fixed"]["cost_per_reaction"] for n in names], 0.4, label="cost per reaction"
+    )
+    right.bar(x + 0.2, [data["strategies"][n]["vs_fixed"]["reaction_rate"] for n in names], 0.4, label="reaction rate")
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set_xticks(x, [n.replace("+", "+\n") for n in names], fontsize=8)
+    right.set_ylabel("x fixed cascade, all weeks")
+    right.set_title(f"{data['customers']} customers x {data['weeks']} weeks per seed")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=40)
@@ -340,7 +443,22 @@ if __name__ == "__main__":
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--hour", type=int, default=9, choices=range(24), help="UTC hour the weeks start at")
     parser.add_argument("--out", default="routing", help="name of the .json and .png in bench/results")
+    parser.add_argument("--merge", nargs="+", type=Path, help="pool these result files (split runs, seeds); no run")
     args = parser.parse_args()
+    if args.merge:
+        merged = merge([json.loads(p.read_text()) for p in args.merge])
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(merged, indent=2))
+        merged_chart(merged, RESULTS / f"{args.out}.png")
+        for name, numbers in merged["strategies"].items():
+            t, v = numbers["total"], numbers["vs_fixed"]
+            print(
+                f"| {name} | {t['reaction_rate']:.3f} | {t['cost_per_reaction']:.4f} | {v['cost_per_reaction']:.2f}x"
+                f" ({' / '.join(f'{x:.2f}' for x in numbers['per_seed_cost_vs_fixed'].values())})"
+                f" | {v['last_cost_per_reaction']:.2f}x (rate {v['last_reaction_rate']:.2f}x)"
+                f" | {v['reaction_rate']:.2f}x | {t['median_hours_to_reaction']:.1f} |"
+            )
+        raise SystemExit(0)
     chosen = tuple(s for s in STRATEGIES if s in args.strategies)
     data = asyncio.run(main(args.customers, args.weeks, args.seed, chosen, args.hour))
     RESULTS.mkdir(exist_ok=True)
