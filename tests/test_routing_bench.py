@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def test_a_ceiling_spares_sms_once_a_customer_has_left_it_unanswered():
     assert data["strategies"]["optichannel+ceiling"]["by_week"][0] == data["strategies"]["optichannel"]["by_week"][0]
 
 
-def _part(seed: int, names: list[str], rate: float, weeks: int = 5) -> dict:
+def _part(seed: int, names: list[str], rate: float, weeks: int = 5) -> dict[str, Any]:
     week = {
         "journeys": 10,
         "reaction_rate": rate,
