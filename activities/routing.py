@@ -80,7 +80,9 @@ class RoutingActivities:
         )
         return result
 
-    async def rank(self, customer_id: str, channels: list[ChannelName], at: datetime) -> ChooseChannelResult:
+    async def rank(
+        self, customer_id: str, channels: list[ChannelName], at: datetime, max_cost_per_reaction: float | None = None
+    ) -> ChooseChannelResult:
         """The ranking `choose_channel` would make now, recorded nowhere (`cascade routing explain`)."""
         probe = ChooseChannelInput(
             customer_id=customer_id,
@@ -91,6 +93,7 @@ class RoutingActivities:
             idempotency_key=f"explain/{customer_id}",
             channels=channels,
             at=at,
+            max_cost_per_reaction=max_cost_per_reaction,
         )
         async with self._db.session() as session:
             return await self._rank(session, probe)

@@ -238,7 +238,9 @@ def _reason(score: ChannelScore, params: RoutingParams, ceiling: float | None = 
         notes.append(f"explored draw {score.sampled_p:.2f}")
     notes.append(f"{score.expected_cost_per_reaction:.3f} per reaction")
     if score.over_ceiling and ceiling is not None:
-        notes.append(f"above the ceiling {ceiling:.3f}: not sent")
+        # Three decimals like the prices; a ceiling below a tenth of a cent keeps its digits.
+        shown = f"{ceiling:.3f}" if ceiling >= 0.01 else f"{ceiling:.2g}"
+        notes.append(f"above the ceiling {shown}: not sent")
     return f"{score.channel}: {score.p_reaction:.2f} past reaction rate, cost {score.cost:.3f} ({'; '.join(notes)})"
 
 
