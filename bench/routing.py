@@ -409,17 +409,23 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def merged_chart(data: dict[str, Any], path: Path) -> None:
-    """Cost per reaction against the fixed cascade by week (seeds pooled), and the totals."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    """Cost per reaction and reaction rate against the fixed cascade by week (seeds pooled), and the totals."""
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.8))
     for name, numbers in data["strategies"].items():
         rows = numbers["by_week"]
-        left.plot([r["week"] for r in rows], [r["cost_per_reaction_vs_fixed"] for r in rows], marker="o", label=name)
+        weeks = [r["week"] for r in rows]
+        left.plot(weeks, [r["cost_per_reaction_vs_fixed"] for r in rows], marker="o", label=name)
+        middle.plot(weeks, [r["reaction_rate_vs_fixed"] for r in rows], marker="o", label=name)
     left.axhline(0.7, color="grey", lw=0.8, ls=":")
+    middle.axhline(1.0, color="grey", lw=0.8, ls=":")
     seeds = ", ".join(str(s) for s in data["seeds"])
-    left.set_title(f"Real workflows: cost per reaction vs fixed by week (seeds {seeds})")
+    left.set_title(f"Real workflows: cost per reaction vs fixed (seeds {seeds})")
     left.set_xlabel("week of simulated time")
     left.set_ylabel("x fixed cascade (goal: <= 0.7)")
-    left.legend(fontsize=8)
+    middle.set_title("reaction rate vs fixed (goal: >= 1)")
+    middle.set_xlabel("week of simulated time")
+    middle.set_ylabel("x fixed cascade")
+    middle.legend(fontsize=8)
     names = list(data["strategies"])
     x = np.arange(len(names))
     right.bar(
@@ -432,7 +438,7 @@ def merged_chart(data: dict[str, Any], path: Path) -> None:
     right.set_title(f"{data['customers']} customers x {data['weeks']} weeks per seed")
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
