@@ -80,7 +80,9 @@ class RoutingActivities:
         )
         return result
 
-    async def rank(self, customer_id: str, channels: list[ChannelName], at: datetime) -> ChooseChannelResult:
+    async def rank(
+        self, customer_id: str, channels: list[ChannelName], at: datetime, max_cost_per_reaction: float | None = None
+    ) -> ChooseChannelResult:
         """The ranking `choose_channel` would make now, recorded nowhere (`cascade routing explain`)."""
         probe = ChooseChannelInput(
             customer_id=customer_id,
@@ -91,6 +93,7 @@ class RoutingActivities:
             idempotency_key=f"explain/{customer_id}",
             channels=channels,
             at=at,
+            max_cost_per_reaction=max_cost_per_reaction,
         )
         async with self._db.session() as session:
             return await self._rank(session, probe)
@@ -134,6 +137,7 @@ class RoutingActivities:
                 last_reaction_at=history.last_reaction_at,
                 now=input.at,
                 seed=decision_seed(input.idempotency_key),
+                max_cost_per_reaction=input.max_cost_per_reaction,
             ),
             RoutingParams(exploration=settings.routing_exploration),
         )
@@ -151,6 +155,12 @@ class RoutingActivities:
                 for s in decision.ranked
             ],
             unusable=unusable,
+            over_ceiling={
+                s.channel: f"{s.expected_cost_per_reaction:.3f} per expected reaction"
+                f" above max_cost_per_reaction {input.max_cost_per_reaction:.3f}"
+                for s in decision.ranked
+                if s.over_ceiling and input.max_cost_per_reaction is not None
+            },
             explored=decision.explored,
             model_version=decision.model_version,
         )

@@ -54,7 +54,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from bench.routing_fast import CHANNELS, COSTS, Person, population, read_at
+from bench.routing_fast import CEILING, CHANNELS, COSTS, Person, population, read_at
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
 from cascade.infra.temporal import register_search_attributes
@@ -67,7 +67,14 @@ from starter import start_journey
 from worker import build_worker
 from workflows.cascade import CascadeJourney
 
-STRATEGIES = ("everything", "fixed", "optichannel", "optichannel+time+wait")
+STRATEGIES = (
+    "everything",
+    "fixed",
+    "optichannel",
+    "optichannel+time",
+    "optichannel+time+wait",
+    "optichannel+time+ceiling",
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -108,11 +115,13 @@ def journey(strategy: str, week: int) -> JourneySpec:
     spec: dict[str, Any] = {"name": f"{strategy.replace('+', '-')}-w{week}", "steps": steps}
     if strategy.startswith("optichannel"):
         spec["route"] = "optichannel"
-    if strategy == "optichannel+time+wait":
-        for step in steps:
-            step.update(
-                {"send_at": "best", "send_within": "24h", "wait": "adaptive", "wait_bounds": {"min": "1h", "max": "1d"}}
-            )
+    for step in steps:
+        if "+time" in strategy:
+            step.update({"send_at": "best", "send_within": "24h"})
+        if "+wait" in strategy:
+            step.update({"wait": "adaptive", "wait_bounds": {"min": "1h", "max": "1d"}})
+    if strategy.endswith("+ceiling"):
+        spec["max_cost_per_reaction"] = CEILING
     return JourneySpec.model_validate(spec)
 
 
@@ -190,9 +199,15 @@ class Simulation:
         week = Week(journeys=len(self.people))
         spec = journey(self.strategy, week_no)
         started = self.week_started = await self.env.get_current_time()
-        await asyncio.gather(
-            *(start_journey(cid, spec, client=self.client, db=self.db, settings=self.settings) for cid in self.people)
-        )
+        # A few starts at a time: each holds a pooled connection, and on a loaded machine a
+        # hundred at once outwait the pool's timeout.
+        gate = asyncio.Semaphore(8)
+
+        async def start(cid: str) -> None:
+            async with gate:
+                await start_journey(cid, spec, client=self.client, db=self.db, settings=self.settings)
+
+        await asyncio.gather(*(start(cid) for cid in self.people))
         for _ in range(24 * 8):
             await self.env.sleep(timedelta(hours=1))
             await self.react(week, week_no, started)
@@ -222,8 +237,10 @@ class Simulation:
         return week
 
 
-async def main(customers: int, weeks: int, seed: int) -> dict[str, Any]:
-    """Run every strategy over the same population; returns the numbers written to routing.json."""
+async def main(
+    customers: int, weeks: int, seed: int, strategies: tuple[str, ...] = STRATEGIES, hour: int = 9
+) -> dict[str, Any]:
+    """Run the strategies over the same population; returns the numbers written to routing.json."""
     people = population(customers, np.random.default_rng(seed))
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
@@ -232,9 +249,24 @@ async def main(customers: int, weeks: int, seed: int) -> dict[str, Any]:
     )
     await register_search_attributes(env.client)
     workdir = Path(tempfile.mkdtemp(prefix="bench-routing-"))
-    out: dict[str, Any] = {"customers": customers, "weeks": weeks, "seed": seed, "costs": COSTS, "strategies": {}}
+    out: dict[str, Any] = {
+        "customers": customers,
+        "weeks": weeks,
+        "seed": seed,
+        "costs": COSTS,
+        "ceiling": CEILING,
+        "start_hour_utc": hour,
+        "strategies": {},
+    }
     try:
-        for strategy in STRATEGIES:
+        for strategy in strategies:
+            # Every strategy's first week starts at `hour` UTC (the fixed cascade's send time,
+            # as in bench/routing_fast.py), not at whatever hour the server's clock shows.
+            now = await env.get_current_time()
+            start = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+            if start <= now:
+                start += timedelta(days=1)
+            await env.sleep(start - now)
             clock = time.perf_counter()
             sim = Simulation(env, strategy, people, seed, workdir)
             await sim.setup()
@@ -242,6 +274,7 @@ async def main(customers: int, weeks: int, seed: int) -> dict[str, Any]:
             async with build_worker(env.client, sim.settings, sim.db):
                 for w in range(weeks):
                     results.append(await sim.run_week(w))
+                    print(strategy, "week", w + 1, json.dumps(results[-1].summary()), flush=True)
                     # The next promotion a week after this one started.
                     now = await env.get_current_time()
                     assert sim.week_started is not None
@@ -263,12 +296,15 @@ async def main(customers: int, weeks: int, seed: int) -> dict[str, Any]:
     finally:
         await env.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-    fixed = out["strategies"]["fixed"]["total"]
-    opti = out["strategies"]["optichannel"]["total"]
-    out["goal"] = {
-        "optichannel_rate_vs_fixed": opti["reaction_rate"] / fixed["reaction_rate"] if fixed["reaction_rate"] else None,
-        "optichannel_cost_per_reaction_vs_fixed": opti["cost_per_reaction"] / fixed["cost_per_reaction"],
-    }
+    fixed = out["strategies"].get("fixed", {}).get("total")
+    if fixed:
+        out["vs_fixed"] = {
+            name: {
+                "reaction_rate": s["total"]["reaction_rate"] / fixed["reaction_rate"],
+                "cost_per_reaction": s["total"]["cost_per_reaction"] / fixed["cost_per_reaction"],
+            }
+            for name, s in out["strategies"].items()
+        }
     return out
 
 
@@ -296,14 +332,142 @@ def chart(data: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of the same sizes (split over processes and seeds) as one result, pooled over seeds.
+
+    Each seed needs the fixed cascade once: it is deterministic (same population, luck and
+    09:00 start), so one process's fixed run serves the others of that seed.
+    """
+    seeds: dict[int, dict[str, Any]] = {}
+    for part in parts:
+        runs = seeds.setdefault(part["seed"], {})
+        runs.update(part["strategies"])
+    if any("fixed" not in runs for runs in seeds.values()):
+        raise SystemExit("every seed needs a fixed run to compare with")
+    # A strategy is compared with the fixed cascade over the seeds it ran on.
+    names = [s for s in STRATEGIES if any(s in runs for runs in seeds.values())]
+    weeks = parts[0]["weeks"]
+    tail = min(4, weeks)
+
+    def pooled(name: str, week_range: range, over: list[int]) -> dict[str, float]:
+        journeys = reacted = cost = 0.0
+        hours: list[float] = []
+        for runs in (seeds[seed] for seed in over):
+            for w in week_range:
+                row = runs[name]["by_week"][w]
+                journeys += row["journeys"]
+                reacted += row["reaction_rate"] * row["journeys"]
+                cost += row["cost"]
+            hours.append(runs[name]["total"]["median_hours_to_reaction"])
+        return {
+            "reaction_rate": reacted / journeys,
+            "cost_per_reaction": cost / reacted if reacted else float("inf"),
+            "median_hours_to_reaction": float(np.median(hours)),
+        }
+
+    out: dict[str, Any] = {
+        "customers": parts[0]["customers"],
+        "weeks": weeks,
+        "seeds": sorted(seeds),
+        "start_hour_utc": parts[0].get("start_hour_utc"),
+        "ceiling": parts[0].get("ceiling"),
+        "strategies": {},
+    }
+    for name in names:
+        over = sorted(seed for seed, runs in seeds.items() if name in runs)
+        fixed_all, fixed_tail = pooled("fixed", range(weeks), over), pooled("fixed", range(weeks - tail, weeks), over)
+        whole, last = pooled(name, range(weeks), over), pooled(name, range(weeks - tail, weeks), over)
+        weekly = []
+        for w in range(weeks):
+            mine, base = pooled(name, range(w, w + 1), over), pooled("fixed", range(w, w + 1), over)
+            weekly.append(
+                {
+                    "week": w + 1,
+                    "cost_per_reaction": mine["cost_per_reaction"],
+                    "cost_per_reaction_vs_fixed": mine["cost_per_reaction"] / base["cost_per_reaction"],
+                    "reaction_rate_vs_fixed": mine["reaction_rate"] / base["reaction_rate"],
+                }
+            )
+        out["strategies"][name] = {
+            "total": whole,
+            "last_weeks": last,
+            "vs_fixed": {
+                "cost_per_reaction": whole["cost_per_reaction"] / fixed_all["cost_per_reaction"],
+                "reaction_rate": whole["reaction_rate"] / fixed_all["reaction_rate"],
+                "last_cost_per_reaction": last["cost_per_reaction"] / fixed_tail["cost_per_reaction"],
+                "last_reaction_rate": last["reaction_rate"] / fixed_tail["reaction_rate"],
+            },
+            "seeds": over,
+            "per_seed_cost_vs_fixed": {
+                str(seed): seeds[seed][name]["total"]["cost_per_reaction"]
+                / seeds[seed]["fixed"]["total"]["cost_per_reaction"]
+                for seed in over
+            },
+            "by_week": weekly,
+        }
+    return out
+
+
+def merged_chart(data: dict[str, Any], path: Path) -> None:
+    """Cost per reaction and reaction rate against the fixed cascade by week (seeds pooled), and the totals."""
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.8))
+    for name, numbers in data["strategies"].items():
+        rows = numbers["by_week"]
+        weeks = [r["week"] for r in rows]
+        left.plot(weeks, [r["cost_per_reaction_vs_fixed"] for r in rows], marker="o", label=name)
+        middle.plot(weeks, [r["reaction_rate_vs_fixed"] for r in rows], marker="o", label=name)
+    left.axhline(0.7, color="grey", lw=0.8, ls=":")
+    middle.axhline(1.0, color="grey", lw=0.8, ls=":")
+    seeds = ", ".join(str(s) for s in data["seeds"])
+    left.set_title(f"Real workflows: cost per reaction vs fixed (seeds {seeds})")
+    left.set_xlabel("week of simulated time")
+    left.set_ylabel("x fixed cascade (goal: <= 0.7)")
+    middle.set_title("reaction rate vs fixed (goal: >= 1)")
+    middle.set_xlabel("week of simulated time")
+    middle.set_ylabel("x fixed cascade")
+    middle.legend(fontsize=8)
+    names = list(data["strategies"])
+    x = np.arange(len(names))
+    right.bar(
+        x - 0.2, [data["strategies"][n]["vs_fixed"]["cost_per_reaction"] for n in names], 0.4, label="cost per reaction"
+    )
+    right.bar(x + 0.2, [data["strategies"][n]["vs_fixed"]["reaction_rate"] for n in names], 0.4, label="reaction rate")
+    right.axhline(1.0, color="grey", lw=0.8)
+    right.set_xticks(x, [n.replace("+", "+\n") for n in names], fontsize=8)
+    right.set_ylabel("x fixed cascade, all weeks")
+    right.set_title(f"{data['customers']} customers x {data['weeks']} weeks per seed")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=40)
     parser.add_argument("--weeks", type=int, default=4)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
+    parser.add_argument("--hour", type=int, default=9, choices=range(24), help="UTC hour the weeks start at")
+    parser.add_argument("--out", default="routing", help="name of the .json and .png in bench/results")
+    parser.add_argument("--merge", nargs="+", type=Path, help="pool these result files (split runs, seeds); no run")
     args = parser.parse_args()
-    data = asyncio.run(main(args.customers, args.weeks, args.seed))
+    if args.merge:
+        merged = merge([json.loads(p.read_text()) for p in args.merge])
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{args.out}.json").write_text(json.dumps(merged, indent=2))
+        merged_chart(merged, RESULTS / f"{args.out}.png")
+        for name, numbers in merged["strategies"].items():
+            t, v = numbers["total"], numbers["vs_fixed"]
+            print(
+                f"| {name} | {t['reaction_rate']:.3f} | {t['cost_per_reaction']:.4f} | {v['cost_per_reaction']:.2f}x"
+                f" ({' / '.join(f'{x:.2f}' for x in numbers['per_seed_cost_vs_fixed'].values())})"
+                f" | {v['last_cost_per_reaction']:.2f}x (rate {v['last_reaction_rate']:.2f}x)"
+                f" | {v['reaction_rate']:.2f}x | {t['median_hours_to_reaction']:.1f} |"
+            )
+        raise SystemExit(0)
+    chosen = tuple(s for s in STRATEGIES if s in args.strategies)
+    data = asyncio.run(main(args.customers, args.weeks, args.seed, chosen, args.hour))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "routing.json").write_text(json.dumps(data, indent=2))
-    chart(data, RESULTS / "routing.png")
-    print(json.dumps(data["goal"]))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(data, indent=2))
+    chart(data, RESULTS / f"{args.out}.png")
+    print(json.dumps(data.get("vs_fixed")))

@@ -560,6 +560,13 @@ class JourneySpec(BaseModel):
         " channel per expected reaction instead of the next in order",
     )
     max_steps: int | None = Field(default=None, ge=1, le=20, description="optichannel: send at most this many steps")
+    max_cost_per_reaction: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="optichannel: what one reaction is worth; a channel dearer than this per expected"
+        " reaction (judged on the customer's own history there) is not sent",
+    )
     experiment: Experiment | None = Field(default=None, description="A/B, multivariate or bandit test")
 
     @field_validator("route")
@@ -577,6 +584,13 @@ class JourneySpec(BaseModel):
                 seen[step.channel] = i
         return value
 
+    @field_validator("max_cost_per_reaction")
+    @classmethod
+    def _ceiling_needs_a_pool(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("route") != "optichannel":
+            raise ValueError("max_cost_per_reaction needs route: optichannel")
+        return value
+
     @model_serializer(mode="wrap")
     def _leave_out_unused_features(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # A spec that uses no routing, experiment or audience serialises as before they
@@ -587,6 +601,8 @@ class JourneySpec(BaseModel):
             data.pop("route", None)
         if data.get("max_steps") is None:
             data.pop("max_steps", None)
+        if data.get("max_cost_per_reaction") is None:
+            data.pop("max_cost_per_reaction", None)
         if data.get("experiment") is None:
             data.pop("experiment", None)
         if data.get("audience") is None:

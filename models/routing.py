@@ -23,6 +23,7 @@ class ChooseChannelInput(BaseModel):
     channels: list[ChannelName] = Field(min_length=1, description="the pool still unused, in journey order")
     await_reaction: dict[str, Reaction] = Field(default_factory=dict, description="per channel; default opened")
     at: AwareDatetime
+    max_cost_per_reaction: float | None = Field(default=None, gt=0, description="the journey's ceiling, if any")
 
 
 class ChannelRank(BaseModel):
@@ -42,6 +43,9 @@ class ChooseChannelResult(BaseModel):
     summary: str
     ranked: list[ChannelRank] = Field(default_factory=list)
     unusable: dict[str, str] = Field(default_factory=dict, description="channel -> why it cannot be used")
+    over_ceiling: dict[str, str] = Field(
+        default_factory=dict, description="channel -> why it is too dear for max_cost_per_reaction"
+    )
     explored: bool = False
     model_version: str
 

@@ -89,6 +89,13 @@ def test_explain_shows_the_ranking_and_reasons(database_url: str) -> None:
     assert lines[0] == "chosen: email"
     assert lines[1].startswith("email: ") and "own 14/14" in lines[1]
     assert "telegram: unusable (no telegram contact)" in result.output
+    # With a ceiling below email's cost per reaction (0.001 / ~0.93): email, judged on her 14
+    # emails, is not sent; sms, never tried on her, is not judged and is chosen.
+    capped = CliRunner().invoke(app, ["explain", "ann", "--channels", "email,sms", "--max-cost-per-reaction", "0.0005"])
+    assert capped.exit_code == 0, capped.output
+    assert capped.output.splitlines()[0] == "chosen: sms"
+    flat = " ".join(capped.output.split())  # the console wraps long lines
+    assert re.search(r"email: [^)]*own 14/14[^)]*above the ceiling 0\.0005: not sent\)", flat)
 
 
 def test_bad_options_are_named(database_url: str) -> None:
@@ -96,5 +103,6 @@ def test_bad_options_are_named(database_url: str) -> None:
     assert "--window" in runner.invoke(app, ["preview", "--segment", "x", "--window", "soon"]).output
     assert "--quiet" in runner.invoke(app, ["preview", "--segment", "x", "--quiet", "late"]).output
     assert "--channels" in runner.invoke(app, ["explain", "ann", "--channels", "pigeon"]).output
+    assert "--max-cost-per-reaction" in runner.invoke(app, ["explain", "ann", "--max-cost-per-reaction", "0"]).output
     nobody = runner.invoke(app, ["preview", "--segment", "nobody"])
     assert nobody.exit_code == 1 and "no customers matched" in nobody.output

@@ -8,6 +8,7 @@ is the ranking by posterior means and can be asserted.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -140,6 +141,10 @@ steps:
     assert JourneySpec.model_validate(journey.model_dump(mode="json", by_alias=True)) == journey
     fixed = spec("email", "sms").model_dump(mode="json", by_alias=True)
     assert "route" not in fixed and "max_steps" not in fixed and "adaptive_wait" not in fixed["steps"][0]
+    assert "max_cost_per_reaction" not in fixed
+    capped = parse_journey_text(text.replace("max_steps: 2", "max_cost_per_reaction: 0.2"), "capped.yaml")
+    assert capped.max_cost_per_reaction == 0.2
+    assert JourneySpec.model_validate(capped.model_dump(mode="json", by_alias=True)) == capped
 
 
 def test_yaml_errors_name_file_field_and_line():
@@ -162,6 +167,12 @@ def test_yaml_errors_name_file_field_and_line():
         JourneySpec.model_validate(
             {"name": "w", "route": "cheapest", "steps": [{"channel": "sms", "content": {"body": "a"}}]}
         )
+    # A ceiling means nothing on a fixed chain (every step is sent): refused, not ignored.
+    ceiling = "name: v\nmax_cost_per_reaction: 0.2\nsteps:\n  - {channel: sms, content: {body: a}}\n"
+    with pytest.raises(ValueError, match=r"v\.yaml: max_cost_per_reaction.*line 2.*needs route: optichannel"):
+        parse_journey_text(ceiling, "v.yaml")
+    with pytest.raises(ValueError, match="max_cost_per_reaction"):
+        parse_journey_text(ceiling.replace("0.2", "-1").replace("name: v", "name: v\nroute: optichannel"), "v.yaml")
 
 
 # --- the delivery-log queries (SQLite and PostgreSQL) ----------------------------------
@@ -257,6 +268,45 @@ async def test_misses_in_one_journey_teach_the_next(client, db, routed_settings,
     # wins, and unanswered telegrams lower that in turn.
     assert choices[:3] == ["email", "email", "telegram"], choices
     assert choices.count("telegram") >= 2
+
+
+async def test_the_ceiling_spares_an_sms_the_customer_never_answers(
+    client, db, routed_settings, run_worker, unique_id, now
+):
+    await _customer(db, unique_id)
+    # Others answer half their SMS; this customer answered none of 10, and reads email.
+    for i in range(10):
+        await _history(db, f"pop{i}", "sms", 4, 2, now=now)
+    await _history(db, unique_id, "sms", 10, 0, now=now)
+    await _history(db, unique_id, "email", 4, 2, now=now)
+    journey = optichannel("email", "sms", wait="1h", max_cost_per_reaction=0.1, stay_active_days=None)
+    handle = await _start(client, db, routed_settings, unique_id, journey)
+    result = await handle.result()
+    # Email went out and was not answered; the SMS is above the ceiling for this customer.
+    assert [(s.channel.value, s.status) for s in result.steps] == [
+        ("email", StepStatus.SENT),
+        ("sms", StepStatus.SKIPPED),
+    ]
+    assert re.fullmatch(
+        r"0\.\d{3} per expected reaction above max_cost_per_reaction 0\.100", result.steps[1].reason or ""
+    )
+    assert result.outcome == Outcome.EXHAUSTED
+    assert [row.channel for row in await deliveries(db, handle.id)] == ["email"]
+    async with db.session() as session:
+        rows = (
+            await session.exec(
+                select(RoutingDecision)
+                .where(col(RoutingDecision.customer_id) == unique_id)
+                .order_by(col(RoutingDecision.step))
+            )
+        ).all()
+    assert [r.chosen for r in rows] == ["email", None]
+    assert rows[1].summary.startswith("every channel above max_cost_per_reaction 0.100: sms:")
+    assert rows[1].model_version == "beta-binomial-v3"
+    # Without the ceiling the same customer gets the SMS.
+    free = journey.model_copy(update={"name": "free", "max_cost_per_reaction": None})
+    again = await (await _start(client, db, routed_settings, unique_id, free)).result()
+    assert [s.status for s in again.steps] == [StepStatus.SENT, StepStatus.SENT]
 
 
 async def test_preference_and_consent_are_obeyed(client, db, routed_settings, run_worker, unique_id, now):
@@ -482,6 +532,8 @@ async def test_preview_over_a_segment_uses_own_hours_then_the_segments(any_db: D
 async def test_the_example_journey_file_runs(client, db, routed_settings, run_worker, unique_id):
     await _customer(db, unique_id)
     journey = load_journey("optichannel_promo")
+    # A new customer has no history on any channel: the ceiling holds nothing back.
+    assert journey.max_cost_per_reaction == 0.25
     result = await (await _start(client, db, routed_settings, unique_id, journey)).result()
     sent = [s for s in result.steps if s.status == StepStatus.SENT]
     assert result.outcome == Outcome.EXHAUSTED and len(sent) == 2

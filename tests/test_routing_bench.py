@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
+import pytest
 
 from bench.routing_fast import CHANNELS, Person, population, read_at, run
 from cascade.routing.scoring import RoutingParams
@@ -46,3 +48,54 @@ def test_strategies_meet_the_same_luck_and_the_order_alone_cannot_change_reactio
     # Sending at the customer's hour does change them.
     assert totals["oracle+time"]["reaction_rate"] > totals["fixed"]["reaction_rate"]
     assert [w["journeys"] for w in data["strategies"]["optichannel+time+wait"]["by_week"]] == [30, 30, 30]
+
+
+def test_a_ceiling_spares_sms_once_a_customer_has_left_it_unanswered():
+    strategies = ("fixed", "optichannel", "optichannel+ceiling")
+    data = run(30, 4, 5, RoutingParams(exploration=0.0), ceiling=0.06, strategies=strategies)
+    assert list(data["strategies"]) == list(strategies) and data["ceiling"] == 0.06
+    free, capped = (data["strategies"][s]["total"] for s in strategies[1:])
+    # An SMS (0.05) above 0.06 per reaction needs P < 0.83: after one unanswered SMS nearly
+    # every customer's is, so the capped strategy sends far fewer, and reacts less.
+    assert capped["sms_per_journey"] < 0.5 * free["sms_per_journey"]
+    assert capped["cost"] < free["cost"] and capped["reaction_rate"] <= free["reaction_rate"]
+    # The first week nobody has an SMS history: the ceiling holds nothing back yet.
+    assert data["strategies"]["optichannel+ceiling"]["by_week"][0] == data["strategies"]["optichannel"]["by_week"][0]
+
+
+def _part(seed: int, names: list[str], rate: float, weeks: int = 5) -> dict[str, Any]:
+    week = {
+        "journeys": 10,
+        "reaction_rate": rate,
+        "cost": 1.0,
+        "cost_per_reaction": 1.0 / (10 * rate),
+        "median_hours_to_reaction": 2.0,
+    }
+    return {
+        "customers": 10,
+        "weeks": weeks,
+        "seed": seed,
+        "strategies": {n: {"total": week, "by_week": [week] * weeks} for n in names},
+    }
+
+
+def test_split_real_workflow_runs_are_pooled_against_fixed_of_the_same_seeds():
+    from bench.routing import merge
+
+    merged = merge(
+        [
+            _part(7, ["fixed", "optichannel"], 0.5),
+            _part(7, ["optichannel+time"], 0.625),
+            _part(8, ["fixed", "optichannel+time"], 0.5),
+        ]
+    )
+    timed = merged["strategies"]["optichannel+time"]
+    # Seed 7: 1.0 / 6.25 against 1.0 / 5 -> 0.8x; seed 8: 1.0x; pooled: 10 / 56.25 against 10 / 50.
+    assert timed["seeds"] == [7, 8]
+    assert timed["per_seed_cost_vs_fixed"] == pytest.approx({"7": 0.8, "8": 1.0})
+    assert abs(timed["vs_fixed"]["cost_per_reaction"] - 50 / 56.25) < 1e-12
+    # optichannel ran on seed 7 only: it is compared with seed 7's fixed run only.
+    assert merged["strategies"]["optichannel"]["seeds"] == [7]
+    assert merged["strategies"]["optichannel"]["vs_fixed"]["cost_per_reaction"] == 1.0
+    with pytest.raises(SystemExit, match="fixed"):
+        merge([_part(9, ["optichannel"], 0.5)])

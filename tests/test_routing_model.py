@@ -79,7 +79,7 @@ def test_cold_start_ranks_by_the_population_rates():
     # A cold customer of a segment that matches the population ranks the same way.
     same = rank_channels(routing(segment=POPULATION), GREEDY)
     assert order(same) == order(decision)
-    assert decision.model_version == MODEL_VERSION
+    assert decision.model_version == MODEL_VERSION == "beta-binomial-v3"
 
 
 def test_the_segment_moves_a_cold_customer_and_is_itself_shrunk_toward_the_population():
@@ -198,6 +198,64 @@ def test_exploration_is_bounded_by_the_setting_and_deterministic_per_seed():
     one = rank_channels(routing(own=own, seed=seed), RoutingParams(exploration=1.0))
     assert one == rank_channels(routing(own=own, seed=seed), RoutingParams(exploration=1.0))
     assert one.seed == seed
+
+
+def test_the_ceiling_skips_a_dear_channel_the_customer_has_not_answered():
+    # This customer never answered 6 SMS: p = (10 x 0.599 + 0) / 16 = 0.374 -> 0.134 per reaction.
+    # Email answered 0 of 20: p = (10 x 0.02) / 30 = 0.007 -> 0.15 per reaction.
+    own = {"sms": ReactionCounts(reactions=0, messages=6), "email": ReactionCounts(reactions=0, messages=20)}
+    free = rank_channels(routing(own=own), GREEDY)
+    capped = rank_channels(routing(own=own, max_cost_per_reaction=0.1), GREEDY)
+    # Without a ceiling the ranking is v2's: viber (0.040), sms (0.134), email (0.149).
+    assert order(free) == ["viber", "sms", "email"] and free.over_ceiling == []
+    # The ceiling does not reorder: it only takes the channels above it out of the choice.
+    assert order(capped) == order(free) and capped.chosen == "viber"
+    assert capped.over_ceiling == ["sms", "email"]
+    sms = capped.ranked[1]
+    assert sms.over_ceiling and sms.reason.endswith("0.134 per reaction; above the ceiling 0.100: not sent)")
+    # When viber is used up (the step's pool), nothing is left under the ceiling: stop.
+    rest = routing(own=own, options=[OPTIONS[0], OPTIONS[2]], max_cost_per_reaction=0.1)
+    stop = rank_channels(rest, GREEDY)
+    assert stop.chosen is None and [s.channel for s in stop.ranked] == ["sms", "email"]
+    assert stop.summary.startswith("every channel above max_cost_per_reaction 0.100: sms: 0.37 past reaction rate")
+    # A higher ceiling lets the SMS through.
+    assert (
+        rank_channels(routing(own=own, options=[OPTIONS[0], OPTIONS[2]], max_cost_per_reaction=0.14), GREEDY).chosen
+        == "sms"
+    )
+
+
+def test_the_ceiling_needs_evidence_so_a_cold_channel_is_still_tried():
+    # No own history at all: sms costs 0.05 / 0.6 = 0.083 per reaction by the prior, above a
+    # 0.05 ceiling, but nothing says this customer would not answer: it is sent.
+    cold = rank_channels(routing(options=[OPTIONS[2]], max_cost_per_reaction=0.05), GREEDY)
+    assert cold.chosen == "sms" and cold.over_ceiling == []
+    # One unanswered SMS is evidence enough by default; a stricter setting waits for more.
+    once = {"sms": ReactionCounts(reactions=0, messages=1)}
+    assert rank_channels(routing(options=[OPTIONS[2]], own=once, max_cost_per_reaction=0.05), GREEDY).chosen is None
+    patient = RoutingParams(exploration=0.0, ceiling_evidence=3)
+    assert rank_channels(routing(options=[OPTIONS[2]], own=once, max_cost_per_reaction=0.05), patient).chosen == "sms"
+    with pytest.raises(ValidationError):
+        routing(max_cost_per_reaction=0)
+
+
+def test_exploration_past_the_ceiling_is_bounded():
+    # sms after 10 unanswered: p = 6 / 20 = 0.30 -> 0.167 per reaction, above a 0.12 ceiling.
+    own = {"sms": ReactionCounts(reactions=0, messages=10)}
+    options = [OPTIONS[2]]
+    greedy = [rank_channels(routing(options=options, own=own, seed=i, max_cost_per_reaction=0.12)) for i in range(2000)]
+    # Only a decision that explores can send it (its draw, Beta(6, 14), above 0.05 / 0.12 = 0.42):
+    # at most the exploration share, and not never, so the model can learn it was wrong.
+    sent = [d for d in greedy if d.chosen == "sms"]
+    assert all(d.explored for d in sent)
+    share = len(sent) / len(greedy)
+    assert 0 < share <= 0.1
+    # Without exploration it never goes out; the same seed decides the same.
+    assert all(
+        rank_channels(routing(options=options, own=own, seed=i, max_cost_per_reaction=0.12), GREEDY).chosen is None
+        for i in range(200)
+    )
+    assert greedy[5] == rank_channels(routing(options=options, own=own, seed=5, max_cost_per_reaction=0.12))
 
 
 def test_decision_seed_is_stable_and_distinct():

@@ -215,13 +215,17 @@ class CascadeJourney:
                     channels=[s.channel for s in pool],
                     await_reaction={s.channel.value: s.await_reaction for s in pool},
                     at=workflow.now(),
+                    max_cost_per_reaction=spec.max_cost_per_reaction,
                 ),
                 start_to_close_timeout=CHECK_TIMEOUT,
             )
             if choice.chosen is None:
                 for rest in records[index:]:
                     rest.status = StepStatus.SKIPPED
-                    rest.reason = choice.unusable.get(rest.channel.value, choice.summary)
+                    # Unusable, or too dear for the journey's max_cost_per_reaction: the
+                    # reasons are state only, so no command changes.
+                    ch = rest.channel.value
+                    rest.reason = choice.unusable.get(ch) or choice.over_ceiling.get(ch) or choice.summary
                 return None
             other = index + [s.channel for s in pool].index(choice.chosen)
             spec.steps[index], spec.steps[other] = spec.steps[other], spec.steps[index]

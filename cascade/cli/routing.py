@@ -120,8 +120,13 @@ def preview_command(
 def explain_command(
     customer_id: Annotated[str, typer.Argument(help="The customer's id")],
     channels: Annotated[str, typer.Option(help="The pool, comma-separated, in journey order")] = "email,telegram,sms",
+    max_cost_per_reaction: Annotated[
+        float | None, typer.Option(min=0.0, help="The journey's ceiling: what one reaction is worth")
+    ] = None,
 ) -> None:
     """How the customer's channels rank now (exploration off), with each channel's reasons."""
+    if max_cost_per_reaction is not None and max_cost_per_reaction <= 0:
+        raise typer.BadParameter("--max-cost-per-reaction: must be above 0")
     settings = get_settings().model_copy(update={"routing_exploration": 0.0})
     try:
         pool = [ChannelName(c.strip()) for c in channels.split(",") if c.strip()]
@@ -132,7 +137,7 @@ def explain_command(
 
     async def work(db: Database) -> list[str]:
         acts = RoutingActivities(db, settings)
-        result = await acts.rank(customer_id, pool, datetime.now(UTC))
+        result = await acts.rank(customer_id, pool, datetime.now(UTC), max_cost_per_reaction)
         lines = [f"chosen: {result.chosen.value if result.chosen else 'none'}"]
         lines += [r.reason for r in result.ranked]
         lines += [f"{ch}: unusable ({why})" for ch, why in result.unusable.items()]

@@ -38,6 +38,15 @@ Method (all of it in :func:`rank_channels`; nothing here does I/O):
    (:func:`decision_seed` makes one from e.g. the workflow id and step), so the same input
    and seed always give the same decision and a workflow can record it.
    The boosts apply to the draws as to the means.
+7. **Ceiling** (``max_cost_per_reaction``, a journey setting: what one reaction is worth to
+   the business): a channel whose expected cost per reaction is above it is not sent; when
+   every remaining channel is above it the journey stops. It keeps the dear channel for the
+   customers it pays on (an SMS to someone who answers SMS) and spares it where it does
+   not (an SMS to someone who has never answered one). The requirements ask for the same:
+   "if they only ever react to push, use only push". When the decision explores, the draw
+   is held against the ceiling, so a channel judged too dear still gets an occasional try
+   and the model can learn that it was wrong. Added in ``beta-binomial-v3``; without a
+   ceiling v3 ranks exactly as v2.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
-MODEL_VERSION = "beta-binomial-v2"
+MODEL_VERSION = "beta-binomial-v3"
 
 
 class ReactionCounts(BaseModel):
@@ -90,6 +99,9 @@ class RoutingParams(BaseModel):
     default_prior_strength: float = Field(default=10.0, gt=0)
     prior_strength_bounds: tuple[float, float] = (2.0, 50.0)
     fallback_rate: float = Field(default=0.1, gt=0, lt=1)
+    ceiling_evidence: int = Field(
+        default=1, ge=0, description="own messages on a channel before max_cost_per_reaction may rule it out"
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> RoutingParams:
@@ -113,6 +125,9 @@ class RoutingInput(BaseModel):
     last_reaction_at: dict[str, AwareDatetime] = Field(default_factory=dict)
     now: AwareDatetime
     seed: int
+    max_cost_per_reaction: float | None = Field(
+        default=None, gt=0, description="a channel dearer than this per expected reaction is not sent"
+    )
 
 
 class ChannelScore(BaseModel):
@@ -133,6 +148,7 @@ class ChannelScore(BaseModel):
     active_days_ago: float | None
     active: bool = Field(description="reacted here within stay_active_days (P multiplied by active_boost)")
     sampled_p: float | None = Field(default=None, description="the Thompson draw, when the decision explored")
+    over_ceiling: bool = Field(default=False, description="dearer per expected reaction than max_cost_per_reaction")
     reason: str
 
 
@@ -142,6 +158,7 @@ class RoutingDecision(BaseModel):
     chosen: str | None
     ranked: list[ChannelScore]
     unusable: list[str]
+    over_ceiling: list[str] = Field(default_factory=list, description="usable, but above max_cost_per_reaction")
     explored: bool
     greedy_choice: str | None = Field(description="what the ranking by posterior means would have chosen")
     summary: str
@@ -207,7 +224,7 @@ def _boost(preferred: bool, active: bool, params: RoutingParams) -> float:
     return (params.preference_boost if preferred else 1.0) * (params.active_boost if active else 1.0)
 
 
-def _reason(score: ChannelScore, params: RoutingParams) -> str:
+def _reason(score: ChannelScore, params: RoutingParams, ceiling: float | None = None) -> str:
     notes: list[str] = []
     if score.own_messages:
         notes.append(f"own {score.own_reactions}/{score.own_messages}")
@@ -220,6 +237,10 @@ def _reason(score: ChannelScore, params: RoutingParams) -> str:
     if score.sampled_p is not None:
         notes.append(f"explored draw {score.sampled_p:.2f}")
     notes.append(f"{score.expected_cost_per_reaction:.3f} per reaction")
+    if score.over_ceiling and ceiling is not None:
+        # Three decimals like the prices; a ceiling below a tenth of a cent keeps its digits.
+        shown = f"{ceiling:.3f}" if ceiling >= 0.01 else f"{ceiling:.2g}"
+        notes.append(f"above the ceiling {shown}: not sent")
     return f"{score.channel}: {score.p_reaction:.2f} past reaction rate, cost {score.cost:.3f} ({'; '.join(notes)})"
 
 
@@ -286,7 +307,8 @@ def rank_channels(inp: RoutingInput, params: RoutingParams | None = None) -> Rou
         keys = [(sc.cost / p_used[i], -p_used[i], i) for i, sc in enumerate(scores)]
         return sorted(range(len(scores)), key=lambda i: keys[i])
 
-    greedy = order([sc.p_adjusted for sc in scores])
+    p_used = [sc.p_adjusted for sc in scores]
+    greedy = order(p_used)
     if explored:
         draws = stats.beta.rvs(
             np.array([sc.alpha for sc in scores]), np.array([sc.beta for sc in scores]), random_state=rng
@@ -298,18 +320,31 @@ def rank_channels(inp: RoutingInput, params: RoutingParams | None = None) -> Rou
             # A draw can be ~0; the floor keeps cost / p finite and the order well defined.
             used.append(max(min(1.0, sc.sampled_p * _boost(sc.preferred, sc.active, params)), 1e-12))
         final = order(used)
+        p_used = used
     else:
         final = greedy
 
+    ceiling = inp.max_cost_per_reaction
+    if ceiling is not None:
+        # Held against what the decision ranked by: the means, or the draws when exploring.
+        for i, sc in enumerate(scores):
+            # No verdict without evidence: a channel never tried on this customer is sent
+            # when its turn comes, or a cold start (the fallback prior) would block it for good.
+            sc.over_ceiling = sc.own_messages >= params.ceiling_evidence and sc.cost / p_used[i] > ceiling
     ranked = [scores[i] for i in final]
     for sc in ranked:
-        sc.reason = _reason(sc, params)
+        sc.reason = _reason(sc, params, ceiling)
+    sendable = [sc for sc in ranked if not sc.over_ceiling]
+    summary = _summary(ranked) if ranked else "no usable channel"
+    if ranked and not sendable:
+        summary = f"every channel above max_cost_per_reaction {ceiling:.3f}: {summary}"
     return RoutingDecision(
-        chosen=ranked[0].channel if ranked else None,
+        chosen=sendable[0].channel if sendable else None,
         ranked=ranked,
         unusable=unusable,
+        over_ceiling=[sc.channel for sc in ranked if sc.over_ceiling],
         explored=explored,
         greedy_choice=scores[greedy[0]].channel if scores else None,
-        summary=_summary(ranked) if ranked else "no usable channel",
+        summary=summary,
         seed=inp.seed,
     )
