@@ -414,8 +414,10 @@ def merged_chart(data: dict[str, Any], path: Path) -> None:
     for name, numbers in data["strategies"].items():
         rows = numbers["by_week"]
         weeks = [r["week"] for r in rows]
-        left.plot(weeks, [r["cost_per_reaction_vs_fixed"] for r in rows], marker="o", label=name)
-        middle.plot(weeks, [r["reaction_rate_vs_fixed"] for r in rows], marker="o", label=name)
+        # A strategy that ran on fewer seeds says which.
+        label = name if numbers["seeds"] == data["seeds"] else f"{name} (seed {', '.join(map(str, numbers['seeds']))})"
+        left.plot(weeks, [r["cost_per_reaction_vs_fixed"] for r in rows], marker="o", label=label)
+        middle.plot(weeks, [r["reaction_rate_vs_fixed"] for r in rows], marker="o", label=label)
     left.axhline(0.7, color="grey", lw=0.8, ls=":")
     middle.axhline(1.0, color="grey", lw=0.8, ls=":")
     seeds = ", ".join(str(s) for s in data["seeds"])
