@@ -46,7 +46,15 @@ from sqlalchemy import text
 
 from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import backtest_campaign
-from analytics.funnel import FunnelQuery, funnel, reaction_times, refresh_rollup
+from analytics.funnel import (
+    FunnelQuery,
+    entries,
+    funnel,
+    reaction_times,
+    refresh_reaction_rollup,
+    refresh_rollup,
+    refresh_runs_rollup,
+)
 from analytics.money import cost_report, refresh_savings_rollup, savings_report
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
@@ -320,6 +328,8 @@ async def main() -> None:
         # The rollups, built from nothing once (later calls add only the days that closed).
         started = time.perf_counter()
         await refresh_rollup(db, rebuild=True)
+        await refresh_reaction_rollup(db, rebuild=True)
+        await refresh_runs_rollup(db, rebuild=True)
         await refresh_savings_rollup(db, PRICES, rebuild=True)
         result["rollup_build_s"] = round(time.perf_counter() - started, 1)
         print("rollup build", result["rollup_build_s"], file=sys.stderr, flush=True)
@@ -328,6 +338,8 @@ async def main() -> None:
             "savings_one_campaign": lambda: savings_report(
                 db, FunnelQuery(campaign="winback-5"), PRICES, "USD", rollup=False
             ),
+            "time_to_react": lambda: reaction_times(db, everything, rollup=False),
+            "runs_by_outcome": lambda: entries(db, everything.model_copy(update={"by": ["journey"]}), rollup=False),
         }
         result["log_only_s"] = {}
         for name, call in log_only.items():
@@ -338,6 +350,8 @@ async def main() -> None:
             "funnel_by_journey_step": lambda: funnel(db, everything.model_copy(update={"by": ["journey", "step"]})),
             "funnel_winback_by_day": lambda: funnel(db, FunnelQuery(journey="winback", by=["day"])),
             "time_to_react": lambda: reaction_times(db, everything),
+            "time_to_react_winback": lambda: reaction_times(db, FunnelQuery(journey="winback")),
+            "runs_by_outcome": lambda: entries(db, everything.model_copy(update={"by": ["journey"]})),
             "cost_by_channel": lambda: cost_report(db, everything.model_copy(update={"by": ["channel"]}), "USD"),
             "savings_all_runs": lambda: savings_report(db, everything, PRICES, "USD"),
             "savings_one_campaign": lambda: savings_report(db, FunnelQuery(campaign="winback-5"), PRICES, "USD"),
