@@ -18,7 +18,7 @@ from rich.console import Console
 from cascade.demo.simulation import simulate_history
 from cascade.infra.logging import configure_logging
 from cascade.infra.settings import get_settings
-from cascade.simulator.history import SimulationReport, test_server_path
+from cascade.simulator.history import SimulationReport, time_skipping_server
 
 app = typer.Typer(
     help="Simulate customers with hidden channel habits through the real journeys (time-skipping server).",
@@ -51,7 +51,7 @@ def simulate_command(
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same population and habits)")] = 7,
 ) -> None:
     """Run the population through abandoned_cart (weekly) and winback (the dormant) into the database."""
-    if test_server_path() is None:
+    if time_skipping_server() is None:
         raise typer.BadParameter("no temporal-test-server beside this Python (pip install temporalio's test server)")
     settings = get_settings()
     # The worker's per-message log lines would drown the summary: warnings only.

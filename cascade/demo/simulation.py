@@ -24,7 +24,7 @@ from cascade.simulator.history import (
     HistorySimulation,
     SimulationReport,
     population,
-    test_server_path,
+    time_skipping_server,
 )
 from models.tables import JourneyRun, utcnow
 from worker import build_worker
@@ -45,7 +45,7 @@ async def simulate_history(
     sim_settings = settings.model_copy(update={"task_queue": f"simulator-{uuid.uuid4().hex[:8]}"})
     db = Database.from_settings(sim_settings)
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=test_server_path()
+        data_converter=pydantic_data_converter, test_server_existing_path=time_skipping_server()
     )
     try:
         await migrate(db.engine)

@@ -408,11 +408,11 @@ class HistorySimulation:
             await conn.execute(stmt, params)
 
 
-def test_server_path() -> str | None:
+def time_skipping_server() -> str | None:
     """The temporal-test-server pip installed beside this interpreter (no download), if any."""
     return shutil.which("temporal-test-server", path=str(Path(sys.executable).parent)) or shutil.which(
         "temporal-test-server"
     )
 
 
-__all__ = ["Habit", "HistorySimulation", "Person", "SimulationReport", "population", "test_server_path"]
+__all__ = ["Habit", "HistorySimulation", "Person", "SimulationReport", "population", "time_skipping_server"]
