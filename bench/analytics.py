@@ -10,12 +10,14 @@
    (asyncpg ``copy_records_to_table``) into a schema of its own in 127.0.0.1:5432/test,
    migrated first, so the indexes of migration 0010 are there; then ANALYZE.
 2. **Queries** (median of --repeat runs, wall time from the Python call): the funnel by
-   channel, by journey and step, time to react, cost by channel, and the savings report,
-   after the daily rollups are built (their build time is printed); the same funnel and
-   one campaign's savings read from the log alone; and a raw-SQL baseline measured in the
-   same run (one GROUP BY over every message), with each query's ratio to it.
+   channel, by journey and step, time to react (all, and one journey), runs by outcome,
+   cost by channel, and the savings report, after the daily rollups (funnel, time to
+   react, runs, savings) are built (their build time is printed); the same funnel, one
+   campaign's savings, time to react and runs read from the log alone; and a raw-SQL
+   baseline measured in the same run (one GROUP BY over every message), with each
+   query's ratio to it.
 3. **Console**: the overview and a journey page served by uvicorn (the console router on the
-   same database), 20 loads each after one warm-up: p50 / p95.
+   same database, logged in with an API key), --loads loads each after one warm-up: p50 / p95.
 4. **Backtest**: the last campaign of winback forecast from the history before it, the
    error per figure against what the generated history did.
 

@@ -41,6 +41,7 @@ from cascade.demo.supervisor import (
     watch_stdout,
 )
 from cascade.infra.db import Database, migrate
+from cascade.infra.logging import configure_logging
 from cascade.infra.settings import Settings, get_settings
 from cascade.infra.temporal import register_search_attributes
 from cascade.journeys.service import start_journey
@@ -74,6 +75,9 @@ async def load_history(db: Database, settings: Settings, webhooks_url: str) -> N
                 f"Simulating {settings.demo_simulate_customers} customers over {settings.demo_simulate_weeks} weeks "
                 "through the real journeys (time-skipping server)..."
             )
+            # The simulation's worker runs in this process: its per-message lines would
+            # bury the demo's own output (they are in no log file the reader needs).
+            configure_logging("WARNING", settings.log_format)
             history = await simulate_history(
                 settings, settings.demo_simulate_customers, settings.demo_simulate_weeks, seed=7
             )
