@@ -12,6 +12,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
 from analytics.funnel import refresh_reaction_rollup, refresh_rollup
@@ -44,8 +45,15 @@ async def simulate_history(
     # A task queue of its own: a worker of the demo's dev server must not take its tasks.
     sim_settings = settings.model_copy(update={"task_queue": f"simulator-{uuid.uuid4().hex[:8]}"})
     db = Database.from_settings(sim_settings)
+    # A runtime of its own that logs errors only: the test server does not advertise every
+    # capability of a real server, and the SDK warns about it once per worker.
+    quiet = Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+        )
+    )
     env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=time_skipping_server()
+        data_converter=pydantic_data_converter, test_server_existing_path=time_skipping_server(), runtime=quiet
     )
     try:
         await migrate(db.engine)
