@@ -33,6 +33,7 @@ the indexes and tables it relies on are in migrations 0010 and 0013.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import SQLModel
 
 from cascade.infra.db import Database, insert_ignoring_conflicts
@@ -480,13 +481,12 @@ async def funnel(
     """
     found: dict[tuple[Any, ...], FunnelRow] = {}
     raw_where: list[ColumnElement[bool]] = []
-    if rollup and _rollup_answers(query):
-        days = rollup_range(query, await refresh_rollup(db, now=now))
-        if days is not None:
-            async with reading(db) as conn:
-                _add(found, query.by, (await conn.execute(_rollup_select(query, *days))).mappings().all())
-            raw_where.append(outside(deliveries.c.created_at, days))
+    days = rollup_range(query, await refresh_rollup(db, now=now)) if rollup and _rollup_answers(query) else None
+    # One connection for every part: each one more is a few round trips on a loaded server.
     async with reading(db) as conn:
+        if days is not None:
+            _add(found, query.by, (await conn.execute(_rollup_select(query, *days))).mappings().all())
+            raw_where.append(outside(deliveries.c.created_at, days))
         # The first message the log part counts: none (often, when the range is all closed
         # days) and there is nothing to read; otherwise purchases before it cannot count.
         first = select(func.min(deliveries.c.created_at)).where(*filters(query, DELIVERIES), *raw_where)
@@ -494,7 +494,8 @@ async def funnel(
         if events_since is not None:
             stmt = _raw_select(db.is_sqlite, query, *raw_where, events_since=events_since)
             _add(found, query.by, (await conn.execute(stmt)).mappings().all())
-    for group, reasons in (await skipped_steps(db, query)).items():
+        skipped = await skipped_steps(db, query, conn)
+    for group, reasons in skipped.items():
         item = found.setdefault(group, FunnelRow(key=dict(zip(query.by, group, strict=True))))
         item.skipped_by_reason = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
         item.skipped = sum(reasons.values())
@@ -576,6 +577,9 @@ def _rollup_select(query: FunnelQuery, start: datetime | None, end: datetime) ->
 
 
 Build = Callable[[AsyncConnection, datetime, datetime], Awaitable[None]]
+# How far each rollup is known to be built, per engine (a database): rollups only move
+# forward, so a page need not ask rollup_state again until the next day closes.
+_BUILT: weakref.WeakKeyDictionary[AsyncEngine, dict[str, datetime]] = weakref.WeakKeyDictionary()
 
 
 async def advance_rollup(
@@ -588,6 +592,12 @@ async def advance_rollup(
     builds them and the other reads what was there. `rebuild` starts from nothing.
     """
     cutoff = _midnight((now or datetime.now(UTC)) - ROLLUP_AFTER)
+    known = _BUILT.setdefault(db.engine, {})
+    if not rebuild and name in known and known[name] >= cutoff:
+        # Built that far already (by this process or another): a rollup only moves forward,
+        # so this is still true, and the page need not ask the database again.
+        return known[name]
+    known.pop(name, None)
     s = rollup_state.c
     async with reading(db, write=True) as conn:
         if rebuild:
@@ -601,12 +611,14 @@ async def advance_rollup(
             row = _EPOCH
         built = row if row.tzinfo else row.replace(tzinfo=UTC)
         if built >= cutoff:
+            known[name] = built
             return built
         moved = await conn.execute(update(rollup_state).where(s.name == name, s.until == row).values(until=cutoff))
         if moved.rowcount != 1:
             return built
         await conn.execute(delete(table).where(table.c.day >= built.date(), table.c.day < cutoff.date()))
         await build(conn, built, cutoff)
+    known[name] = cutoff
     return cutoff
 
 
@@ -638,18 +650,25 @@ def outside(column: Any, days: tuple[datetime | None, datetime]) -> ColumnElemen
     return or_(column < start, column >= end) if start is not None else column >= end
 
 
-async def skipped_steps(db: Database, query: FunnelQuery) -> dict[tuple[Any, ...], dict[str, int]]:
-    """Skipped steps per group of `query.by` (key values in its order): reason -> count."""
+async def skipped_steps(
+    db: Database, query: FunnelQuery, conn: AsyncConnection | None = None
+) -> dict[tuple[Any, ...], dict[str, int]]:
+    """Skipped steps per group of `query.by` (key values in its order): reason -> count
+    (on `conn` when given)."""
     s = skips.c
     groups = _group_columns(db.is_sqlite, query.by, SKIPS, s.step)
     stmt = select(*groups, s.reason, func.count().label("n")).select_from(skips)
     stmt = _grouped_joins(stmt, query.by, SKIPS).where(*filters(query, SKIPS))
     stmt = stmt.group_by(*groups, s.reason)
     out: dict[tuple[Any, ...], dict[str, int]] = {}
-    async with reading(db) as conn:
-        for row in (await conn.execute(stmt)).mappings():
-            key = tuple(_key_value(row[name]) for name in query.by)
-            out.setdefault(key, {})[row["reason"]] = int(row["n"])
+    if conn is None:
+        async with reading(db) as own:
+            rows = (await own.execute(stmt)).mappings().all()
+    else:
+        rows = (await conn.execute(stmt)).mappings().all()
+    for row in rows:
+        key = tuple(_key_value(row[name]) for name in query.by)
+        out.setdefault(key, {})[row["reason"]] = int(row["n"])
     return out
 
 
