@@ -11,7 +11,7 @@ path as ``POST /v1/events`` (`record_app_event`), so the journeys react to them 
 would in production, and the funnel, savings, time to react and forecasts are computed
 from what the engine really did.
 
-Journeys: every week about `cart_share` of the customers leave a cart (the
+Journeys: every week about `cart_share` (35 %) of the customers leave a cart (the
 `abandoned_cart` journey, one per cart, started at a random hour of the week); in the
 first week the dormant ones (about `dormant_share`, last purchase 200+ days ago) get the
 `winback` journey.
@@ -178,7 +178,7 @@ class HistorySimulation:
         people: list[Person],
         weeks: int,
         seed: int,
-        cart_share: float = 0.6,
+        cart_share: float = 0.35,
         say: Callable[[str], None] = lambda line: None,
         step_hours: int = 3,
     ) -> None:
