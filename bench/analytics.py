@@ -17,7 +17,8 @@
    baseline measured in the same run (one GROUP BY over every message), with each
    query's ratio to it.
 3. **Console**: the overview and a journey page served by uvicorn (the console router on the
-   same database, logged in with an API key), --loads loads each after one warm-up: p50 / p95.
+   same database, logged in with an API key), --loads loads each after one warm-up: p50 / p95,
+   the Python CPU time per load (server and client, this process) and the load average.
 4. **Backtest**: the last campaign of winback forecast from the history before it, the
    error per figure against what the generated history did.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -273,12 +275,21 @@ async def console_loads(db: Database, settings: Settings, paths: list[str], n: i
         for path in paths:
             (await web.get(path)).raise_for_status()
             times = []
+            # The server runs in this process: its CPU time (and the client's) per load is a
+            # figure the machine's load does not inflate, unlike the wall time.
+            cpu = time.process_time()
             for _ in range(n):
                 started = time.perf_counter()
                 (await web.get(path)).raise_for_status()
                 times.append((time.perf_counter() - started) * 1000)
+            cpu_ms = (time.process_time() - cpu) * 1000 / n
             times.sort()
-            out[path] = {"p50_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(0.95 * (n - 1))], 1)}
+            out[path] = {
+                "p50_ms": round(statistics.median(times), 1),
+                "p95_ms": round(times[int(0.95 * (n - 1))], 1),
+                "python_cpu_ms_per_load": round(cpu_ms, 1),
+                "load_average": round(os.getloadavg()[0], 1),
+            }
     return out
 
 
