@@ -1,6 +1,7 @@
 """`cascade simulate`: weeks of history from a simulated population, through the real workflows.
 
 cascade simulate --customers 300 --weeks 4 --seed 7
+cascade simulate status      # what simulated history the database holds
 
 Runs on Temporal's time-skipping test server (no dev server needed) and writes to the
 configured database (CASCADE_DATABASE_URL), so `cascade report ...` and the console show
@@ -15,7 +16,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from cascade.demo.simulation import simulate_history
+from cascade.cli.common import Group, command
+from cascade.demo.simulation import HistoryStatus, simulate_history, simulated_history
+from cascade.infra.db import Database, run_with_database
 from cascade.infra.logging import configure_logging
 from cascade.infra.settings import get_settings
 from cascade.simulator.history import SimulationReport, time_skipping_server
@@ -23,6 +26,7 @@ from cascade.simulator.history import SimulationReport, time_skipping_server
 app = typer.Typer(
     help="Simulate customers with hidden channel habits through the real journeys (time-skipping server).",
     invoke_without_command=True,
+    cls=Group,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -46,11 +50,14 @@ def summary(report: SimulationReport) -> str:
 
 @app.callback()
 def simulate_command(
+    ctx: typer.Context,
     customers: Annotated[int, typer.Option(min=1, max=100_000, help="Simulated customers")] = 300,
     weeks: Annotated[int, typer.Option(min=1, max=52, help="Simulated weeks of journeys")] = 4,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same population and habits)")] = 7,
 ) -> None:
     """Run the population through abandoned_cart (weekly) and winback (the dormant) into the database."""
+    if ctx.invoked_subcommand is not None:
+        return
     if time_skipping_server() is None:
         raise typer.BadParameter("no temporal-test-server beside this Python (pip install temporalio's test server)")
     settings = get_settings()
@@ -61,3 +68,20 @@ def simulate_command(
         simulate_history(settings, customers, weeks, seed, say=lambda line: console.print(line, highlight=False))
     )
     console.print(summary(report), highlight=False)
+
+
+@command(app, "status")
+def status_command() -> None:
+    """What simulated history the configured database holds: runs, messages, the days they cover."""
+
+    async def work(db: Database) -> HistoryStatus:
+        return await simulated_history(db)
+
+    found: HistoryStatus = run_with_database(work)
+    if not found.runs:
+        typer.echo("No simulated history in this database (run `cascade simulate`).")
+        return
+    typer.echo(
+        f"{found.customers} simulated customers, {found.runs} journey runs, {found.messages} messages, "
+        f"from {found.first:%Y-%m-%d} to {found.last:%Y-%m-%d}."
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -27,7 +28,7 @@ from cascade.simulator.history import (
     population,
     time_skipping_server,
 )
-from models.tables import JourneyRun, utcnow
+from models.tables import Delivery, JourneyRun, utcnow
 from worker import build_worker
 
 
@@ -79,3 +80,34 @@ async def simulated_runs(db: Database, since: datetime) -> int:
     stmt = select(func.count()).where(r.customer_id.like(f"{SIMULATED_PREFIX}%"), r.started_at >= since)
     async with db.engine.connect() as conn:
         return int((await conn.execute(stmt)).scalar_one())
+
+
+@dataclass(frozen=True)
+class HistoryStatus:
+    """The simulated customers' history in a database."""
+
+    customers: int
+    runs: int
+    messages: int
+    first: datetime | None
+    last: datetime | None
+
+
+async def simulated_history(db: Database) -> HistoryStatus:
+    """How much simulated history `db` holds (customers whose id starts with SIMULATED_PREFIX)."""
+    r = JourneyRun.__table__.c  # type: ignore[attr-defined]
+    d = Delivery.__table__.c  # type: ignore[attr-defined]
+    mine = f"{SIMULATED_PREFIX}%"
+    async with db.engine.connect() as conn:
+        customers, runs, first, last = (
+            await conn.execute(
+                select(
+                    func.count(func.distinct(r.customer_id)),
+                    func.count(),
+                    func.min(r.started_at),
+                    func.max(r.started_at),
+                ).where(r.customer_id.like(mine))
+            )
+        ).one()
+        messages = (await conn.execute(select(func.count()).where(d.customer_id.like(mine)))).scalar_one()
+    return HistoryStatus(int(customers), int(runs), int(messages), first, last)
