@@ -2,9 +2,9 @@
 
 `cascade simulate --customers 300 --weeks 4 --seed 7` (and `make run`, with a small
 population) starts Temporal's time-skipping test server and a worker with the real
-activities and the sandbox channels, writing to the configured database. Every simulated
-hour the customers look at what the sandbox delivered to them; each customer has hidden
-habits of their own per channel (the chance to open, to click after opening, a typical
+activities and the sandbox channels, writing to the configured database. Every few
+simulated hours (`step_hours`, 3) the customers look at what the sandbox delivered to
+them; each customer has hidden habits of their own per channel (the chance to open, to click after opening, a typical
 delay before opening) and a chance to buy after a click. Opens and clicks go through the
 same path as a provider's webhook (`apply_delivery_event`), purchases through the same
 path as ``POST /v1/events`` (`record_app_event`), so the journeys react to them as they
@@ -16,12 +16,17 @@ Journeys: every week about `cart_share` (35 %) of the customers leave a cart (th
 first week the dormant ones (about `dormant_share`, last purchase 200+ days ago) get the
 `winback` journey.
 
+A coarser step plays faster: journeys start on the step's grid and a reaction reaches its
+journey up to one step after it happened. Rows the simulation writes are re-dated, so run
+it on a database no one else writes to meanwhile (the demo runs it once its own example
+journeys are done).
+
 **Dates.** The test server's clock starts at the real time and skips ahead, while the
 activities stamp rows with the real clock. The simulator notes (real, simulated) time at
-every hour it plays, and at the end re-dates every row written during the run to its
+every step it plays, and at the end re-dates every row written during the run to its
 simulated time, shifted by a whole number of days so the history ends before now (hours
 of the day, hence quiet hours, are kept). Opens, clicks and purchases get the exact time
-the customer's habit gave them (the journeys saw them at the next simulated hour). The
+the customer's habit gave them (the journeys saw them at the next step). The
 daily rollups are then rebuilt, so the console shows the history at once.
 """
 
