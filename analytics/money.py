@@ -66,6 +66,7 @@ from analytics.funnel import (
     filters,
     funnel,
     outside,
+    reading,
     rollup_range,
     runs,
 )
@@ -182,7 +183,7 @@ async def _usable_channels(db: Database, query: FunnelQuery) -> dict[tuple[str, 
     )
     usable: dict[tuple[str, str], set[str]] = defaultdict(set)
     refused: set[tuple[str, str]] = set()
-    async with db.engine.connect() as conn:
+    async with reading(db) as conn:
         for customer, channel, status, topic, granted in await conn.execute(stmt):
             # Marketing: consent granted and not unsubscribed. Transactional: not refused.
             if granted and topic == Topic.MARKETING.value and status != ContactStatus.UNSUBSCRIBED.value:
@@ -211,7 +212,7 @@ async def run_costs(
         .where(*filters(query, RUNS))
         .order_by(r.id, d.step)
     )
-    async with db.engine.connect() as conn:
+    async with reading(db) as conn:
         rows = (await conn.execute(stmt)).all()
     journeys = _load_specs({row.journey for row in rows}, specs)
     usable = await _usable_channels(db, query)
@@ -344,7 +345,7 @@ async def _savings_select(
     campaign with `per_day`) of the runs `query` and `extra` select."""
     d, r = deliveries.c, runs.c
     where = [*filters(query, RUNS), *extra]
-    async with db.engine.connect() as conn:
+    async with reading(db) as conn:
         names = {row[0] for row in await conn.execute(select(r.journey).where(*where).distinct())}
     journeys = _load_specs(names, specs)
     plan = _plan_rows(journeys, prices)
@@ -477,7 +478,8 @@ async def savings_report(
                 item[i] += value or 0
 
     extra: list[ColumnElement[bool]] = []
-    if rollup and query.segment is None:
+    # The rollup has neither segments nor arms: such a question judges its runs from the log.
+    if rollup and query.segment is None and query.variant is None:
         days = rollup_range(query, await refresh_savings_rollup(db, prices, specs, now=now))
         if days is not None:
             c = savings_daily.c
@@ -492,11 +494,11 @@ async def savings_report(
                 func.sum(c.all_usable).label("all_usable"),
                 func.sum(c.dearest).label("dearest"),
             ).where(*where)
-            async with db.engine.connect() as conn:
+            async with reading(db) as conn:
                 add((await conn.execute(stmt.group_by(c.journey))).all())
             extra.append(outside(runs.c.started_at, days))
     stmt = await _savings_select(db, query, prices, specs, extra)
-    async with db.engine.connect() as conn:
+    async with reading(db) as conn:
         add((await conn.execute(stmt)).all())
     groups = {
         name: _summary(int(item[0]), item[1], item[2], item[3]) for name, item in sorted(totals.items()) if item[0]

@@ -10,12 +10,15 @@
    (asyncpg ``copy_records_to_table``) into a schema of its own in 127.0.0.1:5432/test,
    migrated first, so the indexes of migration 0010 are there; then ANALYZE.
 2. **Queries** (median of --repeat runs, wall time from the Python call): the funnel by
-   channel, by journey and step, time to react, cost by channel, and the savings report,
-   after the daily rollups are built (their build time is printed); the same funnel and
-   one campaign's savings read from the log alone; and a raw-SQL baseline measured in the
-   same run (one GROUP BY over every message), with each query's ratio to it.
+   channel, by journey and step, time to react (all, and one journey), runs by outcome,
+   cost by channel, and the savings report, after the daily rollups (funnel, time to
+   react, runs, savings) are built (their build time is printed); the same funnel, one
+   campaign's savings, time to react and runs read from the log alone; and a raw-SQL
+   baseline measured in the same run (one GROUP BY over every message), with each
+   query's ratio to it.
 3. **Console**: the overview and a journey page served by uvicorn (the console router on the
-   same database), 20 loads each after one warm-up: p50 / p95.
+   same database, logged in with an API key), --loads loads each after one warm-up: p50 / p95,
+   the Python CPU time per load (server and client, this process) and the load average.
 4. **Backtest**: the last campaign of winback forecast from the history before it, the
    error per figure against what the generated history did.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -46,7 +50,15 @@ from sqlalchemy import text
 
 from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import backtest_campaign
-from analytics.funnel import FunnelQuery, funnel, reaction_times, refresh_rollup
+from analytics.funnel import (
+    FunnelQuery,
+    entries,
+    funnel,
+    reaction_times,
+    refresh_reaction_rollup,
+    refresh_rollup,
+    refresh_runs_rollup,
+)
 from analytics.money import cost_report, refresh_savings_rollup, savings_report
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
@@ -263,12 +275,21 @@ async def console_loads(db: Database, settings: Settings, paths: list[str], n: i
         for path in paths:
             (await web.get(path)).raise_for_status()
             times = []
+            # The server runs in this process: its CPU time (and the client's) per load is a
+            # figure the machine's load does not inflate, unlike the wall time.
+            cpu = time.process_time()
             for _ in range(n):
                 started = time.perf_counter()
                 (await web.get(path)).raise_for_status()
                 times.append((time.perf_counter() - started) * 1000)
+            cpu_ms = (time.process_time() - cpu) * 1000 / n
             times.sort()
-            out[path] = {"p50_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(0.95 * (n - 1))], 1)}
+            out[path] = {
+                "p50_ms": round(statistics.median(times), 1),
+                "p95_ms": round(times[int(0.95 * (n - 1))], 1),
+                "python_cpu_ms_per_load": round(cpu_ms, 1),
+                "load_average": round(os.getloadavg()[0], 1),
+            }
     return out
 
 
@@ -320,6 +341,8 @@ async def main() -> None:
         # The rollups, built from nothing once (later calls add only the days that closed).
         started = time.perf_counter()
         await refresh_rollup(db, rebuild=True)
+        await refresh_reaction_rollup(db, rebuild=True)
+        await refresh_runs_rollup(db, rebuild=True)
         await refresh_savings_rollup(db, PRICES, rebuild=True)
         result["rollup_build_s"] = round(time.perf_counter() - started, 1)
         print("rollup build", result["rollup_build_s"], file=sys.stderr, flush=True)
@@ -328,6 +351,8 @@ async def main() -> None:
             "savings_one_campaign": lambda: savings_report(
                 db, FunnelQuery(campaign="winback-5"), PRICES, "USD", rollup=False
             ),
+            "time_to_react": lambda: reaction_times(db, everything, rollup=False),
+            "runs_by_outcome": lambda: entries(db, everything.model_copy(update={"by": ["journey"]}), rollup=False),
         }
         result["log_only_s"] = {}
         for name, call in log_only.items():
@@ -338,6 +363,8 @@ async def main() -> None:
             "funnel_by_journey_step": lambda: funnel(db, everything.model_copy(update={"by": ["journey", "step"]})),
             "funnel_winback_by_day": lambda: funnel(db, FunnelQuery(journey="winback", by=["day"])),
             "time_to_react": lambda: reaction_times(db, everything),
+            "time_to_react_winback": lambda: reaction_times(db, FunnelQuery(journey="winback")),
+            "runs_by_outcome": lambda: entries(db, everything.model_copy(update={"by": ["journey"]})),
             "cost_by_channel": lambda: cost_report(db, everything.model_copy(update={"by": ["channel"]}), "USD"),
             "savings_all_runs": lambda: savings_report(db, everything, PRICES, "USD"),
             "savings_one_campaign": lambda: savings_report(db, FunnelQuery(campaign="winback-5"), PRICES, "USD"),

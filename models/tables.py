@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Dialect, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Dialect, Index, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -476,9 +476,22 @@ class ExperimentAssignment(SQLModel, table=True):
 Index("ix_deliveries_customer_sent", Delivery.__table__.c.customer_id, Delivery.__table__.c.sent_at)  # type: ignore[attr-defined]
 # The funnel's date range.
 Index("ix_deliveries_created_at", Delivery.__table__.c.created_at)  # type: ignore[attr-defined]
+# One journey's recent messages (the console's journey page; migration 0014).
+Index("ix_deliveries_journey_created_at", Delivery.__table__.c.journey, Delivery.__table__.c.created_at)  # type: ignore[attr-defined]
 # Conversions are events of one type (purchase) by customer.
 Index("ix_engagement_events_type_customer", EngagementEvent.__table__.c.type, EngagementEvent.__table__.c.customer_id)  # type: ignore[attr-defined]
 Index("ix_journey_runs_started_at", JourneyRun.__table__.c.started_at)  # type: ignore[attr-defined]
+# Runs a closed day's rollup (runs_daily) cannot hold: still running, or ended 34+ days
+# after their start. analytics.funnel.OPEN_OR_LONG writes the same predicate (migration 0014).
+OPEN_OR_LONG_PG = "outcome IS NULL OR finished_at IS NULL OR finished_at - started_at >= interval '34 days'"
+OPEN_OR_LONG_SQLITE = "outcome IS NULL OR finished_at IS NULL OR julianday(finished_at) - julianday(started_at) >= 34"
+Index(
+    "ix_journey_runs_open_or_long",
+    JourneyRun.__table__.c.journey,  # type: ignore[attr-defined]
+    JourneyRun.__table__.c.started_at,  # type: ignore[attr-defined]
+    postgresql_where=text(OPEN_OR_LONG_PG),
+    sqlite_where=text(OPEN_OR_LONG_SQLITE),
+)
 
 
 # --- Audiences (#13) ---------------------------------------------------------------------
@@ -624,6 +637,47 @@ class FunnelDaily(SQLModel, table=True):
     converted: int = 0
     revenue: float = 0.0
     cost: float = 0.0
+
+
+class ReactionDaily(SQLModel, table=True):
+    """Time to react per day and journey/channel/campaign/variant, as a histogram, for closed days.
+
+    Built like funnel_daily (analytics.funnel.refresh_reaction_rollup): `bucket` is one of
+    analytics.funnel.REACT_BUCKETS' labels, `reactions` the messages whose first reaction
+    fell in it and `seconds` the sum of their delays (for the mean).
+    """
+
+    __tablename__ = "reaction_daily"
+    __table_args__ = (Index("ix_reaction_daily_day_journey", "day", "journey"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    journey: str = Field(max_length=64)
+    channel: str = Field(max_length=32)
+    campaign: str | None = Field(default=None, max_length=128)
+    variant: str | None = Field(default=None, max_length=32)
+    bucket: str = Field(max_length=16)
+    reactions: int = 0
+    seconds: float = 0.0
+
+
+class RunsDaily(SQLModel, table=True):
+    """Journey runs started on one day per journey/campaign and outcome, for closed days.
+
+    Only runs that ended within 34 days of their start (by then known when a day is rolled
+    up); the others, and those still running, are always counted from journey_runs
+    through the partial index ix_journey_runs_open_or_long (analytics.funnel.entries).
+    """
+
+    __tablename__ = "runs_daily"
+    __table_args__ = (Index("ix_runs_daily_day_journey", "day", "journey"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    day: date
+    journey: str = Field(max_length=64)
+    campaign: str | None = Field(default=None, max_length=128)
+    outcome: str = Field(max_length=32)
+    runs: int = 0
 
 
 class RollupState(SQLModel, table=True):

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from analytics.funnel import FunnelQuery, daily, entries, funnel, reaction_times
+from analytics.funnel import FunnelQuery, daily, entries, funnel, reaction_times, runs_daily
 from cascade.infra.db import Database
 from tests.analytics_rows import T0, History
 
@@ -234,3 +234,41 @@ async def test_the_daily_rollup_gives_the_figures_of_the_log(any_db: Database) -
     [usual] = await funnel(any_db, FunnelQuery(), now=later)
     [wide] = await funnel(any_db, FunnelQuery(attribution_window=timedelta(days=40)), now=later)
     assert wide.converted == usual.converted + 1  # cid's purchase 30 days after his sms counts in 40 days
+
+
+async def test_the_reaction_and_runs_rollups_give_the_figures_of_the_log(any_db: Database) -> None:
+    h = _history()
+    extra = _arms_and_segments()
+    h.runs += extra.runs
+    h.deliveries += extra.deliveries
+    h.events += extra.events
+    # A run still going and one that took 40 days: never in a closed day's runs rollup.
+    h.run("welcome", "eve", at=T0 + timedelta(days=2))
+    wf, run_id = h.run("winback", "fay", campaign="autumn", at=T0 + timedelta(days=3), outcome="reacted")
+    h.runs[-1]["finished_at"] = T0 + timedelta(days=43)
+    await h.save(any_db)
+    queries = [
+        FunnelQuery(),
+        FunnelQuery(by=["journey"]),
+        FunnelQuery(by=["day", "campaign"]),
+        FunnelQuery(journey="winback", channel="email"),
+        FunnelQuery(campaign="autumn", variant="plain"),
+        FunnelQuery(since=T0 + timedelta(hours=5), until=T0 + timedelta(days=7, hours=12)),
+    ]
+    for now in (T0 + timedelta(days=39), T0 + timedelta(days=90)):
+        for query in queries:
+            if query.variant is None and not query.channel:
+                rolled_runs = await entries(any_db, query, now=now)
+                assert rolled_runs == await entries(any_db, query, rollup=False), query
+            assert await reaction_times(any_db, query, now=now) == await reaction_times(any_db, query, rollup=False), (
+                query
+            )
+    # The 40-day run and the open one are counted, each once, with the rollup built.
+    rows = {
+        r.key["journey"]: r for r in await entries(any_db, FunnelQuery(by=["journey"]), now=T0 + timedelta(days=90))
+    }
+    assert rows["welcome"].running == 2 and rows["winback"].outcomes["reacted"] == 4
+    async with any_db.engine.connect() as conn:
+        rolled = (await conn.execute(select(func.sum(runs_daily.c.runs)))).scalar_one()
+    assert rolled == len(h.runs) - 3  # not dan's and eve's open runs nor fay's long one
+    assert (wf, run_id) == (h.runs[-1]["workflow_id"], h.runs[-1]["run_id"])

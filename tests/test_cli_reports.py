@@ -12,6 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert
+from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
 from cascade.cli.reports import app
@@ -49,6 +51,24 @@ async def _fill(url: str) -> None:
         opened_after=timedelta(minutes=5),
     )
     await h.save(db)
+    # Their experiment arms, as the journey records them (a run's arm for savings --variant).
+    assignments = SQLModel.metadata.tables["experiment_assignments"]
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            insert(assignments),
+            [
+                {
+                    "experiment": "subject",
+                    "customer_id": run["customer_id"],
+                    "variant": "plain" if run["customer_id"] == "ann" else "personal",
+                    "journey": "winback",
+                    "workflow_id": run["workflow_id"],
+                    "run_id": run["run_id"],
+                    "assigned_at": T0,
+                }
+                for run in h.runs
+            ],
+        )
     await db.dispose()
 
 
@@ -119,6 +139,29 @@ def test_funnel_by_variant_with_skips_by_reason(database: str) -> None:
     table = runner.invoke(app, ["funnel", "--by", "variant"])
     assert table.exit_code == 0, table.output
     assert "no telegram contact: 1" in table.output
+
+
+@pytest.mark.parametrize(
+    ("args", "actual", "all_usable"),
+    [
+        # Only ann was dormant when her run started: 0.001 of 0.051 everywhere.
+        (["--segment", "dormant"], 0.001, 0.051),
+        # Only bob's run is in the "personal" arm: email and sms, everything he could get.
+        (["--variant", "personal"], 0.051, 0.051),
+        (["--variant", "plain"], 0.001, 0.051),
+    ],
+)
+def test_savings_of_one_segment_or_arm(database: str, args: list[str], actual: float, all_usable: float) -> None:
+    result = runner.invoke(app, ["savings", *args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    total = json.loads(result.output)[-1]
+    assert total["journey"] == "TOTAL" and total["runs"] == 1
+    assert (total["actual"], total["all_usable"]) == (pytest.approx(actual), pytest.approx(all_usable))
+
+
+def test_savings_refuses_an_unknown_segment(database: str) -> None:
+    result = runner.invoke(app, ["savings", "--segment", "nobody"])
+    assert result.exit_code == 2 and "no segment named 'nobody'" in " ".join(result.output.split())
 
 
 def test_funnel_of_one_segment(database: str) -> None:

@@ -119,6 +119,9 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
         "CASCADE_PUBLIC_URL": f"http://127.0.0.1:{webhooks}",
         "CASCADE_DEMO_DATA_DIR": str(data),
         "DATABASE_URL": f"sqlite:///{data / 'cascade.db'}",
+        # A small simulated history: enough for the console to show weeks, quick to play.
+        "CASCADE_DEMO_SIMULATE_CUSTOMERS": "40",
+        "CASCADE_DEMO_SIMULATE_WEEKS": "2",
     }
 
 

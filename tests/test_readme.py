@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import re
 import shlex
+import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
 from cascade.infra.settings import PROJECT_ROOT
@@ -168,6 +171,29 @@ def _until(command: str, env: dict[str, str], cwd: Path, expected: list[str], wi
         time.sleep(0.5)
 
 
+def _the_console_shows_the_simulated_history(demo: Demo, env: dict[str, str]) -> None:
+    """The console the demo points to opens with its key and shows the simulated weeks,
+    the same numbers as the delivery log."""
+    line = next(line for line in demo.seen if line.startswith("Console:"))
+    found = re.search(r"Console: (\S+)\s+\(log in with the API key (\S+)\)", line)
+    assert found, line
+    url, key = found.groups()
+    database = Path(env["CASCADE_DEMO_DATA_DIR"]) / "cascade.db"
+    with sqlite3.connect(database) as conn:
+        sent, simulated, first, last = conn.execute(
+            "SELECT count(*), sum(customer_id LIKE 'sim-%'), min(created_at), max(created_at) FROM deliveries "
+            "WHERE status IN ('sent', 'delivered', 'opened', 'clicked', 'unknown')"
+        ).fetchone()
+    assert simulated > 0 and sent > simulated  # the simulated customers' and the example journeys'
+    # Weeks of history, not one burst: the simulated clock's dates.
+    assert datetime.fromisoformat(last) - datetime.fromisoformat(first) > timedelta(days=7)
+    page = httpx.get(f"{url}?days=90", headers={"X-API-Key": key}, timeout=60)
+    assert page.status_code == 200, page.text[:500]
+    shown = re.search(r'id="sent">(\d+)<', page.text)
+    assert shown and int(shown.group(1)) == sent, (shown and shown.group(0), sent)
+    assert "winback" in page.text and "abandoned_cart" in page.text
+
+
 @pytest.mark.integration
 def test_the_walkthrough_and_the_demos_closing_hint_work_after_make_run(demo_env, tmp_path):  # noqa: F811
     commands = _walkthrough(readme_commands(README.read_text()))
@@ -177,6 +203,7 @@ def test_the_walkthrough_and_the_demos_closing_hint_work_after_make_run(demo_env
         hint = next(line for line in demo.seen if line.startswith("CLI:"))
         for command in hint.removeprefix("CLI:").split("|"):
             _until(command.strip(), demo_env, tmp_path, ["c-1002"])
+        _the_console_shows_the_simulated_history(demo, demo_env)
         # The demo's JSON logs start with the worker's own lines, not alembic's.
         first = (Path(demo_env["CASCADE_DEMO_DATA_DIR"]) / "logs" / "worker.log").read_text().splitlines()[0]
         assert "alembic" not in first, first

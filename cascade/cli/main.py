@@ -19,6 +19,7 @@ from cascade.cli import (
     routing,
     schedules,
     segments,
+    simulate,
 )
 from cascade.cli.common import group
 
@@ -35,3 +36,4 @@ app.add_typer(reports.app, name="report")
 app.add_typer(routing.app, name="routing")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(segments.app, name="segments")
+app.add_typer(simulate.app, name="simulate")

@@ -262,11 +262,15 @@ def savings_command(
     since: SinceOpt = None,
     until: UntilOpt = None,
     campaign: CampaignOpt = None,
+    segment: Annotated[
+        str | None, typer.Option(help="Only runs of customers who were in this segment when the run started")
+    ] = None,
+    variant: Annotated[str | None, typer.Option(help="Only runs assigned to this experiment arm")] = None,
     fmt: FormatOpt = Format.table,
     output: OutputOpt = None,
 ) -> None:
     """What the cascade cost per journey against every usable channel at once and the dearest only."""
-    query = build_query(journey, since, until, [], campaign)
+    query = build_query(journey, since, until, [], campaign, variant=variant, segment=segment)
     settings = get_settings()
     report: SavingsReport = _run(lambda db: savings_report(db, query, settings.channel_costs, settings.currency))
     records = [{"journey": name, **summary.model_dump()} for name, summary in report.groups.items()]

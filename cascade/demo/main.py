@@ -16,14 +16,17 @@ import faulthandler
 import os
 import signal
 import sys
+from datetime import timedelta
 from typing import Annotated
 from urllib.parse import quote as urlquote
 
 import httpx
 import typer
 
+from cascade.cli.simulate import summary
 from cascade.demo.report import report
 from cascade.demo.sample_data import CUSTOMERS, REACTIONS
+from cascade.demo.simulation import simulate_history, simulated_runs
 from cascade.demo.supervisor import (
     Stack,
     binary,
@@ -38,13 +41,16 @@ from cascade.demo.supervisor import (
     watch_stdout,
 )
 from cascade.infra.db import Database, migrate
-from cascade.infra.settings import get_settings
+from cascade.infra.logging import configure_logging
+from cascade.infra.settings import Settings, get_settings
 from cascade.infra.temporal import register_search_attributes
 from cascade.journeys.service import start_journey
 from cascade.profiles.service import upsert_customer
 from cascade.simulator import Reaction, react_all
 from models.search_attributes import dev_server_flags
+from models.tables import utcnow
 from webhooks.codec_server import launch_for_ui
+from webhooks.keys import create_key
 
 
 def _said(reaction: Reaction, reply: httpx.Response | None) -> None:
@@ -55,6 +61,29 @@ def _said(reaction: Reaction, reply: httpx.Response | None) -> None:
         f"  webhook: {reaction.customer_id} [bold]{reaction.event}[/bold] "
         f"(step {reaction.step}) -> HTTP {reply.status_code}"
     )
+
+
+async def load_history(db: Database, settings: Settings, webhooks_url: str) -> None:
+    """Simulated weeks of history for the console (unless already there or turned off), then
+    where the console is and a key to log in with."""
+    if settings.demo_simulate_customers > 0:
+        loaded = await simulated_runs(db, since=utcnow() - timedelta(days=7 * settings.demo_simulate_weeks))
+        if loaded:
+            say(f"Simulated history already loaded ({loaded} journey runs); `cascade simulate` adds more")
+        else:
+            say(
+                f"Simulating {settings.demo_simulate_customers} customers over {settings.demo_simulate_weeks} weeks "
+                "through the real journeys (time-skipping server)..."
+            )
+            # The simulation's worker runs in this process: its per-message lines would
+            # bury the demo's own output (they are in no log file the reader needs).
+            configure_logging("WARNING", settings.log_format)
+            history = await simulate_history(
+                settings, settings.demo_simulate_customers, settings.demo_simulate_weeks, seed=7
+            )
+            say(summary(history))
+    key, _ = await create_key(db, "demo", "console")
+    say(f"Console: {webhooks_url}/console/  (log in with the API key {key})")
 
 
 async def run_demo(once: bool, external_temporal: bool = False) -> int:
@@ -137,6 +166,7 @@ async def run_demo(once: bool, external_temporal: bool = False) -> int:
             f"CLI: .venv/bin/cascade journeys list --customer c-1002   |   "
             f".venv/bin/cascade journeys status {handles['c-1002'].id}"
         )
+        await load_history(db, settings, webhooks_url)
         if not once:
             say("Everything keeps running; press Ctrl-C to stop.")
             while True:

@@ -242,6 +242,11 @@ class Settings(BaseSettings):
     # service on webhooks_port; state and logs go to the data folder.
     demo_ui_port: int = Field(default=8233, ge=1, le=65535)
     demo_data_dir: Path = PROJECT_ROOT / "data"
+    # After the example journeys, the demo runs this many simulated customers over this
+    # many weeks through the real journeys (time-skipping server) so the console has a
+    # history to show (`cascade simulate`); 0 customers skips it.
+    demo_simulate_customers: int = Field(default=300, ge=0, le=100_000)
+    demo_simulate_weeks: int = Field(default=4, ge=1, le=52)
 
     # --- Webhooks, tracking links and provider receipts (#5) ---
     # HMAC key of open-pixel, click and unsubscribe tokens; set a long random value in
