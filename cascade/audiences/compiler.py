@@ -292,7 +292,12 @@ class _Compiler:
             measure = func.coalesce(func.sum(amount), 0.0)
         # A customer without events has a count (or sum) of 0: if the rule holds for 0, it
         # holds for everyone except the customers whose events make it fail.
-        test = _compare(measure, rule.op, rule.value, nullable=False)
+        threshold: float = rule.value
+        if rule.sum is None and float(threshold).is_integer():
+            # A count against an integer: 2.0 would make PostgreSQL cast every group's
+            # count to numeric to compare it.
+            threshold = int(threshold)
+        test = _compare(measure, rule.op, threshold, nullable=False)
         complement = holds(0)
         grouped = (
             select(EVENTS.c.customer_id)
