@@ -283,11 +283,21 @@ class _Compiler:
                 return not_(some)
             measure: ColumnElement[Any] = func.count()
         else:
-            amount = self.typed(EVENTS.c.properties, rule.sum, "number")
+            # `amount` is a typed column (the same JSON number, computed by the database;
+            # migration 0014) in the (type, customer, time) index: the sum reads no JSON.
+            if rule.sum == "amount":
+                amount: ColumnElement[Any] = EVENTS.c.amount
+            else:
+                amount = self.typed(EVENTS.c.properties, rule.sum, "number")
             measure = func.coalesce(func.sum(amount), 0.0)
         # A customer without events has a count (or sum) of 0: if the rule holds for 0, it
         # holds for everyone except the customers whose events make it fail.
-        test = _compare(measure, rule.op, rule.value, nullable=False)
+        threshold: float = rule.value
+        if rule.sum is None and float(threshold).is_integer():
+            # A count against an integer: 2.0 would make PostgreSQL cast every group's
+            # count to numeric to compare it.
+            threshold = int(threshold)
+        test = _compare(measure, rule.op, threshold, nullable=False)
         complement = holds(0)
         grouped = (
             select(EVENTS.c.customer_id)
