@@ -78,10 +78,19 @@ _STOPPING = {EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAI
 _STEP_LOST = {EngagementType.BOUNCED, EngagementType.FAILED}
 
 
+def _has_rules(spec: JourneySpec, step: JourneyStep) -> bool:
+    """True when the step's contact check judges more than the send does (conditions, caps, hours, stay)."""
+    return bool(spec.frequency_cap or spec.quiet_hours or spec.stay_active_days or step.when)
+
+
 def _plain(spec: JourneySpec) -> bool:
-    """True when the journey's first activity is its first step's send (no rules, arms or routing)."""
+    """True when the journey's first activity is its first step's send, at once (no delay, rules, arms, routing).
+
+    Events find a run by its journey_runs row: a journey that sleeps first records it at once.
+    """
     return not (
-        spec.uses_rules
+        spec.steps[0].delay
+        or _has_rules(spec, spec.steps[0])
         or spec.experiment is not None
         or spec.route == "optichannel"
         or any(s.adaptive_wait or s.send_at == "best" for s in spec.steps)
@@ -115,6 +124,8 @@ class CascadeJourney:
         self._lean = False
         # The run's start, still to be recorded by the first plain send (lean steps).
         self._run_to_record: RecordRunStartedInput | None = None
+        # The current step's send checks the contact itself (no check activity ran).
+        self._unchecked = False
         # Search attribute values the server holds now (lean steps: skip no-op upserts).
         self._attributes: dict[str, object] = {}
         # In an experiment's control group: sent nothing, ends `held_out`.
@@ -171,6 +182,7 @@ class CascadeJourney:
                 step = routed
             record = self._state.steps[index]
             self._enter_step(index)
+            self._unchecked = False
 
             # Journeys started before step rules existed never call patched() with rules,
             # so their histories replay on the old path unchanged.
@@ -183,6 +195,7 @@ class CascadeJourney:
                 # The send checks the contact point and consent itself, in the same
                 # activity: an unusable one comes back `skipped` with the same reason.
                 check = CheckContactResult(usable=True)
+                self._unchecked = True
             else:
                 check = await workflow.execute_activity_method(
                     JourneyActivities.check_contact,
@@ -404,12 +417,23 @@ class CascadeJourney:
             if index == 0 and workflow.patched("delay-from-trigger"):
                 origin = workflow.info().workflow_start_time
                 if self._input.triggered_at is not None:
-                    origin = min(origin, self._input.triggered_at)
+                    if workflow.patched("trigger-time-as-given"):
+                        # The trigger's own time, also when it lies after the start request:
+                        # a broadcast's recipient started with a start delay (their local
+                        # hour) counts from that hour, not from the page that started them.
+                        # Starters bound it (cascade/journeys/triggers.py: never in the future).
+                        origin = self._input.triggered_at
+                    else:
+                        origin = min(origin, self._input.triggered_at)
                 wait = min(step.delay, origin + step.delay - workflow.now())
             if wait > timedelta(0):
                 self._set_status("delayed")
                 if await self._sleep(wait, deadline):
                     return None
+        if self._lean and not _has_rules(self._input.spec, step):
+            # Only a delay: the check would judge nothing the send does not judge itself.
+            self._unchecked = True
+            return CheckContactResult(usable=True)
         check = CheckContactResult(usable=False, reason="not checked")
         for _ in range(MAX_POSTPONES):
             check = await workflow.execute_activity_method(
@@ -533,7 +557,7 @@ class CascadeJourney:
                         at=workflow.now(),
                         variant=self._state.variant,
                         record_run=self._run_to_record,
-                        unchecked=self._lean and not self._input.spec.uses_rules,
+                        unchecked=self._unchecked,
                     ),
                     start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
                     heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,

@@ -22,7 +22,7 @@ import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import col, select
@@ -54,6 +54,8 @@ class PlannedStart:
     context: dict[str, Any]
     deadline: datetime | None
     rerun: bool = True
+    # When the event happened (its occurred_at, else when it arrived); start_planned bounds it.
+    triggered_at: datetime | None = None
 
 
 @dataclass
@@ -243,7 +245,7 @@ async def plan_event(
             continue
         deadline = _deadline(props.get(spec.trigger.deadline_property)) if spec.trigger.deadline_property else None
         context = journey_context(spec, {**props, "event_type": event_type})
-        plan.starts.append(PlannedStart(spec, key, context, deadline, rerun))
+        plan.starts.append(PlannedStart(spec, key, context, deadline, rerun, triggered_at=now))
     return plan
 
 
@@ -299,6 +301,7 @@ async def start_planned(
                 db=db,
                 settings=settings,
                 rerun=planned.rerun,
+                triggered_at=trigger_time(planned.triggered_at, utcnow(), settings.trigger_max_age),
             )
         except WorkflowAlreadyStartedError:
             # The key's run closed without our knowing: once per key, so not again.
@@ -313,6 +316,23 @@ async def start_planned(
             continue
         result.started.append(handle.id)
         result.handles[handle.id] = handle
+
+
+def trigger_time(occurred_at: datetime | None, now: datetime, max_age: timedelta) -> datetime | None:
+    """The trigger time a journey's first delay counts from, given when its event happened.
+
+    Never later than `now` (events may claim up to a day ahead: clock skew); an event
+    older than `max_age` (a backfill, a replayed export) is no trigger time at all: the
+    delays count from the start, or a year-old purchase would send every step at once.
+    """
+    if occurred_at is None:
+        return None
+    at = occurred_at if occurred_at.tzinfo is not None else occurred_at.replace(tzinfo=UTC)
+    if at > now:
+        return now
+    if now - at > max_age:
+        return None
+    return at
 
 
 def _workflow_id(planned: PlannedStart, customer_id: str) -> str:
