@@ -85,6 +85,18 @@ def _throughput(r: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def _sleeping(r: dict[str, Any]) -> list[Row]:
+    ours, raw = r.get("cascade", {}), r.get("raw", {})
+    n = r.get("n", "?")
+    return [
+        Row(f"wake burst of {n} sleeping journeys (sends/s vs raw timer + activity)", ours.get("sends_per_s"),
+            raw.get("sends_per_s"), ">= 0.8", "/s"),
+        Row(f"worker peak RSS, {n} journeys asleep then sending (MiB, vs raw workflows)",
+            ours.get("worker_peak_rss_mib"), raw.get("worker_peak_rss_mib"), "<= 300 at 100,000", "MiB"),
+        Row(f"dev server RSS with {n} journeys asleep (MiB)", ours.get("server_rss_asleep_mib"), None, "", "MiB"),
+    ]  # fmt: skip
+
+
 def _broadcast(r: dict[str, Any]) -> list[Row]:
     return [
         Row("broadcast: journeys started/s vs raw start loop", r.get("broadcast_per_s"), r.get("raw_per_s"), "", "/s"),
@@ -122,6 +134,8 @@ BENCHES = [
            "--out", "webhooks_batch.json"], _batch, "webhooks_batch.json", needs_postgres=True),
     Bench("throughput", ["bench/throughput.py", "-n", "100", "--concurrency", "20", "--warmup", "10"],
           ["bench/throughput.py", "-n", "1000"], _throughput, "throughput.json"),
+    Bench("sleeping", ["bench/sleeping.py", "-n", "200"], ["bench/sleeping.py", "-n", "20000"], _sleeping,
+          "sleeping.json"),
     Bench("broadcast", ["bench/broadcast.py", "starts", "-n", "1000"], ["bench/broadcast.py", "starts", "-n", "100000"],
           _broadcast, None, needs_postgres=True),
     Bench("channels", ["bench/channels.py", "-n", "100"], ["bench/channels.py"], _channels, "channels.json"),

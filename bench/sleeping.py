@@ -214,7 +214,7 @@ async def side(
         if len(_lines(sent_log)) >= warm:
             break
         await asyncio.sleep(0.5)
-    sent_log.unlink()
+    sent_log.write_text("")  # the child appends to the same open file
     # Every journey wakes at the same moment: far enough ahead for all of them to be
     # started and asleep first (the cascade side checks below).
     wake_at = datetime.now(UTC) + timedelta(seconds=args.sleep)

@@ -121,7 +121,13 @@ def render_content(content: MessageContent, fields: dict[str, Any], channel: str
 
 def template_fields(source: str) -> set[str]:
     """The top-level names a template reads (its undeclared variables)."""
-    return set(meta.find_undeclared_variables(_TEXT.parse(source)))
+    return set(_fields_of(source))
+
+
+@lru_cache(maxsize=1024)
+def _fields_of(source: str) -> frozenset[str]:
+    # Every start checks its journey's templates against the profile: parsed once per process.
+    return frozenset(meta.find_undeclared_variables(_TEXT.parse(source)))
 
 
 def check_template_fields(content: MessageContent, available: Iterable[str]) -> list[str]:
