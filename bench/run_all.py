@@ -134,7 +134,7 @@ BENCHES = [
            "--out", "webhooks_batch.json"], _batch, "webhooks_batch.json", needs_postgres=True),
     Bench("throughput", ["bench/throughput.py", "-n", "100", "--concurrency", "20", "--warmup", "10"],
           ["bench/throughput.py", "-n", "1000"], _throughput, "throughput.json"),
-    Bench("sleeping", ["bench/sleeping.py", "-n", "200"], ["bench/sleeping.py", "-n", "20000"], _sleeping,
+    Bench("sleeping", ["bench/sleeping.py", "-n", "100", "--timeout", "600"], ["bench/sleeping.py", "-n", "20000"], _sleeping,
           "sleeping.json"),
     Bench("broadcast", ["bench/broadcast.py", "starts", "-n", "1000"], ["bench/broadcast.py", "starts", "-n", "100000"],
           _broadcast, None, needs_postgres=True),
