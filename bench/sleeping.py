@@ -69,8 +69,8 @@ class FileLog:
     def __init__(self, path: Path) -> None:
         self._file = path.open("a", buffering=1)
 
-    def sent(self) -> None:
-        self._file.write(f"{time.time()}\n")
+    def sent(self, key: str) -> None:
+        self._file.write(f"{time.time()} {key}\n")
 
 
 class LoggingSandbox(SandboxChannel):
@@ -82,7 +82,7 @@ class LoggingSandbox(SandboxChannel):
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         receipt = await super().send(message)
-        self._log.sent()
+        self._log.sent(message.idempotency_key)
         return receipt
 
 
@@ -99,7 +99,7 @@ async def run_worker(args: argparse.Namespace) -> None:
 
         @activity.defn(name="raw_send")
         async def raw_send(workflow_id: str) -> str:
-            log.sent()
+            log.sent(workflow_id)
             return f"msg-{workflow_id}"
 
         worker: Any = Worker(
@@ -150,9 +150,14 @@ def _tree_rss_mib(pid: int) -> float:
 
 
 def _lines(path: Path) -> list[float]:
+    """The first send time of each message (a retried provider call with the same key counts once)."""
     if not path.exists():
         return []
-    return [float(x) for x in path.read_text().split()]
+    first: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        at, _, key = line.partition(" ")
+        first.setdefault(key, float(at))
+    return sorted(first.values())
 
 
 async def _start_all(n: int, concurrency: int, one: Any) -> float:
