@@ -115,10 +115,9 @@ def _channels(r: dict[str, Any]) -> list[Row]:
 
 def _analytics(r: dict[str, Any]) -> list[Row]:
     queries = r.get("query_median_s", {})
-    return [
-        Row(f"analytics {name} (s, {r.get('deliveries', '?')} deliveries)", v, None, "", "s")
-        for name, v in queries.items()
-    ]
+    n = r.get("rows_deliveries")
+    size = f"{n:,}" if isinstance(n, int) else "?"
+    return [Row(f"analytics {name} (s, {size} deliveries)", v, None, "", "s") for name, v in queries.items()]
 
 
 def _ran(r: dict[str, Any]) -> list[Row]:
