@@ -107,7 +107,7 @@ async def test_an_event_passes_its_own_time_to_the_journey_it_starts(
     journey = delayed().model_copy(update={"name": "carts", "trigger": Trigger(events=["cart_abandoned"])})
     occurred = datetime.now(UTC) - age
     routed = await route_event(
-        client, db, unique_id, "cart_abandoned", {}, journeys=[journey], settings=settings, now=occurred
+        client, db, unique_id, "cart_abandoned", {}, journeys=[journey], settings=settings, triggered_at=occurred
     )
     [workflow_id] = routed.started
     given = (await _input_of(client, routed.handles[workflow_id])).triggered_at

@@ -192,12 +192,15 @@ async def plan_event(
     signals: bool = True,
     starts: bool = True,
     runs: Sequence[JourneyRun] | None = None,
+    triggered_at: datetime | None = None,
 ) -> EventPlan:
     """What `event_type` does to `customer`'s journeys (reads only; nothing is sent).
 
     `conversion` False keeps the event from converting anything (an event the shop
     marked `conversion: false`). `signals`/`starts` False leave that half out. `runs`:
     the customer's running journeys when the caller has read them already (a batch).
+    `triggered_at`: when the event happened, for the journeys it starts (their first
+    delay counts from it; start_planned bounds it); None: from their start.
     """
     props = dict(properties or {})
     by_name = {s.name: s for s in specs}
@@ -245,7 +248,7 @@ async def plan_event(
             continue
         deadline = _deadline(props.get(spec.trigger.deadline_property)) if spec.trigger.deadline_property else None
         context = journey_context(spec, {**props, "event_type": event_type})
-        plan.starts.append(PlannedStart(spec, key, context, deadline, rerun, triggered_at=now))
+        plan.starts.append(PlannedStart(spec, key, context, deadline, rerun, triggered_at=triggered_at))
     return plan
 
 
@@ -351,6 +354,7 @@ async def route_event(
     now: datetime | None = None,
     event_id: str | None = None,
     conversion: bool = True,
+    triggered_at: datetime | None = None,
 ) -> RouteResult:
     """Start, convert and end the customer's journeys for one event, now.
 
@@ -358,7 +362,9 @@ async def route_event(
     applies to the next start while running journeys keep their snapshot). `now`
     is the time entry conditions judge against (default: the current time).
     `event_id` identifies the event in the signals it sends (journeys ignore an id
-    they have seen; default: a new one). Raises starter.UnknownCustomerError for a
+    they have seen; default: a new one). `triggered_at`: when the event happened, if the
+    journeys it starts should count their first delay from then (the events API passes
+    the event's time; bounded, see `trigger_time`). Raises starter.UnknownCustomerError for a
     customer not in the profile database, cascade.events.outbox.EngineUnavailable or RPCError
     when Temporal cannot be reached.
     """
@@ -379,6 +385,7 @@ async def route_event(
             now=now,
             event_id=event_id or f"route:{uuid.uuid4().hex}",
             conversion=conversion,
+            triggered_at=triggered_at,
         )
     result = RouteResult(converted=plan.converted, exited=plan.exited, not_entered=plan.not_entered)
     # Running journeys first, so an event that both ends one journey and starts
