@@ -169,10 +169,8 @@ class JourneyActivities:
         """Tell Temporal this attempt lives, and keep its claim on the send while it does."""
         interval = max(held.lease.total_seconds() / 3, 0.05)
         while True:
-            # The first beat after one interval, not at once: most sends are over by then,
-            # and a beat is a call to the server (the lease was set by the claim itself).
-            await asyncio.sleep(interval)
             activity.heartbeat()
+            await asyncio.sleep(interval)
             if held.attempt is None:
                 continue
             try:
