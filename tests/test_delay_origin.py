@@ -22,9 +22,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from cascade.audiences.broadcasts import RecipientStarter, snapshot_audience
 from cascade.audiences.service import load_segments
+from cascade.events.ingest import record_app_event
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from cascade.journeys.triggers import route_event, trigger_time
+from models.events import AppEvent
 from models.journey import JourneyInput, JourneySpec, StepStatus, Trigger
 from starter import start_journey
 from tests.conftest import seed
@@ -146,3 +148,17 @@ async def test_a_broadcast_gives_its_recipients_the_scheduled_moment(
     else:
         assert given == send_at
     await handle.terminate("test over")
+
+
+async def test_the_events_api_plans_starts_at_the_event_s_own_time(db: Database, unique_id: str) -> None:
+    """POST /v1/events' storing step: an event with occurred_at hands it to the journeys it starts."""
+    await seed(db, unique_id, email=f"{unique_id}@example.com")
+    journey = delayed().model_copy(update={"name": "carts", "trigger": Trigger(events=["cart_abandoned"])})
+    occurred = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=25)
+    timed = AppEvent(event_id=f"e1-{unique_id}", customer_id=unique_id, type="cart_abandoned", occurred_at=occurred)
+    [start] = (await record_app_event(db, "shop", timed, journeys=[journey])).starts
+    assert start.triggered_at == occurred
+    # Without its own time the start request is the trigger (the journey counts from its start).
+    untimed = AppEvent(event_id=f"e2-{unique_id}", customer_id=unique_id, type="cart_abandoned")
+    [start] = (await record_app_event(db, "shop", untimed, journeys=[journey])).starts
+    assert start.triggered_at is None
