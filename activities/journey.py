@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -40,9 +41,10 @@ from cascade.journeys.rules import (
     quiet_hours_end,
     stay_channels,
 )
+from cascade.journeys.runs import record_run
 from cascade.profiles.contacts import load_reachability
 from cascade.profiles.service import template_fields
-from cascade.tracking.tokens import add_tracking, save_tracking, unsubscribe_link
+from cascade.tracking.tokens import add_tracking, save_tracking_in, unsubscribe_link
 from channels.base import (
     Channel,
     ConfigurationError,
@@ -200,9 +202,15 @@ class JourneyActivities:
                 return UNKNOWN
             reach = await load_reachability(session, input.customer_id, input.channel, input.topic)
 
+        if channel is None and input.unchecked:
+            # What the contact check says of it: the step is skipped, the cascade goes on.
+            log.info("send.skipped", reason="channel not configured")
+            await self._record_run(input)
+            return SendMessageResult(status="skipped", reason=f"channel {input.channel} not configured")
         if not reach.usable or reach.contact is None or reach.customer is None:
             # Consent can be withdrawn between the check and the send: never send then.
             log.info("send.skipped", reason=reach.reason)
+            await self._record_run(input)
             return SendMessageResult(status="skipped", reason=reach.reason)
 
         if channel is None:
@@ -224,13 +232,18 @@ class JourneyActivities:
 
         # Signed click/pixel/unsubscribe links; the originals are kept for the redirect.
         rendered, tracking = add_tracking(rendered, input, self._settings, now)
-        await save_tracking(self._db, input.idempotency_key, tracking)
+
+        async def with_the_claim(session: AsyncSession) -> None:
+            # The tracking row (and the run's row, lean steps) in the claim's transaction.
+            await save_tracking_in(session, self._db, input.idempotency_key, tracking)
+            if input.record_run is not None:
+                await record_run(session, self._db, input.record_run)
 
         cost = self._settings.channel_costs.get(input.channel, 0.0)
         # Logged under the surviving profile's id when the journey's customer was merged
         # away, so caps and history see one customer.
         claim = await self._claim(
-            input, reach.customer.id, reach.contact.id, rendered.content_hash, held.lease, idempotent
+            input, reach.customer.id, reach.contact.id, rendered.content_hash, held.lease, idempotent, with_the_claim
         )
         if isinstance(claim, SendMessageResult):
             log.info("send.not_claimed", status=claim.status, reason=claim.reason)
@@ -324,6 +337,12 @@ class JourneyActivities:
             next_retry_delay=timedelta(seconds=retry_after) if retry_after else None,
         )
 
+    async def _record_run(self, input: SendMessageInput) -> None:
+        """The journey run's row, when this send was to write it and sends nothing (lean steps)."""
+        if input.record_run is not None:
+            async with self._db.session() as session:
+                await record_run(session, self._db, input.record_run)
+
     async def _failing_channels(self) -> set[str]:
         """Channels with an unresolved configuration error (read once per process)."""
         if self._failing_loaded is False:
@@ -339,6 +358,7 @@ class JourneyActivities:
         content_hash: str,
         lease: timedelta,
         idempotent: bool,
+        also: Callable[[AsyncSession], Awaitable[None]] | None = None,
     ) -> SendMessageResult | int:
         """The claim protocol (cascade/delivery/claims.py); a live claim elsewhere is a retry."""
         try:
@@ -351,6 +371,7 @@ class JourneyActivities:
                 lease,
                 idempotent,
                 self._settings.currency,
+                also,
             )
         except SendInProgress as exc:
             raise _in_progress(exc) from None

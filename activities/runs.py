@@ -12,6 +12,7 @@ from sqlmodel import col, update
 from temporalio import activity
 
 from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.journeys.runs import record_run
 from models.runs import RecordRunFinishedInput, RecordRunStartedInput
 from models.tables import JourneyRun, StepSkip
 
@@ -29,9 +30,7 @@ class RunActivities:
     async def record_run_started(self, input: RecordRunStartedInput) -> None:
         """Insert the run's row unless it exists (a retry, or the starter wrote it first)."""
         async with self._db.session() as session:
-            await session.exec(
-                insert_ignoring_conflicts(self._db, JourneyRun).values(**input.model_dump()).on_conflict_do_nothing()
-            )
+            await record_run(session, self._db, input)
 
     @activity.defn
     async def record_run_finished(self, input: RecordRunFinishedInput) -> None:

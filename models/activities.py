@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from models.journey import ChannelName, Condition, FrequencyCap, MessageContent, QuietHours
+from models.runs import RecordRunStartedInput
 from models.tables import Topic
 
 
@@ -91,6 +92,14 @@ class SendMessageInput(BaseModel):
     )
     at: datetime | None = Field(default=None, description="workflow.now() when the send was scheduled")
     variant: str | None = Field(default=None, description="The journey's experiment arm (delivery row, utm_content)")
+    record_run: RecordRunStartedInput | None = Field(
+        default=None, description="The journey run's start, written by this send (lean steps: no activity of its own)"
+    )
+    unchecked: bool = Field(
+        default=False,
+        description="No contact check ran before this send: a channel without an adapter is a skipped step, "
+        "as the check would have said, not a failed send",
+    )
 
 
 class SendMessageResult(BaseModel):

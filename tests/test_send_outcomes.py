@@ -41,7 +41,8 @@ from channels.vk import VkChannel
 from models.activities import CheckContactInput, SendMessageInput, SettleDeliveryInput, StepRules
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import ChannelName, FrequencyCap, MessageContent, Outcome, StepStatus
-from models.tables import ChannelHealth, Delivery
+from models.runs import RecordRunStartedInput
+from models.tables import ChannelHealth, Delivery, JourneyRun
 from starter import start_journey
 from tests.codec import CODEC_CONVERTER, decrypt_history
 from tests.conftest import binary, quiet_runtime, seed
@@ -316,6 +317,10 @@ async def test_an_unknown_send_waits_like_a_sent_one_and_reactions_to_it_count(c
 
 # --- Item 3: a stop during the check, early events of a skipped step ----------------------
 
+# A journey with a step rule (a cap no test fills) keeps its contact-check activity; a
+# plain one checks inside its send (patch `lean-steps`, tested below).
+RULED: dict[str, Any] = {"frequency_cap": {"max": 100, "per": "1d"}}
+
 
 @pytest.mark.parametrize(
     ("signal", "outcome"),
@@ -330,7 +335,7 @@ async def test_a_stop_during_the_contact_check_means_no_send(client, settings, d
     acts = SignalDuringCheck(db, settings, client, signal, on="email")
     async with build_worker(client, settings, db, journey_activities=acts):
         result = await (
-            await start_journey(unique_id, spec("email", "sms"), client=client, db=db, settings=settings)
+            await start_journey(unique_id, spec("email", "sms", **RULED), client=client, db=db, settings=settings)
         ).result()
     assert result.outcome == outcome
     assert [s.status for s in result.steps] == [StepStatus.PENDING, StepStatus.PENDING]
@@ -345,11 +350,76 @@ async def test_events_held_for_a_skipped_step_do_not_count_for_the_next(client, 
     acts = SignalDuringCheck(db, settings, client, EngagementInput(type=EngagementType.OPENED), on="email")
     async with build_worker(client, settings, db, journey_activities=acts):
         result = await (
-            await start_journey(unique_id, spec("email", "sms"), client=client, db=db, settings=settings)
+            await start_journey(unique_id, spec("email", "sms", **RULED), client=client, db=db, settings=settings)
         ).result()
     assert [s.status for s in result.steps] == [StepStatus.SKIPPED, StepStatus.SENT]
     assert result.outcome == Outcome.EXHAUSTED and result.reaction is None
     assert result.finished_at - result.steps[1].sent_at >= DAY
+
+
+async def test_a_plain_journey_checks_inside_its_send_and_records_its_run_there(client, settings, db, unique_id):
+    """Lean steps: no check activity and no run-start activity; the same skips, one message each."""
+    # No email address: step 0 is skipped for the reason the contact check gives.
+    await seed(db, unique_id, sms="+14155552671")
+    expected = await _env().run(
+        _acts(db).check_contact, CheckContactInput(customer_id=unique_id, channel="email", topic="marketing")
+    )
+    assert not expected.usable and expected.reason
+    async with build_worker(client, settings, db):
+        journey = spec("email", "sms", wait="1h")
+        handle = await start_journey(unique_id, journey, client=client, db=db, settings=settings)
+        result = await handle.result()
+    assert [s.status for s in result.steps] == [StepStatus.SKIPPED, StepStatus.SENT]
+    assert result.steps[0].reason == expected.reason
+    assert [(d.channel, d.status) for d in await deliveries(db, handle.id)] == [("sms", "sent")]
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in (await handle.fetch_history()).events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert scheduled == ["send_message", "send_message", "record_run_finished"]
+    async with db.session() as session:
+        [run] = (await session.exec(select(JourneyRun).where(JourneyRun.workflow_id == handle.id))).all()
+    assert run.outcome == "exhausted" and run.finished_at is not None
+
+
+async def test_the_send_writes_the_run_row_it_carries_whether_it_sends_or_skips(any_db, unique_id):
+    """The starter may die before its insert: the first send's transaction writes the row."""
+    await seed(any_db, unique_id, email="ann@example.com")
+    acts = _acts(any_db)
+
+    def run(journey: str) -> RecordRunStartedInput:
+        return RecordRunStartedInput(
+            workflow_id=f"journey/{journey}/{unique_id}",
+            run_id="run-1",
+            journey=journey,
+            customer_id=unique_id,
+            workflow_type="CascadeJourney",
+            started_at=datetime.now(UTC),
+        )
+
+    sent = await _env(heartbeat=5).run(
+        acts.send_message, _input(unique_id, "email", "a", record_run=run("a"), unchecked=True)
+    )
+    # No phone number: skipped, and the row is written all the same.
+    skipped = await _env(heartbeat=5).run(
+        acts.send_message, _input(unique_id, "sms", "b", record_run=run("b"), unchecked=True)
+    )
+    # An unchecked send on a channel without an adapter is a skip, as the check says.
+    unconfigured = await _env(heartbeat=5).run(
+        JourneyActivities(any_db, {}, Settings()).send_message, _input(unique_id, "email", "c", unchecked=True)
+    )
+    assert sent.status == "sent" and skipped.status == "skipped"
+    assert unconfigured.status == "skipped" and unconfigured.reason == "channel email not configured"
+    async with any_db.session() as session:
+        runs = (await session.exec(select(JourneyRun).where(JourneyRun.customer_id == unique_id))).all()
+    assert sorted(r.journey for r in runs) == ["a", "b"]
+    # A retry of the first send changes nothing: same result, one row, one message.
+    again = await _env(heartbeat=5).run(
+        acts.send_message, _input(unique_id, "email", "a", record_run=run("a"), unchecked=True)
+    )
+    assert again.status == "sent" and again.duplicate
+    assert [d.status for d in await deliveries(any_db, f"journey/a/{unique_id}")] == ["sent"]
 
 
 # --- Item 6: the frequency cap and the claim are one step ---------------------------------
@@ -443,7 +513,12 @@ async def test_a_cap_filled_by_another_journey_first_postpones_the_send(fresh_cl
     assert a.steps[0].status == b.steps[0].status == StepStatus.SENT
     # The SMS passed its check while the email was with the provider; its send found
     # the cap full and slept until the email left the 7-day window.
-    assert b.steps[0].sent_at - a.steps[0].sent_at >= timedelta(days=7)
+    # The cap frees 7 days after the email's send as the delivery log has it (the journey
+    # notes its own sent_at a little later, when the send's result reaches it).
+    [email] = await deliveries(db, first.id)
+    assert email.sent_at is not None
+    email_sent = email.sent_at if email.sent_at.tzinfo else email.sent_at.replace(tzinfo=UTC)
+    assert b.steps[0].sent_at - email_sent >= timedelta(days=7)
     scheduled = [
         e.activity_task_scheduled_event_attributes.activity_type.name
         for e in (await second.fetch_history()).events

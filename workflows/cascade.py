@@ -8,6 +8,7 @@ step's wait runs out. A reaction, the deadline, a cancel or an unsubscribe ends 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -36,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         REACTION_RANK,
         JourneyInput,
         JourneyResult,
+        JourneySpec,
         JourneyState,
         JourneyStep,
         Outcome,
@@ -76,6 +78,25 @@ _STOPPING = {EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAI
 _STEP_LOST = {EngagementType.BOUNCED, EngagementType.FAILED}
 
 
+def _has_rules(spec: JourneySpec, step: JourneyStep) -> bool:
+    """True when the step's contact check judges more than the send does (conditions, caps, hours, stay)."""
+    return bool(spec.frequency_cap or spec.quiet_hours or spec.stay_active_days or step.when)
+
+
+def _plain(spec: JourneySpec) -> bool:
+    """True when the journey's first activity is its first step's send, at once (no delay, rules, arms, routing).
+
+    Events find a run by its journey_runs row: a journey that sleeps first records it at once.
+    """
+    return not (
+        spec.steps[0].delay
+        or _has_rules(spec, spec.steps[0])
+        or spec.experiment is not None
+        or spec.route == "optichannel"
+        or any(s.adaptive_wait or s.send_at == "best" for s in spec.steps)
+    )
+
+
 @workflow.defn
 class CascadeJourney:
     """One customer, one journey: a durable cascade over the journey's steps."""
@@ -97,6 +118,16 @@ class CascadeJourney:
         # Event ids taken already: signals are sent at least once (cascade/events/outbox.py).
         self._seen_events: set[str] = set()
         self._record_run = False
+        # Lean steps (patch "lean-steps"): no separate contact check before a plain send
+        # (the send re-checks consent anyway), the run's start recorded by that send, and
+        # search attributes upserted only when a value changes.
+        self._lean = False
+        # The run's start, still to be recorded by the first plain send (lean steps).
+        self._run_to_record: RecordRunStartedInput | None = None
+        # The current step's send checks the contact itself (no check activity ran).
+        self._unchecked = False
+        # Search attribute values the server holds now (lean steps: skip no-op upserts).
+        self._attributes: dict[str, object] = {}
         # In an experiment's control group: sent nothing, ends `held_out`.
         self._held_out = False
 
@@ -104,12 +135,28 @@ class CascadeJourney:
     async def run(self, input: JourneyInput) -> JourneyResult:
         """Walk the cascade until a reaction, the deadline, a cancel, or the last step."""
         self._state.started_at = workflow.now()
-        # The run records itself in journey_runs (a starter that died after starting it
-        # left no row); a loop's round is recorded by the loop. Journeys started before
-        # this replay without the activities.
-        self._record_run = workflow.info().parent is None and workflow.patched("record-run")
-        if self._record_run:
-            await self._record_started()
+        # Journeys started before lean steps never ask for the patch and replay as they ran.
+        self._lean = workflow.patched("lean-steps")
+        if self._lean:
+            self._record_run = workflow.info().parent is None
+            known = workflow.info().typed_search_attributes
+            for key in (sa.STEP, sa.CHANNEL, sa.JOURNEY_STATUS):
+                if (value := known.get(key)) is not None:
+                    self._attributes[key.name] = value
+            if self._record_run:
+                if _plain(input.spec):
+                    # The first activity is the first step's send: it writes the row
+                    # in its own transaction (one activity and one write fewer).
+                    self._run_to_record = self._run_started()
+                else:
+                    await self._record_started()
+        else:
+            # The run records itself in journey_runs (a starter that died after starting it
+            # left no row); a loop's round is recorded by the loop. Journeys started before
+            # this replay without the activities.
+            self._record_run = workflow.info().parent is None and workflow.patched("record-run")
+            if self._record_run:
+                await self._record_started()
         # Experiments (issue 14): the arm decides the chain. Journeys without an
         # experiment never ask for the patch, so every earlier history replays as it ran.
         if input.spec.experiment is not None and workflow.patched("experiments"):
@@ -135,6 +182,7 @@ class CascadeJourney:
                 step = routed
             record = self._state.steps[index]
             self._enter_step(index)
+            self._unchecked = False
 
             # Journeys started before step rules existed never call patched() with rules,
             # so their histories replay on the old path unchanged.
@@ -143,6 +191,11 @@ class CascadeJourney:
                 if ruled is None:
                     break
                 check = ruled
+            elif self._lean:
+                # The send checks the contact point and consent itself, in the same
+                # activity: an unusable one comes back `skipped` with the same reason.
+                check = CheckContactResult(usable=True)
+                self._unchecked = True
             else:
                 check = await workflow.execute_activity_method(
                     JourneyActivities.check_contact,
@@ -181,6 +234,11 @@ class CascadeJourney:
                     self._stop = (Outcome.DEADLINE, "deadline passed while waiting")
 
         result = self._finish()
+        if self._run_to_record is not None:
+            # Lean steps: the journey ended before any send recorded its start.
+            await workflow.execute_activity_method(
+                RunActivities.record_run_started, self._run_to_record, start_to_close_timeout=RECORD_TIMEOUT
+            )
         if self._record_run:
             await self._record_finished(result)
         return result
@@ -299,23 +357,24 @@ class CascadeJourney:
             await self._sleep(experiment.window, None)
         return self._input
 
-    async def _record_started(self) -> None:
+    def _run_started(self) -> RecordRunStartedInput:
         info = workflow.info()
         spec = self._input.spec
+        return RecordRunStartedInput(
+            workflow_id=info.workflow_id,
+            run_id=info.run_id,
+            journey=spec.name,
+            customer_id=self._input.customer_id,
+            campaign=spec.campaign,
+            workflow_type=info.workflow_type,
+            convert_on=spec.convert_on,
+            exit_on=spec.exit_on,
+            started_at=workflow.now(),
+        )
+
+    async def _record_started(self) -> None:
         await workflow.execute_activity_method(
-            RunActivities.record_run_started,
-            RecordRunStartedInput(
-                workflow_id=info.workflow_id,
-                run_id=info.run_id,
-                journey=spec.name,
-                customer_id=self._input.customer_id,
-                campaign=spec.campaign,
-                workflow_type=info.workflow_type,
-                convert_on=spec.convert_on,
-                exit_on=spec.exit_on,
-                started_at=workflow.now(),
-            ),
-            start_to_close_timeout=RECORD_TIMEOUT,
+            RunActivities.record_run_started, self._run_started(), start_to_close_timeout=RECORD_TIMEOUT
         )
 
     async def _record_finished(self, result: JourneyResult) -> None:
@@ -362,12 +421,23 @@ class CascadeJourney:
             if index == 0 and workflow.patched("delay-from-trigger"):
                 origin = workflow.info().workflow_start_time
                 if self._input.triggered_at is not None:
-                    origin = min(origin, self._input.triggered_at)
+                    if workflow.patched("trigger-time-as-given"):
+                        # The trigger's own time, also when it lies after the start request:
+                        # a broadcast's recipient started with a start delay (their local
+                        # hour) counts from that hour, not from the page that started them.
+                        # Starters bound it (cascade/journeys/triggers.py: never in the future).
+                        origin = self._input.triggered_at
+                    else:
+                        origin = min(origin, self._input.triggered_at)
                 wait = min(step.delay, origin + step.delay - workflow.now())
             if wait > timedelta(0):
                 self._set_status("delayed")
                 if await self._sleep(wait, deadline):
                     return None
+        if self._lean and not _has_rules(self._input.spec, step):
+            # Only a delay: the check would judge nothing the send does not judge itself.
+            self._unchecked = True
+            return CheckContactResult(usable=True)
         check = CheckContactResult(usable=False, reason="not checked")
         for _ in range(MAX_POSTPONES):
             check = await workflow.execute_activity_method(
@@ -490,6 +560,8 @@ class CascadeJourney:
                         frequency_cap=self._input.spec.frequency_cap,
                         at=workflow.now(),
                         variant=self._state.variant,
+                        record_run=self._run_to_record,
+                        unchecked=self._unchecked,
                     ),
                     start_to_close_timeout=SEND_ATTEMPT_TIMEOUT,
                     heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
@@ -499,6 +571,8 @@ class CascadeJourney:
                 )
             except ActivityError as err:
                 result = await self._settle(key, err)
+            # Recorded (the send's first attempt writes the row before anything else).
+            self._run_to_record = None
             if result.status != "postponed" or result.wake_at is None:
                 break
             record.reason = f"{result.reason} until {result.wake_at.isoformat(timespec='minutes')}"
@@ -551,18 +625,25 @@ class CascadeJourney:
         self._state.current_step = index
         self._state.current_channel = step.channel
         self._step_lost = False
-        workflow.upsert_search_attributes(
-            [
-                sa.STEP.value_set(index),
-                sa.CHANNEL.value_set(step.channel.value),
-                sa.JOURNEY_STATUS.value_set("running"),
-            ]
-        )
+        self._upsert({sa.STEP: index, sa.CHANNEL: step.channel.value, sa.JOURNEY_STATUS: "running"})
         self._state.status = "running"
 
     def _set_status(self, status: str) -> None:
         self._state.status = status
-        workflow.upsert_search_attributes([sa.JOURNEY_STATUS.value_set(status)])
+        self._upsert({sa.JOURNEY_STATUS: status})
+
+    def _upsert(self, values: dict[Any, Any]) -> None:
+        """Upsert search attributes; with lean steps only those whose value changes.
+
+        Each upsert is a command, a history event and a visibility write: the start's own
+        values (step 0, its channel, `running`) need none.
+        """
+        if self._lean:
+            values = {k: v for k, v in values.items() if self._attributes.get(k.name) != v}
+            if not values:
+                return
+            self._attributes.update({k.name: v for k, v in values.items()})
+        workflow.upsert_search_attributes([k.value_set(v) for k, v in values.items()])
 
     def _finish(self) -> JourneyResult:
         if self._held_out:

@@ -106,6 +106,11 @@ async def snapshot_audience(
     return int(audience)
 
 
+def _aware(at: datetime) -> datetime:
+    """SQLite hands timestamps back without a zone; they are UTC."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 def local_start_delay(zone_name: str | None, at: time, now: datetime) -> timedelta:
     """How long until the next `at` o'clock in the customer's time zone (zero if it is that minute)."""
     zone = customer_zone(zone_name)
@@ -141,6 +146,13 @@ class RecipientStarter:
             query = query.where(RECIPIENTS.c.customer_id > cursor)
         async with self.db.engine.connect() as conn:
             rows = list(await conn.execute(query.order_by(RECIPIENTS.c.customer_id).limit(limit)))
+            # The broadcast's moment (its send_at, else when it began): every recipient's
+            # first delay counts from it, whichever page started them (the journey's trigger time).
+            moment = (
+                await conn.execute(
+                    select(BROADCASTS.c.send_at, BROADCASTS.c.created_at).where(BROADCASTS.c.id == broadcast_id)
+                )
+            ).one_or_none()
         if not rows:
             return BroadcastCounts(), cursor, True
         pending = [str(r.customer_id) for r in rows if r.status is None]
@@ -152,6 +164,7 @@ class RecipientStarter:
         outcomes: dict[tuple[str, str | None], list[tuple[str, str | None]]] = defaultdict(list)
         gate = asyncio.Semaphore(self.concurrency)
         now = datetime.now(UTC)
+        trigger = _aware(moment[0] or moment[1]) if moment is not None else None
         # Whether the journey's templates find every field depends only on which custom
         # attributes a profile has: checked once per set of names, not once per recipient
         # (a check parses every template).
@@ -167,7 +180,15 @@ class RecipientStarter:
         async def one(customer_id: str) -> None:
             async with gate:
                 status, reason, workflow_id = await self._start_one(
-                    broadcast_id, spec, customers.get(customer_id), customer_id, local_time, now, misses_fields, memo
+                    broadcast_id,
+                    spec,
+                    customers.get(customer_id),
+                    customer_id,
+                    local_time,
+                    now,
+                    misses_fields,
+                    memo,
+                    trigger,
                 )
             outcomes[(status, reason)].append((customer_id, workflow_id))
             heartbeat()
@@ -186,6 +207,7 @@ class RecipientStarter:
         now: datetime,
         misses_fields: Callable[[Customer], bool],
         memo: dict[str, str],
+        trigger: datetime | None = None,
     ) -> tuple[str, str | None, str | None]:
         if customer is None or customer.erased_at is not None:
             return "skipped", "erased", None
@@ -206,10 +228,12 @@ class RecipientStarter:
         options: dict[str, Any] = {}
         if local_time is not None:
             options["start_delay"] = local_start_delay(customer.timezone, local_time, now)
+            # The scheduled moment is the customer's local hour, not the page's.
+            trigger = now + options["start_delay"]
         try:
             await self.client.start_workflow(
                 CASCADE_JOURNEY,
-                JourneyInput(spec=spec, customer_id=customer_id),
+                JourneyInput(spec=spec, customer_id=customer_id, triggered_at=trigger),
                 id=workflow_id,
                 task_queue=self.task_queue,
                 # Never a second run of this id, even after the first one ended: a retried

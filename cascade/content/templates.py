@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, meta
+from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from cascade.content.rendered import Button
@@ -43,11 +44,17 @@ class TemplateRenderError(ValueError):
     """A template could not be rendered with the fields given (names the field)."""
 
 
+@lru_cache(maxsize=1024)
+def _compiled(env: SandboxedEnvironment, source: str) -> Template:
+    """A template compiled once per process: a journey's steps render the same sources for every customer."""
+    return env.from_string(source)
+
+
 def _render(env: SandboxedEnvironment, source: str | None, fields: dict[str, Any], where: str) -> str | None:
     if source is None:
         return None
     try:
-        return env.from_string(source).render(fields)
+        return _compiled(env, source).render(fields)
     except TemplateError as exc:
         raise TemplateRenderError(f"{where}: {exc.message or exc}") from exc
 
@@ -114,7 +121,13 @@ def render_content(content: MessageContent, fields: dict[str, Any], channel: str
 
 def template_fields(source: str) -> set[str]:
     """The top-level names a template reads (its undeclared variables)."""
-    return set(meta.find_undeclared_variables(_TEXT.parse(source)))
+    return set(_fields_of(source))
+
+
+@lru_cache(maxsize=1024)
+def _fields_of(source: str) -> frozenset[str]:
+    # Every start checks its journey's templates against the profile: parsed once per process.
+    return frozenset(meta.find_undeclared_variables(_TEXT.parse(source)))
 
 
 def check_template_fields(content: MessageContent, available: Iterable[str]) -> list[str]:

@@ -13,6 +13,7 @@ is the SendInProgress exception, which the activity turns into a retry.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Update, and_, or_, text
@@ -65,6 +66,7 @@ async def claim_send(
     lease: timedelta,
     idempotent: bool,
     currency: str,
+    also: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> SendMessageResult | int:
     """Make this attempt the only one that may call the provider for this key.
 
@@ -73,7 +75,9 @@ async def claim_send(
     provider without idempotency keys (`unknown`), or the frequency cap is full
     (`postponed`). The cap is counted in the same transaction as the claim, under
     a per-customer lock, so two journeys of one customer cannot both take the last
-    slot. Raises SendInProgress while another live attempt holds the claim.
+    slot. Raises SendInProgress while another live attempt holds the claim. `also`
+    writes what belongs with the claim (the tracking row, the run row) in the same
+    transaction: on SQLite every write transaction waits for the one writer.
     """
     now = utcnow()
     cap = input.frequency_cap if input.topic == Topic.MARKETING else None
@@ -83,6 +87,8 @@ async def claim_send(
             # insert below, which takes the database's single write lock first.
             connection = await session.connection()
             await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(customer_id)})
+        if also is not None:
+            await also(session)
         await session.exec(
             insert_ignoring_conflicts(db, Delivery)
             .values(

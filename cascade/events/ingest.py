@@ -250,6 +250,9 @@ async def _apply_and_plan(
         event_id=stored_id,
         conversion=event.conversion is not False,
         runs=runs,
+        # The journeys it starts count their first delay from the event's own time, when it
+        # has one (bounded by start_planned); without one the start itself is the trigger.
+        triggered_at=event.occurred_at,
     )
     signals = enqueue(session, plan.signals, stored_id, lease)
     result = AppEventResult(
@@ -280,6 +283,7 @@ async def pending_starts(
             now=row.occurred_at,
             event_id=stored_id,
             signals=False,
+            triggered_at=row.occurred_at,
         )
     return RecordedEvent(
         AppEventResult(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -175,6 +176,9 @@ class Settings(BaseSettings):
     # its next task (correct, only slower). Size it to the journeys that wake together
     # (a campaign's next step), not to every sleeping one: memory grows with it.
     worker_max_cached_workflows: int = Field(default=1000, ge=0)
+    # A journey an event starts counts its first delay from the event's occurred_at, if
+    # that is no older than this; an older one (a backfill) counts from the start.
+    trigger_max_age: timedelta = Field(default=timedelta(days=1), gt=timedelta(0))
 
     webhooks_host: str = "127.0.0.1"
     webhooks_port: int = 8000

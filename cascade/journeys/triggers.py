@@ -22,7 +22,7 @@ import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlmodel import col, select
@@ -54,6 +54,8 @@ class PlannedStart:
     context: dict[str, Any]
     deadline: datetime | None
     rerun: bool = True
+    # When the event happened (its occurred_at, else when it arrived); start_planned bounds it.
+    triggered_at: datetime | None = None
 
 
 @dataclass
@@ -190,12 +192,15 @@ async def plan_event(
     signals: bool = True,
     starts: bool = True,
     runs: Sequence[JourneyRun] | None = None,
+    triggered_at: datetime | None = None,
 ) -> EventPlan:
     """What `event_type` does to `customer`'s journeys (reads only; nothing is sent).
 
     `conversion` False keeps the event from converting anything (an event the shop
     marked `conversion: false`). `signals`/`starts` False leave that half out. `runs`:
     the customer's running journeys when the caller has read them already (a batch).
+    `triggered_at`: when the event happened, for the journeys it starts (their first
+    delay counts from it; start_planned bounds it); None: from their start.
     """
     props = dict(properties or {})
     by_name = {s.name: s for s in specs}
@@ -243,7 +248,7 @@ async def plan_event(
             continue
         deadline = _deadline(props.get(spec.trigger.deadline_property)) if spec.trigger.deadline_property else None
         context = journey_context(spec, {**props, "event_type": event_type})
-        plan.starts.append(PlannedStart(spec, key, context, deadline, rerun))
+        plan.starts.append(PlannedStart(spec, key, context, deadline, rerun, triggered_at=triggered_at))
     return plan
 
 
@@ -299,6 +304,7 @@ async def start_planned(
                 db=db,
                 settings=settings,
                 rerun=planned.rerun,
+                triggered_at=trigger_time(planned.triggered_at, utcnow(), settings.trigger_max_age),
             )
         except WorkflowAlreadyStartedError:
             # The key's run closed without our knowing: once per key, so not again.
@@ -313,6 +319,23 @@ async def start_planned(
             continue
         result.started.append(handle.id)
         result.handles[handle.id] = handle
+
+
+def trigger_time(occurred_at: datetime | None, now: datetime, max_age: timedelta) -> datetime | None:
+    """The trigger time a journey's first delay counts from, given when its event happened.
+
+    Never later than `now` (events may claim up to a day ahead: clock skew); an event
+    older than `max_age` (a backfill, a replayed export) is no trigger time at all: the
+    delays count from the start, or a year-old purchase would send every step at once.
+    """
+    if occurred_at is None:
+        return None
+    at = occurred_at if occurred_at.tzinfo is not None else occurred_at.replace(tzinfo=UTC)
+    if at > now:
+        return now
+    if now - at > max_age:
+        return None
+    return at
 
 
 def _workflow_id(planned: PlannedStart, customer_id: str) -> str:
@@ -331,6 +354,7 @@ async def route_event(
     now: datetime | None = None,
     event_id: str | None = None,
     conversion: bool = True,
+    triggered_at: datetime | None = None,
 ) -> RouteResult:
     """Start, convert and end the customer's journeys for one event, now.
 
@@ -338,7 +362,9 @@ async def route_event(
     applies to the next start while running journeys keep their snapshot). `now`
     is the time entry conditions judge against (default: the current time).
     `event_id` identifies the event in the signals it sends (journeys ignore an id
-    they have seen; default: a new one). Raises starter.UnknownCustomerError for a
+    they have seen; default: a new one). `triggered_at`: when the event happened, if the
+    journeys it starts should count their first delay from then (the events API passes
+    the event's time; bounded, see `trigger_time`). Raises starter.UnknownCustomerError for a
     customer not in the profile database, cascade.events.outbox.EngineUnavailable or RPCError
     when Temporal cannot be reached.
     """
@@ -359,6 +385,7 @@ async def route_event(
             now=now,
             event_id=event_id or f"route:{uuid.uuid4().hex}",
             conversion=conversion,
+            triggered_at=triggered_at,
         )
     result = RouteResult(converted=plan.converted, exited=plan.exited, not_entered=plan.not_entered)
     # Running journeys first, so an event that both ends one journey and starts

@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from sqlmodel.ext.asyncio.session import AsyncSession
+
 from cascade.content.rendered import Button, RenderedContent
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from cascade.infra.logging import get_logger
@@ -282,11 +284,16 @@ def add_tracking(
 async def save_tracking(db: Database, idempotency_key: str, tracking: Tracking) -> None:
     """Remember the message's tracking id and original links (first write wins on a retry)."""
     async with db.session() as session:
-        await session.exec(
-            insert_ignoring_conflicts(db, TrackedMessage)
-            .values(tracking_id=tracking.tracking_id, idempotency_key=idempotency_key, links=tracking.links)
-            .on_conflict_do_nothing()
-        )
+        await save_tracking_in(session, db, idempotency_key, tracking)
+
+
+async def save_tracking_in(session: AsyncSession, db: Database, idempotency_key: str, tracking: Tracking) -> None:
+    """`save_tracking` inside a transaction the caller holds (the send's claim)."""
+    await session.exec(
+        insert_ignoring_conflicts(db, TrackedMessage)
+        .values(tracking_id=tracking.tracking_id, idempotency_key=idempotency_key, links=tracking.links)
+        .on_conflict_do_nothing()
+    )
 
 
 def warn_if_dev_secret(settings: Settings) -> bool:

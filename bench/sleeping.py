@@ -1,0 +1,349 @@
+"""Sleeping journeys: many journeys asleep on one worker, then all waking at once and sending.
+
+    python bench/sleeping.py [-n 2000] [--cache N]
+
+N real CascadeJourneys (one email step with a delay, then a wait for a reaction) are
+started with the same trigger time, so they all sleep on a durable timer (and listen for
+signals) and wake at the same moment: a campaign's next step. One worker process runs
+them (its sticky cache sized to hold them all unless --cache says otherwise); the bench
+reports the worker's peak RSS and the dev server's RSS while they sleep and after the
+burst, and the burst's sends/s: from the wake-up moment until the last message is with
+the (sandbox) provider. In the same run, N raw workflows do the least the same moment
+needs: sleep on one timer until the same kind of moment, then one activity, then wait
+for a signal, in a worker process of their own. Both workers are child processes, so the
+RSS is each one's own. Results go to bench/results/sleeping.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from bench.bare_workflow import RawSleeper
+from cascade.infra.codec import data_converter
+from cascade.infra.db import Database, migrate
+from cascade.infra.settings import Settings
+from cascade.profiles.importer import import_profiles
+from channels.base import OutboundMessage, SendReceipt
+from channels.registry import build_channels
+from channels.sandbox import SandboxChannel
+from models.journey import JourneySpec
+from models.search_attributes import dev_server_flags
+from tests.conftest import binary, quiet_runtime
+
+HERE = Path(__file__).resolve().parent
+SPEC: dict[str, Any] = {
+    "name": "sleepers",
+    "steps": [
+        {
+            "channel": "email",
+            "delay": "1h",  # replaced by --sleep
+            "wait": "1d",
+            "content": {"subject": "Hi {{ name }}", "body": "Your cart misses you, {{ name }}"},
+        }
+    ],
+}
+
+
+# ------------------------------------------------------------------ the raw baseline
+class FileLog:
+    """Appends one line (the time) per send to a file the parent counts."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("a", buffering=1)
+
+    def sent(self, key: str) -> None:
+        self._file.write(f"{time.time()} {key}\n")
+
+
+class LoggingSandbox(SandboxChannel):
+    """The sandbox provider, noting the time of every send."""
+
+    def __init__(self, name: str, db: Database, log: FileLog) -> None:
+        super().__init__(name, db)
+        self._log = log
+
+    async def send(self, message: OutboundMessage) -> SendReceipt:
+        receipt = await super().send(message)
+        self._log.sent(message.idempotency_key)
+        return receipt
+
+
+# ------------------------------------------------------------------ child: a worker
+async def run_worker(args: argparse.Namespace) -> None:
+    """The worker process of one side, until SIGTERM."""
+    settings = Settings(database_url=args.database_url, task_queue=args.task_queue)
+    settings = settings.model_copy(update={"worker_max_cached_workflows": args.cache})
+    client = await Client.connect(args.address, data_converter=data_converter(settings), runtime=quiet_runtime())
+    log = FileLog(Path(args.sent_log))
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if args.role == "raw":
+
+        @activity.defn(name="raw_send")
+        async def raw_send(workflow_id: str) -> str:
+            log.sent(workflow_id)
+            return f"msg-{workflow_id}"
+
+        worker: Any = Worker(
+            client,
+            task_queue=args.task_queue,
+            workflows=[RawSleeper],
+            activities=[raw_send],
+            max_cached_workflows=args.cache,
+        )
+        async with worker:
+            print("ready", flush=True)
+            await stop.wait()
+        return
+    from worker import build_worker
+
+    db = Database.from_settings(settings)
+    channels = dict(build_channels(settings, db))
+    channels["email"] = LoggingSandbox("email", db, log)
+    async with build_worker(client, settings, db, channels):
+        print("ready", flush=True)
+        await stop.wait()
+    await db.dispose()
+
+
+# ------------------------------------------------------------------ parent
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (VmRSS now, VmHWM its peak) in MiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _tree_rss_mib(pid: int) -> float:
+    """RSS of `pid` and its children (the dev server CLI runs the server in-process)."""
+    total = _rss_mib(pid)
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for c in child.read_text().split():
+            total += _tree_rss_mib(int(c))
+    return total
+
+
+def _lines(path: Path) -> list[float]:
+    """The first send time of each message (a retried provider call with the same key counts once)."""
+    if not path.exists():
+        return []
+    first: dict[str, float] = {}
+    for line in path.read_text().splitlines():
+        at, _, key = line.partition(" ")
+        first.setdefault(key, float(at))
+    return sorted(first.values())
+
+
+async def _start_all(n: int, concurrency: int, one: Any) -> float:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def pump() -> None:
+        while not queue.empty():
+            await one(queue.get_nowait())
+
+    started = time.perf_counter()
+    await asyncio.gather(*(pump() for _ in range(concurrency)))
+    return time.perf_counter() - started
+
+
+async def side(
+    name: str, args: argparse.Namespace, address: str, database_url: str, tmp: Path, client: Client, server_pid: int
+) -> dict[str, Any]:
+    """Start N sleepers of one side, let them wake together, time the burst."""
+    sent_log = tmp / f"{name}.sent"
+    queue = f"sleep-{name}"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--role", name, "--address", address, "--database-url", database_url,
+        "--task-queue", queue, "--sent-log", str(sent_log), "--cache", str(args.cache or args.n),
+        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+    )  # fmt: skip
+    assert child.stdout is not None
+    await child.stdout.readline()  # "ready"
+    settings = Settings(database_url=database_url, task_queue=queue)
+    db = Database.from_settings(settings)
+
+    def starter(prefix: str, wake_at: datetime, sleep: float) -> Any:
+        if name == "raw":
+
+            async def raw(i: int) -> None:
+                await client.start_workflow(
+                    RawSleeper.run, wake_at.isoformat(), id=f"raw/{prefix}/{i}", task_queue=queue
+                )
+
+            return raw
+        from starter import start_journey
+
+        spec = JourneySpec.model_validate({**SPEC, "steps": [{**SPEC["steps"][0], "delay": f"{sleep}s"}]})
+        origin = wake_at - timedelta(seconds=sleep)
+
+        async def cascade(i: int) -> None:
+            await start_journey(
+                f"s-{i}", spec, client=client, db=db, settings=settings, key=prefix, triggered_at=origin
+            )
+
+        return cascade
+
+    # Warm-up: a worker's first workflow tasks import the workflow modules into the
+    # sandbox; a cold worker hit by hundreds of starts times its tasks out meanwhile.
+    warm = 5
+    await _start_all(warm, warm, starter(f"warm-{name}", datetime.now(UTC) + timedelta(seconds=2), 2))
+    while True:
+        if len(_lines(sent_log)) >= warm:
+            break
+        await asyncio.sleep(0.5)
+    sent_log.write_text("")  # the child appends to the same open file
+    # Every journey wakes at the same moment: far enough ahead for all of them to be
+    # started and asleep first (the cascade side checks below).
+    wake_at = datetime.now(UTC) + timedelta(seconds=args.sleep)
+    prefix = f"{name}-{time.monotonic_ns()}"
+    start_seconds = await _start_all(args.n, args.concurrency, starter(prefix, wake_at, args.sleep))
+    # Let the first workflow tasks finish (each journey goes to sleep), then measure.
+    now = datetime.now(UTC)
+    asleep_margin = (wake_at - now).total_seconds()
+    await asyncio.sleep(max(asleep_margin - 2, 0))
+    asleep = None
+    if name == "cascade":
+        counted = await client.count_workflows('JourneyStatus="delayed"')
+        asleep = counted.count
+    asleep_rss = _rss_mib(child.pid)
+    server_asleep = _tree_rss_mib(server_pid)
+    sends_before_wake = len(_lines(sent_log))
+    await asyncio.sleep(max((wake_at - datetime.now(UTC)).total_seconds(), 0))
+    deadline = time.monotonic() + args.timeout
+    while True:
+        if len(_lines(sent_log)) >= args.n or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    times = _lines(sent_log)
+    peak = _rss_mib(child.pid, "VmHWM")
+    server_after = _tree_rss_mib(server_pid)
+    child.send_signal(signal.SIGTERM)
+    await child.wait()
+    await db.dispose()
+    burst = (max(times) - wake_at.timestamp()) if times else float("nan")
+    result = {
+        "side": name,
+        "journeys": args.n,
+        "start_seconds": round(start_seconds, 2),
+        "slack_before_wake_s": round(asleep_margin, 1),
+        "sends_before_wake": sends_before_wake,
+        "asleep_before_wake": asleep,
+        "sends": len(times),
+        "burst_seconds": round(burst, 2),
+        "sends_per_s": round(len(times) / burst, 2) if times and burst > 0 else None,
+        "worker_rss_asleep_mib": round(asleep_rss, 1),
+        "worker_peak_rss_mib": round(peak, 1),
+        "server_rss_asleep_mib": round(server_asleep, 1),
+        "server_rss_after_mib": round(server_after, 1),
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+async def main(args: argparse.Namespace) -> None:
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        server = await asyncio.create_subprocess_exec(
+            binary("temporal"), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless",
+            "--log-level", "error", *dev_server_flags(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            database_url = f"sqlite:///{tmp}/sleeping.db"
+            settings = Settings(database_url=database_url)
+            db = Database.from_settings(settings)
+            await migrate(db.engine)
+            csv_path = tmp / "customers.csv"
+            with csv_path.open("w") as out:
+                out.write("id,name,email,marketing_consent\n")
+                for i in range(args.n):
+                    out.write(f"s-{i},S{i},s{i}@example.com,true\n")
+            await import_profiles(db, csv_path)
+            await db.dispose()
+            client = None
+            for _ in range(120):
+                try:
+                    client = await Client.connect(
+                        address, data_converter=data_converter(settings), runtime=quiet_runtime()
+                    )
+                    break
+                except RuntimeError:
+                    await asyncio.sleep(0.5)
+            assert client is not None, "the dev server did not come up"
+            results = [
+                await side(name, args, address, database_url, tmp, client, server.pid) for name in ("raw", "cascade")
+            ]
+        finally:
+            server.terminate()
+            await server.wait()
+    raw, ours = results
+    ratio = (ours["sends_per_s"] / raw["sends_per_s"]) if ours["sends_per_s"] and raw["sends_per_s"] else None
+    summary = {
+        "n": args.n,
+        "cache": args.cache or args.n,
+        "raw": raw,
+        "cascade": ours,
+        "burst_ratio": round(ratio, 2) if ratio else None,
+    }
+    print(
+        f"\n{args.n} sleeping journeys, one worker: peak RSS {ours['worker_peak_rss_mib']} MiB "
+        f"(raw workflows {raw['worker_peak_rss_mib']} MiB), dev server {ours['server_rss_asleep_mib']} MiB asleep\n"
+        f"wake burst: Cascade {ours['sends_per_s']} sends/s, raw timer + activity {raw['sends_per_s']}/s, ratio {ratio}"
+    )
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / "sleeping.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000, help="sleeping journeys per side")
+    parser.add_argument("--cache", type=int, default=0, help="sticky cache size of the worker (default: n)")
+    parser.add_argument("--sleep", type=float, default=0, help="seconds until they all wake (default: from n)")
+    parser.add_argument("--concurrency", type=int, default=50, help="starts in flight")
+    parser.add_argument("--timeout", type=float, default=1800, help="give up on the burst after this many seconds")
+    parser.add_argument("--role", choices=["raw", "cascade"], help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--task-queue", help=argparse.SUPPRESS)
+    parser.add_argument("--sent-log", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not args.sleep:
+        # Room for every start and first workflow task on a loaded 2-core machine.
+        args.sleep = 40 + args.n / 10
+    return args
+
+
+if __name__ == "__main__":
+    parsed = _args()
+    asyncio.run(run_worker(parsed) if parsed.role else main(parsed))
