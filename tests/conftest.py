@@ -26,6 +26,11 @@ from cascade.infra.temporal import register_search_attributes
 from cascade.profiles.service import upsert_customer
 from models.profiles import ContactIn, CustomerProfile
 from tests.codec import CODEC_CONVERTER
+from tests.scheduling import (  # noqa: F401  (hooks: the longest tests start first)
+    pytest_collection_modifyitems,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+)
 from tests.schema_template import postgres_schema, sqlite_copy
 
 BIN = Path(sys.executable).parent
@@ -119,6 +124,23 @@ async def postgres_execute(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many xdist workers `-n auto` (the pyproject's addopts) starts.
+
+    The whole suite: one per core, and at least two, since most tests wait on a Temporal
+    server, a subprocess or a browser rather than compute. A single file or test named on
+    the command line runs in this process instead (0): no workers to start for a few tests,
+    and --pdb and print debugging behave as usual. PYTEST_XDIST_AUTO_NUM_WORKERS or an
+    explicit `-n N` still decide; `-n 0` runs anything in one process.
+    """
+    if env := os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(env)
+    named = [a for a in config.args if "::" in a or a.endswith(".py")]
+    if len(config.args) == 1 and named:
+        return 0
+    return max(2, os.cpu_count() or 1)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
