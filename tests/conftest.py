@@ -10,7 +10,7 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -53,12 +53,30 @@ def quiet_runtime() -> Runtime:
     )
 
 
+async def started(start: Callable[[], Awaitable[WorkflowEnvironment]], attempts: int = 3) -> WorkflowEnvironment:
+    """`start()` (a Temporal server the SDK launches), again when it did not answer in time.
+
+    The SDK gives the server it launches 5 s to answer, fixed in its core. On a loaded
+    machine running the suite on several workers a dev server took longer, and the one
+    failed start of a session fixture then failed every later test of that worker.
+    """
+    for _ in range(attempts - 1):
+        try:
+            return await start()
+        except RuntimeError as exc:
+            if "did not start within" not in str(exc):
+                raise
+    return await start()
+
+
 async def start_ts_env() -> WorkflowEnvironment:
     """A native time-skipping test server speaking the production payload codec."""
-    return await WorkflowEnvironment.start_time_skipping(
-        data_converter=CODEC_CONVERTER,
-        test_server_existing_path=binary("temporal-test-server"),
-        runtime=quiet_runtime(),
+    return await started(
+        lambda: WorkflowEnvironment.start_time_skipping(
+            data_converter=CODEC_CONVERTER,
+            test_server_existing_path=binary("temporal-test-server"),
+            runtime=quiet_runtime(),
+        )
     )
 
 
@@ -237,11 +255,13 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     """The real Temporal dev server (search attributes registered) for webhook tests."""
     from models import search_attributes as sa
 
-    env = await WorkflowEnvironment.start_local(
-        data_converter=CODEC_CONVERTER,
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=sa.REGISTERED,
-        runtime=quiet_runtime(),
+    env = await started(
+        lambda: WorkflowEnvironment.start_local(
+            data_converter=CODEC_CONVERTER,
+            dev_server_existing_path=binary("temporal"),
+            search_attributes=sa.REGISTERED,
+            runtime=quiet_runtime(),
+        )
     )
     yield env
     await env.shutdown()
