@@ -10,7 +10,7 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -26,6 +26,11 @@ from cascade.infra.temporal import register_search_attributes
 from cascade.profiles.service import upsert_customer
 from models.profiles import ContactIn, CustomerProfile
 from tests.codec import CODEC_CONVERTER
+from tests.scheduling import (  # noqa: F401  (hooks: the longest tests start first)
+    pytest_collection_modifyitems,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+)
 from tests.schema_template import postgres_schema, sqlite_copy
 
 BIN = Path(sys.executable).parent
@@ -48,12 +53,30 @@ def quiet_runtime() -> Runtime:
     )
 
 
+async def started(start: Callable[[], Awaitable[WorkflowEnvironment]], attempts: int = 3) -> WorkflowEnvironment:
+    """`start()` (a Temporal server the SDK launches), again when it did not answer in time.
+
+    The SDK gives the server it launches 5 s to answer, fixed in its core. On a loaded
+    machine running the suite on several workers a dev server took longer, and the one
+    failed start of a session fixture then failed every later test of that worker.
+    """
+    for _ in range(attempts - 1):
+        try:
+            return await start()
+        except RuntimeError as exc:
+            if "did not start within" not in str(exc):
+                raise
+    return await start()
+
+
 async def start_ts_env() -> WorkflowEnvironment:
     """A native time-skipping test server speaking the production payload codec."""
-    return await WorkflowEnvironment.start_time_skipping(
-        data_converter=CODEC_CONVERTER,
-        test_server_existing_path=binary("temporal-test-server"),
-        runtime=quiet_runtime(),
+    return await started(
+        lambda: WorkflowEnvironment.start_time_skipping(
+            data_converter=CODEC_CONVERTER,
+            test_server_existing_path=binary("temporal-test-server"),
+            runtime=quiet_runtime(),
+        )
     )
 
 
@@ -119,6 +142,23 @@ async def postgres_execute(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many xdist workers `-n auto` (the pyproject's addopts) starts.
+
+    The whole suite: one per core, and at least two, since most tests wait on a Temporal
+    server, a subprocess or a browser rather than compute. A single file or test named on
+    the command line runs in this process instead (0): no workers to start for a few tests,
+    and --pdb and print debugging behave as usual. PYTEST_XDIST_AUTO_NUM_WORKERS or an
+    explicit `-n N` still decide; `-n 0` runs anything in one process.
+    """
+    if env := os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(env)
+    named = [a for a in config.args if "::" in a or a.endswith(".py")]
+    if len(config.args) == 1 and named:
+        return 0
+    return max(2, os.cpu_count() or 1)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -215,11 +255,13 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     """The real Temporal dev server (search attributes registered) for webhook tests."""
     from models import search_attributes as sa
 
-    env = await WorkflowEnvironment.start_local(
-        data_converter=CODEC_CONVERTER,
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=sa.REGISTERED,
-        runtime=quiet_runtime(),
+    env = await started(
+        lambda: WorkflowEnvironment.start_local(
+            data_converter=CODEC_CONVERTER,
+            dev_server_existing_path=binary("temporal"),
+            search_attributes=sa.REGISTERED,
+            runtime=quiet_runtime(),
+        )
     )
     yield env
     await env.shutdown()

@@ -142,26 +142,41 @@ def test_the_layer_rule_catches_an_upward_import() -> None:
 # One child process imports third-party libraries once, then forks a fresh child per project
 # module: each child starts with no project module loaded, so an import that only works after
 # another project module was imported first (an order dependency or a circle) fails there.
+# The children run a few at a time (one per core): each spends most of its life reading and
+# compiling files, so one after another kept all but one core idle.
 _ISOLATED = """
 import os, sys, importlib, traceback
 import pydantic, sqlmodel, sqlalchemy, temporalio.workflow, temporalio.client, jinja2, fastapi, structlog, yaml
 names = sys.argv[1:]
 loaded = [m for m in sys.modules if m.split('.')[0] in {tops!r}]
 assert not loaded, loaded
+at_once = max(2, os.cpu_count() or 2)
+running = {{}}
 failed = 0
+
+def reap():
+    global failed
+    pid, status = os.wait()
+    name = running.pop(pid)
+    if status != 0:
+        print('FAILED', name, flush=True)
+        failed += 1
+
 for name in names:
+    while len(running) >= at_once:
+        reap()
     pid = os.fork()
     if pid == 0:
         try:
             importlib.import_module(name)
         except BaseException:
-            traceback.print_exc()
+            # One write per traceback, so those of children failing together do not interleave.
+            os.write(2, ('--- ' + name + '\\n' + traceback.format_exc()).encode())
             os._exit(1)
         os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        print('FAILED', name, flush=True)
-        failed += 1
+    running[pid] = name
+while running:
+    reap()
 sys.exit(1 if failed else 0)
 """
 

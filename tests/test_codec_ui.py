@@ -23,7 +23,7 @@ from cascade.infra.settings import Settings
 from models import search_attributes as sa
 from models.journey import JourneyInput
 from tests.codec import CODEC_CONVERTER
-from tests.conftest import binary, quiet_port, quiet_runtime
+from tests.conftest import binary, quiet_port, quiet_runtime, started
 from tests.helpers import spec
 from webhooks.codec_server import create_app, launch_for_ui
 from workflows.cascade import CascadeJourney
@@ -54,14 +54,16 @@ async def ui_with_codec() -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
         if task.done():
             task.result()
         await asyncio.sleep(0.05)
-    env = await WorkflowEnvironment.start_local(
-        data_converter=CODEC_CONVERTER,
-        dev_server_existing_path=binary("temporal"),
-        search_attributes=sa.REGISTERED,
-        runtime=quiet_runtime(),
-        ui=True,
-        ui_port=ui_port,
-        dev_server_extra_args=["--ui-codec-endpoint", endpoint],
+    env = await started(
+        lambda: WorkflowEnvironment.start_local(
+            data_converter=CODEC_CONVERTER,
+            dev_server_existing_path=binary("temporal"),
+            search_attributes=sa.REGISTERED,
+            runtime=quiet_runtime(),
+            ui=True,
+            ui_port=ui_port,
+            dev_server_extra_args=["--ui-codec-endpoint", endpoint],
+        )
     )
     try:
         yield env, f"http://127.0.0.1:{ui_port}"
