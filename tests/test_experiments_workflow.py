@@ -33,6 +33,11 @@ from starter import start_journey
 from tests.codec import CODEC_CONVERTER
 from tests.conftest import seed
 from tests.helpers import deliveries, original_links, outbox, spec, wait_for_state
+
+# The control arm waits out a 7-day window on the skipped clock: a journey another module
+# left with activities due would freeze the shared server's clock under it (the suite's
+# xdist workers run modules in a different order than one process did), so a server of its own.
+from tests.own_server import own_client, own_ts_env  # noqa: F401
 from tests.test_replay import WORKFLOWS
 from worker import build_worker
 
