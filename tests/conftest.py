@@ -80,7 +80,7 @@ async def start_ts_env() -> WorkflowEnvironment:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     """The native time-skipping test server: days of cascade pass in milliseconds."""
     env = await start_ts_env()
@@ -88,7 +88,7 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def client(ts_env: WorkflowEnvironment) -> Client:
     """The time-skipping server's client, with the journey search attributes registered."""
     await register_search_attributes(ts_env.client)
