@@ -6,7 +6,8 @@ python customers.py export c-1001               # GDPR access
 python customers.py erase c-1001 --yes          # GDPR erasure (aggregates kept)
 """
 
+from cascade.cli.common import run_and_exit
 from cascade.cli.customers import app
 
 if __name__ == "__main__":
-    app()
+    run_and_exit(app)

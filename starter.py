@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from cascade.cli import channels, events, journeys, schedules
-from cascade.cli.common import command, fail, group
+from cascade.cli.common import command, fail, group, run_and_exit
 from cascade.journeys.service import (
     TemplateFieldError,
     UnknownCustomerError,
@@ -49,4 +49,4 @@ def schedules_alias(action: Annotated[str, typer.Argument(help="apply, list or d
 
 
 if __name__ == "__main__":
-    cli()
+    run_and_exit(cli)

@@ -106,5 +106,14 @@ def test_an_import_with_rejected_rows_ends_with_the_summary_not_a_frozen_bar(tmp
 def test_the_console_script_is_the_tool():
     scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, name = scripts["cascade"].partition(":")
-    assert module == "cascade.cli.main" and name == "app"
+    # `main` runs `app` and ends the process without interpreter teardown (run_and_exit).
+    assert module == "cascade.cli.main" and name == "main"
     assert runner.invoke(app, ["journeys", "validate", "demo"]).exit_code == 0
+    ran = subprocess.run(
+        [sys.executable, "-c", "from cascade.cli.main import main; main()", "journeys", "validate", "nope.yaml"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 1 and "nope.yaml" in ran.stdout + ran.stderr, ran.stdout + ran.stderr

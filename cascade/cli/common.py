@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -56,6 +59,33 @@ def command(app: typer.Typer, name: str | None = None) -> Callable[[F], F]:
     """`@command(app)`: register a function as a command of `app` with the tool's help style."""
     register: Callable[[F], F] = app.command(name, cls=Command)
     return register
+
+
+def run_and_exit(app: typer.Typer | Callable[[], Any], prog_name: str | None = None) -> NoReturn:
+    """Run a command-line app, then end the process without the interpreter's teardown.
+
+    Temporal's client keeps threads of its native runtime alive until the process ends. A
+    short-lived command that lets Python finalise with them running is aborted now and then
+    ("Fatal Python error: PyGILState_Release ... finalizing", SIGABRT; temporalio/sdk-python
+    issue 300) after its work is done, so a script would see exit status -6 for a command
+    that succeeded. Output is flushed, then the process exits with the command's status.
+    """
+    code: int = 0
+    try:
+        if isinstance(app, typer.Typer):
+            app(prog_name=prog_name)
+        else:
+            app()
+    except SystemExit as stop:
+        if isinstance(stop.code, int):
+            code = stop.code
+        elif stop.code is not None:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def fail(message: str, status: int = 2, out: Console = console) -> NoReturn:

@@ -21,7 +21,7 @@ from cascade.cli import (
     segments,
     simulate,
 )
-from cascade.cli.common import group
+from cascade.cli.common import group, run_and_exit
 
 app = group("Cascade: omnichannel customer journeys on Temporal.")
 app.add_typer(broadcasts.app, name="broadcasts")
@@ -37,3 +37,8 @@ app.add_typer(routing.app, name="routing")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(segments.app, name="segments")
 app.add_typer(simulate.app, name="simulate")
+
+
+def main() -> None:
+    """The `cascade` console script: the app, ended without interpreter teardown (see run_and_exit)."""
+    run_and_exit(app, prog_name="cascade")
