@@ -26,6 +26,7 @@ from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import JourneyForecast, forecast_journey
 from analytics.funnel import FunnelQuery, FunnelRow, deliveries, entries, events, funnel, reaction_times, runs
 from analytics.money import customers, savings_report
+from analytics.recent import data_as_of
 from cascade.audiences.definition import SegmentCatalog, SegmentDefinitionError
 from cascade.audiences.service import load_segments
 from cascade.experiments.queries import experiment_names
@@ -157,6 +158,8 @@ async def overview(request: Request, viewer: PageViewer, days: Days = None) -> H
     """Last N days: messages, cost, savings, conversions; funnel per journey; charts."""
     db, settings = _state(request)
     days, since = _range(settings, days)
+    # Read before the figures: they are at least as fresh as what the page says.
+    as_of = await data_as_of(db)
     total = (await funnel(db, FunnelQuery(since=since))) or []
     journeys = await funnel(db, FunnelQuery(since=since, by=["journey"]))
     by_channel = await funnel(db, FunnelQuery(since=since, by=["channel"]))
@@ -167,6 +170,7 @@ async def overview(request: Request, viewer: PageViewer, days: Days = None) -> H
         viewer=viewer,
         charts=True,
         days=days,
+        as_of=as_of,
         currency=settings.currency,
         total=total[0] if total else FunnelRow(key={}),
         journeys=journeys,
@@ -181,6 +185,7 @@ async def journey_page(request: Request, name: str, viewer: PageViewer, days: Da
     """One journey: runs and outcomes, funnel per step, time to react, savings."""
     db, settings = _state(request)
     days, since = _range(settings, days)
+    as_of = await data_as_of(db)
     query = FunnelQuery(journey=name, since=since, by=["step", "channel"])
     steps = await funnel(db, query)
     runs_in_range = await entries(db, FunnelQuery(journey=name, since=since))
@@ -195,6 +200,7 @@ async def journey_page(request: Request, name: str, viewer: PageViewer, days: Da
         viewer=viewer,
         charts=True,
         days=days,
+        as_of=as_of,
         journey=name,
         currency=settings.currency,
         steps=steps,
