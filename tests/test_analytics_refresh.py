@@ -17,7 +17,7 @@ from analytics.recent import ROLLUPS, data_as_of, refresh_schedule
 from cascade.cli.reports import app as reports_cli
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings, get_settings
-from models.analytics import RefreshRollupsInput, RefreshRollupsResult
+from models.analytics import RefreshRollupsInput
 from tests.analytics_rows import History, add_customer
 from worker import build_worker
 from workflows.analytics import AnalyticsRefresh
@@ -51,7 +51,6 @@ async def test_the_refresh_workflow_rolls_up_the_recent_days(client: Client, set
             RefreshRollupsInput(at=now),
             id=f"analytics-refresh-{uuid.uuid4().hex[:8]}",
             task_queue=settings.task_queue,
-            result_type=RefreshRollupsResult,
         )
     assert result.refreshed == list(ROLLUPS) and result.as_of == now
     assert await data_as_of(db) == now
