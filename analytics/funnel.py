@@ -497,8 +497,18 @@ async def funnel(
             raw_where.append(outside(deliveries.c.created_at, days))
         # The first message the log part counts: none (often, when the range is all closed
         # days) and there is nothing to read; otherwise purchases before it cannot count.
-        first = select(func.min(deliveries.c.created_at)).where(*filters(query, DELIVERIES), *raw_where)
-        events_since = (await conn.execute(first)).scalar_one_or_none()
+        # One probe per piece of the log part: min() over "before start OR after end" walks
+        # the created_at index from the oldest message through every rolled-up one (4 s).
+        created = deliveries.c.created_at
+        pieces = (
+            [[]] if days is None else [*([[created < days[0]]] if days[0] is not None else []), [created >= days[1]]]
+        )
+        events_since = None
+        for piece in pieces:
+            first = select(func.min(created)).where(*filters(query, DELIVERIES), *piece)
+            events_since = (await conn.execute(first)).scalar_one_or_none()
+            if events_since is not None:
+                break
         if events_since is not None:
             stmt = _raw_select(db.is_sqlite, query, *raw_where, events_since=events_since)
             _add(found, query.by, (await conn.execute(stmt)).mappings().all())

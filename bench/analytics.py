@@ -1,25 +1,34 @@
 """Analytics at scale: funnel, savings, console pages and the forecast backtest on PostgreSQL.
 
-    python bench/analytics.py [--deliveries 1000000] [--repeat 3] [--keep]
+    python bench/analytics.py [--deliveries 1000000] [--shape busy|closed] [--dsn URL]
+                              [--repeat 3] [--loads 20] [--keep | --reuse SCHEMA | --load-only]
 
 1. **History**: customers with hidden per-channel habits (usable, delivered, opened,
    clicked, bought -- the rates below) go through the cascades of journeys/winback.yaml and
-   journeys/abandoned_cart.yaml in monthly campaigns, step by step as the engine does it
-   (a step is sent only to those who did not give the awaited reaction; a step with no
-   usable contact leaves no row), until about N deliveries exist. Loaded with COPY
-   (asyncpg ``copy_records_to_table``) into a schema of its own in 127.0.0.1:5432/test,
-   migrated first, so the indexes of migration 0010 are there; then ANALYZE.
-2. **Queries** (median of --repeat runs, wall time from the Python call): the funnel by
-   channel, by journey and step, time to react (all, and one journey), runs by outcome,
-   cost by channel, and the savings report, after the daily rollups (funnel, time to
-   react, runs, savings) are built (their build time is printed); the same funnel, one
-   campaign's savings, time to react and runs read from the log alone; and a raw-SQL
-   baseline measured in the same run (one GROUP BY over every message), with each
-   query's ratio to it.
-3. **Console**: the overview and a journey page served by uvicorn (the console router on the
-   same database, logged in with an API key), --loads loads each after one warm-up: p50 / p95,
-   the Python CPU time per load (server and client, this process) and the load average.
-4. **Backtest**: the last campaign of winback forecast from the history before it, the
+   journeys/abandoned_cart.yaml in campaigns, step by step as the engine does it (a step is
+   sent only to those who did not give the awaited reaction; a step with no usable contact
+   leaves no row), until about N deliveries exist. ``--shape busy`` (the default) is a
+   growing shop: four monthly campaigns older than 35 days, then two larger ones spread over
+   the last 30 days and still going (about half the messages; nothing after the moment of
+   generation: later steps, reactions and purchases are not there yet, unfinished runs have
+   no outcome). ``--shape closed`` is the first rounds' history, six equal monthly campaigns
+   from March 2026, all older than 35 days. Loaded with COPY (asyncpg
+   ``copy_records_to_table``) into a schema of its own in ``--dsn``, migrated first, indexes
+   built after the load; then ANALYZE.
+2. **Queries** (median of --repeat runs, wall time from the Python call): the closed days'
+   rollups are built from nothing, then the recent days are rolled up as the background
+   refresh (AnalyticsRefresh) does, as of 15 minutes before the newest message -- the
+   messages since are what a report reads from the log between two refreshes. Then: the
+   funnel by channel, by journey and step, time to react, runs by outcome, cost, savings,
+   over all history and over the last 30 days (from midnight, as the console asks, and to
+   the minute, whose first day's tail comes from the log); the same read from the log
+   alone; and a raw-SQL baseline measured in the same run (one GROUP BY over every
+   message), with each query's ratio to it.
+3. **Console**: the overview, a journey page and the busiest customer's timeline served by
+   uvicorn (the console router on the same database, an API key in X-API-Key; busy: the
+   default 30 days), --loads loads each after one warm-up: p50 / p95, the Python CPU time per
+   load (server and client, this process) and the load average.
+4. **Backtest**: the last finished winback campaign forecast from the history before it, the
    error per figure against what the generated history did.
 
 Prints one JSON document; the README quotes it. Drops its schema unless --keep.
@@ -376,7 +385,10 @@ async def main() -> None:
         settings = Settings(channel_costs=PRICES, console_days=30 if shape == "busy" else 3650)
         now = datetime.now(UTC)
         everything = FunnelQuery(since=now - timedelta(days=3650))
-        month = FunnelQuery(since=now - timedelta(days=30))
+        # The last 30 days as the console asks them: from midnight (UTC), whole days. And
+        # from this very minute 30 days ago: that first day's tail is read from the log.
+        month = FunnelQuery(since=(now - timedelta(days=30)).replace(hour=0, minute=0, second=0, microsecond=0))
+        month_to_the_minute = FunnelQuery(since=now - timedelta(days=30))
         async with db.engine.connect() as conn:
             newest = (await conn.execute(text("SELECT max(created_at) FROM deliveries"))).scalar_one()
             recent_rows = (
@@ -440,6 +452,10 @@ async def main() -> None:
             "funnel_last_30_days_by_channel": lambda: funnel(db, month.model_copy(update={"by": ["channel"]})),
             "time_to_react_last_30_days": lambda: reaction_times(db, month),
             "savings_last_30_days": lambda: savings_report(db, month, PRICES, "USD"),
+            "funnel_last_30_days_to_the_minute": lambda: funnel(
+                db, month_to_the_minute.model_copy(update={"by": ["channel"]})
+            ),
+            "savings_last_30_days_to_the_minute": lambda: savings_report(db, month_to_the_minute, PRICES, "USD"),
             "time_to_react_winback": lambda: reaction_times(db, FunnelQuery(journey="winback")),
             "runs_by_outcome": lambda: entries(db, everything.model_copy(update={"by": ["journey"]})),
             "cost_by_channel": lambda: cost_report(db, everything.model_copy(update={"by": ["channel"]}), "USD"),

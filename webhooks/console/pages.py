@@ -149,8 +149,11 @@ async def logout() -> RedirectResponse:
 
 
 def _range(settings: Settings, days: int | None) -> tuple[int, datetime]:
+    """The look-back in days and where it starts: midnight (UTC) N days ago, so whole days
+    (rolled up) make the range, and not the tail of a day read from the log."""
     days = days or settings.console_days
-    return days, utcnow() - timedelta(days=days)
+    start = utcnow() - timedelta(days=days)
+    return days, start.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -170,6 +173,7 @@ async def overview(request: Request, viewer: PageViewer, days: Days = None) -> H
         viewer=viewer,
         charts=True,
         days=days,
+        since=since,
         as_of=as_of,
         currency=settings.currency,
         total=total[0] if total else FunnelRow(key={}),
@@ -200,6 +204,7 @@ async def journey_page(request: Request, name: str, viewer: PageViewer, days: Da
         viewer=viewer,
         charts=True,
         days=days,
+        since=since,
         as_of=as_of,
         journey=name,
         currency=settings.currency,
