@@ -524,7 +524,7 @@ async def savings_report(
                 func.sum(c.dearest).label("dearest"),
             ).where(*where)
             add((await conn.execute(stmt.group_by(c.journey))).all())
-            extra.append(outside(runs.c.started_at, days))
+            extra.append(outside(runs.c.started_at, days, query.since))
         log_part = await _savings_select(db, query, prices, specs, extra, conn=conn)
         add((await conn.execute(log_part)).all())
     groups = {

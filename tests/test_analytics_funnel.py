@@ -7,16 +7,17 @@ from datetime import UTC, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from analytics.funnel import (
     FunnelQuery,
+    _funnel_build,
     daily,
     deliveries,
     entries,
     funnel,
     reaction_times,
-    refresh_recent_funnel,
+    refresh_recent,
     refresh_rollup,
     rollup_state,
     runs,
@@ -25,6 +26,7 @@ from analytics.funnel import (
 from analytics.recent import ROLLUPS, data_as_of, refresh_recent_rollups
 from cascade.infra.db import Database
 from tests.analytics_rows import T0, History
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -390,10 +392,34 @@ async def test_two_refreshers_at_once_build_the_recent_days_once(any_db: Databas
     await h.save(any_db)
     now = T0 + timedelta(days=31)
     await refresh_rollup(any_db, now=now)  # the closed days first, so both race on the recent ones
-    first, second = await asyncio.gather(
-        refresh_recent_funnel(any_db, now=now), refresh_recent_funnel(any_db, now=now + timedelta(seconds=1))
-    )
-    assert sorted((first, second)) == [False, True]
+    # The first refresher is held inside its transaction (state moved, rows not yet built)
+    # until the second one is waiting on the rollup_state row.
+    inside, go_on = asyncio.Event(), asyncio.Event()
+    build = _funnel_build(any_db)
+    holder: list[str] = []
+
+    async def held(conn: Any, since: Any, until: Any) -> None:
+        holder.append(str((await conn.execute(text("SELECT pg_current_xact_id()"))).scalar_one()))
+        inside.set()
+        await go_on.wait()
+        await build(conn, since, until)
+
+    first = asyncio.create_task(refresh_recent(any_db, "funnel_daily", daily, held, now=now))
+    await inside.wait()
+    second = asyncio.create_task(refresh_recent(any_db, "funnel_daily", daily, build, now=now + timedelta(seconds=1)))
+
+    async def second_waits() -> bool | None:
+        # Waiting for the first one's transaction: its row lock on rollup_state.
+        waiting = text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+            " AND transactionid::text = :xid"
+        )
+        async with any_db.engine.connect() as conn:
+            return True if (await conn.execute(waiting, {"xid": holder[0]})).scalar_one() else None
+
+    await eventually(second_waits, within=30)
+    go_on.set()
+    assert (await first, await second) == (True, False)  # the second found the row moved
     async with any_db.engine.connect() as conn:
         assert (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one() == len(h.deliveries)
     assert await funnel(any_db, FunnelQuery(by=["channel"]), now=now) == await funnel(

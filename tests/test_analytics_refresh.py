@@ -6,19 +6,27 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from temporalio.client import Client, ScheduleActionStartWorkflow, ScheduleOverlapPolicy
+from temporalio.client import (
+    Client,
+    ScheduleActionExecutionStartWorkflow,
+    ScheduleActionStartWorkflow,
+    ScheduleOverlapPolicy,
+)
+from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from analytics.funnel import FunnelQuery, entries, funnel, reaction_times
 from analytics.money import savings_report
-from analytics.recent import ROLLUPS, data_as_of, refresh_schedule
+from analytics.recent import REFRESH_SCHEDULE_ID, ROLLUPS, data_as_of, refresh_schedule
 from cascade.cli.reports import app as reports_cli
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings, get_settings
-from models.analytics import RefreshRollupsInput
+from models.analytics import RefreshRollupsInput, RefreshRollupsResult
 from tests.analytics_rows import History, add_customer
+from tests.helpers import eventually
 from worker import build_worker
 from workflows.analytics import AnalyticsRefresh
 
@@ -92,3 +100,45 @@ async def test_cascade_report_refresh_rolls_up_now_and_says_as_of_when(filled: D
     as_of = await data_as_of(filled)
     assert as_of is not None
     assert f"recent days as of {as_of:%Y-%m-%d %H:%M:%S} UTC: rebuilt {', '.join(ROLLUPS)}" in result.output
+
+
+@pytest.mark.integration
+async def test_the_report_cli_applies_runs_and_deletes_the_refresh_schedule(
+    dev_server: WorkflowEnvironment, settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Schedules need the real dev server (the time-skipping one has none).
+    client = dev_server.client
+    await _last_week(db)
+    monkeypatch.setenv("CASCADE_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("CASCADE_TASK_QUEUE", settings.task_queue)
+    monkeypatch.setenv("TEMPORAL_ADDRESS", client.service_client.config.target_host)
+    get_settings.cache_clear()
+    runner = CliRunner()
+
+    async def cli(*args: str) -> Any:
+        # In a thread: the CLI runs its own event loop while this one runs the worker.
+        return await asyncio.to_thread(runner.invoke, reports_cli, ["schedule", *args])
+
+    try:
+        created = await cli("--every", "15")
+        assert created.exit_code == 0, created.output
+        assert f"{REFRESH_SCHEDULE_ID}: AnalyticsRefresh every 15 min on {settings.task_queue}" in created.output
+        # What the schedule starts is an AnalyticsRefresh the worker of the queue runs: fire it once now.
+        handle = client.get_schedule_handle(REFRESH_SCHEDULE_ID)
+        async with build_worker(client, settings, db):
+            await handle.trigger()
+
+            async def fired() -> str | None:
+                recent = (await handle.describe()).info.recent_actions
+                action = recent[-1].action if recent else None
+                return action.workflow_id if isinstance(action, ScheduleActionExecutionStartWorkflow) else None
+
+            refresh_id = await eventually(fired, within=60)
+            result = await client.get_workflow_handle(refresh_id, result_type=RefreshRollupsResult).result()
+        assert result.refreshed == list(ROLLUPS) and await data_as_of(db) == result.as_of
+    finally:
+        deleted = await cli("--delete")
+        get_settings.cache_clear()
+    assert deleted.exit_code == 0 and f"deleted {REFRESH_SCHEDULE_ID}" in deleted.output
+    gone = await cli("--delete")
+    assert gone.exit_code == 1 and f"no {REFRESH_SCHEDULE_ID} schedule" in gone.output
