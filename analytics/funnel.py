@@ -182,9 +182,13 @@ async def reading(db: Database, *, write: bool = False) -> AsyncIterator[AsyncCo
                 await conn.execution_options(isolation_level="REPEATABLE READ")
                 # A report's statements are small by design (rollup rows and the log since
                 # the last refresh); compiling one with JIT cost 115 ms of a 190 ms page
-                # query whose row guess was high (measured).
-                await conn.exec_driver_sql("SET LOCAL jit = off")
-            await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+                # query whose row guess was high (measured). One statement for both
+                # settings: each is a round trip, and a page runs a dozen reports.
+                await conn.exec_driver_sql(
+                    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)"
+                )
+            else:
+                await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         yield conn
 
 
@@ -521,6 +525,23 @@ async def funnel(
         item = found.setdefault(group, FunnelRow(key=dict(zip(query.by, group, strict=True))))
         item.skipped_by_reason = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
         item.skipped = sum(reasons.values())
+    return sorted(found.values(), key=lambda row: _sort_key(row.key))
+
+
+def regroup(rows: Sequence[FunnelRow], by: Sequence[str]) -> list[FunnelRow]:
+    """Funnel rows grouped by fewer dimensions (a subset of theirs), summed: every figure is a
+    count or a sum, so one query by (journey, channel) answers by journey, by channel and
+    the total too."""
+    found: dict[tuple[Any, ...], FunnelRow] = {}
+    for row in rows:
+        key = {name: row.key[name] for name in by}
+        item = found.setdefault(tuple(key.values()), FunnelRow(key=key))
+        for name in (*FIGURES, "skipped"):
+            setattr(item, name, getattr(item, name) + getattr(row, name))
+        for reason, count in row.skipped_by_reason.items():
+            item.skipped_by_reason[reason] = item.skipped_by_reason.get(reason, 0) + count
+    for item in found.values():
+        item.skipped_by_reason = dict(sorted(item.skipped_by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
     return sorted(found.values(), key=lambda row: _sort_key(row.key))
 
 

@@ -37,12 +37,11 @@ from analytics.funnel import (
     REACTION_ROLLUP,
     ROLLUP_NAME,
     RUNS_ROLLUP,
-    Reach,
+    _utc,
     reading,
     refresh_recent_funnel,
     refresh_recent_reactions,
     refresh_recent_runs,
-    rollup_reach,
     rollup_state,
 )
 from analytics.money import SAVINGS_ROLLUP, refresh_recent_savings
@@ -89,15 +88,11 @@ async def refresh_recent_rollups(
 async def data_as_of(db: Database) -> datetime | None:
     """The oldest time the rollups' recent rows are as of; None when no rollup has recent
     rows (the reports read the recent days from the log: live)."""
+    s = rollup_state.c
     async with reading(db) as conn:
-        names = set((await conn.execute(select(rollup_state.c.name))).scalars())
-        reaches: list[Reach] = []
-        for name in ROLLUPS:
-            if name in names:
-                reach = await rollup_reach(conn, name)
-                if reach is not None and reach.until > reach.closed:
-                    reaches.append(reach)
-    return min((r.until for r in reaches), default=None)
+        rows = (await conn.execute(select(s.until, s.recent_until).where(s.name.in_(ROLLUPS)))).all()
+    times = [_utc(recent) for until, recent in rows if recent is not None and _utc(recent) > _utc(until)]
+    return min(times, default=None)
 
 
 def refresh_schedule(settings: Settings, every: timedelta) -> Schedule:

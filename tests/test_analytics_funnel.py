@@ -19,6 +19,7 @@ from analytics.funnel import (
     reaction_times,
     refresh_recent,
     refresh_rollup,
+    regroup,
     rollup_state,
     runs,
     runs_daily,
@@ -425,3 +426,17 @@ async def test_two_refreshers_at_once_build_the_recent_days_once(any_db: Databas
     assert await funnel(any_db, FunnelQuery(by=["channel"]), now=now) == await funnel(
         any_db, FunnelQuery(by=["channel"]), rollup=False
     )
+
+
+async def test_regrouped_rows_equal_the_funnel_asked_by_fewer_dimensions(any_db: Database) -> None:
+    h = _history()
+    extra = _arms_and_segments()
+    h.runs += extra.runs
+    h.deliveries += extra.deliveries
+    h.events += extra.events
+    h.skips += extra.skips
+    await h.save(any_db)
+    rows = await funnel(any_db, FunnelQuery(by=["journey", "channel"]), rollup=False)
+    for by in ([], ["journey"], ["channel"]):
+        assert regroup(rows, by) == await funnel(any_db, FunnelQuery(by=by), rollup=False), by
+    assert sum(row.skipped for row in regroup(rows, [])) == len(h.skips) > 0

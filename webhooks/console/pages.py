@@ -24,7 +24,17 @@ from sqlalchemy import select
 from analytics import charts
 from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import JourneyForecast, forecast_journey
-from analytics.funnel import FunnelQuery, FunnelRow, deliveries, entries, events, funnel, reaction_times, runs
+from analytics.funnel import (
+    FunnelQuery,
+    FunnelRow,
+    deliveries,
+    entries,
+    events,
+    funnel,
+    reaction_times,
+    regroup,
+    runs,
+)
 from analytics.money import customers, savings_report
 from analytics.recent import data_as_of
 from cascade.audiences.definition import SegmentCatalog, SegmentDefinitionError
@@ -163,9 +173,11 @@ async def overview(request: Request, viewer: PageViewer, days: Days = None) -> H
     days, since = _range(settings, days)
     # Read before the figures: they are at least as fresh as what the page says.
     as_of = await data_as_of(db)
-    total = (await funnel(db, FunnelQuery(since=since))) or []
-    journeys = await funnel(db, FunnelQuery(since=since, by=["journey"]))
-    by_channel = await funnel(db, FunnelQuery(since=since, by=["channel"]))
+    # One funnel by journey and channel gives the total and both groupings (sums).
+    rows = await funnel(db, FunnelQuery(since=since, by=["journey", "channel"]))
+    total = regroup(rows, [])
+    journeys = regroup(rows, ["journey"])
+    by_channel = regroup(rows, ["channel"])
     savings = await savings_report(db, FunnelQuery(since=since), settings.channel_costs, settings.currency)
     return _render(
         "overview.html",
