@@ -27,8 +27,11 @@ their message, so a purchase the day after the range still counts for a message 
 Campaign comes from the run that sent the message. Every report filters through one
 builder, :func:`filters`, over the columns of the table it reads (:class:`Source`).
 Whole days older than ``ROLLUP_AFTER`` are read from a daily rollup (``funnel_daily``, see
-"The daily rollup" below) with the same figures. Everything runs on SQLite and PostgreSQL;
-the indexes and tables it relies on are in migrations 0010 and 0013.
+"The daily rollup" below) with the same figures; the days since, from the same table's
+provisional rows as of the last background refresh (:func:`refresh_recent`,
+:mod:`analytics.recent`), and only what was created after that refresh from the log.
+Everything runs on SQLite and PostgreSQL; the indexes and tables it relies on are in
+migrations 0010, 0013, 0014 and 0016.
 """
 
 from __future__ import annotations
