@@ -19,6 +19,7 @@ from types import TracebackType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.analytics import AnalyticsActivities
 from activities.audiences import AudienceActivities
 from activities.experiments import ExperimentActivities
 from activities.journey import JourneyActivities
@@ -35,13 +36,22 @@ from channels.base import Channel
 from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
 from models.journey import ChannelName
+from workflows.analytics import AnalyticsRefresh
 from workflows.broadcast import BroadcastWorkflow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
 from workflows.segments import SegmentRefresh
 
-WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan, BroadcastWorkflow, SegmentRefresh]
+WORKFLOWS = [
+    CascadeJourney,
+    LoyaltyLoop,
+    BirthdayScan,
+    WinbackScan,
+    BroadcastWorkflow,
+    SegmentRefresh,
+    AnalyticsRefresh,
+]
 
 
 class CascadeWorkers:
@@ -94,6 +104,7 @@ def build_worker(
     routing = RoutingActivities(db, settings)
     experiments = ExperimentActivities(db)
     audiences = AudienceActivities(db, client, settings)
+    analytics = AnalyticsActivities(db, settings)
     workers = [
         Worker(
             client,
@@ -121,6 +132,7 @@ def build_worker(
                 audiences.start_recipients,
                 audiences.cancel_unsent_journeys,
                 audiences.refresh_segment_memberships,
+                analytics.refresh_recent_rollups,
             ],
         )
     ]

@@ -27,8 +27,11 @@ their message, so a purchase the day after the range still counts for a message 
 Campaign comes from the run that sent the message. Every report filters through one
 builder, :func:`filters`, over the columns of the table it reads (:class:`Source`).
 Whole days older than ``ROLLUP_AFTER`` are read from a daily rollup (``funnel_daily``, see
-"The daily rollup" below) with the same figures. Everything runs on SQLite and PostgreSQL;
-the indexes and tables it relies on are in migrations 0010 and 0013.
+"The daily rollup" below) with the same figures; the days since, from the same table's
+provisional rows as of the last background refresh (:func:`refresh_recent`,
+:mod:`analytics.recent`), and only what was created after that refresh from the log.
+Everything runs on SQLite and PostgreSQL; the indexes and tables it relies on are in
+migrations 0010, 0013, 0014 and 0016.
 """
 
 from __future__ import annotations
@@ -175,7 +178,20 @@ async def reading(db: Database, *, write: bool = False) -> AsyncIterator[AsyncCo
     opened = db.engine.begin() if write else db.engine.connect()
     async with opened as conn:
         if not db.is_sqlite:
-            await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+            if not write:
+                # One snapshot for the whole report: how far a rollup reaches and its rows
+                # are read together, so a refresh committing in between cannot make a part
+                # count twice (rollup rows as of the refresh, log rows from before it).
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+                # A report's statements are small by design (rollup rows and the log since
+                # the last refresh); compiling one with JIT cost 115 ms of a 190 ms page
+                # query whose row guess was high (measured). One statement for both
+                # settings: each is a round trip, and a page runs a dozen reports.
+                await conn.exec_driver_sql(
+                    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)"
+                )
+            else:
+                await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         yield conn
 
 
@@ -481,16 +497,29 @@ async def funnel(
     """
     found: dict[tuple[Any, ...], FunnelRow] = {}
     raw_where: list[ColumnElement[bool]] = []
-    days = rollup_range(query, await refresh_rollup(db, now=now)) if rollup and _rollup_answers(query) else None
+    use_rollup = rollup and _rollup_answers(query)
+    if use_rollup:
+        await refresh_rollup(db, now=now)
     # One connection for every part: each one more is a few round trips on a loaded server.
     async with reading(db) as conn:
+        days = await rolled_days(conn, ROLLUP_NAME, query) if use_rollup else None
         if days is not None:
             _add(found, query.by, (await conn.execute(_rollup_select(query, *days))).mappings().all())
-            raw_where.append(outside(deliveries.c.created_at, days))
+            raw_where.append(outside(deliveries.c.created_at, days, query.since))
         # The first message the log part counts: none (often, when the range is all closed
         # days) and there is nothing to read; otherwise purchases before it cannot count.
-        first = select(func.min(deliveries.c.created_at)).where(*filters(query, DELIVERIES), *raw_where)
-        events_since = (await conn.execute(first)).scalar_one_or_none()
+        # One probe per piece of the log part: min() over "before start OR after end" walks
+        # the created_at index from the oldest message through every rolled-up one (4 s).
+        created = deliveries.c.created_at
+        pieces = (
+            [[]] if days is None else [*([[created < days[0]]] if days[0] is not None else []), [created >= days[1]]]
+        )
+        events_since = None
+        for piece in pieces:
+            first = select(func.min(created)).where(*filters(query, DELIVERIES), *piece)
+            events_since = (await conn.execute(first)).scalar_one_or_none()
+            if events_since is not None:
+                break
         if events_since is not None:
             stmt = _raw_select(db.is_sqlite, query, *raw_where, events_since=events_since)
             _add(found, query.by, (await conn.execute(stmt)).mappings().all())
@@ -499,6 +528,23 @@ async def funnel(
         item = found.setdefault(group, FunnelRow(key=dict(zip(query.by, group, strict=True))))
         item.skipped_by_reason = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
         item.skipped = sum(reasons.values())
+    return sorted(found.values(), key=lambda row: _sort_key(row.key))
+
+
+def regroup(rows: Sequence[FunnelRow], by: Sequence[str]) -> list[FunnelRow]:
+    """Funnel rows grouped by fewer dimensions (a subset of theirs), summed: every figure is a
+    count or a sum, so one query by (journey, channel) answers by journey, by channel and
+    the total too."""
+    found: dict[tuple[Any, ...], FunnelRow] = {}
+    for row in rows:
+        key = {name: row.key[name] for name in by}
+        item = found.setdefault(tuple(key.values()), FunnelRow(key=key))
+        for name in (*FIGURES, "skipped"):
+            setattr(item, name, getattr(item, name) + getattr(row, name))
+        for reason, count in row.skipped_by_reason.items():
+            item.skipped_by_reason[reason] = item.skipped_by_reason.get(reason, 0) + count
+    for item in found.values():
+        item.skipped_by_reason = dict(sorted(item.skipped_by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
     return sorted(found.values(), key=lambda row: _sort_key(row.key))
 
 
@@ -569,7 +615,7 @@ def _rollup_select(query: FunnelQuery, start: datetime | None, end: datetime) ->
     groups = [columns[name].label(name) for name in query.by]
     sums = [sql_cast(func.coalesce(func.sum(c[name]), 0), c[name].type).label(name) for name in FIGURES]
     untimed = query.model_copy(update={"since": None, "until": None})
-    where = [*filters(untimed, DAILY), c.day < end.date()]
+    where = [*filters(untimed, DAILY), days_before(c.day, end)]
     if start is not None:
         where.append(c.day >= start.date())
     stmt = select(*groups, *sums).where(*where)
@@ -622,19 +668,92 @@ async def advance_rollup(
     return cutoff
 
 
-async def refresh_rollup(db: Database, *, now: datetime | None = None, rebuild: bool = False) -> datetime:
-    """Roll the funnel of the days that closed since the last call into funnel_daily; the time it reaches.
+async def refresh_recent(db: Database, name: str, table: Table, build: Build, *, now: datetime | None = None) -> bool:
+    """Replace rollup `name`'s rows of the days after the closed ones (up to `now`) with what
+    the log says now: provisional rows a report reads instead of scanning the recent log,
+    which it then reads only from `now` on. Whether this call did it.
 
-    `rebuild` starts again from nothing (after a late change to old messages).
+    Idempotent (the recent days' rows are deleted and built again, never added to) and a
+    compare-and-set on rollup_state (`until` and `recent_until` as read): of two refreshers
+    one builds and the other finds the row moved and does nothing; a day closing meanwhile
+    (:func:`advance_rollup`) moves `until`, so a refresher that read the old one stops too.
+    The closed days must be built first (:func:`advance_rollup`).
     """
+    at = _utc(now or datetime.now(UTC))
+    s = rollup_state.c
+    async with reading(db, write=True) as conn:
+        row = (await conn.execute(select(s.until, s.recent_until).where(s.name == name))).one_or_none()
+        if row is None:
+            raise LookupError(f"{name}: its closed days are not built yet (advance_rollup first)")
+        closed = _utc(row.until)
+        if closed >= at or (row.recent_until is not None and _utc(row.recent_until) >= at):
+            return False
+        same = s.recent_until.is_(None) if row.recent_until is None else s.recent_until == row.recent_until
+        moved = await conn.execute(
+            update(rollup_state).where(s.name == name, s.until == row.until, same).values(recent_until=at)
+        )
+        if moved.rowcount != 1:
+            return False
+        await conn.execute(delete(table).where(table.c.day >= closed.date()))
+        await build(conn, closed, at)
+    return True
 
+
+@dataclass(frozen=True)
+class Reach:
+    """How far a rollup holds the log: whole closed days before `closed` (final), then the
+    recent days' provisional rows, which hold the messages created before `until` as the log
+    was at `until` (`until == closed`: no recent rows)."""
+
+    closed: datetime
+    until: datetime
+
+
+async def rollup_reach(conn: AsyncConnection, name: str) -> Reach | None:
+    """How far rollup `name` reaches, read on `conn` (the report's snapshot); None: not built."""
+    s = rollup_state.c
+    row = (await conn.execute(select(s.until, s.recent_until).where(s.name == name))).one_or_none()
+    if row is None:
+        return None
+    closed = _utc(row.until)
+    recent = _utc(row.recent_until) if row.recent_until is not None else closed
+    return Reach(closed=closed, until=max(closed, recent))
+
+
+async def rolled_days(conn: AsyncConnection, name: str, query: FunnelQuery) -> tuple[datetime | None, datetime] | None:
+    """The part [start, end) of `query`'s range rollup `name` holds (see :func:`rollup_range`)."""
+    reach = await rollup_reach(conn, name)
+    return rollup_range(query, reach.until) if reach is not None else None
+
+
+def days_before(day: Any, end: datetime) -> ColumnElement[bool]:
+    """Rollup rows of the days before `end`; when `end` falls inside a day, that day's rows
+    too (recent rows: they hold exactly its messages before `end`)."""
+    return cast(ColumnElement[bool], day < end.date() if end == _midnight(end) else day <= end.date())
+
+
+def _funnel_build(db: Database) -> Build:
     async def build(conn: AsyncConnection, since: datetime, until: datetime) -> None:
         day_query = FunnelQuery(since=since, until=until, by=list(ROLLUP_DIMENSIONS))
         aggregate = _raw_select(db.is_sqlite, day_query, events_since=since).subquery("day_rows")
         columns = ["day", "journey", "step", "channel", "campaign", "variant", *FIGURES]
         await conn.execute(insert(daily).from_select(columns, select(*(aggregate.c[name] for name in columns))))
 
-    return await advance_rollup(db, ROLLUP_NAME, daily, build, now=now, rebuild=rebuild)
+    return build
+
+
+async def refresh_rollup(db: Database, *, now: datetime | None = None, rebuild: bool = False) -> datetime:
+    """Roll the funnel of the days that closed since the last call into funnel_daily; the time it reaches.
+
+    `rebuild` starts again from nothing (after a late change to old messages).
+    """
+    return await advance_rollup(db, ROLLUP_NAME, daily, _funnel_build(db), now=now, rebuild=rebuild)
+
+
+async def refresh_recent_funnel(db: Database, *, now: datetime | None = None) -> bool:
+    """funnel_daily's recent days as the log is now (:func:`refresh_recent`)."""
+    await refresh_rollup(db, now=now)
+    return await refresh_recent(db, ROLLUP_NAME, daily, _funnel_build(db), now=now)
 
 
 def rollup_range(query: FunnelQuery, frozen_until: datetime) -> tuple[datetime | None, datetime] | None:
@@ -644,10 +763,17 @@ def rollup_range(query: FunnelQuery, frozen_until: datetime) -> tuple[datetime |
     return (start, end) if start is None or start < end else None
 
 
-def outside(column: Any, days: tuple[datetime | None, datetime]) -> ColumnElement[bool]:
-    """`column` falls outside the rolled-up days: those rows are read from the log."""
+def outside(column: Any, days: tuple[datetime | None, datetime], since: datetime | None = None) -> ColumnElement[bool]:
+    """`column` falls outside the rolled-up days: those rows are read from the log.
+
+    With the range's `since`: when it is the first rolled-up day's midnight, nothing comes
+    before it, and the condition is the one range after them. "Before start OR after end"
+    with an empty first part still makes PostgreSQL guess a third of the table and plan
+    parallel scans (and JIT) for a handful of rows."""
     start, end = days
-    return or_(column < start, column >= end) if start is not None else column >= end
+    if start is None or (since is not None and _utc(since) >= start):
+        return cast(ColumnElement[bool], column >= end)
+    return or_(column < start, column >= end)
 
 
 async def skipped_steps(
@@ -693,17 +819,34 @@ async def refresh_runs_rollup(db: Database, *, now: datetime | None = None, rebu
     after it) those are all known and never change again; the rest are counted live.
     """
 
+    return await advance_rollup(db, RUNS_ROLLUP, runs_daily, _runs_build(db, recent=False), now=now, rebuild=rebuild)
+
+
+def _runs_build(db: Database, *, recent: bool) -> Build:
+    """Closed days: the runs that ended within LONG_RUN. Recent days: every run, the ones
+    not over yet as ``running`` (as they were at the refresh)."""
+
     async def build(conn: AsyncConnection, since: datetime, until: datetime) -> None:
         r = runs.c
         day = day_of(db.is_sqlite, r.started_at).label("day")
+        outcome = func.coalesce(r.outcome, "running").label("outcome")
+        where = [r.started_at >= since, r.started_at < until]
+        if not recent:
+            where.append(~open_or_long(db.is_sqlite))
         stmt = (
-            select(day, r.journey, r.campaign, r.outcome, func.count().label("runs"))
-            .where(r.started_at >= since, r.started_at < until, ~open_or_long(db.is_sqlite))
-            .group_by(day, r.journey, r.campaign, r.outcome)
+            select(day, r.journey, r.campaign, outcome, func.count().label("runs"))
+            .where(*where)
+            .group_by(day, r.journey, r.campaign, outcome)
         )
         await conn.execute(insert(runs_daily).from_select(["day", "journey", "campaign", "outcome", "runs"], stmt))
 
-    return await advance_rollup(db, RUNS_ROLLUP, runs_daily, build, now=now, rebuild=rebuild)
+    return build
+
+
+async def refresh_recent_runs(db: Database, *, now: datetime | None = None) -> bool:
+    """runs_daily's recent days as journey_runs is now (:func:`refresh_recent`)."""
+    await refresh_runs_rollup(db, now=now)
+    return await refresh_recent(db, RUNS_ROLLUP, runs_daily, _runs_build(db, recent=True), now=now)
 
 
 async def entries(
@@ -726,13 +869,18 @@ async def entries(
         stmt = stmt.where(*filters(query, RUNS), *extra)
         return stmt.group_by(*groups, outcome)
 
-    statements = []
-    if rollup and query.segment is None and query.variant is None:
-        days = rollup_range(query, await refresh_runs_rollup(db, now=now))
-        if days is not None:
+    use_rollup = rollup and query.segment is None and query.variant is None
+    if use_rollup:
+        await refresh_runs_rollup(db, now=now)
+    grouped: dict[tuple[Any, ...], EntryRow] = {}
+    async with reading(db) as conn:
+        statements = []
+        reach = await rollup_reach(conn, RUNS_ROLLUP) if use_rollup else None
+        days = rollup_range(query, reach.until) if reach is not None else None
+        if reach is not None and days is not None:
             c = runs_daily.c
             untimed = query.model_copy(update={"since": None, "until": None})
-            where = [*filters(untimed, RUNS_DAYS), c.day < days[1].date()]
+            where = [*filters(untimed, RUNS_DAYS), days_before(c.day, days[1])]
             if days[0] is not None:
                 where.append(c.day >= days[0].date())
             rolled = {"journey": c.journey, "campaign": c.campaign, "day": c.day}
@@ -742,13 +890,15 @@ async def entries(
                 .where(*where)
                 .group_by(*keys, c.outcome)
             )
-            inside = and_(r.started_at < days[1], *((r.started_at >= days[0],) if days[0] is not None else ()))
-            statements.append(live(inside, open_or_long(db.is_sqlite)))
-            statements.append(live(outside(r.started_at, days)))
-    if not statements:
-        statements.append(live())
-    grouped: dict[tuple[Any, ...], EntryRow] = {}
-    async with reading(db) as conn:
+            # Closed days hold only the runs that were over within LONG_RUN: the rest live.
+            # (Recent days' rows hold every run, as it was at the refresh.)
+            closed_end = min(days[1], reach.closed)
+            if days[0] is None or days[0] < closed_end:
+                inside = and_(r.started_at < closed_end, *((r.started_at >= days[0],) if days[0] is not None else ()))
+                statements.append(live(inside, open_or_long(db.is_sqlite)))
+            statements.append(live(outside(r.started_at, days, query.since)))
+        if not statements:
+            statements.append(live())
         for stmt in statements:
             for row in (await conn.execute(stmt)).mappings().all():
                 key = tuple(_key_value(row[name]) for name in by)
@@ -808,6 +958,10 @@ REACTION_DAYS = Source(
 async def refresh_reaction_rollup(db: Database, *, now: datetime | None = None, rebuild: bool = False) -> datetime:
     """Roll the time-to-react histogram of the days that closed since the last call into reaction_daily."""
 
+    return await advance_rollup(db, REACTION_ROLLUP, reactions_daily, _reaction_build(db), now=now, rebuild=rebuild)
+
+
+def _reaction_build(db: Database) -> Build:
     async def build(conn: AsyncConnection, since: datetime, until: datetime) -> None:
         day_query = FunnelQuery(since=since, until=until)
         rows = _reaction_select(db.is_sqlite, day_query, REACTION_DIMENSIONS).subquery("day_rows")
@@ -815,7 +969,13 @@ async def refresh_reaction_rollup(db: Database, *, now: datetime | None = None, 
         stmt = select(*(rows.c[name] for name in columns), rows.c.n, rows.c.total)
         await conn.execute(insert(reactions_daily).from_select([*columns, "reactions", "seconds"], stmt))
 
-    return await advance_rollup(db, REACTION_ROLLUP, reactions_daily, build, now=now, rebuild=rebuild)
+    return build
+
+
+async def refresh_recent_reactions(db: Database, *, now: datetime | None = None) -> bool:
+    """reaction_daily's recent days as the log is now (:func:`refresh_recent`)."""
+    await refresh_reaction_rollup(db, now=now)
+    return await refresh_recent(db, REACTION_ROLLUP, reactions_daily, _reaction_build(db), now=now)
 
 
 async def reaction_times(
@@ -829,12 +989,15 @@ async def reaction_times(
     """
     rows: list[Any] = []
     extra: list[ColumnElement[bool]] = []
-    if rollup and query.segment is None:
-        days = rollup_range(query, await refresh_reaction_rollup(db, now=now))
+    use_rollup = rollup and query.segment is None
+    if use_rollup:
+        await refresh_reaction_rollup(db, now=now)
+    async with reading(db) as conn:
+        days = await rolled_days(conn, REACTION_ROLLUP, query) if use_rollup else None
         if days is not None:
             c = reactions_daily.c
             untimed = query.model_copy(update={"since": None, "until": None})
-            where = [*filters(untimed, REACTION_DAYS), c.day < days[1].date()]
+            where = [*filters(untimed, REACTION_DAYS), days_before(c.day, days[1])]
             if days[0] is not None:
                 where.append(c.day >= days[0].date())
             stmt = (
@@ -847,12 +1010,10 @@ async def reaction_times(
                 .where(*where)
                 .group_by(c.channel, c.bucket)
             )
-            async with reading(db) as conn:
-                rows.extend((await conn.execute(stmt)).mappings().all())
-            extra.append(outside(deliveries.c.created_at, days))
-    async with reading(db) as conn:
-        stmt = _reaction_select(db.is_sqlite, query, ["channel"], *extra)
-        rows.extend((await conn.execute(stmt)).mappings().all())
+            rows.extend((await conn.execute(stmt)).mappings().all())
+            extra.append(outside(deliveries.c.created_at, days, query.since))
+        log_part = _reaction_select(db.is_sqlite, query, ["channel"], *extra)
+        rows.extend((await conn.execute(log_part)).mappings().all())
     out: dict[str, ReactionTimes] = {}
     totals: dict[str, float] = {}
     for row in rows:

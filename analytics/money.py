@@ -57,17 +57,20 @@ from sqlmodel import SQLModel
 from analytics.funnel import (
     RUNS,
     SENT_STATUSES,
+    Build,
     FunnelQuery,
     FunnelRow,
     Source,
     advance_rollup,
     day_of,
+    days_before,
     deliveries,
     filters,
     funnel,
     outside,
     reading,
-    rollup_range,
+    refresh_recent,
+    rolled_days,
     runs,
 )
 from analytics.savings_model import (
@@ -340,13 +343,19 @@ async def _savings_select(
     extra: Sequence[ColumnElement[bool]] = (),
     *,
     per_day: bool = False,
+    conn: AsyncConnection | None = None,
 ) -> Any:
     """Runs, actual cost and the two counterfactuals per journey (and per start day and
-    campaign with `per_day`) of the runs `query` and `extra` select."""
+    campaign with `per_day`) of the runs `query` and `extra` select (journeys read on `conn`
+    when given)."""
     d, r = deliveries.c, runs.c
     where = [*filters(query, RUNS), *extra]
-    async with reading(db) as conn:
-        names = {row[0] for row in await conn.execute(select(r.journey).where(*where).distinct())}
+    journeys_in_range = select(r.journey).where(*where).distinct()
+    if conn is None:
+        async with reading(db) as own:
+            names = {row[0] for row in await own.execute(journeys_in_range)}
+    else:
+        names = {row[0] for row in await conn.execute(journeys_in_range)}
     journeys = _load_specs(names, specs)
     plan = _plan_rows(journeys, prices)
     # Runs are grouped by their integer id: sorting a million wide text keys was most of the time.
@@ -441,14 +450,31 @@ async def refresh_savings_rollup(
     rebuild: bool = False,
 ) -> datetime:
     """Roll the savings of runs started on days that closed since the last call into savings_daily."""
+    build = _savings_build(db, prices, specs)
+    return await advance_rollup(db, SAVINGS_ROLLUP, savings_daily, build, now=now, rebuild=rebuild)
 
+
+def _savings_build(db: Database, prices: Mapping[str, float], specs: Mapping[str, JourneySpec] | None) -> Build:
     async def build(conn: AsyncConnection, since: datetime, until: datetime) -> None:
-        stmt = await _savings_select(db, FunnelQuery(since=since, until=until), prices, specs, per_day=True)
+        stmt = await _savings_select(db, FunnelQuery(since=since, until=until), prices, specs, per_day=True, conn=conn)
         day_rows = stmt.subquery("day_rows")
         columns = ["day", "journey", "campaign", "runs", "actual", "all_usable", "dearest"]
         await conn.execute(insert(savings_daily).from_select(columns, select(*(day_rows.c[c] for c in columns))))
 
-    return await advance_rollup(db, SAVINGS_ROLLUP, savings_daily, build, now=now, rebuild=rebuild)
+    return build
+
+
+async def refresh_recent_savings(
+    db: Database,
+    prices: Mapping[str, float],
+    specs: Mapping[str, JourneySpec] | None = None,
+    *,
+    now: datetime | None = None,
+) -> bool:
+    """savings_daily's recent days (runs started since the last closed day) judged as the log
+    is now (:func:`analytics.funnel.refresh_recent`)."""
+    await refresh_savings_rollup(db, prices, specs, now=now)
+    return await refresh_recent(db, SAVINGS_ROLLUP, savings_daily, _savings_build(db, prices, specs), now=now)
 
 
 async def savings_report(
@@ -479,12 +505,15 @@ async def savings_report(
 
     extra: list[ColumnElement[bool]] = []
     # The rollup has neither segments nor arms: such a question judges its runs from the log.
-    if rollup and query.segment is None and query.variant is None:
-        days = rollup_range(query, await refresh_savings_rollup(db, prices, specs, now=now))
+    use_rollup = rollup and query.segment is None and query.variant is None
+    if use_rollup:
+        await refresh_savings_rollup(db, prices, specs, now=now)
+    async with reading(db) as conn:
+        days = await rolled_days(conn, SAVINGS_ROLLUP, query) if use_rollup else None
         if days is not None:
             c = savings_daily.c
             untimed = query.model_copy(update={"since": None, "until": None})
-            where = [*filters(untimed, SAVINGS_DAYS), c.day < days[1].date()]
+            where = [*filters(untimed, SAVINGS_DAYS), days_before(c.day, days[1])]
             if days[0] is not None:
                 where.append(c.day >= days[0].date())
             stmt = select(
@@ -494,12 +523,10 @@ async def savings_report(
                 func.sum(c.all_usable).label("all_usable"),
                 func.sum(c.dearest).label("dearest"),
             ).where(*where)
-            async with reading(db) as conn:
-                add((await conn.execute(stmt.group_by(c.journey))).all())
-            extra.append(outside(runs.c.started_at, days))
-    stmt = await _savings_select(db, query, prices, specs, extra)
-    async with reading(db) as conn:
-        add((await conn.execute(stmt)).all())
+            add((await conn.execute(stmt.group_by(c.journey))).all())
+            extra.append(outside(runs.c.started_at, days, query.since))
+        log_part = await _savings_select(db, query, prices, specs, extra, conn=conn)
+        add((await conn.execute(log_part)).all())
     groups = {
         name: _summary(int(item[0]), item[1], item[2], item[3]) for name, item in sorted(totals.items()) if item[0]
     }

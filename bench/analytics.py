@@ -1,25 +1,34 @@
 """Analytics at scale: funnel, savings, console pages and the forecast backtest on PostgreSQL.
 
-    python bench/analytics.py [--deliveries 1000000] [--repeat 3] [--keep]
+    python bench/analytics.py [--deliveries 1000000] [--shape busy|closed] [--dsn URL]
+                              [--repeat 3] [--loads 20] [--keep | --reuse SCHEMA | --load-only]
 
 1. **History**: customers with hidden per-channel habits (usable, delivered, opened,
    clicked, bought -- the rates below) go through the cascades of journeys/winback.yaml and
-   journeys/abandoned_cart.yaml in monthly campaigns, step by step as the engine does it
-   (a step is sent only to those who did not give the awaited reaction; a step with no
-   usable contact leaves no row), until about N deliveries exist. Loaded with COPY
-   (asyncpg ``copy_records_to_table``) into a schema of its own in 127.0.0.1:5432/test,
-   migrated first, so the indexes of migration 0010 are there; then ANALYZE.
-2. **Queries** (median of --repeat runs, wall time from the Python call): the funnel by
-   channel, by journey and step, time to react (all, and one journey), runs by outcome,
-   cost by channel, and the savings report, after the daily rollups (funnel, time to
-   react, runs, savings) are built (their build time is printed); the same funnel, one
-   campaign's savings, time to react and runs read from the log alone; and a raw-SQL
-   baseline measured in the same run (one GROUP BY over every message), with each
-   query's ratio to it.
-3. **Console**: the overview and a journey page served by uvicorn (the console router on the
-   same database, logged in with an API key), --loads loads each after one warm-up: p50 / p95,
-   the Python CPU time per load (server and client, this process) and the load average.
-4. **Backtest**: the last campaign of winback forecast from the history before it, the
+   journeys/abandoned_cart.yaml in campaigns, step by step as the engine does it (a step is
+   sent only to those who did not give the awaited reaction; a step with no usable contact
+   leaves no row), until about N deliveries exist. ``--shape busy`` (the default) is a
+   growing shop: four monthly campaigns older than 35 days, then two larger ones spread over
+   the last 30 days and still going (about half the messages; nothing after the moment of
+   generation: later steps, reactions and purchases are not there yet, unfinished runs have
+   no outcome). ``--shape closed`` is the first rounds' history, six equal monthly campaigns
+   from March 2026, all older than 35 days. Loaded with COPY (asyncpg
+   ``copy_records_to_table``) into a schema of its own in ``--dsn``, migrated first, indexes
+   built after the load; then ANALYZE.
+2. **Queries** (median of --repeat runs, wall time from the Python call): the closed days'
+   rollups are built from nothing, then the recent days are rolled up as the background
+   refresh (AnalyticsRefresh) does, as of 15 minutes before the newest message -- the
+   messages since are what a report reads from the log between two refreshes. Then: the
+   funnel by channel, by journey and step, time to react, runs by outcome, cost, savings,
+   over all history and over the last 30 days (from midnight, as the console asks, and to
+   the minute, whose first day's tail comes from the log); the same read from the log
+   alone; and a raw-SQL baseline measured in the same run (one GROUP BY over every
+   message), with each query's ratio to it.
+3. **Console**: the overview, a journey page and the busiest customer's timeline served by
+   uvicorn (the console router on the same database, an API key in X-API-Key; busy: the
+   default 30 days), --loads loads each after one warm-up: p50 / p95, the Python CPU time per
+   load (server and client, this process) and the load average.
+4. **Backtest**: the last finished winback campaign forecast from the history before it, the
    error per figure against what the generated history did.
 
 Prints one JSON document; the README quotes it. Drops its schema unless --keep.
@@ -60,6 +69,7 @@ from analytics.funnel import (
     refresh_runs_rollup,
 )
 from analytics.money import cost_report, refresh_savings_rollup, savings_report
+from analytics.recent import refresh_recent_rollups
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
 from cascade.journeys.files import load_journey
@@ -81,9 +91,33 @@ LEVEL = {"delivered": 1, "opened": 2, "clicked": 3, "converted": 4}
 PRICES = {"email": 0.001, "telegram": 0.0, "fcm": 0.0, "sms": 0.05}
 
 
-def generate(deliveries_wanted: int, seed: int = 1) -> dict[str, list[tuple[Any, ...]]]:
-    """Rows of customers, contact points, consents, journey runs, deliveries and events."""
+# Campaign shapes: (days before now it starts, days its runs start over, share of the runs).
+# "busy" is a growing shop: four monthly campaigns older than the rollup's 35 days, then
+# two large ones spread over the last 30 days, still going (about 45 % of the messages).
+SHAPES: dict[str, list[tuple[float, float, float]]] = {
+    "busy": [(185, 3, 0.10), (155, 3, 0.11), (125, 3, 0.12), (95, 3, 0.13), (30, 14, 0.25), (15, 14.9, 0.29)],
+    # The first rounds' history: six equal monthly campaigns from March, all long closed.
+    "closed": [(-1, 3, 1 / 6)] * 6,
+}
+
+
+def campaign_plan(shape: str, now: datetime) -> list[tuple[datetime, float, float]]:
+    """(start, spread in days, share of the runs) of each campaign of `shape`."""
+    if shape == "closed":
+        return [(START + timedelta(days=30 * c), 3.0, share) for c, (_, _, share) in enumerate(SHAPES[shape])]
+    return [(now - timedelta(days=back), spread, share) for back, spread, share in SHAPES[shape]]
+
+
+def generate(
+    deliveries_wanted: int, seed: int = 1, *, shape: str = "busy", now: datetime | None = None
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Rows of customers, contact points, consents, journey runs, deliveries and events.
+
+    Nothing happens after `now`: a step, reaction or purchase due later is not there yet
+    and a run not over by then is still running (no outcome, no end)."""
     rng = np.random.default_rng(seed)
+    now = now or datetime.now(UTC)
+    plan = campaign_plan(shape, now)
     specs = [load_journey("winback"), load_journey("abandoned_cart")]
     # About 1.6 deliveries per run with these habits.
     runs_total = int(deliveries_wanted / 1.6)
@@ -100,12 +134,11 @@ def generate(deliveries_wanted: int, seed: int = 1) -> dict[str, list[tuple[Any,
             tables["contacts"].append((cid, ch, f"{cid}@{ch}", "valid" if usable[ch][i] else "unsubscribed", START))
             tables["consents"].append((cid, ch, "marketing", bool(usable[ch][i]), START))
     delivery_id = event_id = run_id = 0
-    per_campaign = runs_total // (CAMPAIGNS * len(specs))
-    for c in range(CAMPAIGNS):
-        campaign_start = START + timedelta(days=30 * c)
+    for c, (campaign_start, spread, share) in enumerate(plan):
+        per_campaign = int(runs_total * share / len(specs))
         for spec in specs:
             who = rng.integers(0, customers, per_campaign)
-            offsets = rng.integers(0, 86400 * 3, per_campaign)
+            offsets = rng.integers(0, int(86400 * spread), per_campaign)
             base = np.array([campaign_start + timedelta(seconds=int(o)) for o in offsets], dtype=object)
             wf_ids = [f"{spec.name}-{ids[w]}-{c}" for w in who]
             first = run_id
@@ -128,10 +161,20 @@ def generate(deliveries_wanted: int, seed: int = 1) -> dict[str, list[tuple[Any,
                 level = delivered * 1 + opened * 1 + clicked * 1 + bought * 1
                 reacted = reach & (level >= LEVEL[step.await_reaction.value])
                 for k in np.flatnonzero(reach).tolist():
-                    delivery_id += 1
                     sent_at = at[k]
+                    if sent_at > now:
+                        continue  # the step is still waiting
+                    delivery_id += 1
                     op_at = sent_at + timedelta(seconds=float(open_delay[k])) if opened[k] else None
                     cl_at = op_at + timedelta(seconds=60 + float(rnd[4][k]) * 600) if clicked[k] and op_at else None
+                    if op_at is not None and op_at > now:
+                        op_at = cl_at = None
+                        opened[k] = clicked[k] = bought[k] = False
+                    if cl_at is not None and cl_at > now:
+                        cl_at = None
+                        clicked[k] = bought[k] = False
+                    if bought[k] and cl_at is not None and cl_at + timedelta(minutes=30) > now:
+                        bought[k] = False
                     status = (
                         "clicked"
                         if clicked[k]
@@ -166,7 +209,11 @@ def generate(deliveries_wanted: int, seed: int = 1) -> dict[str, list[tuple[Any,
                 at = at + step.wait
             for k in range(per_campaign):
                 row = tables["runs"][first + k]
-                tables["runs"][first + k] = (*row, row[-1] + timedelta(days=14), str(outcome[k]), "CascadeJourney")
+                ended = row[-1] + timedelta(days=14)
+                if ended > now:
+                    tables["runs"][first + k] = (*row, None, None, "CascadeJourney")
+                else:
+                    tables["runs"][first + k] = (*row, ended, str(outcome[k]), "CascadeJourney")
     return tables
 
 
@@ -219,10 +266,10 @@ COLUMNS = {
 }
 
 
-async def load(schema: str, tables: dict[str, list[tuple[Any, ...]]]) -> float:
+async def load(dsn: str, schema: str, tables: dict[str, list[tuple[Any, ...]]]) -> float:
     """COPY every table in; seconds taken (ANALYZE included)."""
     started = time.perf_counter()
-    conn = await asyncpg.connect(POSTGRES.replace("postgresql://", "postgres://"))
+    conn = await asyncpg.connect(dsn.replace("postgresql://", "postgres://"))
     try:
         await conn.execute(f'SET search_path TO "{schema}"')
         # Bulk load: indexes other than primary keys are dropped first and built once after,
@@ -301,21 +348,29 @@ async def main() -> None:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--reuse", metavar="SCHEMA", help="measure a schema kept by an earlier --keep run")
     parser.add_argument("--load-only", action="store_true", help="generate and load a kept schema, measure nothing")
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="busy",
+        help="busy: a growing shop, the last 30 days hold about 45 %% of the messages; closed: all older than 35 days",
+    )
+    parser.add_argument("--dsn", default=POSTGRES, help="PostgreSQL to load into (a schema of its own)")
     args = parser.parse_args()
 
     result: dict[str, Any] = {}
+    shape = args.shape
     if args.reuse:
         schema = args.reuse
-        db = Database.from_url(POSTGRES, schema=schema)
+        db = Database.from_url(args.dsn, schema=schema)
         await migrate(db.engine)  # the indexes of a newer migration, if any
     else:
         started = time.perf_counter()
-        tables = generate(args.deliveries)
+        tables = generate(args.deliveries, shape=args.shape)
         result["generate_s"] = round(time.perf_counter() - started, 1)
-        schema = f"bench_analytics_{uuid.uuid4().hex[:8]}"
-        db = Database.from_url(POSTGRES, schema=schema)
+        schema = f"bench_analytics_{args.shape}_{uuid.uuid4().hex[:8]}"
+        db = Database.from_url(args.dsn, schema=schema)
         await migrate(db.engine)
-        result["copy_load_s"] = round(await load(schema, tables), 1)
+        result["copy_load_s"] = round(await load(args.dsn, schema, tables), 1)
         del tables
         if args.load_only:
             await db.dispose()
@@ -325,10 +380,23 @@ async def main() -> None:
         async with db.engine.connect() as conn:
             for table in ("deliveries", "journey_runs", "customers", "engagement_events"):
                 result[f"rows_{table}"] = (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
-        # The console's default look-back must cover the generated months.
-        settings = Settings(channel_costs=PRICES, console_days=3650)
+        # Busy: the console's default look-back (30 days), which is the busy month; closed:
+        # the look-back must cover the generated months.
+        settings = Settings(channel_costs=PRICES, console_days=30 if shape == "busy" else 3650)
         now = datetime.now(UTC)
         everything = FunnelQuery(since=now - timedelta(days=3650))
+        # The last 30 days as the console asks them: from midnight (UTC), whole days. And
+        # from this very minute 30 days ago: that first day's tail is read from the log.
+        month = FunnelQuery(since=(now - timedelta(days=30)).replace(hour=0, minute=0, second=0, microsecond=0))
+        month_to_the_minute = FunnelQuery(since=now - timedelta(days=30))
+        async with db.engine.connect() as conn:
+            newest = (await conn.execute(text("SELECT max(created_at) FROM deliveries"))).scalar_one()
+            recent_rows = (
+                await conn.execute(
+                    text("SELECT count(*) FROM deliveries WHERE created_at >= :t"), {"t": now - timedelta(days=35)}
+                )
+            ).scalar_one()
+        result["deliveries_last_35_days"] = recent_rows
         # Baseline in the same run: the cheapest SQL that reads every message once (the load
         # of the machine weighs on it as on the reports; ratios below are against it).
         baseline = text("SELECT channel, count(*), sum(cost) FROM deliveries GROUP BY channel")
@@ -346,14 +414,32 @@ async def main() -> None:
         await refresh_savings_rollup(db, PRICES, rebuild=True)
         result["rollup_build_s"] = round(time.perf_counter() - started, 1)
         print("rollup build", result["rollup_build_s"], file=sys.stderr, flush=True)
+        # The background refresh of the recent days (what the AnalyticsRefresh schedule runs),
+        # as of a quarter of an hour before the newest message: the messages since are what
+        # each report reads from the log, as it would between two refreshes.
+        as_of = newest - timedelta(minutes=15)
+        async with db.engine.connect() as conn:
+            result["deliveries_since_refresh"] = (
+                await conn.execute(text("SELECT count(*) FROM deliveries WHERE created_at >= :t"), {"t": as_of})
+            ).scalar_one()
+        started = time.perf_counter()
+        await refresh_recent_rollups(db, PRICES, now=as_of)
+        result["recent_refresh_s"] = round(time.perf_counter() - started, 1)
+        print("recent refresh", result["recent_refresh_s"], file=sys.stderr, flush=True)
         log_only: dict[str, Callable[[], Awaitable[Any]]] = {
             "funnel_by_channel": lambda: funnel(db, everything.model_copy(update={"by": ["channel"]}), rollup=False),
             "savings_one_campaign": lambda: savings_report(
-                db, FunnelQuery(campaign="winback-5"), PRICES, "USD", rollup=False
+                db, FunnelQuery(campaign=f"winback-{CAMPAIGNS - 1}"), PRICES, "USD", rollup=False
             ),
+            "savings_all_runs": lambda: savings_report(db, everything, PRICES, "USD", rollup=False),
             "time_to_react": lambda: reaction_times(db, everything, rollup=False),
+            "funnel_last_30_days_by_channel": lambda: funnel(
+                db, month.model_copy(update={"by": ["channel"]}), rollup=False
+            ),
+            "time_to_react_last_30_days": lambda: reaction_times(db, month, rollup=False),
             "runs_by_outcome": lambda: entries(db, everything.model_copy(update={"by": ["journey"]}), rollup=False),
         }
+        log_only["savings_last_30_days"] = lambda: savings_report(db, month, PRICES, "USD", rollup=False)
         result["log_only_s"] = {}
         for name, call in log_only.items():
             result["log_only_s"][name] = round(await timed(call, 1), 3)
@@ -363,11 +449,20 @@ async def main() -> None:
             "funnel_by_journey_step": lambda: funnel(db, everything.model_copy(update={"by": ["journey", "step"]})),
             "funnel_winback_by_day": lambda: funnel(db, FunnelQuery(journey="winback", by=["day"])),
             "time_to_react": lambda: reaction_times(db, everything),
+            "funnel_last_30_days_by_channel": lambda: funnel(db, month.model_copy(update={"by": ["channel"]})),
+            "time_to_react_last_30_days": lambda: reaction_times(db, month),
+            "savings_last_30_days": lambda: savings_report(db, month, PRICES, "USD"),
+            "funnel_last_30_days_to_the_minute": lambda: funnel(
+                db, month_to_the_minute.model_copy(update={"by": ["channel"]})
+            ),
+            "savings_last_30_days_to_the_minute": lambda: savings_report(db, month_to_the_minute, PRICES, "USD"),
             "time_to_react_winback": lambda: reaction_times(db, FunnelQuery(journey="winback")),
             "runs_by_outcome": lambda: entries(db, everything.model_copy(update={"by": ["journey"]})),
             "cost_by_channel": lambda: cost_report(db, everything.model_copy(update={"by": ["channel"]}), "USD"),
             "savings_all_runs": lambda: savings_report(db, everything, PRICES, "USD"),
-            "savings_one_campaign": lambda: savings_report(db, FunnelQuery(campaign="winback-5"), PRICES, "USD"),
+            "savings_one_campaign": lambda: savings_report(
+                db, FunnelQuery(campaign=f"winback-{CAMPAIGNS - 1}"), PRICES, "USD"
+            ),
         }
         result["query_median_s"] = {}
         for name, call in queries.items():
@@ -386,11 +481,19 @@ async def main() -> None:
         }
         print(json.dumps(result), file=sys.stderr, flush=True)  # what was measured so far
         if args.loads > 0:
-            result["console"] = await console_loads(
-                db, settings, ["/console/", "/console/journeys/winback"], args.loads
-            )
+            # The customer with the most messages: the longest timeline.
+            async with db.engine.connect() as conn:
+                busiest = (
+                    await conn.execute(
+                        text("SELECT customer_id FROM deliveries GROUP BY customer_id ORDER BY count(*) DESC LIMIT 1")
+                    )
+                ).scalar_one()
+            paths = ["/console/", "/console/journeys/winback", f"/console/customers/{busiest}"]
+            result["console"] = await console_loads(db, settings, paths, args.loads)
+        # The last campaign that is over (busy: the last two are still going).
+        last_closed = CAMPAIGNS - (3 if shape == "busy" else 1)
         bt = await backtest_campaign(
-            db, load_journey("winback"), f"winback-{CAMPAIGNS - 1}", PRICES, ForecastSettings(seed=0)
+            db, load_journey("winback"), f"winback-{last_closed}", PRICES, ForecastSettings(seed=0)
         )
         result["backtest"] = {
             "campaign": bt.campaign,
@@ -410,7 +513,7 @@ async def main() -> None:
     finally:
         await db.dispose()
         if not (args.keep or args.reuse):
-            conn = await asyncpg.connect(POSTGRES.replace("postgresql://", "postgres://"))
+            conn = await asyncpg.connect(args.dsn.replace("postgresql://", "postgres://"))
             await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
             await conn.close()
     print(json.dumps(result, indent=2))

@@ -728,12 +728,15 @@ class RunsDaily(SQLModel, table=True):
 
 
 class RollupState(SQLModel, table=True):
-    """How far a rollup has been built: everything before `until` is in it."""
+    """How far a rollup has been built: everything before `until` is in it, final (closed
+    days); the days from `until` to `recent_until` are in it too, provisionally, as the log
+    was at `recent_until` (replaced by each refresh; None: no recent rows)."""
 
     __tablename__ = "rollup_state"
 
     name: str = Field(primary_key=True, max_length=64)
     until: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    recent_until: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
 class SavingsDaily(SQLModel, table=True):

@@ -12,6 +12,7 @@ BIRTHDAY_SCAN = "BirthdayScan"
 WINBACK_SCAN = "WinbackScan"
 BROADCAST_WORKFLOW = "BroadcastWorkflow"
 SEGMENT_REFRESH = "SegmentRefresh"
+ANALYTICS_REFRESH = "AnalyticsRefresh"
 
 #: The query every journey-like workflow answers with its state.
 STATE_QUERY = "state"

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+from datetime import UTC, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
-from analytics.funnel import FunnelQuery, daily, entries, funnel, reaction_times, runs_daily
+from analytics.funnel import (
+    FunnelQuery,
+    _funnel_build,
+    daily,
+    deliveries,
+    entries,
+    funnel,
+    reaction_times,
+    refresh_recent,
+    refresh_rollup,
+    regroup,
+    rollup_state,
+    runs,
+    runs_daily,
+)
+from analytics.recent import ROLLUPS, data_as_of, refresh_recent_rollups
 from cascade.infra.db import Database
 from tests.analytics_rows import T0, History
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.postgres
+
+PRICES = {"email": 0.001, "telegram": 0.0, "sms": 0.05}
 
 
 def _history() -> History:
@@ -272,3 +292,151 @@ async def test_the_reaction_and_runs_rollups_give_the_figures_of_the_log(any_db:
         rolled = (await conn.execute(select(func.sum(runs_daily.c.runs)))).scalar_one()
     assert rolled == len(h.runs) - 3  # not dan's and eve's open runs nor fay's long one
     assert (wf, run_id) == (h.runs[-1]["workflow_id"], h.runs[-1]["run_id"])
+
+
+async def _all_figures(db: Database, queries: list[FunnelQuery], **how: Any) -> list[Any]:
+    """Every report the rollups answer, for each query: funnel, time to react, runs."""
+    out: list[Any] = []
+    for query in queries:
+        out.append(await funnel(db, query, **how))
+        out.append(await reaction_times(db, query, **how))
+        if query.variant is None and query.channel is None:
+            out.append(await entries(db, query, **how))
+    return out
+
+
+async def test_the_recent_rows_give_the_figures_of_the_log_as_of_their_refresh(any_db: Database) -> None:
+    h = _history()
+    extra = _arms_and_segments()
+    h.runs += extra.runs
+    h.deliveries += extra.deliveries
+    h.events += extra.events
+    h.skips += extra.skips
+    await h.save(any_db)
+    queries = [
+        FunnelQuery(),
+        FunnelQuery(by=["journey", "step", "channel"]),
+        FunnelQuery(by=["day", "campaign"]),
+        FunnelQuery(journey="winback", channel="sms", by=["day"]),
+        FunnelQuery(since=T0 + timedelta(hours=5), until=T0 + timedelta(days=7, hours=12), by=["channel"]),
+        FunnelQuery(since=T0 - timedelta(days=1), by=["journey"]),
+    ]
+    # Nothing closed yet (every day is within 35 days of "now"): the recent rows hold it all.
+    now = T0 + timedelta(days=31)
+    done = await refresh_recent_rollups(any_db, PRICES, now=now)
+    assert done.refreshed == list(ROLLUPS) and await data_as_of(any_db) == now
+    async with any_db.engine.connect() as conn:
+        rolled = (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one()
+    assert rolled == len(h.deliveries)
+    assert await _all_figures(any_db, queries, now=now) == await _all_figures(any_db, queries, rollup=False)
+    # The same time again: nothing to do, nothing counted twice.
+    assert (await refresh_recent_rollups(any_db, PRICES, now=now)).refreshed == []
+    async with any_db.engine.connect() as conn:
+        assert (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one() == len(h.deliveries)
+
+    # After the refresh: a message created since is read from the log at once; a late
+    # click on a message from before it and a run that ended since wait for the next refresh.
+    late = History()
+    r = late.run("winback", "gus", campaign="autumn", at=now + timedelta(minutes=10))
+    late.send(r, "winback", "gus", 0, "email", cost=0.001, at=now + timedelta(minutes=10), status="opened",
+              opened_after=timedelta(minutes=5))  # fmt: skip
+    await late.save(any_db)
+    bob_email = next(d for d in h.deliveries if d["customer_id"] == "bob" and d["channel"] == "email")
+    dan_run = next(r for r in h.runs if r["customer_id"] == "dan")
+    async with any_db.engine.begin() as conn:
+        await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == bob_email["id"])
+            .values(status="clicked", opened_at=now + timedelta(minutes=20), clicked_at=now + timedelta(minutes=21))
+        )
+        await conn.execute(
+            update(runs)
+            .where(runs.c.run_id == dan_run["run_id"])
+            .values(outcome="reacted", finished_at=now + timedelta(minutes=30))
+        )
+    later = now + timedelta(hours=1)
+    [live] = await funnel(any_db, FunnelQuery(), rollup=False)
+    [as_of] = await funnel(any_db, FunnelQuery(), now=later)
+    assert as_of.messages == live.messages == len(h.deliveries) + 1
+    assert (as_of.opened, as_of.clicked) == (live.opened - 1, live.clicked - 1)
+    [welcome] = await entries(any_db, FunnelQuery(journey="welcome"), now=later)
+    assert (welcome.running, welcome.outcomes) == (1, {})  # dan's run, as it was at the refresh
+    # The next refresh replaces the recent days' rows with the log as it is then.
+    assert (await refresh_recent_rollups(any_db, PRICES, now=later)).refreshed == list(ROLLUPS)
+    assert await _all_figures(any_db, queries, now=later) == await _all_figures(any_db, queries, rollup=False)
+    [welcome] = await entries(any_db, FunnelQuery(journey="welcome"), now=later)
+    assert (welcome.running, welcome.outcomes) == (0, {"reacted": 1})
+
+    # Days close (a later "now"): their recent rows become final ones, the rest stay recent.
+    closing = T0 + timedelta(days=39)
+    assert await _all_figures(any_db, queries, now=closing) == await _all_figures(any_db, queries, rollup=False)
+    async with any_db.engine.connect() as conn:
+        state = (await conn.execute(select(rollup_state).where(rollup_state.c.name == "funnel_daily"))).one()
+        rolled = (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one()
+    assert (state.until.date(), state.recent_until.replace(tzinfo=UTC)) == ((T0 + timedelta(days=4)).date(), later)
+    assert rolled == len(h.deliveries) + 1
+    assert (await refresh_recent_rollups(any_db, PRICES, now=closing)).refreshed == list(ROLLUPS)
+    assert await _all_figures(any_db, queries, now=closing) == await _all_figures(any_db, queries, rollup=False)
+    # Everything closed: the recent rows are gone, the closed ones hold every message once.
+    done_all = T0 + timedelta(days=90)
+    assert await _all_figures(any_db, queries, now=done_all) == await _all_figures(any_db, queries, rollup=False)
+    async with any_db.engine.connect() as conn:
+        assert (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one() == len(h.deliveries) + 1
+        state = (await conn.execute(select(rollup_state).where(rollup_state.c.name == "funnel_daily"))).one()
+    assert state.until.replace(tzinfo=UTC) > state.recent_until.replace(tzinfo=UTC)  # read as closed days only
+
+
+async def test_two_refreshers_at_once_build_the_recent_days_once(any_db: Database) -> None:
+    if any_db.is_sqlite:
+        pytest.skip("SQLite runs one writer at a time: there is no race to lose")
+    h = _history()
+    await h.save(any_db)
+    now = T0 + timedelta(days=31)
+    await refresh_rollup(any_db, now=now)  # the closed days first, so both race on the recent ones
+    # The first refresher is held inside its transaction (state moved, rows not yet built)
+    # until the second one is waiting on the rollup_state row.
+    inside, go_on = asyncio.Event(), asyncio.Event()
+    build = _funnel_build(any_db)
+    holder: list[str] = []
+
+    async def held(conn: Any, since: Any, until: Any) -> None:
+        holder.append(str((await conn.execute(text("SELECT pg_current_xact_id()"))).scalar_one()))
+        inside.set()
+        await go_on.wait()
+        await build(conn, since, until)
+
+    first = asyncio.create_task(refresh_recent(any_db, "funnel_daily", daily, held, now=now))
+    await inside.wait()
+    second = asyncio.create_task(refresh_recent(any_db, "funnel_daily", daily, build, now=now + timedelta(seconds=1)))
+
+    async def second_waits() -> bool | None:
+        # Waiting for the first one's transaction: its row lock on rollup_state.
+        waiting = text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+            " AND transactionid::text = :xid"
+        )
+        async with any_db.engine.connect() as conn:
+            return True if (await conn.execute(waiting, {"xid": holder[0]})).scalar_one() else None
+
+    await eventually(second_waits, within=30)
+    go_on.set()
+    assert (await first, await second) == (True, False)  # the second found the row moved
+    async with any_db.engine.connect() as conn:
+        assert (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one() == len(h.deliveries)
+    assert await funnel(any_db, FunnelQuery(by=["channel"]), now=now) == await funnel(
+        any_db, FunnelQuery(by=["channel"]), rollup=False
+    )
+
+
+async def test_regrouped_rows_equal_the_funnel_asked_by_fewer_dimensions(any_db: Database) -> None:
+    h = _history()
+    extra = _arms_and_segments()
+    h.runs += extra.runs
+    h.deliveries += extra.deliveries
+    h.events += extra.events
+    h.skips += extra.skips
+    await h.save(any_db)
+    rows = await funnel(any_db, FunnelQuery(by=["journey", "channel"]), rollup=False)
+    for by in ([], ["journey"], ["channel"]):
+        assert regroup(rows, by) == await funnel(any_db, FunnelQuery(by=by), rollup=False), by
+    assert sum(row.skipped for row in regroup(rows, [])) == len(h.skips) > 0

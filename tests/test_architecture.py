@@ -200,5 +200,6 @@ def test_workflow_type_names_match_the_registered_classes() -> None:
         workflow_types.WINBACK_SCAN,
         workflow_types.BROADCAST_WORKFLOW,
         workflow_types.SEGMENT_REFRESH,
+        workflow_types.ANALYTICS_REFRESH,
     }
     assert named == registered

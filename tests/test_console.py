@@ -13,6 +13,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from analytics.recent import refresh_recent_rollups
 from cascade.experiments.results import experiment_report
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
@@ -136,6 +137,30 @@ async def test_login_with_a_key_opens_the_pages(console: Console) -> None:
         assert "purchase" in timeline.text and "amount 42.0" in timeline.text and "journey ended" in timeline.text
         js = await web.get("/console/static/plotly.min.js")
         assert js.status_code == 200 and len(js.content) > 1_000_000
+
+
+async def test_pages_say_how_fresh_the_recent_days_are(console: Console) -> None:
+    async with httpx.AsyncClient(base_url=console.url, headers={"X-API-Key": console.key}) as web:
+        live = await web.get("/console/")
+        assert "Live: every figure is read from the delivery log" in live.text
+        # The background refresh rolls the recent days up as of now: same figures, and the page says so.
+        refreshed = await refresh_recent_rollups(console.db, console.settings.channel_costs)
+        as_of = f"{refreshed.as_of:%Y-%m-%d %H:%M} UTC"
+        for page in ("/console/", "/console/journeys/winback"):
+            reply = await web.get(page)
+            assert f'from before <time datetime="{refreshed.as_of.isoformat()}">{as_of}</time> are as of then' in (
+                reply.text
+            )
+        overview = await web.get("/console/")
+        assert 'id="sent">4<' in overview.text and 'id="conversions">1<' in overview.text
+        journey = await web.get("/console/journeys/winback")
+        assert 'id="entered">2<' in journey.text
+        # A message after the refresh is counted at once (read from the log).
+        h = History()
+        r = h.run("welcome", "bob", at=utcnow())
+        h.send(r, "welcome", "bob", 0, "email", cost=0.001, at=utcnow())
+        await h.save(console.db)
+        assert 'id="sent">5<' in (await web.get("/console/")).text
 
 
 async def test_an_open_redirect_is_not_possible_through_next(console: Console) -> None:

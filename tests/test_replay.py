@@ -16,6 +16,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from models.journey import JourneyInput, JourneyResult
+from workflows.analytics import AnalyticsRefresh
 from workflows.broadcast import BroadcastWorkflow
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
@@ -29,7 +30,15 @@ with workflow.unsafe.imports_passed_through():
 
 # Every workflow the worker runs (worker.WORKFLOWS is not imported: this module is loaded
 # into the workflow sandbox for ReorderedCascade below, and the worker module is not sandbox-safe).
-WORKFLOWS = [CascadeJourney, LoyaltyLoop, BirthdayScan, WinbackScan, BroadcastWorkflow, SegmentRefresh]
+WORKFLOWS = [
+    CascadeJourney,
+    LoyaltyLoop,
+    BirthdayScan,
+    WinbackScan,
+    BroadcastWorkflow,
+    SegmentRefresh,
+    AnalyticsRefresh,
+]
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 

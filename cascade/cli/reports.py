@@ -8,6 +8,7 @@ cascade report savings --format png --output savings.png
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -20,15 +21,18 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from temporalio.service import RPCError
 
 from analytics import charts
 from analytics.funnel import FunnelQuery, FunnelRow, funnel
 from analytics.money import CostRow, SavingsReport, cost_report, savings_report
+from analytics.recent import RecentRefresh, apply_refresh_schedule, delete_refresh_schedule, refresh_recent_rollups
 from cascade.audiences.definition import SegmentDefinitionError
 from cascade.audiences.service import load_segments
 from cascade.cli.common import command, group
 from cascade.infra.db import Database, run_with_database
 from cascade.infra.settings import get_settings
+from cascade.infra.temporal import connect
 
 app = group("Reports over the delivery log: funnel, cost and savings of the cascade.")
 
@@ -277,3 +281,42 @@ def savings_command(
     if report.groups:
         records.append({"journey": "TOTAL", **report.total.model_dump()})
     _write(records, fmt, output, f"Savings of the cascade ({report.currency})", lambda: charts.savings_chart(report))
+
+
+@command(app, "refresh")
+def refresh_command() -> None:
+    """Roll up the recent days now (what the analytics schedule does every few minutes)."""
+    settings = get_settings()
+    done: RecentRefresh = _run(lambda db: refresh_recent_rollups(db, settings.channel_costs))
+    rebuilt = ", ".join(done.refreshed) or "nothing (another refresh had just done it)"
+    typer.echo(f"recent days as of {done.as_of:%Y-%m-%d %H:%M:%S} UTC: rebuilt {rebuilt}")
+
+
+@command(app, "schedule")
+def schedule_command(
+    every: Annotated[
+        int | None,
+        typer.Option("--every", min=1, max=1440, help="Minutes between refreshes (CASCADE_ANALYTICS_REFRESH_MINUTES)"),
+    ] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Delete the schedule")] = False,
+) -> None:
+    """Create or update the Temporal Schedule that runs AnalyticsRefresh on the worker of CASCADE_TASK_QUEUE."""
+    if every is not None and delete:
+        raise typer.BadParameter("use --every or --delete, not both")
+    settings = get_settings()
+
+    async def act() -> str:
+        client = await connect(settings)
+        if delete:
+            return await delete_refresh_schedule(client)
+        return await apply_refresh_schedule(client, settings, timedelta(minutes=every) if every else None)
+
+    try:
+        line = asyncio.run(act())
+    except LookupError as exc:
+        typer.echo(f"error: {exc.args[0]}", err=True)
+        raise typer.Exit(1) from None
+    except (RPCError, RuntimeError) as exc:
+        typer.echo(f"error: Temporal at {settings.temporal_address}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(line)

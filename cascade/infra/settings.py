@@ -332,6 +332,9 @@ class Settings(BaseSettings):
     broadcast_start_concurrency: int = Field(default=50, ge=1, le=1000)
     # How often the Temporal Schedule refreshes every segment's memberships (time-only changes).
     segment_refresh_minutes: int = Field(default=60, ge=1, le=10080)
+    # How often the Temporal Schedule rolls up the recent days the reports read (the console
+    # says "as of" the last refresh for messages before it; newer ones are read live).
+    analytics_refresh_minutes: int = Field(default=10, ge=1, le=1440)
 
     @field_validator("database_schema")
     @classmethod

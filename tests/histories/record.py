@@ -32,6 +32,7 @@ from cascade.journeys.files import load_journey
 from cascade.profiles.service import upsert_customer
 from channels.registry import build_channels
 from channels.sandbox import SandboxChannel
+from models.analytics import RefreshRollupsInput
 from models.audiences import RefreshMembershipsInput
 from models.events import CancelInput, EngagementInput, EngagementType
 from models.journey import Condition, JourneySpec
@@ -43,6 +44,7 @@ from tests.conftest import binary, quiet_runtime, start_ts_env
 from tests.doubles.sends import AnswerLost, FirstSendStarted, RefusesCredentials, SignalDuringCheck, SlowProvider
 from tests.helpers import spec, wait_for_state
 from worker import build_worker
+from workflows.analytics import AnalyticsRefresh
 from workflows.cascade import CascadeJourney
 from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
@@ -325,6 +327,15 @@ async def _segment_refresh(env: WorkflowEnvironment, db: Database, settings: Set
     _write(name, await handle.fetch_history())
 
 
+async def _analytics_refresh(env: WorkflowEnvironment, db: Database, settings: Settings, name: str) -> None:
+    """One scheduled refresh of the rollups' recent days."""
+    handle = await env.client.start_workflow(
+        AnalyticsRefresh.run, RefreshRollupsInput(), id=f"replay-{name}", task_queue=settings.task_queue
+    )
+    await handle.result()
+    _write(name, await handle.fetch_history())
+
+
 async def _optichannel(env: WorkflowEnvironment, db: Database, settings: Settings, name: str) -> None:
     """An optichannel journey (issue 16): every step routed, timed (`send_at: best`) and with an
     adaptive wait; the customer's telegram history puts telegram first, they ignore it and open
@@ -401,6 +412,7 @@ OTHER_SCENARIOS: dict[str, Callable[[WorkflowEnvironment, Database, Settings, st
     "scan_v2": _scans,
     "broadcast": _broadcast,
     "segment_refresh": _segment_refresh,
+    "analytics_refresh": _analytics_refresh,
 }
 
 

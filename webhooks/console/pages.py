@@ -24,8 +24,19 @@ from sqlalchemy import select
 from analytics import charts
 from analytics.forecast_model import ForecastSettings
 from analytics.forecast_service import JourneyForecast, forecast_journey
-from analytics.funnel import FunnelQuery, FunnelRow, deliveries, entries, events, funnel, reaction_times, runs
+from analytics.funnel import (
+    FunnelQuery,
+    FunnelRow,
+    deliveries,
+    entries,
+    events,
+    funnel,
+    reaction_times,
+    regroup,
+    runs,
+)
 from analytics.money import customers, savings_report
+from analytics.recent import data_as_of
 from cascade.audiences.definition import SegmentCatalog, SegmentDefinitionError
 from cascade.audiences.service import load_segments
 from cascade.experiments.queries import experiment_names
@@ -148,8 +159,11 @@ async def logout() -> RedirectResponse:
 
 
 def _range(settings: Settings, days: int | None) -> tuple[int, datetime]:
+    """The look-back in days and where it starts: midnight (UTC) N days ago, so whole days
+    (rolled up) make the range, and not the tail of a day read from the log."""
     days = days or settings.console_days
-    return days, utcnow() - timedelta(days=days)
+    start = utcnow() - timedelta(days=days)
+    return days, start.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -157,9 +171,13 @@ async def overview(request: Request, viewer: PageViewer, days: Days = None) -> H
     """Last N days: messages, cost, savings, conversions; funnel per journey; charts."""
     db, settings = _state(request)
     days, since = _range(settings, days)
-    total = (await funnel(db, FunnelQuery(since=since))) or []
-    journeys = await funnel(db, FunnelQuery(since=since, by=["journey"]))
-    by_channel = await funnel(db, FunnelQuery(since=since, by=["channel"]))
+    # Read before the figures: they are at least as fresh as what the page says.
+    as_of = await data_as_of(db)
+    # One funnel by journey and channel gives the total and both groupings (sums).
+    rows = await funnel(db, FunnelQuery(since=since, by=["journey", "channel"]))
+    total = regroup(rows, [])
+    journeys = regroup(rows, ["journey"])
+    by_channel = regroup(rows, ["channel"])
     savings = await savings_report(db, FunnelQuery(since=since), settings.channel_costs, settings.currency)
     return _render(
         "overview.html",
@@ -167,6 +185,8 @@ async def overview(request: Request, viewer: PageViewer, days: Days = None) -> H
         viewer=viewer,
         charts=True,
         days=days,
+        since=since,
+        as_of=as_of,
         currency=settings.currency,
         total=total[0] if total else FunnelRow(key={}),
         journeys=journeys,
@@ -181,6 +201,7 @@ async def journey_page(request: Request, name: str, viewer: PageViewer, days: Da
     """One journey: runs and outcomes, funnel per step, time to react, savings."""
     db, settings = _state(request)
     days, since = _range(settings, days)
+    as_of = await data_as_of(db)
     query = FunnelQuery(journey=name, since=since, by=["step", "channel"])
     steps = await funnel(db, query)
     runs_in_range = await entries(db, FunnelQuery(journey=name, since=since))
@@ -195,6 +216,8 @@ async def journey_page(request: Request, name: str, viewer: PageViewer, days: Da
         viewer=viewer,
         charts=True,
         days=days,
+        since=since,
+        as_of=as_of,
         journey=name,
         currency=settings.currency,
         steps=steps,
