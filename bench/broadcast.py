@@ -323,7 +323,7 @@ def draw_chart(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.2))
     timeline = result["timeline"]
     for label, key, colour in (
-        ("raw start loop, first half", "raw_first", "tab:gray"),
+        ("raw start loop (first half before, second half after)", "raw_first", "tab:gray"),
         ("broadcast (BroadcastWorkflow pages)", "broadcast", "tab:blue"),
         ("raw start loop, second half", "raw_second", "tab:gray"),
     ):
@@ -485,10 +485,14 @@ def main() -> None:
     s.add_argument("--raw", type=int, help="raw loop starts (default n), half before and half after")
     s.add_argument("--chart", type=Path, help="draw starts per second over the run to this PNG")
     s.add_argument("--json", type=Path, help="also write the JSON (with the timeline) to this file")
+    s.add_argument("--redraw", type=Path, help="draw --chart from this --json file of an earlier run, run nothing")
     s.add_argument(
         "--min-available-gib", type=float, default=6.0, help="stop the run when MemAvailable falls below this"
     )
     args = parser.parse_args()
+    if args.redraw:
+        draw_chart(json.loads(args.redraw.read_text()), args.chart or args.redraw.with_suffix(".png"))
+        return
     result = asyncio.run(starts(args.n, args.concurrency, args.page_size, args.raw, args.min_available_gib))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

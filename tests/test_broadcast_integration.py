@@ -85,7 +85,12 @@ async def test_a_broadcast_to_2000_customers_runs_every_cascade_once(
     folder.mkdir()
     rule = {"name": "everyone", "where": [{"field": "purchase_count", "op": "gte", "value": 0}]}
     (folder / "everyone.yaml").write_text(yaml.safe_dump(rule))
-    settings = settings.model_copy(update={"segments_dir": folder})
+    # The worker's sticky cache sized to the journeys that run together (what
+    # CASCADE_WORKER_MAX_CACHED_WORKFLOWS asks for): with the default 1,000 and 2,000
+    # journeys in flight, every journey evicted between its tasks replays its history.
+    settings = settings.model_copy(
+        update={"segments_dir": folder, "worker_max_cached_workflows": max(1000, RECIPIENTS + 100)}
+    )
     await _bulk_customers(db, RECIPIENTS)
     client = dev_server.client
     journey = spec("email", name="bulk", wait="1s")
