@@ -50,7 +50,9 @@ async def _people(db: Database) -> None:
             )
 
 
-async def _event(db: Database, event_id: str, customer: str, kind: str, days: float, channel: str | None = None) -> bool:
+async def _event(
+    db: Database, event_id: str, customer: str, kind: str, days: float, channel: str | None = None
+) -> bool:
     async with db.session() as session:
         return await insert_event(
             db, session, type=kind, occurred_at=ago(days), event_id=event_id, customer_id=customer, channel=channel
