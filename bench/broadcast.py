@@ -472,6 +472,9 @@ async def starts(
         await db.dispose()
         await _drop(schema)
         shutil.rmtree(state, ignore_errors=True)
+        # The segment folder _schema made for this run (never the project's segments/).
+        if settings.segments_dir.name.startswith("bench-starts-"):
+            shutil.rmtree(settings.segments_dir, ignore_errors=True)
 
 
 def main() -> None:
