@@ -625,6 +625,34 @@ class SegmentMembership(SQLModel, table=True):
     exited_at: datetime | None = _ts()
 
 
+# How many of a customer's latest events of a type `event_recency` keeps (see below).
+RECENCY_DEPTH = 3
+
+
+class EventRecency(SQLModel, table=True):
+    """When a customer's n-th latest event of a type happened (n = 1..RECENCY_DEPTH).
+
+    "At least n purchases in 365 days" holds exactly when the n-th latest purchase is
+    within 365 days, and "none in 90 days" when the latest is not: a segment count reads
+    one row per customer from here instead of every event in the window (#13). `channel`
+    is "" for the events of every channel together, else the events of that channel.
+    Derived from `engagement_events` and rewritten, for the customers and types an event
+    write touches, in that write's transaction (cascade/events/recency.py).
+    """
+
+    __tablename__ = "event_recency"
+    __table_args__ = (
+        # A count reads one range: the n-th latest of a type (and channel) since a moment.
+        Index("ix_event_recency_type_rank_time", "type", "channel", "rank", "occurred_at", "customer_id"),
+    )
+
+    customer_id: str = Field(primary_key=True, max_length=128)
+    type: str = Field(primary_key=True, max_length=32)
+    channel: str = Field(primary_key=True, max_length=32)
+    rank: int = Field(primary_key=True)
+    occurred_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
 class StepSkip(SQLModel, table=True):
     """A journey step that sent nothing, and why (no usable contact, a condition, a cap...).
 

@@ -15,6 +15,7 @@ from sqlalchemy import insert, select
 from cascade.audiences.compiler import CONSENTS, CONTACTS, CUSTOMERS, EVENTS, member_query, segment_condition
 from cascade.audiences.definition import SegmentDefinitionError
 from cascade.audiences.service import all_members, count_customers, count_members, load_segments, member_page
+from cascade.events.recency import rebuild_event_recency
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 
@@ -106,6 +107,8 @@ async def _people(db: Database) -> None:
                     received_at=NOW,
                 )
             )
+        # Raw inserts skip the event path that keeps event_recency (tests/test_event_recency.py).
+        await rebuild_event_recency(conn)
         for cid, channel, address, status in contacts:
             await conn.execute(
                 insert(CONTACTS).values(

@@ -4,7 +4,10 @@ The rules of a segment become one WHERE clause over `customers`: profile tests c
 columns (or typed values of the `attributes` JSON), an event count or sum is one grouped
 subquery over `engagement_events` (GROUP BY customer_id HAVING ...) the database joins to
 the customers, "any event" / "no event" are EXISTS / NOT EXISTS (semi / anti joins), all
-read from the indexes on (type, customer, time) and (type, time, customer),
+read from the indexes on (type, customer, time) and (type, time, customer). A count of
+one event type against a small threshold ("at least 2 purchases in 365 days", "none in
+90") reads `event_recency` instead: the n-th latest event's time decides it, one row per
+customer instead of every event in the window,
 reachability is an EXISTS over `contact_points` and `consents`, and another segment is
 inlined. No customer is ever loaded into Python to be filtered.
 
@@ -61,12 +64,22 @@ from cascade.audiences.definition import (
     describe,
 )
 from models.journey import Condition
-from models.tables import Consent, ContactPoint, ContactStatus, Customer, EngagementEvent, Topic
+from models.tables import (
+    RECENCY_DEPTH,
+    Consent,
+    ContactPoint,
+    ContactStatus,
+    Customer,
+    EngagementEvent,
+    EventRecency,
+    Topic,
+)
 
 CUSTOMERS: Table = SQLModel.metadata.tables[Customer.__tablename__]
 EVENTS: Table = SQLModel.metadata.tables[EngagementEvent.__tablename__]
 CONTACTS: Table = SQLModel.metadata.tables[ContactPoint.__tablename__]
 CONSENTS: Table = SQLModel.metadata.tables[Consent.__tablename__]
+RECENCY: Table = SQLModel.metadata.tables[EventRecency.__tablename__]
 
 # Columns a rule may not name: the JSON bag is addressed by attribute, and merged or
 # erased profiles are never members anyway.
@@ -274,6 +287,10 @@ class _Compiler:
             # One customer (the event path): the subquery reads that customer's index range only.
             where.append(EVENTS.c.customer_id == self.customer_id)
         holds = _predicate(rule.op, rule.value)
+        if rule.sum is None and len(rule.types) == 1 and self.customer_id is None:
+            step = _count_step(holds)
+            if step is not None:
+                return self.recent(rule, *step)
         if rule.sum is None:
             # "At least one" and "none" need no count: (NOT) EXISTS stops at the first index hit.
             some = exists(select(literal(1)).where(EVENTS.c.customer_id == CUSTOMERS.c.id, *where))
@@ -318,6 +335,24 @@ class _Compiler:
             # rebuild an EXISTS's grouped rows for every customer.
             found = CUSTOMERS.c.id.in_(grouped)
         return not_(found) if complement else found
+
+    def recent(self, rule: EventRule, n: int, at_least: bool) -> ColumnElement[bool]:
+        """ "At least n" (or "fewer than n") events in the window: is the n-th latest in it?
+
+        One `event_recency` row per customer answers it, where counting reads every
+        event in the window. Whole-base queries only: the event path's one-customer check
+        reads that customer's few events directly.
+        """
+        tests: list[ColumnElement[bool]] = [
+            RECENCY.c.customer_id == CUSTOMERS.c.id,
+            RECENCY.c.type == rule.types[0],
+            RECENCY.c.channel == (rule.channel.value if rule.channel is not None else ""),
+            RECENCY.c.rank == n,
+        ]
+        if rule.within is not None:
+            tests.append(RECENCY.c.occurred_at >= self.now - rule.within)
+        found = exists(select(literal(1)).where(*tests))
+        return found if at_least else not_(found)
 
     def reachable(self, rule: ReachableRule) -> ColumnElement[bool]:
         where: list[ColumnElement[bool]] = [
@@ -367,6 +402,18 @@ def _predicate(op: str, threshold: float) -> Callable[[float], bool]:
         "lt": lambda n: n < threshold,
         "lte": lambda n: n <= threshold,
     }[op]
+
+
+def _count_step(holds: Callable[[float], bool]) -> tuple[int, bool] | None:
+    """(n, True) when a count rule means "at least n", (n, False) when "fewer than n", for
+    1 <= n <= RECENCY_DEPTH (what `event_recency` can answer); else None."""
+    points = [*range(RECENCY_DEPTH + 2), 10**12]
+    for n in range(1, RECENCY_DEPTH + 1):
+        if all(holds(c) == (c >= n) for c in points):
+            return n, True
+        if all(holds(c) == (c < n) for c in points):
+            return n, False
+    return None
 
 
 def _timed(column: Column[Any], op: str, cutoff: Any) -> ColumnElement[bool]:

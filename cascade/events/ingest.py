@@ -15,6 +15,7 @@ from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cascade.events.outbox import enqueue, writer
+from cascade.events.recency import refresh_event_recency
 from cascade.events.store import DEFAULT_LEASE, insert_event
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from cascade.infra.logging import get_logger
@@ -123,6 +124,8 @@ async def _record_batch(
             rows,
         )
         inserted = {str(r) for r in stored.scalars().all()}
+        fresh = [e for e in direct if f"{tenant}:{e.event_id}" in inserted]
+        await refresh_event_recency(connection, [e.customer_id for e in fresh], [e.type for e in fresh])
     runs_of: dict[str, list[JourneyRun]] = {cid: [] for cid in customers}
     if inserted:
         runs = await session.exec(

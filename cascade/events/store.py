@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from cascade.events.recency import refresh_event_recency
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from models.tables import EngagementEvent, utcnow
 
@@ -34,7 +35,10 @@ async def insert_event(
     source: str = "api",
     properties: dict[str, Any] | None = None,
 ) -> bool:
-    """Insert one engagement event; False when an event with the same `event_id` exists."""
+    """Insert one engagement event; False when an event with the same `event_id` exists.
+
+    The customer's `event_recency` rows of this type are rewritten in the same transaction.
+    """
     result = await session.exec(
         insert_ignoring_conflicts(db, EngagementEvent)
         .values(
@@ -51,6 +55,8 @@ async def insert_event(
         )
         .on_conflict_do_nothing()
     )
+    if result.rowcount and customer_id is not None:
+        await refresh_event_recency(await session.connection(), [customer_id], [type])
     return bool(result.rowcount)
 
 

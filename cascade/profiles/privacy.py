@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlmodel import col, select, update
 
+from cascade.events.recency import refresh_event_recency
 from cascade.infra.db import Database
 from cascade.profiles.service import TYPED_FIELDS, ProfileError, delete_rows, resolve_customer_id
 from models.tables import (
@@ -129,6 +130,8 @@ async def erase_customer(db: Database, customer_id: str) -> ErasureReport:
                 values["failure_reason"] = None
             result = await session.exec(update(table).where(col(table.customer_id).in_(ids)).values(**values))
             kept[str(table.__tablename__)] = int(result.rowcount)
+        # The erased ids' event times go with their events, to the alias.
+        await refresh_event_recency(await session.connection(), [*ids, alias])
         await session.exec(
             update(CustomerMerge).where(col(CustomerMerge.survivor_id).in_(ids)).values(details={}, survivor_id=alias)
         )

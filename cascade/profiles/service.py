@@ -15,6 +15,7 @@ from sqlalchemy import or_, tuple_
 from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from cascade.events.recency import refresh_event_recency
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from models.events import AppEvent
 from models.ids import MAX_LOYALTY_POINTS, MAX_PURCHASE_COUNT
@@ -383,6 +384,8 @@ async def merge_customers(session: AsyncSession, survivor_id: str, merged_id: st
             update(table).where(col(table.customer_id) == merged_id).values(customer_id=survivor_id)
         )
         moved[str(table.__tablename__)] = result.rowcount
+    # The survivor's latest events now include the absorbed profile's.
+    await refresh_event_recency(await session.connection(), [merged_id, survivor_id])
     # Profiles merged into the absorbed one earlier now point at the survivor directly.
     await session.exec(update(Customer).where(col(Customer.merged_into) == merged_id).values(merged_into=survivor_id))
 

@@ -52,6 +52,7 @@ from temporalio.testing import WorkflowEnvironment
 from cascade.events.engagement import apply_delivery_event
 from cascade.events.ingest import record_app_event
 from cascade.events.outbox import deliver
+from cascade.events.recency import rebuild_event_recency
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from cascade.journeys.files import load_journey
@@ -60,7 +61,7 @@ from cascade.profiles.service import upsert_customer
 from models.events import AppEvent, EngagementType
 from models.journey import JourneySpec
 from models.profiles import ContactIn, CustomerProfile
-from models.tables import Delivery, EngagementEvent, JourneyRun, RollupState, SandboxMessage, utcnow
+from models.tables import Delivery, EngagementEvent, EventRecency, JourneyRun, RollupState, SandboxMessage, utcnow
 
 CHANNELS = ("email", "telegram", "fcm", "sms")
 # Simulated customers' ids start with this (the demo checks whether a history is loaded).
@@ -362,7 +363,8 @@ class HistorySimulation:
         days = max(0, math.ceil((sim_end - real_end).total_seconds() / 86400))
         shift = timedelta(days=days)
         self.report.shifted_days = days
-        skip = {RollupState.__tablename__}
+        # event_recency is derived from the events' times: rebuilt from them below.
+        skip = {RollupState.__tablename__, EventRecency.__tablename__}
         async with self.db.engine.begin() as conn:
             for table in SQLModel.metadata.sorted_tables:
                 if table.name in skip:
@@ -378,6 +380,7 @@ class HistorySimulation:
             rows = [{"eid": eid, "at": at - shift} for eid, at in self.event_times.items()]
             if rows:
                 await conn.execute(stmt, rows)
+            await rebuild_event_recency(conn)
         self.report.first_day = self.ticks[0][1] - shift
         self.report.last_day = sim_end - shift
 
