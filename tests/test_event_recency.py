@@ -3,6 +3,7 @@ counts that read it select the same customers as counting the events (SQLite and
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -203,3 +204,29 @@ async def test_a_rebuild_equals_what_the_event_path_kept(any_db: Database) -> No
     async with any_db.engine.begin() as conn:
         await rebuild_event_recency(conn)
     assert await _stored(any_db) == kept == await _expected(any_db)
+
+
+async def test_concurrent_writers_of_one_customer_neither_collide_nor_lose_an_event(any_db: Database) -> None:
+    # Each writer reads the kept rows and writes the new three: without the per-customer
+    # lock two transactions at once collide on the primary key (PostgreSQL) or drop one
+    # event from the ladder. Many small batches of the same customers at once, plus single events.
+    await _people(any_db)
+    rng = random.Random(11)
+
+    async def batch(n: int) -> None:
+        events = [
+            AppEvent(
+                event_id=f"c{n}-{i}",
+                customer_id=rng.choice(PEOPLE[:2]),
+                type="purchase",
+                occurred_at=ago(rng.uniform(0, 30)),
+            )
+            for i in range(5)
+        ]
+        await record_app_events(any_db, "shop", events, journeys=[])
+
+    async def single(n: int) -> None:
+        await _event(any_db, f"s{n}", "ann", "purchase", rng.uniform(0, 30))
+
+    await asyncio.gather(*(batch(n) for n in range(8)), *(single(n) for n in range(8)))
+    assert await _stored(any_db) == await _expected(any_db)

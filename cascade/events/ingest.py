@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cascade.events.outbox import enqueue, writer
-from cascade.events.recency import refresh_event_recency
+from cascade.events.recency import add_to_event_recency
 from cascade.events.store import DEFAULT_LEASE, insert_event
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from cascade.infra.logging import get_logger
@@ -124,8 +125,14 @@ async def _record_batch(
             rows,
         )
         inserted = {str(r) for r in stored.scalars().all()}
-        fresh = [e for e in direct if f"{tenant}:{e.event_id}" in inserted]
-        await refresh_event_recency(connection, [e.customer_id for e in fresh], [e.type for e in fresh])
+        # The first row of an event id is the one stored (a repeat in the batch is a duplicate).
+        first: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            first.setdefault(str(row["event_id"]), row)
+        await add_to_event_recency(
+            connection,
+            [(r["customer_id"], r["type"], None, r["occurred_at"]) for key, r in first.items() if key in inserted],
+        )
     runs_of: dict[str, list[JourneyRun]] = {cid: [] for cid in customers}
     if inserted:
         runs = await session.exec(

@@ -12,10 +12,12 @@ it touched in its own transaction, from the events themselves, so an event arriv
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, delete, func, insert, literal, select, union_all
+from sqlalchemy import Select, Table, delete, func, insert, literal, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
@@ -54,6 +56,75 @@ def ladder(*where: ColumnElement[bool]) -> Select[Any]:
     return select(*(every.c[name] for name in COLUMNS)).where(every.c.rank <= RECENCY_DEPTH)
 
 
+async def _lock_customers(conn: AsyncConnection, ids: list[str]) -> None:
+    """Serialise writers of the same customers' rows until this transaction ends.
+
+    Two transactions adding events of one customer at once would each read the old rows
+    and write their own three: on PostgreSQL the second insert then hits the first's
+    primary keys, or the first's event is lost from the ladder. SQLite has one writer, so
+    only PostgreSQL needs the lock (advisory, taken in key order so two batches never
+    deadlock).
+    """
+    if conn.dialect.name != "postgresql" or not ids:
+        return
+    await conn.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(c, 7013) AS k"
+            " FROM unnest(CAST(:ids AS text[])) AS c ORDER BY k) AS keys"
+        ),
+        {"ids": ids},
+    )
+
+
+async def add_to_event_recency(
+    conn: AsyncConnection, events: Iterable[tuple[str | None, str, str | None, datetime]]
+) -> None:
+    """Merge newly inserted events `(customer_id, type, channel, occurred_at)` into the ladder.
+
+    The new three latest of a customer and type are the three latest of the rows kept and
+    the new events, so an insert reads a few rows per customer, never their whole history
+    (a shop's busiest customers have thousands of page views). Call it in the transaction
+    that inserted the events, with only the events that were inserted (not duplicates).
+    """
+    new: defaultdict[tuple[str, str], list[tuple[str | None, datetime]]] = defaultdict(list)
+    for customer_id, kind, channel, occurred_at in events:
+        if customer_id is not None:
+            new[(customer_id, kind)].append((channel, occurred_at))
+    ids = sorted({customer for customer, _ in new})
+    await _lock_customers(conn, ids)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        kinds = sorted({kind for customer, kind in new if customer in set(chunk)})
+        where = [RECENCY.c.customer_id.in_(chunk), RECENCY.c.type.in_(kinds)]
+        ladders: defaultdict[tuple[str, str, str], list[datetime]] = defaultdict(list)
+        for customer_id, kind, channel, occurred_at in await conn.execute(
+            select(RECENCY.c.customer_id, RECENCY.c.type, RECENCY.c.channel, RECENCY.c.occurred_at).where(*where)
+        ):
+            ladders[(customer_id, kind, channel)].append(occurred_at)
+        for (customer_id, kind), added in new.items():
+            if customer_id not in chunk:
+                continue
+            for channel, occurred_at in added:
+                ladders[(customer_id, kind, "")].append(occurred_at)
+                if channel is not None:
+                    ladders[(customer_id, kind, channel)].append(occurred_at)
+        rows = [
+            {"customer_id": customer_id, "type": kind, "channel": channel, "rank": rank, "occurred_at": at}
+            for (customer_id, kind, channel), times in ladders.items()
+            for rank, at in enumerate(sorted(times, key=_utc, reverse=True)[:RECENCY_DEPTH], start=1)
+        ]
+        # The SELECT read every row of these customers x types, so deleting the same set
+        # and writing `rows` back leaves the pairs without new events as they were.
+        await conn.execute(delete(RECENCY).where(*where))
+        if rows:
+            await conn.execute(insert(RECENCY), rows)
+
+
+def _utc(at: datetime) -> datetime:
+    # SQLite hands naive UTC times back; the events' own are aware.
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 async def refresh_event_recency(
     conn: AsyncConnection, customer_ids: Iterable[str | None], types: Iterable[str] | None = None
 ) -> None:
@@ -63,6 +134,7 @@ async def refresh_event_recency(
     """
     ids = sorted({c for c in customer_ids if c is not None})
     kinds = sorted(set(types)) if types is not None else None
+    await _lock_customers(conn, ids)
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         mine: list[ColumnElement[bool]] = [RECENCY.c.customer_id.in_(chunk)]
@@ -80,4 +152,4 @@ async def rebuild_event_recency(conn: AsyncConnection) -> None:
     await conn.execute(insert(RECENCY).from_select(COLUMNS, ladder()))
 
 
-__all__ = ["RECENCY", "ladder", "rebuild_event_recency", "refresh_event_recency"]
+__all__ = ["RECENCY", "add_to_event_recency", "ladder", "rebuild_event_recency", "refresh_event_recency"]

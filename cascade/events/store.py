@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from cascade.events.recency import refresh_event_recency
+from cascade.events.recency import add_to_event_recency
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from models.tables import EngagementEvent, utcnow
 
@@ -56,7 +56,7 @@ async def insert_event(
         .on_conflict_do_nothing()
     )
     if result.rowcount and customer_id is not None:
-        await refresh_event_recency(await session.connection(), [customer_id], [type])
+        await add_to_event_recency(await session.connection(), [(customer_id, type, channel, occurred_at)])
     return bool(result.rowcount)
 
 

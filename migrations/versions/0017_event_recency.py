@@ -8,8 +8,8 @@ and per channel), written by every writer of events in its own transaction
 (cascade/events/recency.py). Built here from the existing events: one INSERT ... SELECT
 with a window function (it reads the events table once; on 10,000,000 events, minutes).
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-01 03:20:00.000000
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0016"
-down_revision: str | None = "0015"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
