@@ -8,6 +8,7 @@ process the demo had started.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import signal
@@ -20,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from temporalio.client import ScheduleActionStartWorkflow
 
-from cascade.infra.settings import PROJECT_ROOT
+from cascade.infra.settings import PROJECT_ROOT, Settings
+from cascade.infra.temporal import connect
 from tests.conftest import quiet_port
 
 pytestmark = [
@@ -73,6 +76,7 @@ class Demo:
     """demo.py in a subprocess; its stdout read line by line on a thread."""
 
     def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.env = env
         self.proc = subprocess.Popen(
             [sys.executable, "demo.py", *args],
             cwd=PROJECT_ROOT,
@@ -257,3 +261,19 @@ def test_only_the_webhooks_port_matters_with_an_external_server(demo_env):
     message = " ".join(done.stderr.split())
     assert done.returncode == 1 and f"Port {port} on 127.0.0.1" in message, message
     assert "TEMPORAL_ADDRESS)" not in message
+
+
+async def test_a_running_demo_keeps_segments_and_the_console_current_with_schedules(running_demo):
+    # `make run` left running is a shop's stack: the schedules that move customers between
+    # segments as time passes and roll up the console's recent days must be there.
+    demo, _ = running_demo
+    await asyncio.to_thread(demo.wait_for, "Everything keeps running", 600)
+    settings = Settings(temporal_address=demo.env["TEMPORAL_ADDRESS"])
+    client = await connect(settings)
+    for schedule_id, workflow in [
+        ("cascade-segment-refresh", "SegmentRefresh"),
+        ("cascade-analytics-refresh", "AnalyticsRefresh"),
+    ]:
+        described = await client.get_schedule_handle(schedule_id).describe()
+        assert isinstance(described.schedule.action, ScheduleActionStartWorkflow)
+        assert described.schedule.action.workflow == workflow

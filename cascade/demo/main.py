@@ -23,6 +23,8 @@ from urllib.parse import quote as urlquote
 import httpx
 import typer
 
+from analytics.recent import apply_refresh_schedule as apply_analytics_schedule
+from cascade.audiences.membership import apply_refresh_schedule as apply_segment_schedule
 from cascade.cli.simulate import summary
 from cascade.demo.report import report
 from cascade.demo.sample_data import CUSTOMERS, REACTIONS
@@ -168,6 +170,11 @@ async def run_demo(once: bool, external_temporal: bool = False) -> int:
         )
         await load_history(db, settings, webhooks_url)
         if not once:
+            # A running stack is a shop's stack: time alone moves customers between
+            # segments (dormant after 90 quiet days) and the console's recent days are
+            # rolled up in the background; both are Temporal Schedules on this worker.
+            say(await apply_segment_schedule(client, settings))
+            say(await apply_analytics_schedule(client, settings))
             say("Everything keeps running; press Ctrl-C to stop.")
             while True:
                 stack.check_alive()
