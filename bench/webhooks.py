@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import itertools
 import json
 import shutil
 import sys
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import event, text
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -83,6 +85,7 @@ async def main() -> None:
         "--batch-events", type=int, default=4000, help="events through POST /v1/events/batch (0: skip that part)"
     )
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--profile", default=None, help="write a cProfile of the /v1/events phase to this file")
     parser.add_argument("--out", default="webhooks.json", help="file name under bench/results/")
     parser.add_argument(
         "--database-url", default=None, help="e.g. postgresql://postgres@127.0.0.1:5432/test (default: SQLite)"
@@ -98,6 +101,7 @@ async def main() -> None:
     )
     db = Database.from_settings(settings)
     await migrate(db.engine)
+    statements = _StatementCounter(db)
     env = await WorkflowEnvironment.start_local(
         # Encrypted payloads, as production runs (cascade.infra.codec).
         data_converter=data_converter(settings),
@@ -169,7 +173,16 @@ async def main() -> None:
                 await _pool(20, 4, bare)
                 # -n 0: only the batch part (e.g. on PostgreSQL, the single events on SQLite).
                 bare_s = await timed(bare) if args.n else 0.0
+                profiler = cProfile.Profile() if args.profile else None
+                if profiler is not None:
+                    profiler.enable()
+                statements.reset()
                 api_s = await timed(post) if args.n else 0.0
+                api_statements = statements.count
+                api_kinds = dict(sorted(statements.kinds.items(), key=lambda kv: -kv[1]))
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(args.profile)
 
                 api_lat: list[float] = []
                 bare_lat: list[float] = []
@@ -184,7 +197,9 @@ async def main() -> None:
                             await bare(0)
                         await _until_count(target, before + 1)
                         (api_lat if kind == "api" else bare_lat).append(time.perf_counter() - start)
+                statements.reset()
                 batch_s = await _batches(http, args) if args.batch_events else None
+                batch_statements = statements.count
             for handle in handles:
                 await handle.signal(SignalSink.stop)
     finally:
@@ -202,6 +217,12 @@ async def main() -> None:
             "api_events_per_s": round(args.n / api_s, 1),
             "bare_signals_per_s": round(args.n / bare_s, 1),
             "throughput_ratio": round(bare_s / api_s, 2),
+            # Every SQL statement of the phase (key checks, events, relay settles, segments).
+            "statements_per_event": round(api_statements / args.n, 1),
+            "statements_by_kind": api_kinds,
+        }
+    if args.n and args.m:
+        result |= {
             "latency_samples": args.m,
             "api_p50_ms": round(_pct(api_lat, 0.5), 1),
             "api_p99_ms": round(_pct(api_lat, 0.99), 1),
@@ -212,19 +233,25 @@ async def main() -> None:
         result["batch_events"] = args.batch_events
         result["batch_size"] = args.batch_size
         result["batch_events_per_s"] = round(args.batch_events / batch_s, 1)
-    if args.n:
+        requests = -(-args.batch_events // args.batch_size)
+        result["batch_statements_per_request"] = round(batch_statements / requests, 1)
+    if args.n and args.m:
         result["p50_ratio"] = round(result["api_p50_ms"] / result["bare_p50_ms"], 2)
         result["p99_ratio"] = round(result["api_p99_ms"] / result["bare_p99_ms"], 2)
+    if args.n:
         print(
             f"throughput: /v1/events {result['api_events_per_s']}/s vs bare signal "
             f"{result['bare_signals_per_s']}/s -> ratio {result['throughput_ratio']}"
         )
+        print(f"statements per event: {result['statements_per_event']}")
+    if args.n and args.m:
         print(f"latency p50: {result['api_p50_ms']} ms vs {result['bare_p50_ms']} ms -> ratio {result['p50_ratio']}")
         print(f"latency p99: {result['api_p99_ms']} ms vs {result['bare_p99_ms']} ms -> ratio {result['p99_ratio']}")
     if batch_s is not None:
         print(
             f"batch: {args.batch_events} events in batches of {args.batch_size} on {db_kind}: "
-            f"{result['batch_events_per_s']} events/s (stored, profiles updated, segments refreshed)"
+            f"{result['batch_events_per_s']} events/s (stored, profiles updated, segments refreshed), "
+            f"{result['batch_statements_per_request']} statements per request"
         )
     _save(result, args.out)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -245,6 +272,28 @@ async def _batches(http: httpx.AsyncClient, args: argparse.Namespace) -> float:
         assert reply.status_code == 202 and reply.json()["accepted"] == len(chunks[i]), reply.text
 
     return await _pool(len(chunks), 2, one)
+
+
+class _StatementCounter:
+    """Counts the SQL statements the engine runs (each one a round trip, and on SQLite a
+    hop to aiosqlite's thread)."""
+
+    def __init__(self, db: Database) -> None:
+        self.count = 0
+        self.kinds: dict[str, int] = {}
+        event.listen(db.engine.sync_engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.count += 1
+        # "SELECT ... FROM customers" -> "SELECT customers": what the statements were.
+        words = statement.split()
+        table = next((w for prev, w in itertools.pairwise(words) if prev in {"FROM", "INTO", "UPDATE"}), "")
+        kind = f"{words[0] if words else '?'} {table}".strip()
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def reset(self) -> None:
+        self.count = 0
+        self.kinds = {}
 
 
 async def _drop_schema(url: str, schema: str) -> None:

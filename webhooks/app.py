@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
+from cascade.audiences.refresher import SegmentRefresher
+from cascade.events.group import EventGroupCommit
 from cascade.events.outbox import EngineUnavailable, OutboxRelay
 from cascade.infra.db import Database, migrate
 from cascade.infra.logging import get_logger
@@ -82,9 +85,19 @@ def create_app(
         app.state.settings = settings
         warn_if_dev_secret(settings)
         # Sends the signals events store (and whatever a crashed process left behind).
-        async with OutboxRelay(app.state.client, app.state.db, settings) as relay:
+        async with (
+            OutboxRelay(app.state.client, app.state.db, settings) as relay,
+            # Segment refreshes after events: after the answer, coalesced per customer.
+            SegmentRefresher(app.state.client, app.state.db, settings) as refresher,
+        ):
             app.state.relay = relay
-            yield
+            app.state.segments = refresher
+            lease = timedelta(seconds=settings.outbox_lease_seconds)
+            app.state.events = EventGroupCommit(app.state.db, lease=lease)
+            try:
+                yield
+            finally:
+                await app.state.events.close()
         if own_db:
             await app.state.db.dispose()
 

@@ -279,6 +279,10 @@ class Settings(BaseSettings):
     outbox_concurrency: int = Field(default=64, ge=1, le=1000)
     outbox_lease_seconds: float = Field(default=30.0, gt=0)
     outbox_poll_seconds: float = Field(default=2.0, gt=0)
+    # POST /v1/events trusts an API key it found valid for this long instead of looking
+    # it up on every event; a key revoked from the CLI stops working within it (0: look up
+    # every time).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # Scheduled scans (birthdays, win-back) read customers this many at a time, routing
     # up to `scan_concurrency` of them at once, and heartbeat after every page.
     scan_page_size: int = Field(default=500, ge=1, le=10000)
