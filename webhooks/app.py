@@ -6,6 +6,7 @@ an unexpected error is a bare 500 with no stack trace for the caller.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -84,6 +85,8 @@ def create_app(
         app.state.client = client or await connect(settings, warn_dev_key=True)
         app.state.settings = settings
         warn_if_dev_secret(settings)
+        if settings.webhooks_gc_freeze or (settings.webhooks_gc_freeze is None and client is None):
+            gc.freeze()
         # Sends the signals events store (and whatever a crashed process left behind).
         async with (
             OutboxRelay(app.state.client, app.state.db, settings) as relay,

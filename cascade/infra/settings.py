@@ -184,6 +184,12 @@ class Settings(BaseSettings):
     webhooks_port: int = 8000
     # Largest request body the webhooks service reads; providers send a few KiB at most.
     webhooks_max_body_bytes: int = 256 * 1024
+    # gc.freeze() once the webhooks service has started: what start-up made (imports, the
+    # Temporal client, compiled journeys and segments: some 300,000 objects) is never
+    # garbage, and every full collection scanned it again (0.5 s each, seven of them per
+    # 4,000 batched events). None: only when the app runs its own process (connects to
+    # Temporal itself), not when a test hands it a client.
+    webhooks_gc_freeze: bool | None = None
 
     log_level: str = "INFO"
     # "auto": pretty when stderr is a terminal, JSON otherwise (containers, CI, files).
