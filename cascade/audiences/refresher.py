@@ -5,7 +5,8 @@ by `segment_entered:<name>`. Judging that used to be part of answering the event
 read (and, when something changed, writes) before the 202, for every event. Nothing the
 answer says depends on it, so the webhooks process now hands the customer to this
 refresher and answers; the refresher judges every customer handed to it since its last
-round in one SELECT (`refresh_customers_memberships`), however many events each had.
+round in one SELECT (`refresh_customers_memberships`), however many events each had,
+in rounds at most `segment_refresh_delay_seconds` apart (1 s).
 
 Exact: a refresh judges the profile as stored, after every event committed before it,
 so coalescing ten events of a customer into one refresh records the same transitions as
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from types import TracebackType
 
 from temporalio.client import Client
@@ -51,6 +53,7 @@ class SegmentRefresher:
         self._settings = settings
         self._queued: dict[str, None] = {}  # insertion-ordered set
         self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
         self._busy = False
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -64,6 +67,7 @@ class SegmentRefresher:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._stopping = True
+        self._stop.set()
         self._wake.set()
         if self._task is not None:
             await self._task
@@ -84,9 +88,14 @@ class SegmentRefresher:
             await asyncio.sleep(0.005)
 
     async def _loop(self) -> None:
+        delay = self._settings.segment_refresh_delay_seconds
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if delay > 0 and not self._stopping:
+                # Let more events of the same customers arrive: one judgement serves them all.
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
             while self._queued:
                 await self._round()
             if self._stopping:

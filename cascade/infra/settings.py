@@ -289,6 +289,11 @@ class Settings(BaseSettings):
     # it up on every event; a key revoked from the CLI stops working within it (0: look up
     # every time).
     api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # The webhooks service judges the segments of the customers events were about after
+    # answering, in rounds at most this far apart: a customer with several events in that
+    # time is judged once (the judgement reads every segment's conditions over the
+    # customer's events, the largest cost of an event after the answer).
+    segment_refresh_delay_seconds: float = Field(default=1.0, ge=0, le=60)
     # Scheduled scans (birthdays, win-back) read customers this many at a time, routing
     # up to `scan_concurrency` of them at once, and heartbeat after every page.
     scan_page_size: int = Field(default=500, ge=1, le=10000)
