@@ -68,6 +68,8 @@ def _webhooks(r: dict[str, Any]) -> list[Row]:
         Row("POST /v1/events on SQLite (events/s vs bare handle.signal/s)", r.get("api_events_per_s"),
             r.get("bare_signals_per_s"), ">= 0.8", "/s"),
         Row("event to workflow latency p50 (ms, lower is better)", r.get("api_p50_ms"), r.get("bare_p50_ms"), "", "ms"),
+        Row("HTTP floor: GET /healthz, same client and server (req/s vs bare handle.signal/s)",
+            r.get("http_floor_per_s"), r.get("bare_signals_per_s"), "", "/s"),
     ]  # fmt: skip
 
 

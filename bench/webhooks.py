@@ -19,17 +19,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import itertools
 import json
+import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import event, text
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -46,6 +53,8 @@ from models.tables import Customer, JourneyRun
 from tests.helpers import serve_app
 from webhooks.app import create_app
 from webhooks.keys import create_key
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _pool(n: int, concurrency: int, one: Any) -> float:
@@ -83,6 +92,19 @@ async def main() -> None:
         "--batch-events", type=int, default=4000, help="events through POST /v1/events/batch (0: skip that part)"
     )
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--server",
+        choices=["process", "inline"],
+        default="process",
+        help="process: the webhooks service in its own process (python -m webhooks.server), as it runs "
+        "in production and as Temporal's server runs beside the bare side; inline: in the bench's own "
+        "process, beside the HTTP client, the worker and the bare signals (statements counted, --profile)",
+    )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="cProfile the /v1/events phase into this file, the batch phase into FILE.batch",
+    )
     parser.add_argument("--out", default="webhooks.json", help="file name under bench/results/")
     parser.add_argument(
         "--database-url", default=None, help="e.g. postgresql://postgres@127.0.0.1:5432/test (default: SQLite)"
@@ -95,9 +117,12 @@ async def main() -> None:
         database_url=args.database_url or f"sqlite:///{tmp / 'cascade.db'}",
         database_schema=schema,
         task_queue="bench-webhooks",
+        # As the webhooks service does in its own process (the bench hands the app a client).
+        webhooks_gc_freeze=True,
     )
     db = Database.from_settings(settings)
     await migrate(db.engine)
+    statements = _StatementCounter(db)
     env = await WorkflowEnvironment.start_local(
         # Encrypted payloads, as production runs (cascade.infra.codec).
         data_converter=data_converter(settings),
@@ -126,9 +151,13 @@ async def main() -> None:
                         )
                     )
             key, _ = await create_key(db, "bench")
-            app = create_app(settings, client=client, db=db)
+            server = (
+                _server_process(settings, client)
+                if args.server == "process"
+                else serve_app(create_app(settings, client=client, db=db))
+            )
             async with (
-                serve_app(app) as url,
+                server as url,
                 httpx.AsyncClient(
                     base_url=url, headers={"X-API-Key": key}, limits=httpx.Limits(max_connections=args.c), timeout=30
                 ) as http,
@@ -169,7 +198,22 @@ async def main() -> None:
                 await _pool(20, 4, bare)
                 # -n 0: only the batch part (e.g. on PostgreSQL, the single events on SQLite).
                 bare_s = await timed(bare) if args.n else 0.0
+
+                async def healthz(i: int) -> None:
+                    assert (await http.get("/healthz")).status_code == 200
+
+                # What HTTP alone costs here: the same client and server, 16 in flight, no work.
+                floor_s = await _pool(args.n, args.c, healthz) if args.n else 0.0
+                profiler = cProfile.Profile() if args.profile else None
+                if profiler is not None:
+                    profiler.enable()
+                statements.reset()
                 api_s = await timed(post) if args.n else 0.0
+                api_statements = statements.count
+                api_kinds = dict(sorted(statements.kinds.items(), key=lambda kv: -kv[1]))
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(args.profile)
 
                 api_lat: list[float] = []
                 bare_lat: list[float] = []
@@ -184,7 +228,15 @@ async def main() -> None:
                             await bare(0)
                         await _until_count(target, before + 1)
                         (api_lat if kind == "api" else bare_lat).append(time.perf_counter() - start)
+                statements.reset()
+                profiler = cProfile.Profile() if args.profile else None
+                if profiler is not None:
+                    profiler.enable()
                 batch_s = await _batches(http, args) if args.batch_events else None
+                batch_statements = statements.count
+                if profiler is not None:
+                    profiler.disable()
+                    profiler.dump_stats(f"{args.profile}.batch")
             for handle in handles:
                 await handle.signal(SignalSink.stop)
     finally:
@@ -202,6 +254,15 @@ async def main() -> None:
             "api_events_per_s": round(args.n / api_s, 1),
             "bare_signals_per_s": round(args.n / bare_s, 1),
             "throughput_ratio": round(bare_s / api_s, 2),
+            "http_floor_per_s": round(args.n / floor_s, 1),
+            "api_to_http_floor": round(floor_s / api_s, 2),
+            "server": args.server,
+        }
+        if args.server == "inline":
+            # Every SQL statement of the phase (key checks, events, relay settles, segments).
+            result |= {"statements_per_event": round(api_statements / args.n, 1), "statements_by_kind": api_kinds}
+    if args.n and args.m:
+        result |= {
             "latency_samples": args.m,
             "api_p50_ms": round(_pct(api_lat, 0.5), 1),
             "api_p99_ms": round(_pct(api_lat, 0.99), 1),
@@ -212,19 +273,31 @@ async def main() -> None:
         result["batch_events"] = args.batch_events
         result["batch_size"] = args.batch_size
         result["batch_events_per_s"] = round(args.batch_events / batch_s, 1)
-    if args.n:
+        requests = -(-args.batch_events // args.batch_size)
+        if args.server == "inline":
+            result["batch_statements_per_request"] = round(batch_statements / requests, 1)
+    if args.n and args.m:
         result["p50_ratio"] = round(result["api_p50_ms"] / result["bare_p50_ms"], 2)
         result["p99_ratio"] = round(result["api_p99_ms"] / result["bare_p99_ms"], 2)
+    if args.n:
         print(
             f"throughput: /v1/events {result['api_events_per_s']}/s vs bare signal "
             f"{result['bare_signals_per_s']}/s -> ratio {result['throughput_ratio']}"
         )
+        print(
+            f"HTTP floor (GET /healthz, same client and server): {result['http_floor_per_s']}/s; "
+            f"/v1/events is {result['api_to_http_floor']} of it"
+        )
+        if args.server == "inline":
+            print(f"statements per event: {result['statements_per_event']}")
+    if args.n and args.m:
         print(f"latency p50: {result['api_p50_ms']} ms vs {result['bare_p50_ms']} ms -> ratio {result['p50_ratio']}")
         print(f"latency p99: {result['api_p99_ms']} ms vs {result['bare_p99_ms']} ms -> ratio {result['p99_ratio']}")
     if batch_s is not None:
         print(
             f"batch: {args.batch_events} events in batches of {args.batch_size} on {db_kind}: "
-            f"{result['batch_events_per_s']} events/s (stored, profiles updated, segments refreshed)"
+            f"{result['batch_events_per_s']} events/s (stored, profiles updated, segments queued for refresh)"
+            + (f", {result['batch_statements_per_request']} statements per request" if args.server == "inline" else "")
         )
     _save(result, args.out)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -245,6 +318,68 @@ async def _batches(http: httpx.AsyncClient, args: argparse.Namespace) -> float:
         assert reply.status_code == 202 and reply.json()["accepted"] == len(chunks[i]), reply.text
 
     return await _pool(len(chunks), 2, one)
+
+
+class _StatementCounter:
+    """Counts the SQL statements the engine runs (each one a round trip, and on SQLite a
+    hop to aiosqlite's thread)."""
+
+    def __init__(self, db: Database) -> None:
+        self.count = 0
+        self.kinds: dict[str, int] = {}
+        event.listen(db.engine.sync_engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        self.count += 1
+        # "SELECT ... FROM customers" -> "SELECT customers": what the statements were.
+        words = statement.split()
+        table = next((w for prev, w in itertools.pairwise(words) if prev in {"FROM", "INTO", "UPDATE"}), "")
+        kind = f"{words[0] if words else '?'} {table}".strip()
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def reset(self) -> None:
+        self.count = 0
+        self.kinds = {}
+
+
+@asynccontextmanager
+async def _server_process(settings: Settings, client: Client) -> AsyncIterator[str]:
+    """`python -m webhooks.server` on a free port, on the bench's database and dev server."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "CASCADE_DATABASE_URL": settings.database_url,
+        "CASCADE_DATABASE_SCHEMA": settings.database_schema or "",
+        "CASCADE_TEMPORAL_ADDRESS": client.service_client.config.target_host,
+        "CASCADE_TASK_QUEUE": settings.task_queue,
+        "CASCADE_WEBHOOKS_HOST": "127.0.0.1",
+        "CASCADE_WEBHOOKS_PORT": str(port),
+        "CASCADE_LOG_LEVEL": "WARNING",
+    }
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "webhooks.server", cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url) as http:
+            for _ in range(600):
+                if process.returncode is not None:
+                    raise RuntimeError(f"webhooks server exited with {process.returncode}")
+                with suppress(httpx.HTTPError):
+                    if (await http.get("/healthz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("webhooks server did not answer within 60 s")
+        yield url
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)  # uvicorn drains and the relay settles
+            try:
+                await asyncio.wait_for(process.wait(), timeout=30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
 
 
 async def _drop_schema(url: str, schema: str) -> None:

@@ -17,14 +17,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.service import RPCError
 
-from cascade.audiences.membership import refresh_customer
-from cascade.audiences.service import load_segments
-from cascade.events.ingest import RecordedEvent, mark_routed, pending_starts, record_app_event, record_app_events
+from cascade.events.ingest import RecordedEvent, mark_routed, pending_starts, record_app_events
 from cascade.infra.logging import get_logger
 from cascade.journeys.triggers import RouteResult, start_planned
 from models.events import AppEvent, AppEventBatch, AppEventBatchResult, AppEventResult
-from models.tables import utcnow
-from webhooks.keys import authenticate
+from webhooks.keys import tenant_of_key
 
 router = APIRouter(tags=["events"])
 log = get_logger("webhooks.events")
@@ -46,10 +43,11 @@ async def tenant_of(
     key = header or (bearer.credentials if bearer else None)
     if not key:
         raise HTTPException(401, "authorization: API key required (Authorization: Bearer or X-API-Key)")
-    row = await authenticate(request.app.state.db, key)
-    if row is None:
+    state = request.app.state
+    tenant = await tenant_of_key(state.db, key, state.settings.api_key_cache_seconds)
+    if tenant is None:
         raise HTTPException(401, "authorization: unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
-    return row.tenant
+    return tenant
 
 
 @router.post("/v1/events", status_code=202, response_model=AppEventResult, responses=_AUTH_ERRORS)
@@ -69,19 +67,20 @@ async def post_event(event: AppEvent, request: Request, tenant: Annotated[str, D
 async def _accept(request: Request, tenant: str, event: AppEvent) -> AppEventResult:
     """Store the event with its signals, hand them to the relay, start triggered journeys."""
     state = request.app.state
-    lease = timedelta(seconds=state.settings.outbox_lease_seconds)
-    recorded = await record_app_event(state.db, tenant, event, lease=lease)
+    # Stored in a transaction shared with the events of concurrent requests (group commit).
+    recorded = await state.events.record(tenant, event)
     results = await _route(request, tenant, [(event, recorded)])
     return results[0]
 
 
 async def _route(request: Request, tenant: str, stored: list[tuple[AppEvent, RecordedEvent]]) -> list[AppEventResult]:
-    """After the commit: hand the signals to the relay, start triggered journeys, refresh segments.
+    """After the commit: hand the signals to the relay, start triggered journeys, queue the
+    customers' segment refreshes.
 
     Starting is tracked on the event row: a sender's retry after a failed start (503)
     finds the event stored but not routed and starts its journeys then (its signals were
     stored the first time); a repeat of a routed event does nothing at all. Segments are
-    refreshed once per customer, after all of the customer's events.
+    refreshed in the background, once per customer for all of its events queued by then.
     """
     state = request.app.state
     results: list[AppEventResult] = []
@@ -114,11 +113,9 @@ async def _route(request: Request, tenant: str, stored: list[tuple[AppEvent, Rec
         if recorded.customer_id is not None:
             customers[recorded.customer_id] = None
         results.append(recorded.result)
-    if customers:
-        # Audiences (#13): the events may move the customers into or out of segments.
-        segments, now = load_segments(state.settings), utcnow()
-        for customer_id in customers:
-            await refresh_customer(state.client, state.db, state.settings, segments, customer_id, now)
+    # Audiences (#13): the events may move the customers into or out of segments. Nothing
+    # in the answer depends on it, so it runs after, coalesced (cascade/audiences/refresher.py).
+    state.segments.submit(customers)
     return results
 
 

@@ -6,8 +6,10 @@ an unexpected error is a bare 500 with no stack trace for the caller.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
+from cascade.audiences.refresher import SegmentRefresher
+from cascade.events.group import EventGroupCommit
 from cascade.events.outbox import EngineUnavailable, OutboxRelay
 from cascade.infra.db import Database, migrate
 from cascade.infra.logging import get_logger
@@ -81,10 +85,22 @@ def create_app(
         app.state.client = client or await connect(settings, warn_dev_key=True)
         app.state.settings = settings
         warn_if_dev_secret(settings)
+        if settings.webhooks_gc_freeze or (settings.webhooks_gc_freeze is None and client is None):
+            gc.freeze()
         # Sends the signals events store (and whatever a crashed process left behind).
-        async with OutboxRelay(app.state.client, app.state.db, settings) as relay:
+        async with (
+            OutboxRelay(app.state.client, app.state.db, settings) as relay,
+            # Segment refreshes after events: after the answer, coalesced per customer.
+            SegmentRefresher(app.state.client, app.state.db, settings) as refresher,
+        ):
             app.state.relay = relay
-            yield
+            app.state.segments = refresher
+            lease = timedelta(seconds=settings.outbox_lease_seconds)
+            app.state.events = EventGroupCommit(app.state.db, lease=lease)
+            try:
+                yield
+            finally:
+                await app.state.events.close()
         if own_db:
             await app.state.db.dispose()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 
 import typer
 from rich.console import Console
@@ -67,6 +68,7 @@ async def revoke_key(db: Database, prefix: str) -> bool:
             .where(col(ApiKey.prefix) == prefix, col(ApiKey.revoked_at).is_(None))
             .values(revoked_at=utcnow())
         )
+    _VALID.clear()
     return bool(result.rowcount)
 
 
@@ -80,6 +82,35 @@ async def authenticate(db: Database, key: str) -> ApiKey | None:
     if row is None or row.revoked_at is not None:
         return None
     return row if hmac.compare_digest(row.key_hash, hash_key(key)) else None
+
+
+# Keys this process found valid lately: key hash -> (tenant, monotonic time it expires).
+_VALID: dict[str, tuple[str, float]] = {}
+_VALID_MAX = 10_000
+
+
+async def tenant_of_key(db: Database, key: str, cache_seconds: float) -> str | None:
+    """The tenant of an active key, or None; a key found valid is trusted `cache_seconds`.
+
+    Every event carries its key, and the look-up was a database round trip per event
+    (a session and five hops to SQLite's thread). Only keys found valid are kept, so an
+    unknown key is always looked up; a revocation in this process applies at once
+    (`revoke_key` empties the cache), one made elsewhere (the CLI) within `cache_seconds`.
+    """
+    digest = hash_key(key)
+    now = time.monotonic()
+    cached = _VALID.get(digest)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    row = await authenticate(db, key)
+    if row is None:
+        _VALID.pop(digest, None)
+        return None
+    if cache_seconds > 0:
+        if len(_VALID) >= _VALID_MAX:
+            _VALID.clear()
+        _VALID[digest] = (row.tenant, now + cache_seconds)
+    return row.tenant
 
 
 cli = typer.Typer(help="Manage API keys for POST /v1/events.", no_args_is_help=True)

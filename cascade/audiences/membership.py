@@ -160,26 +160,47 @@ async def _refresh_customer_memberships(
     a write transaction per segment. A change is written with the same guarded statements
     as the full refresh, in one transaction, so a concurrent refresh never doubles a row.
     """
+    return await refresh_customers_memberships(db, catalog, [customer_id], now=now, segments=names)
+
+
+async def refresh_customers_memberships(
+    db: Database,
+    catalog: SegmentCatalog,
+    customer_ids: list[str],
+    *,
+    now: datetime | None = None,
+    segments: list[str] | None = None,
+) -> Transitions:
+    """Several customers' refresh (those events were about): one SELECT judges every segment
+    for all of them, and only the changed (customer, segment) pairs are written, in one
+    transaction with the full refresh's guarded statements."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    names = segments if segments is not None else catalog.names()
     result = Transitions()
-    if not names:
+    if not names or not customer_ids:
         return result
     judged = _judgement(catalog, tuple(names), db.engine.dialect.name, now.replace(microsecond=0))
     async with db.engine.connect() as conn:
-        row = (await conn.execute(judged.where(CUSTOMERS.c.id == customer_id))).first()
-    if row is None:
+        rows = (await conn.execute(judged.add_columns(CUSTOMERS.c.id).where(CUSTOMERS.c.id.in_(customer_ids)))).all()
+    found = {str(row[-1]): row for row in rows}
+    changes: list[tuple[str, str]] = []
+    for customer_id in dict.fromkeys(customer_ids):
+        row = found.get(customer_id)
         # No such customer: only open memberships could need closing (the full statements do it).
-        changed = list(names)
-    else:
-        changed = [name for i, name in enumerate(names) if bool(row[2 * i]) != bool(row[2 * i + 1])]
-    if not changed:
+        changes += [
+            (customer_id, name)
+            for i, name in enumerate(names)
+            if row is None or bool(row[2 * i]) != bool(row[2 * i + 1])
+        ]
+    if not changes:
         return result
     async with writer(db), db.engine.begin() as conn:
-        for name in changed:
+        for customer_id, name in changes:
             entered, exited = await _refresh_one(conn, catalog, name, now, customer_id)
             if entered:
-                result.entered[name] = entered
+                result.entered.setdefault(name, []).extend(entered)
             if exited:
-                result.exited[name] = exited
+                result.exited.setdefault(name, []).extend(exited)
     return result
 
 
@@ -302,4 +323,17 @@ async def refresh_customer(
             await route_transitions(client, db, settings, transitions, load_all_journeys(), now)
         except RPCError as exc:
             log.warning("segments.transition_not_routed", customer_id=customer_id, error=str(exc))
+    return transitions
+
+
+async def refresh_customers(
+    client: Client, db: Database, settings: Settings, catalog: SegmentCatalog, customer_ids: list[str], now: datetime
+) -> Transitions:
+    """`refresh_customer` for several customers at once (`SegmentRefresher`, after events)."""
+    transitions = await refresh_customers_memberships(db, catalog, customer_ids, now=now)
+    if transitions.entered or transitions.exited:
+        try:
+            await route_transitions(client, db, settings, transitions, load_all_journeys(), now)
+        except RPCError as exc:
+            log.warning("segments.transition_not_routed", customers=len(customer_ids), error=str(exc))
     return transitions

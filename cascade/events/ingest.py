@@ -15,7 +15,7 @@ from typing import Any
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from cascade.events.outbox import enqueue, writer
+from cascade.events.outbox import PlannedSignal, enqueue, outbox_rows, store_rows, writer
 from cascade.events.recency import add_to_event_recency
 from cascade.events.store import DEFAULT_LEASE, insert_event
 from cascade.infra.db import Database, insert_ignoring_conflicts
@@ -87,6 +87,32 @@ async def record_app_events(
     return recorded
 
 
+async def record_app_events_of_tenants(
+    db: Database,
+    events: Sequence[tuple[str, AppEvent]],
+    *,
+    journeys: Sequence[JourneySpec] | None = None,
+    lease: timedelta = DEFAULT_LEASE,
+) -> list[RecordedEvent]:
+    """`record_app_events` for events of several tenants (a group commit of single
+    requests, `cascade.events.group`): one transaction, each tenant's events in order,
+    the answers in the order given."""
+    specs = list(journeys) if journeys is not None else load_all_journeys()
+    by_tenant: dict[str, list[int]] = {}
+    for i, (tenant, _) in enumerate(events):
+        by_tenant.setdefault(tenant, []).append(i)
+    answers: list[RecordedEvent | None] = [None] * len(events)
+    async with writer(db), db.session() as session:
+        for tenant, positions in by_tenant.items():
+            mine = [events[i][1] for i in positions]
+            for i, one in zip(positions, await _record_batch(db, session, tenant, mine, specs, lease), strict=True):
+                answers[i] = one
+    recorded = [a for a in answers if a is not None]
+    for (tenant, event), one in zip(events, recorded, strict=True):
+        _log(tenant, event, one)
+    return recorded
+
+
 async def _record_batch(
     db: Database, session: AsyncSession, tenant: str, events: list[AppEvent], specs: list[JourneySpec], lease: timedelta
 ) -> list[RecordedEvent]:
@@ -145,6 +171,7 @@ async def _record_batch(
     routed: list[str] = []
     recorded: list[RecordedEvent] = []
     taken: set[str] = set()
+    signals: list[OutboxSignal] = []  # the batch's outbox rows, stored in one statement
     for event in events:
         stored_id = f"{tenant}:{event.event_id}"
         if event.customer_id not in customers:
@@ -160,11 +187,21 @@ async def _record_batch(
         taken.add(stored_id)
         customer = customers[event.customer_id]
         done = await _apply_and_plan(
-            session, customer, event, event.occurred_at or utcnow(), stored_id, specs, lease, runs_of[customer.id]
+            session,
+            customer,
+            event,
+            event.occurred_at or utcnow(),
+            stored_id,
+            specs,
+            lease,
+            runs_of[customer.id],
+            store=False,
         )
+        signals += done.rows
         if not done.starts:
             routed.append(stored_id)
         recorded.append(done)
+    await store_rows(session, signals)
     if routed:
         await session.exec(
             update(EngagementEvent).where(col(EngagementEvent.event_id).in_(routed)).values(routed_at=utcnow())
@@ -245,9 +282,12 @@ async def _apply_and_plan(
     specs: list[JourneySpec],
     lease: timedelta,
     runs: list[JourneyRun] | None = None,
+    *,
+    store: bool = True,
 ) -> RecordedEvent:
     """A stored event's effect on the profile and the journeys: the profile changed, the
-    signals queued in the outbox (same transaction), the starts planned for after commit."""
+    signals queued in the outbox (same transaction), the starts planned for after commit.
+    `store` False: the outbox rows are returned for the caller to store (`store_rows`)."""
     apply_app_event(customer, event, at)
     session.add(customer)
     plan = await plan_event(
@@ -264,11 +304,17 @@ async def _apply_and_plan(
         # has one (bounded by start_planned); without one the start itself is the trigger.
         triggered_at=event.occurred_at,
     )
-    signals = enqueue(session, plan.signals, stored_id, lease)
+    signals = (enqueue if store else _unstored)(session, plan.signals, stored_id, lease)
     result = AppEventResult(
         event_id=event.event_id, status="accepted", signalled=sorted({*plan.converted, *plan.exited})
     )
     return RecordedEvent(result, customer.id, signals, plan.starts, plan.not_entered)
+
+
+def _unstored(
+    _session: AsyncSession, signals: Sequence[PlannedSignal], event_id: str, lease: timedelta
+) -> list[OutboxSignal]:
+    return outbox_rows(signals, event_id, lease)
 
 
 async def pending_starts(

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, func, or_
+from sqlalchemy import delete, func, insert, or_
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
@@ -135,8 +135,16 @@ def enqueue(
     The rows are sent after the caller commits (`deliver` or `OutboxRelay.submit`); if
     this process dies first, another relay takes them over when the lease ends.
     """
+    rows = outbox_rows(signals, event_id, lease)
+    session.add_all(rows)
+    return rows
+
+
+def outbox_rows(signals: Sequence[PlannedSignal], event_id: str, lease: timedelta) -> list[OutboxSignal]:
+    """The outbox rows for an event's signals, leased to this process, not yet stored
+    (`store_rows` stores many events' rows at once)."""
     until = utcnow() + lease
-    rows = [
+    return [
         OutboxSignal(
             event_id=event_id[:256],
             workflow_id=s.workflow_id,
@@ -147,8 +155,30 @@ def enqueue(
         )
         for s in signals
     ]
-    session.add_all(rows)
-    return rows
+
+
+_OUTBOX_COLUMNS = [c.name for c in OutboxSignal.__table__.columns if c.name != "id"]  # type: ignore[attr-defined]
+
+
+async def store_rows(session: AsyncSession, rows: Sequence[OutboxSignal]) -> None:
+    """Insert outbox rows in the caller's transaction with one statement, and give each its id.
+
+    Added to the session one by one, SQLAlchemy inserts them one statement each (it must
+    read back every generated id); a group of events has one per signal, so they go in
+    one multi-row INSERT ... RETURNING, matched back by (event, journey, run, signal),
+    which is unique: an event signals a run once.
+    """
+    if not rows:
+        return
+    connection = await session.connection()
+    table = OutboxSignal.__table__  # type: ignore[attr-defined]
+    stored = await connection.execute(
+        insert(table).returning(table.c.id, table.c.event_id, table.c.workflow_id, table.c.run_id, table.c.signal),
+        [{name: getattr(row, name) for name in _OUTBOX_COLUMNS} for row in rows],
+    )
+    ids = {(e, w, r, s): i for i, e, w, r, s in stored.all()}
+    for row in rows:
+        row.id = ids[(row.event_id, row.workflow_id, row.run_id, row.signal)]
 
 
 async def _send(client: Client, row: OutboxSignal) -> SignalResult:

@@ -184,6 +184,12 @@ class Settings(BaseSettings):
     webhooks_port: int = 8000
     # Largest request body the webhooks service reads; providers send a few KiB at most.
     webhooks_max_body_bytes: int = 256 * 1024
+    # gc.freeze() once the webhooks service has started: what start-up made (imports, the
+    # Temporal client, compiled journeys and segments: some 300,000 objects) is never
+    # garbage, and every full collection scanned it again (0.5 s each, seven of them per
+    # 4,000 batched events). None: only when the app runs its own process (connects to
+    # Temporal itself), not when a test hands it a client.
+    webhooks_gc_freeze: bool | None = None
 
     log_level: str = "INFO"
     # "auto": pretty when stderr is a terminal, JSON otherwise (containers, CI, files).
@@ -279,6 +285,15 @@ class Settings(BaseSettings):
     outbox_concurrency: int = Field(default=64, ge=1, le=1000)
     outbox_lease_seconds: float = Field(default=30.0, gt=0)
     outbox_poll_seconds: float = Field(default=2.0, gt=0)
+    # POST /v1/events trusts an API key it found valid for this long instead of looking
+    # it up on every event; a key revoked from the CLI stops working within it (0: look up
+    # every time).
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # The webhooks service judges the segments of the customers events were about after
+    # answering, in rounds at most this far apart: a customer with several events in that
+    # time is judged once (the judgement reads every segment's conditions over the
+    # customer's events, the largest cost of an event after the answer).
+    segment_refresh_delay_seconds: float = Field(default=1.0, ge=0, le=60)
     # Scheduled scans (birthdays, win-back) read customers this many at a time, routing
     # up to `scan_concurrency` of them at once, and heartbeat after every page.
     scan_page_size: int = Field(default=500, ge=1, le=10000)
