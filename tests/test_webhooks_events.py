@@ -87,7 +87,11 @@ async def test_events_need_a_key_are_idempotent_and_a_purchase_converts(dev_serv
         "properties": {"amount": 42.5, "loyalty_points": 10},
     }
 
-    for headers in ({}, {"X-API-Key": "csk_nope_nope"}, {"Authorization": "Bearer " + key[:-1] + "x"}):
+    for headers in (
+        {},
+        {"X-API-Key": "csk_nope_nope"},
+        {"Authorization": "Bearer " + key[:-1] + ("y" if key.endswith("x") else "x")},
+    ):
         reply = await web.post("/v1/events", json=purchase, headers=headers)
         assert reply.status_code == 401 and "authorization" in reply.json()["error"]
     bad = await web.post("/v1/events", json={**purchase, "properties": {"amount": -1}}, headers={"X-API-Key": key})
