@@ -24,7 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ from cascade.infra.settings import PROJECT_ROOT, Settings
 from channels.base import OutboundMessage
 from channels.registry import build_channels, close_channels
 from models import search_attributes as sa
-from tests.conftest import quiet_port
+from tests.codec import CODEC_CONVERTER
+from tests.conftest import binary, quiet_port, quiet_runtime, started
 from tests.doubles.smtp import SmtpDouble, free_port
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
@@ -328,6 +329,23 @@ async def _wait_ready(
                 except httpx.TransportError:
                     pass
     raise AssertionError(f"not up within {within} s:\n{''.join(output)}")
+
+
+@pytest.fixture(scope="module", name="dev_server")
+async def own_dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server for this module only: the worker checks at start-up that its keys read the
+    namespace's latest payloads, and on the session's shared server those may be another
+    test's, encrypted with the dev key the compose environment does not hold."""
+    env = await started(
+        lambda: WorkflowEnvironment.start_local(
+            data_converter=CODEC_CONVERTER,
+            dev_server_existing_path=binary("temporal"),
+            search_attributes=sa.REGISTERED,
+            runtime=quiet_runtime(),
+        )
+    )
+    yield env
+    await env.shutdown()
 
 
 async def test_every_entry_point_starts_from_the_image(compose, image, dev_server: WorkflowEnvironment, tmp_path):
