@@ -126,16 +126,21 @@ def create_engine(
 
     `schema` (PostgreSQL only) puts every table in that schema via the search path,
     so several installations (or concurrent test runs) can share one database; `migrate`
-    creates it if it is missing. The pool arguments apply to PostgreSQL (see
-    `Settings.pool_size` for how they are matched to the worker).
+    creates it if it is missing. The pool arguments apply to a SQLite file too (see
+    `Settings.pool_size` for how they are matched to the worker's activity slots).
     """
     parsed = _normalise(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        on_disk = bool(parsed.database) and parsed.database != ":memory:"
+        if on_disk:
+            Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
         # Worker, webhooks and CLI write the same file: WAL lets readers run beside the
         # writer, and the busy timeout turns a brief lock into a wait, not an error.
-        engine = create_async_engine(parsed, connect_args={"timeout": 30})
+        pool: dict[str, Any] = {}
+        if on_disk:
+            # An in-memory database is one connection (SQLAlchemy's static pool).
+            pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
+        engine = create_async_engine(parsed, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
