@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,16 @@ async def run_worker(args: argparse.Namespace) -> None:
     # every print blocked the worker's event loop, so heartbeats stopped and retried
     # sends were never polled.
     configure_logging(args.log_level, "json")
+    if args.tracemalloc:
+        # What the process holds while its journeys sleep, by source line, on SIGUSR1.
+        tracemalloc.start(1)
+
+        def snapshot() -> None:
+            top = tracemalloc.take_snapshot().statistics("lineno")
+            lines = [f"{s.size / 1024:10.1f} KiB {s.count:8d} {s.traceback}" for s in top[:40]]
+            Path(args.sent_log + ".tracemalloc").write_text("\n".join(lines) + "\n")
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, snapshot)
     client = await Client.connect(args.address, data_converter=data_converter(settings), runtime=quiet_runtime())
     log = FileLog(Path(args.sent_log))
     stop = asyncio.Event()
@@ -156,6 +167,11 @@ def _tree_rss_mib(pid: int) -> float:
     return total
 
 
+def _keep_snapshot(snapshot: Path, to: Path) -> None:
+    if snapshot.exists():
+        to.write_text(snapshot.read_text())
+
+
 def _lines(path: Path) -> list[float]:
     """The first send time of each message (a retried provider call with the same key counts once)."""
     if not path.exists():
@@ -191,7 +207,7 @@ async def side(
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--role", name, "--address", address, "--database-url", database_url,
         "--task-queue", queue, "--sent-log", str(sent_log), "--cache", str(args.cache or args.n),
-        "--log-level", args.log_level,
+        "--log-level", args.log_level, *(["--tracemalloc"] if args.tracemalloc else []),
         stdout=subprocess.PIPE, stderr=worker_log, env={**os.environ, "PYTHONPATH": str(HERE.parent)},
     )  # fmt: skip
     assert child.stdout is not None
@@ -245,6 +261,10 @@ async def side(
         counted = await client.count_workflows('JourneyStatus="delayed"')
         asleep = counted.count
     asleep_rss = _rss_mib(child.pid)
+    if args.tracemalloc:
+        child.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(5)
+        _keep_snapshot(Path(str(sent_log) + ".tracemalloc"), HERE / "results" / f"sleeping-{name}-tracemalloc.txt")
     server_asleep = _tree_rss_mib(server_pid)
     sends_before_wake = len(_lines(sent_log))
     await asyncio.sleep(max((wake_at - datetime.now(UTC)).total_seconds(), 0))
@@ -354,6 +374,9 @@ def _args() -> argparse.Namespace:
         "--sides", default="raw,cascade", type=lambda v: v.split(","), help="which sides to run (no ratio unless both)"
     )
     parser.add_argument("--log-level", default="INFO", help="the workers' log level (INFO: a line per send)")
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="write each worker's top allocations while asleep (slow)"
+    )
     parser.add_argument("--role", choices=["raw", "cascade"], help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
