@@ -157,18 +157,16 @@ class Settings(BaseSettings):
     # PostgreSQL only: keep Cascade's tables in their own schema of a shared database
     # (created at start-up if missing; any name, used exactly as written).
     database_schema: str | None = None
-    # Connections per process (PostgreSQL and a SQLite file alike; SQLAlchemy's default
-    # for SQLite, 5 + 10, left a wake burst's sends queueing 30 s for one and failing).
-    # Every activity holds at most one, and only
+    # Connections per process (PostgreSQL; a SQLite file keeps a small pool of its own,
+    # cascade/infra/db.py, and waits up to the pool timeout for one). Every activity
+    # holds at most one, and only
     # inside a transaction. Main-queue activities (contact checks, accruals, scans) are
     # database work from start to end, so the pool keeps one per main-queue slot: unset,
     # it is worker_max_concurrent_activities. Sends use a connection only for their claim
     # and their record, not across the provider call: the channel queues share the
     # overflow, opened under load and closed when idle, and a send that finds every
     # connection busy waits up to the pool timeout. Keep (pool + overflow) x processes
-    # below the server's max_connections (100 by default). On SQLite more connections
-    # do not write faster (one writer): past the pool, sends wait in the pool's queue,
-    # served in turn, instead of in SQLite's busy handler, which serves no one in turn.
+    # below the server's max_connections (100 by default).
     database_pool_size: int | None = Field(default=None, ge=1)
     database_max_overflow: int = Field(default=10, ge=0)
     database_pool_timeout_seconds: float = Field(default=30.0, gt=0)
