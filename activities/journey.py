@@ -166,17 +166,33 @@ class JourneyActivities:
             beat.cancel()
 
     async def _heartbeat(self, idempotency_key: str, held: _HeldClaim, log: structlog.stdlib.BoundLogger) -> None:
-        """Tell Temporal this attempt lives, and keep its claim on the send while it does."""
+        """Tell Temporal this attempt lives, and keep its claim on the send while it does.
+
+        The renewal runs beside the beat, never in its way: on a busy database it may
+        wait for a connection or SQLite's write lock for longer than the heartbeat
+        timeout, and a beat held up behind it would make Temporal give up on (and
+        retry) an attempt that is alive and about to send.
+        """
         interval = max(held.lease.total_seconds() / 3, 0.05)
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(interval)
-            if held.attempt is None:
-                continue
-            try:
-                await renew_claim(self._db, idempotency_key, held.attempt, held.lease)
-            except Exception as exc:  # the send goes on; the lease just is not extended
-                log.warning("send.lease_not_renewed", error=type(exc).__name__)
+        renewal: asyncio.Task[None] | None = None
+        try:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(interval)
+                if held.attempt is None or (renewal is not None and not renewal.done()):
+                    continue
+                renewal = asyncio.create_task(self._renew(idempotency_key, held.attempt, held.lease, log))
+        finally:
+            if renewal is not None:
+                renewal.cancel()
+
+    async def _renew(
+        self, idempotency_key: str, attempt: int, lease: timedelta, log: structlog.stdlib.BoundLogger
+    ) -> None:
+        try:
+            await renew_claim(self._db, idempotency_key, attempt, lease)
+        except Exception as exc:  # the send goes on; the lease just is not extended
+            log.warning("send.lease_not_renewed", error=type(exc).__name__)
 
     async def _send(
         self, input: SendMessageInput, held: _HeldClaim, attempt_time: timedelta, log: structlog.stdlib.BoundLogger

@@ -21,15 +21,10 @@ from typing import Any, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import NormalIndPower
-from statsmodels.stats.proportion import (
-    confint_proportions_2indep,
-    proportion_confint,
-    proportion_effectsize,
-    proportions_ztest,
-)
+
+# scipy and statsmodels are imported by the functions that use them: the worker imports
+# this module for VariantCounts (experiment arms), and every worker process would
+# otherwise hold them (about 30 MiB and a second of start-up) for the reports alone.
 
 DEFAULT_ALPHA = 0.05
 # Industry convention (Kohavi et al.): an SRM alarm must be rare on healthy experiments
@@ -191,6 +186,8 @@ def conversion_rate_interval(conversions: int, recipients: int, alpha: float = D
         raise ValueError("a conversion-rate interval needs at least one recipient")
     if not 0 <= conversions <= recipients:
         raise ValueError(f"conversions must be in [0, {recipients}], got {conversions}")
+    from statsmodels.stats.proportion import proportion_confint
+
     low, high = proportion_confint(conversions, recipients, alpha=alpha, method="wilson")
     return Interval(low=float(low), high=float(high))
 
@@ -211,6 +208,8 @@ def two_proportion_ztest(
     pooled = variant_conversions + control_conversions
     if pooled == 0 or pooled == variant_recipients + control_recipients:
         return 0.0, 1.0
+    from statsmodels.stats.proportion import proportions_ztest
+
     z, p = proportions_ztest(
         np.array([variant_conversions, control_conversions]),
         np.array([variant_recipients, control_recipients]),
@@ -225,6 +224,8 @@ def _ratio_interval(method: str, cv: int, nv: int, cc: int, nc: int, alpha: floa
         with warnings.catch_warnings():
             # Divisions by zero at the boundaries are expected; the result is checked below.
             warnings.simplefilter("ignore", RuntimeWarning)
+            from statsmodels.stats.proportion import confint_proportions_2indep
+
             low, high = confint_proportions_2indep(
                 cv, nv, cc, nc, method=method, compare="ratio", alpha=alpha, correction=False
             )
@@ -342,6 +343,8 @@ def chi_square_independence(conversions: Sequence[int], recipients: Sequence[int
     if converted == 0 or converted == sum(n for _, n in pairs):
         return ChiSquareTest(statistic=0.0, dof=dof, p_value=1.0)
     table = np.array([[c for c, _ in pairs], [n - c for c, n in pairs]])
+    from scipy import stats as sps
+
     result = sps.chi2_contingency(table, correction=False)
     return ChiSquareTest(statistic=float(result.statistic), dof=int(result.dof), p_value=float(result.pvalue))
 
@@ -361,6 +364,8 @@ def holm_adjust(p_values: Sequence[float], alpha: float = DEFAULT_ALPHA) -> tupl
         # full garbage collection its Holm branch runs on every call (tens of ms in a big heap).
         p = float(p_values[0])
         return [p], [p <= alpha]
+    from statsmodels.stats.multitest import multipletests
+
     reject, corrected, _, _ = multipletests(np.asarray(p_values, dtype=float), alpha=alpha, method="holm")
     return [float(p) for p in corrected], [bool(r) for r in reject]
 
@@ -418,6 +423,8 @@ def sample_ratio_check(
     # equal); its p-value from scipy's chi-square distribution. Calling ``chisquare`` itself
     # costs ~1 ms of argument handling per check, which adds up over many experiments.
     statistic = float(np.sum((obs - exp) ** 2 / exp))
+    from scipy import stats as sps
+
     p_value = float(sps.chi2.sf(statistic, dof))
     mismatch = p_value < threshold
     if mismatch:
@@ -619,6 +626,9 @@ def plan_experiment(
 
     variant_share = (1.0 - control_share) / variants
     comparison_alpha = alpha / variants if correct_for_multiple else alpha
+    from statsmodels.stats.power import NormalIndPower
+    from statsmodels.stats.proportion import proportion_effectsize
+
     effect = abs(float(proportion_effectsize(target, baseline_rate)))
     ratio = variant_share / control_share
     control_n = float(

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from temporalio.worker import Worker
 from bench.bare_workflow import RawSleeper
 from cascade.infra.codec import data_converter
 from cascade.infra.db import Database, migrate
+from cascade.infra.logging import configure_logging
 from cascade.infra.settings import Settings
 from cascade.profiles.importer import import_profiles
 from channels.base import OutboundMessage, SendReceipt
@@ -91,6 +93,22 @@ async def run_worker(args: argparse.Namespace) -> None:
     """The worker process of one side, until SIGTERM."""
     settings = Settings(database_url=args.database_url, task_queue=args.task_queue)
     settings = settings.model_copy(update={"worker_max_cached_workflows": args.cache})
+    # As worker.py does: every log line to stderr (the parent points it at a file). Left
+    # unconfigured, structlog prints to stdout, the pipe the parent reads "ready" from
+    # and nothing after: once the pipe's buffers filled (about 800 `send.sent` lines),
+    # every print blocked the worker's event loop, so heartbeats stopped and retried
+    # sends were never polled.
+    configure_logging(args.log_level, "json")
+    if args.tracemalloc:
+        # What the process holds while its journeys sleep, by source line, on SIGUSR1.
+        tracemalloc.start(1)
+
+        def snapshot() -> None:
+            top = tracemalloc.take_snapshot().statistics("lineno")
+            lines = [f"{s.size / 1024:10.1f} KiB {s.count:8d} {s.traceback}" for s in top[:40]]
+            Path(args.sent_log + ".tracemalloc").write_text("\n".join(lines) + "\n")
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, snapshot)
     client = await Client.connect(args.address, data_converter=data_converter(settings), runtime=quiet_runtime())
     log = FileLog(Path(args.sent_log))
     stop = asyncio.Event()
@@ -149,6 +167,11 @@ def _tree_rss_mib(pid: int) -> float:
     return total
 
 
+def _keep_snapshot(snapshot: Path, to: Path) -> None:
+    if snapshot.exists():
+        to.write_text(snapshot.read_text())
+
+
 def _lines(path: Path) -> list[float]:
     """The first send time of each message (a retried provider call with the same key counts once)."""
     if not path.exists():
@@ -180,13 +203,17 @@ async def side(
     """Start N sleepers of one side, let them wake together, time the burst."""
     sent_log = tmp / f"{name}.sent"
     queue = f"sleep-{name}"
+    worker_log = (HERE / "results" / f"sleeping-{name}-worker.log").open("w")
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--role", name, "--address", address, "--database-url", database_url,
         "--task-queue", queue, "--sent-log", str(sent_log), "--cache", str(args.cache or args.n),
-        stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        "--log-level", args.log_level, *(["--tracemalloc"] if args.tracemalloc else []),
+        stdout=subprocess.PIPE, stderr=worker_log, env={**os.environ, "PYTHONPATH": str(HERE.parent)},
     )  # fmt: skip
     assert child.stdout is not None
     await child.stdout.readline()  # "ready"
+    # Whatever else the child prints is read and dropped: a full pipe would block it.
+    drain = asyncio.create_task(child.stdout.read())
     settings = Settings(database_url=database_url, task_queue=queue)
     db = Database.from_settings(settings)
 
@@ -234,6 +261,10 @@ async def side(
         counted = await client.count_workflows('JourneyStatus="delayed"')
         asleep = counted.count
     asleep_rss = _rss_mib(child.pid)
+    if args.tracemalloc:
+        child.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(5)
+        _keep_snapshot(Path(str(sent_log) + ".tracemalloc"), HERE / "results" / f"sleeping-{name}-tracemalloc.txt")
     server_asleep = _tree_rss_mib(server_pid)
     sends_before_wake = len(_lines(sent_log))
     await asyncio.sleep(max((wake_at - datetime.now(UTC)).total_seconds(), 0))
@@ -247,6 +278,8 @@ async def side(
     server_after = _tree_rss_mib(server_pid)
     child.send_signal(signal.SIGTERM)
     await child.wait()
+    await drain
+    worker_log.close()
     await db.dispose()
     burst = (max(times) - wake_at.timestamp()) if times else float("nan")
     result = {
@@ -257,6 +290,7 @@ async def side(
         "sends_before_wake": sends_before_wake,
         "asleep_before_wake": asleep,
         "sends": len(times),
+        "missed": args.n - len(times),
         "burst_seconds": round(burst, 2),
         "sends_per_s": round(len(times) / burst, 2) if times and burst > 0 else None,
         "worker_rss_asleep_mib": round(asleep_rss, 1),
@@ -271,6 +305,7 @@ async def side(
 async def main(args: argparse.Namespace) -> None:
     port = _free_port()
     address = f"127.0.0.1:{port}"
+    (HERE / "results").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         server = await asyncio.create_subprocess_exec(
@@ -300,13 +335,16 @@ async def main(args: argparse.Namespace) -> None:
                 except RuntimeError:
                     await asyncio.sleep(0.5)
             assert client is not None, "the dev server did not come up"
-            results = [
-                await side(name, args, address, database_url, tmp, client, server.pid) for name in ("raw", "cascade")
-            ]
+            results = {
+                name: await side(name, args, address, database_url, tmp, client, server.pid) for name in args.sides
+            }
         finally:
             server.terminate()
             await server.wait()
-    raw, ours = results
+    if set(results) != {"raw", "cascade"}:
+        print(json.dumps(results))
+        return
+    raw, ours = results["raw"], results["cascade"]
     ratio = (ours["sends_per_s"] / raw["sends_per_s"]) if ours["sends_per_s"] and raw["sends_per_s"] else None
     summary = {
         "n": args.n,
@@ -332,6 +370,13 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--sleep", type=float, default=0, help="seconds until they all wake (default: from n)")
     parser.add_argument("--concurrency", type=int, default=50, help="starts in flight")
     parser.add_argument("--timeout", type=float, default=1800, help="give up on the burst after this many seconds")
+    parser.add_argument(
+        "--sides", default="raw,cascade", type=lambda v: v.split(","), help="which sides to run (no ratio unless both)"
+    )
+    parser.add_argument("--log-level", default="INFO", help="the workers' log level (INFO: a line per send)")
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="write each worker's top allocations while asleep (slow)"
+    )
     parser.add_argument("--role", choices=["raw", "cascade"], help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)

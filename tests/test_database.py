@@ -237,6 +237,27 @@ def test_the_pool_keeps_one_connection_per_main_queue_slot():
     assert Settings(worker_max_concurrent_activities=64, database_pool_size=12).pool_size == 12
 
 
+async def test_a_sqlite_file_keeps_a_small_pool_whatever_the_worker_slots(tmp_path):
+    # One writer: more connections only wait in SQLite's busy handler, in no order, and the
+    # unlucky fail after its timeout. Sessions past the pool wait in the pool's queue.
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/c.db",
+        worker_max_concurrent_activities=120,
+        database_max_overflow=70,
+        database_pool_timeout_seconds=4.5,
+    )
+    db = Database.from_settings(settings)
+    try:
+        pool = db.engine.sync_engine.pool
+        assert (pool.size(), pool._max_overflow, pool._timeout) == (5, 10, 4.5)  # type: ignore[attr-defined]
+    finally:
+        await db.dispose()
+    # An in-memory database stays one shared connection.
+    memory = Database.from_settings(Settings(database_url="sqlite://"))
+    assert type(memory.engine.sync_engine.pool).__name__ == "StaticPool"
+    await memory.dispose()
+
+
 @pytest.mark.postgres
 async def test_the_engine_and_the_worker_use_the_settings(postgres_url, client):
     settings = Settings(

@@ -287,6 +287,31 @@ async def test_the_claim_is_a_heartbeat_lease_renewed_while_a_long_send_runs(any
     assert slow.calls == 1 and len(beats) >= 3
 
 
+async def test_a_renewal_stuck_on_a_busy_database_does_not_hold_up_the_heartbeat(any_db, unique_id, monkeypatch):
+    # A wake burst on SQLite: the renewal waits for a pooled connection or the write lock
+    # longer than the heartbeat timeout. Temporal must still hear from the attempt, or it
+    # retries a send that is alive (and about to go out).
+    await seed(any_db, unique_id, email="ann@example.com")
+    stuck = asyncio.Event()
+
+    async def renew_waits_forever(*_: Any) -> None:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr("activities.journey.renew_claim", renew_waits_forever)
+    slow = SlowProvider(SandboxChannel("email", any_db), seconds=3 * LEASE)
+    env = _env(heartbeat=LEASE, attempt=30)
+    beats: list[Any] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    sent = await env.run(_acts(any_db, email=slow).send_message, _input(unique_id, "email"))
+    assert stuck.is_set()
+    # One beat per third of the lease across the whole call, the renewal hanging throughout.
+    assert len(beats) >= 6
+    assert sent.status == "sent" and slow.calls == 1
+    [row] = await deliveries(any_db, f"journey/t/{unique_id}")
+    assert row.status == "sent"
+
+
 async def test_an_unknown_send_waits_like_a_sent_one_and_reactions_to_it_count(client, settings, db, unique_id, smtp):
     double, smtp_settings = smtp
     double.answer_delay = 3.0

@@ -192,10 +192,7 @@ class CascadeJourney:
                     break
                 check = ruled
             elif self._lean:
-                # The send checks the contact point and consent itself, in the same
-                # activity: an unusable one comes back `skipped` with the same reason.
-                check = CheckContactResult(usable=True)
-                self._unchecked = True
+                check = self._checked_by_send()
             else:
                 check = await workflow.execute_activity_method(
                     JourneyActivities.check_contact,
@@ -253,7 +250,7 @@ class CascadeJourney:
         spec = self._input.spec
         records = self._state.steps
         info = workflow.info()
-        key = f"{info.workflow_id}/{info.first_execution_run_id}/{index}"
+        key = self._key(index)
         if spec.route == "optichannel":
             if spec.max_steps is not None and sum(r.status in _OUT for r in records[:index]) >= spec.max_steps:
                 for rest in records[index:]:
@@ -436,8 +433,7 @@ class CascadeJourney:
                     return None
         if self._lean and not _has_rules(self._input.spec, step):
             # Only a delay: the check would judge nothing the send does not judge itself.
-            self._unchecked = True
-            return CheckContactResult(usable=True)
+            return self._checked_by_send()
         check = CheckContactResult(usable=False, reason="not checked")
         for _ in range(MAX_POSTPONES):
             check = await workflow.execute_activity_method(
@@ -450,6 +446,19 @@ class CascadeJourney:
             if await self._sleep(check.wake_at - workflow.now(), deadline):
                 return None
         return CheckContactResult(usable=False, reason=f"still {check.reason} after {MAX_POSTPONES} tries")
+
+    def _checked_by_send(self) -> CheckContactResult:
+        """Lean steps: no check activity; the send checks the contact point and consent itself.
+
+        An unusable contact comes back from the send as `skipped`, with the check's reason.
+        """
+        self._unchecked = True
+        return CheckContactResult(usable=True)
+
+    def _key(self, index: int) -> str:
+        """Step `index`'s idempotency key: the run id keeps keys unique when a finished journey id starts again."""
+        info = workflow.info()
+        return f"{info.workflow_id}/{info.first_execution_run_id}/{index}"
 
     def _rules_check(self, index: int) -> CheckContactInput:
         """The contact check of step `index` with every rule of the journey, at the journey's time."""
@@ -484,9 +493,8 @@ class CascadeJourney:
     async def _send(self, index: int, record: StepRecord) -> bool:
         step = self._input.spec.steps[index]
         info = workflow.info()
-        # The run id keeps keys unique when a finished journey id is started again later.
         run_id = info.first_execution_run_id
-        key = f"{info.workflow_id}/{run_id}/{index}"
+        key = self._key(index)
         # Sends run on the channel's own rate-limited queue; journeys started before
         # that change keep sending on the main queue, as their history says.
         task_queue = None
@@ -538,9 +546,8 @@ class CascadeJourney:
         """
         step = self._input.spec.steps[index]
         info = workflow.info()
-        # The run id keeps keys unique when a finished journey id is started again later.
         run_id = info.first_execution_run_id
-        key = f"{info.workflow_id}/{run_id}/{index}"
+        key = self._key(index)
         task_queue = channel_task_queue(info.task_queue, step.channel.value)
         for _ in range(MAX_POSTPONES):
             try:

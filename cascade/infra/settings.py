@@ -157,7 +157,9 @@ class Settings(BaseSettings):
     # PostgreSQL only: keep Cascade's tables in their own schema of a shared database
     # (created at start-up if missing; any name, used exactly as written).
     database_schema: str | None = None
-    # Connections per process (PostgreSQL). Every activity holds at most one, and only
+    # Connections per process (PostgreSQL; a SQLite file keeps a small pool of its own,
+    # cascade/infra/db.py, and waits up to the pool timeout for one). Every activity
+    # holds at most one, and only
     # inside a transaction. Main-queue activities (contact checks, accruals, scans) are
     # database work from start to end, so the pool keeps one per main-queue slot: unset,
     # it is worker_max_concurrent_activities. Sends use a connection only for their claim
@@ -359,7 +361,7 @@ class Settings(BaseSettings):
 
     @property
     def pool_size(self) -> int:
-        """PostgreSQL connections the pool keeps: the setting, or one per main-queue activity slot."""
+        """Connections the pool keeps: the setting, or one per main-queue activity slot."""
         return self.database_pool_size or self.worker_max_concurrent_activities
 
 

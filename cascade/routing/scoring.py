@@ -56,7 +56,6 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
-from scipy import stats
 
 MODEL_VERSION = "beta-binomial-v3"
 
@@ -256,6 +255,10 @@ def _summary(ranked: list[ChannelScore]) -> str:
 
 def rank_channels(inp: RoutingInput, params: RoutingParams | None = None) -> RoutingDecision:
     """Rank the customer's usable channels for one step and choose one (see the module docstring)."""
+    # Imported here: scipy is tens of MiB that every worker process would hold for a
+    # feature (optichannel routing) most journeys never use.
+    from scipy import stats
+
     params = params or RoutingParams()
     low, high = params.prior_strength_bounds
     usable = [o for o in inp.options if o.usable]

@@ -49,7 +49,6 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from scipy import ndimage
 
 HOURS_PER_WEEK = 168
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -141,6 +140,9 @@ def hour_profile(
     own = hour_histogram(own_reactions, zone)
     n = float(own.sum())
     if smooth_hours > 0:
+        # Imported here, as in cascade/routing/scoring.py: send-time optimisation only.
+        from scipy import ndimage
+
         own = ndimage.gaussian_filter1d(own, sigma=smooth_hours, mode="wrap", truncate=4.0)
     if day_pooling > 0 and n > 0:
         by_hour_of_day = own.reshape(7, 24).sum(axis=0)
