@@ -70,5 +70,7 @@ async def react_all(
     async def one(reaction: Reaction, http: httpx.AsyncClient) -> None:
         on_done(reaction, await react(reaction, handles[reaction.customer_id], db, webhooks_url, http, within))
 
-    async with httpx.AsyncClient(timeout=10) as http:
+    # The webhooks answer once the signal is in Temporal: on a loaded machine (the test suite
+    # beside `make run`) one such answer took over 10 s, and the demo died of a ReadTimeout.
+    async with httpx.AsyncClient(timeout=60) as http:
         await asyncio.gather(*(one(r, http) for r in reactions))
