@@ -25,11 +25,6 @@ from sqlalchemy import select
 from temporalio.client import (
     Client,
     Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -47,7 +42,7 @@ from analytics.funnel import (
 from analytics.money import SAVINGS_ROLLUP, refresh_recent_savings
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
-from cascade.infra.temporal import upsert_schedule
+from cascade.infra.temporal import interval_schedule, upsert_schedule
 from models.analytics import RefreshRollupsInput
 from models.journey import JourneySpec
 from models.workflow_types import ANALYTICS_REFRESH
@@ -97,12 +92,8 @@ async def data_as_of(db: Database) -> datetime | None:
 
 def refresh_schedule(settings: Settings, every: timedelta) -> Schedule:
     """The Schedule that starts AnalyticsRefresh every `every` (a slow one is never run twice at once)."""
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            ANALYTICS_REFRESH, RefreshRollupsInput(), id=REFRESH_SCHEDULE_ID, task_queue=settings.task_queue
-        ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(minutes=30)),
+    return interval_schedule(
+        ANALYTICS_REFRESH, RefreshRollupsInput(), REFRESH_SCHEDULE_ID, settings.task_queue, every, timedelta(minutes=30)
     )
 
 

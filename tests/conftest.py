@@ -253,9 +253,17 @@ def unique_id() -> Iterator[str]:
 @pytest.fixture(scope="session")
 async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     """The real Temporal dev server (search attributes registered) for webhook tests."""
+    env = await start_dev_server()
+    yield env
+    await env.shutdown()
+
+
+async def start_dev_server() -> WorkflowEnvironment:
+    """A real Temporal dev server with the journey search attributes registered (retried:
+    under load its start now and then times out)."""
     from models import search_attributes as sa
 
-    env = await started(
+    return await started(
         lambda: WorkflowEnvironment.start_local(
             data_converter=CODEC_CONVERTER,
             dev_server_existing_path=binary("temporal"),
@@ -263,5 +271,3 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
             runtime=quiet_runtime(),
         )
     )
-    yield env
-    await env.shutdown()

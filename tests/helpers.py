@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import uvicorn
 from sqlmodel import col, select
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import WorkflowEnvironment
 
 from cascade.infra.db import Database
 from models.journey import JourneySpec, JourneyState
@@ -126,3 +128,22 @@ async def original_links(db: Database, idempotency_key: str) -> list[str]:
             await session.exec(select(TrackedMessage).where(TrackedMessage.idempotency_key == idempotency_key))
         ).one()
     return list(tracked.links)
+
+
+async def skip_time(env: WorkflowEnvironment, seconds: float, within: float = 300.0) -> None:
+    """Move the time-skipping server's clock on by at least `seconds`.
+
+    One long `env.sleep` is one RPC: on a loaded machine, while the worker is slow to finish
+    the activities that hold the clock, it can end in "Timeout expired" with the time only
+    partly skipped. Short sleeps, each retried, until the server's own clock says so.
+    """
+    target = await env.get_current_time() + timedelta(seconds=seconds)
+    deadline = asyncio.get_running_loop().time() + within
+    while (now := await env.get_current_time()) < target:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the test server's clock stayed at {now}, short of {target}")
+        try:
+            await env.sleep(min(600.0, (target - now).total_seconds()))
+        except RPCError as err:
+            if "Timeout" not in str(err):
+                raise

@@ -34,7 +34,7 @@ from models.broadcasts import BroadcastProgress
 from models.journey import JourneyResult, JourneySpec, Outcome
 from models.tables import Customer, Delivery
 from tests.conftest import seed
-from tests.helpers import eventually, spec
+from tests.helpers import eventually, skip_time, spec
 
 # Journeys started here outlive their tests: a server per module (see tests/own_server.py).
 from tests.own_server import own_client, own_ts_env  # noqa: F401
@@ -145,7 +145,7 @@ async def test_pause_resume_and_cancel_stops_journeys_that_have_not_sent(
     await eventually(lambda: progress_with(2), within=90)
     await signal_broadcast(client, broadcast_id, "pause")
     # The page spacing (2000 s) passes; a paused broadcast starts nobody else.
-    await ts_env.sleep(3000)
+    await skip_time(ts_env, 3000)
     paused = await eventually(lambda: progress_with(2, "paused"), within=90)
     assert paused.audience == 8
     await signal_broadcast(client, broadcast_id, "resume")
@@ -191,7 +191,7 @@ async def test_a_crash_mid_page_and_a_restart_mid_way_start_nobody_twice(
 
     async def second_page_recorded() -> BroadcastProgress | None:
         # Skips the page spacing, then the retry's back-off after the crash.
-        await ts_env.sleep(3100)
+        await skip_time(ts_env, 3100)
         return await _progress_at(client, broadcast_id, 6)
 
     await eventually(second_page_recorded, within=90)
@@ -263,7 +263,7 @@ async def test_the_broadcasts_cli_starts_watches_pauses_resumes_cancels_and_list
     first = await eventually(lambda: status_says("started 2,"), within=90)
     assert "audience 4" in first
     assert (await cli("pause", bid)).stdout.strip() == f"pause sent to broadcast {bid}"
-    await ts_env.sleep(3000)
+    await skip_time(ts_env, 3000)
     await eventually(lambda: status_says(": paused"), within=90)
     assert (await cli("resume", bid)).exit_code == 0
     await eventually(lambda: status_says("started 4,"), within=90)

@@ -40,8 +40,7 @@ from cascade.infra.settings import PROJECT_ROOT, Settings
 from channels.base import OutboundMessage
 from channels.registry import build_channels, close_channels
 from models import search_attributes as sa
-from tests.codec import CODEC_CONVERTER
-from tests.conftest import binary, quiet_port, quiet_runtime, started
+from tests.conftest import quiet_port, start_dev_server
 from tests.doubles.smtp import SmtpDouble, free_port
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
@@ -336,14 +335,7 @@ async def own_dev_server() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server for this module only: the worker checks at start-up that its keys read the
     namespace's latest payloads, and on the session's shared server those may be another
     test's, encrypted with the dev key the compose environment does not hold."""
-    env = await started(
-        lambda: WorkflowEnvironment.start_local(
-            data_converter=CODEC_CONVERTER,
-            dev_server_existing_path=binary("temporal"),
-            search_attributes=sa.REGISTERED,
-            runtime=quiet_runtime(),
-        )
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

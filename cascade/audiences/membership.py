@@ -23,10 +23,6 @@ from temporalio.client import (
     Schedule,
     ScheduleActionExecutionStartWorkflow,
     ScheduleActionStartWorkflow,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -36,7 +32,7 @@ from cascade.events.outbox import writer
 from cascade.infra.db import Database
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings
-from cascade.infra.temporal import upsert_schedule
+from cascade.infra.temporal import interval_schedule, upsert_schedule
 from cascade.journeys.files import load_all_journeys
 from cascade.journeys.inputs import UnknownCustomerError
 from cascade.journeys.triggers import route_event
@@ -246,12 +242,8 @@ async def route_transitions(
 
 def refresh_schedule(settings: Settings, every: timedelta) -> Schedule:
     """The Schedule that refreshes every segment's memberships `every` so often."""
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            REFRESH_WORKFLOW, RefreshMembershipsInput(), id=REFRESH_SCHEDULE_ID, task_queue=settings.task_queue
-        ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=timedelta(hours=1)),
+    return interval_schedule(
+        REFRESH_WORKFLOW, RefreshMembershipsInput(), REFRESH_SCHEDULE_ID, settings.task_queue, every, timedelta(hours=1)
     )
 
 

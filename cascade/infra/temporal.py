@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
-from temporalio.client import Client, Schedule, ScheduleAlreadyRunningError, ScheduleUpdate, ScheduleUpdateInput
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from cascade.infra.codec import CodecError, EncryptionCodec, data_converter, is_encrypted, uses_dev_key
@@ -131,6 +145,18 @@ async def erase_customer_histories(client: Client, customer_id: str) -> list[str
                 raise
         deleted.append(execution.id)
     return deleted
+
+
+def interval_schedule(
+    workflow: str, arg: Any, schedule_id: str, task_queue: str, every: timedelta, catchup_window: timedelta
+) -> Schedule:
+    """A Schedule that starts `workflow(arg)` every `every`, never two at once (a slow run makes
+    the next one skip, not pile up), catching up missed runs within `catchup_window`."""
+    return Schedule(
+        action=ScheduleActionStartWorkflow(workflow, arg, id=schedule_id, task_queue=task_queue),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=catchup_window),
+    )
 
 
 async def upsert_schedule(client: Client, schedule_id: str, schedule: Schedule) -> bool:
