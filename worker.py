@@ -36,22 +36,7 @@ from channels.base import Channel
 from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
 from models.journey import ChannelName
-from workflows.analytics import AnalyticsRefresh
-from workflows.broadcast import BroadcastWorkflow
-from workflows.cascade import CascadeJourney
-from workflows.loyalty import LoyaltyLoop
-from workflows.scans import BirthdayScan, WinbackScan
-from workflows.segments import SegmentRefresh
-
-WORKFLOWS = [
-    CascadeJourney,
-    LoyaltyLoop,
-    BirthdayScan,
-    WinbackScan,
-    BroadcastWorkflow,
-    SegmentRefresh,
-    AnalyticsRefresh,
-]
+from workflows.registry import WORKFLOWS as WORKFLOWS  # what the worker registers; tests import it from here
 
 
 class CascadeWorkers:

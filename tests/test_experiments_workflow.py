@@ -38,8 +38,8 @@ from tests.helpers import deliveries, original_links, outbox, spec, wait_for_sta
 # left with activities due would freeze the shared server's clock under it (the suite's
 # xdist workers run modules in a different order than one process did), so a server of its own.
 from tests.own_server import own_client, own_ts_env  # noqa: F401
-from tests.test_replay import WORKFLOWS
 from worker import build_worker
+from workflows.registry import WORKFLOWS
 
 
 @pytest.fixture

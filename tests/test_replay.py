@@ -16,29 +16,13 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from models.journey import JourneyInput, JourneyResult
-from workflows.analytics import AnalyticsRefresh
-from workflows.broadcast import BroadcastWorkflow
-from workflows.cascade import CascadeJourney
-from workflows.loyalty import LoyaltyLoop
-from workflows.scans import BirthdayScan, WinbackScan
-from workflows.segments import SegmentRefresh
+from workflows.registry import WORKFLOWS  # every workflow the worker runs
 
 # This module is loaded into the workflow sandbox (ReorderedCascade below): the codec's
 # cryptography and settings are not workflow code, so they come from outside it.
 with workflow.unsafe.imports_passed_through():
     from tests.codec import CODEC_CONVERTER
 
-# Every workflow the worker runs (worker.WORKFLOWS is not imported: this module is loaded
-# into the workflow sandbox for ReorderedCascade below, and the worker module is not sandbox-safe).
-WORKFLOWS = [
-    CascadeJourney,
-    LoyaltyLoop,
-    BirthdayScan,
-    WinbackScan,
-    BroadcastWorkflow,
-    SegmentRefresh,
-    AnalyticsRefresh,
-]
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 

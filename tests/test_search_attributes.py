@@ -32,9 +32,10 @@ from starter import start_journey
 from tests.codec import CODEC_CONVERTER
 from tests.conftest import seed
 from tests.helpers import eventually, spec, wait_for_state
-from tests.test_replay import HISTORIES, WORKFLOWS, _history
+from tests.test_replay import HISTORIES, _history
 from worker import build_worker
 from workflows.cascade import CascadeJourney
+from workflows.registry import WORKFLOWS
 
 pytestmark = pytest.mark.integration
 
