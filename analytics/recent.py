@@ -26,7 +26,6 @@ from temporalio.client import (
     Client,
     Schedule,
 )
-from temporalio.service import RPCError, RPCStatusCode
 
 from analytics.funnel import (
     REACTION_ROLLUP,
@@ -42,7 +41,7 @@ from analytics.funnel import (
 from analytics.money import SAVINGS_ROLLUP, refresh_recent_savings
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
-from cascade.infra.temporal import interval_schedule, upsert_schedule
+from cascade.infra.temporal import delete_schedule, interval_schedule, upsert_schedule
 from models.analytics import RefreshRollupsInput
 from models.journey import JourneySpec
 from models.workflow_types import ANALYTICS_REFRESH
@@ -110,10 +109,4 @@ async def delete_refresh_schedule(client: Client) -> str:
     """Delete the analytics refresh schedule; LookupError when there is none. The recent rows
     stay as of their last refresh until the next day closes them, so the console keeps
     saying "as of"."""
-    try:
-        await client.get_schedule_handle(REFRESH_SCHEDULE_ID).delete()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise LookupError(f"no {REFRESH_SCHEDULE_ID} schedule") from None
-        raise
-    return f"deleted {REFRESH_SCHEDULE_ID}"
+    return await delete_schedule(client, REFRESH_SCHEDULE_ID)

@@ -32,7 +32,7 @@ from cascade.events.outbox import writer
 from cascade.infra.db import Database
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings
-from cascade.infra.temporal import interval_schedule, upsert_schedule
+from cascade.infra.temporal import delete_schedule, interval_schedule, upsert_schedule
 from cascade.journeys.files import load_all_journeys
 from cascade.journeys.inputs import UnknownCustomerError
 from cascade.journeys.triggers import route_event
@@ -283,13 +283,7 @@ async def show_refresh_schedule(client: Client) -> list[str]:
 
 async def delete_refresh_schedule(client: Client) -> str:
     """Delete the refresh schedule (a refresh it started runs to its end). LookupError if there is none."""
-    try:
-        await client.get_schedule_handle(REFRESH_SCHEDULE_ID).delete()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise LookupError(f"no {REFRESH_SCHEDULE_ID} schedule to delete") from None
-        raise
-    return f"deleted {REFRESH_SCHEDULE_ID}"
+    return await delete_schedule(client, REFRESH_SCHEDULE_ID)
 
 
 def _span(every: timedelta) -> str:

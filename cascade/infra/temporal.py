@@ -175,3 +175,15 @@ async def upsert_schedule(client: Client, schedule_id: str, schedule: Schedule) 
 
         await client.get_schedule_handle(schedule_id).update(replace)
         return False
+
+
+async def delete_schedule(client: Client, schedule_id: str) -> str:
+    """Delete the Schedule `schedule_id` (a run it started goes on to its end); LookupError when
+    there is none, so a command can say so instead of showing an RPC error."""
+    try:
+        await client.get_schedule_handle(schedule_id).delete()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise LookupError(f"no {schedule_id} schedule to delete") from None
+        raise
+    return f"deleted {schedule_id}"
