@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from cascade.infra.db import Database
+from models.events import AppEvent
 from models.journey import JourneySpec, JourneyState
 from models.tables import ContactPoint, Delivery, SandboxMessage, TrackedMessage
 from workflows.cascade import CascadeJourney
@@ -147,3 +148,10 @@ async def skip_time(env: WorkflowEnvironment, seconds: float, within: float = 30
         except RPCError as err:
             if "Timeout" not in str(err):
                 raise
+
+
+def app_event(event_id: str, customer_id: str, type: str, **properties: object) -> AppEvent:
+    """An application event as a shop's code sends it to `POST /v1/events`."""
+    return AppEvent.model_validate(
+        {"event_id": event_id, "customer_id": customer_id, "type": type, "properties": properties}
+    )

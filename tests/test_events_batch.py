@@ -8,15 +8,9 @@ from sqlmodel import select
 
 from cascade.events.ingest import record_app_event, record_app_events
 from cascade.infra.db import Database
-from models.events import AppEvent
 from models.tables import Customer, EngagementEvent, JourneyRun, OutboxSignal
 from tests.conftest import seed
-
-
-def event(event_id: str, customer_id: str, type: str, **properties: object) -> AppEvent:
-    return AppEvent.model_validate(
-        {"event_id": event_id, "customer_id": customer_id, "type": type, "properties": properties}
-    )
+from tests.helpers import app_event as event
 
 
 @pytest.mark.postgres

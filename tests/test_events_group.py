@@ -24,17 +24,12 @@ from cascade.infra.settings import Settings
 from models.events import AppEvent
 from models.tables import ApiKey, Customer, EngagementEvent, JourneyRun, OutboxSignal
 from tests.conftest import seed
+from tests.helpers import app_event as event
 from tests.test_segments import NOW, _people
 from webhooks.keys import create_key, revoke_key, tenant_of_key
 
 FUNNEL = ["new", "active", "loyal", "dormant", "churned"]
 LEASE = timedelta(seconds=30)
-
-
-def event(event_id: str, customer_id: str, type: str, **properties: object) -> AppEvent:
-    return AppEvent.model_validate(
-        {"event_id": event_id, "customer_id": customer_id, "type": type, "properties": properties}
-    )
 
 
 @pytest.mark.postgres
