@@ -28,7 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from cascade.audiences.compiler import CUSTOMERS, segment_condition
 from cascade.audiences.definition import SegmentCatalog
 from cascade.content.templates import SEND_TIME_FIELDS, check_journey
-from cascade.infra.db import Database
+from cascade.infra.db import Database, as_utc
 from cascade.infra.logging import get_logger
 from cascade.journeys.inputs import journey_workflow_id
 from cascade.journeys.rules import customer_zone
@@ -106,11 +106,6 @@ async def snapshot_audience(
     return int(audience)
 
 
-def _aware(at: datetime) -> datetime:
-    """SQLite hands timestamps back without a zone; they are UTC."""
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
 def local_start_delay(zone_name: str | None, at: time, now: datetime) -> timedelta:
     """How long until the next `at` o'clock in the customer's time zone (zero if it is that minute)."""
     zone = customer_zone(zone_name)
@@ -164,7 +159,7 @@ class RecipientStarter:
         outcomes: dict[tuple[str, str | None], list[tuple[str, str | None]]] = defaultdict(list)
         gate = asyncio.Semaphore(self.concurrency)
         now = datetime.now(UTC)
-        trigger = _aware(moment[0] or moment[1]) if moment is not None else None
+        trigger = as_utc(moment[0] or moment[1]) if moment is not None else None
         # Whether the journey's templates find every field depends only on which custom
         # attributes a profile has: checked once per set of names, not once per recipient
         # (a check parses every template).

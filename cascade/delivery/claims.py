@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Update, and_, or_, text
 from sqlmodel import col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.infra.db import Database, as_utc, insert_ignoring_conflicts
 from cascade.journeys.rules import cap_frees_at
 from cascade.profiles.service import mark_contact_point
 from models.activities import FailureCode, SendMessageInput, SendMessageResult, SettleDeliveryResult
@@ -113,7 +113,7 @@ async def claim_send(
             return finished
         if dangling(row, now) and not idempotent and await mark_unknown(session, row, CRASHED):
             return UNKNOWN
-        if row.claimed_until is None or aware(row.claimed_until) < now:
+        if row.claimed_until is None or as_utc(row.claimed_until) < now:
             if cap is not None and (postponed := await cap_full(session, input, customer_id, cap, now)):
                 if row.attempts == 0:
                     # Nothing was tried yet: no row until the send really starts.
@@ -140,7 +140,7 @@ async def claim_send(
             row = await delivery_row(session, input.idempotency_key)
     if (finished := finished_result(row)) is not None:
         return finished
-    remaining = (aware(row.claimed_until) - now) if row.claimed_until is not None else lease
+    remaining = (as_utc(row.claimed_until) - now) if row.claimed_until is not None else lease
     raise SendInProgress(
         "another attempt is sending this message; retrying after it finishes", max(remaining, timedelta(seconds=1))
     )
@@ -311,23 +311,18 @@ async def settle(db: Database, idempotency_key: str) -> tuple[SettleDeliveryResu
         if row.claimed_until is None:
             # Every attempt so far released its claim: none reached the provider.
             return SettleDeliveryResult(status="not_sent", reason=row.failure_code), None
-        if aware(row.claimed_until) >= now:
+        if as_utc(row.claimed_until) >= now:
             raise SendInProgress(
-                "a send attempt is still running", max(aware(row.claimed_until) - now, timedelta(seconds=1))
+                "a send attempt is still running", max(as_utc(row.claimed_until) - now, timedelta(seconds=1))
             )
         if not await mark_unknown(session, row, CRASHED):
             raise SendInProgress("the delivery changed while settling it")
     return SettleDeliveryResult(status="unknown", reason=FailureCode.OUTCOME_UNKNOWN), row
 
 
-def aware(value: datetime) -> datetime:
-    """The timestamp with its zone: SQLite hands them back without one; every one we write is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def dangling(row: Delivery, now: datetime) -> bool:
     """Claimed by an attempt that neither finished nor released it, and its lease is over."""
-    return row.status == DeliveryStatus.QUEUED and row.claimed_until is not None and aware(row.claimed_until) < now
+    return row.status == DeliveryStatus.QUEUED and row.claimed_until is not None and as_utc(row.claimed_until) < now
 
 
 async def mark_unknown(session: AsyncSession, row: Delivery, reason: str) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, Table, delete, func, insert, literal, select, text, union_all
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import SQLModel
 
+from cascade.infra.db import as_utc
 from models.tables import RECENCY_DEPTH, EngagementEvent, EventRecency
 
 EVENTS: Table = SQLModel.metadata.tables[EngagementEvent.__tablename__]
@@ -111,18 +112,13 @@ async def add_to_event_recency(
         rows = [
             {"customer_id": customer_id, "type": kind, "channel": channel, "rank": rank, "occurred_at": at}
             for (customer_id, kind, channel), times in ladders.items()
-            for rank, at in enumerate(sorted(times, key=_utc, reverse=True)[:RECENCY_DEPTH], start=1)
+            for rank, at in enumerate(sorted(times, key=as_utc, reverse=True)[:RECENCY_DEPTH], start=1)
         ]
         # The SELECT read every row of these customers x types, so deleting the same set
         # and writing `rows` back leaves the pairs without new events as they were.
         await conn.execute(delete(RECENCY).where(*where))
         if rows:
             await conn.execute(insert(RECENCY), rows)
-
-
-def _utc(at: datetime) -> datetime:
-    # SQLite hands naive UTC times back; the events' own are aware.
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 async def refresh_event_recency(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, Select, and_, case, distinct, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from cascade.experiments.report import VariantFunnel
-from cascade.infra.db import Database
+from cascade.infra.db import Database, as_utc
 from models.tables import Delivery, EngagementEvent, ExperimentAssignment, ExperimentDefinition, JourneyRun
 
 _A = ExperimentAssignment.__table__  # type: ignore[attr-defined]
@@ -27,11 +27,6 @@ async def fetch(db: Database, query: Select[Any]) -> Sequence[Row[Any]]:
     async with db.engine.connect() as conn:
         rows: Sequence[Row[Any]] = (await conn.execute(query)).all()
     return rows
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands timestamps back without their zone; every one we store is UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _revenue(properties: dict[str, Any] | None) -> float:
@@ -68,8 +63,8 @@ async def _conversions(
     rows = await fetch(db, query)
     # The window is judged here, not in SQL: interval arithmetic differs between dialects.
     for row in rows:
-        start = _aware(row.assigned_at)
-        if start <= _aware(row.occurred_at) < start + window:
+        start = as_utc(row.assigned_at)
+        if start <= as_utc(row.occurred_at) < start + window:
             by_customer = converted[row.variant]
             by_customer[row.customer_id] = by_customer.get(row.customer_id, 0.0) + _revenue(row.properties)
     return converted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -307,3 +308,9 @@ def insert_ignoring_conflicts(db: Database, table: type[SQLModel]) -> Any:
     if db.is_sqlite:
         return sqlite_insert(table)
     return pg_insert(table)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A stored timestamp with its zone: SQLite hands them back without one, and every one we
+    write is UTC (PostgreSQL's come back aware and pass through)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

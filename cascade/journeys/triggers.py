@@ -33,7 +33,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from cascade.audiences.compiler import CUSTOMERS, segment_condition
 from cascade.audiences.service import load_segments
 from cascade.events.outbox import PlannedSignal, mark_run_finished, signal_run
-from cascade.infra.db import Database
+from cascade.infra.db import Database, as_utc
 from cascade.infra.settings import Settings, get_settings
 from cascade.journeys.files import load_all_journeys
 from cascade.journeys.inputs import UnknownCustomerError, journey_context, journey_workflow_id
@@ -80,14 +80,9 @@ class RouteResult:
     not_entered: dict[str, str] = field(default_factory=dict)
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes for timezone-aware columns; they were stored in UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _deadline(value: Any) -> datetime | None:
     if isinstance(value, datetime):
-        return _aware(value)
+        return as_utc(value)
     if isinstance(value, str):
         try:
             return _deadline(datetime.fromisoformat(value))
@@ -128,7 +123,7 @@ async def _reentry_refusal(
     ).first()
     if last is None:
         return None, True
-    entered = _aware(last.started_at)
+    entered = as_utc(last.started_at)
     if last.finished_at is None:
         # Running (a start is then a no-op returning it), or closed without our knowing:
         # Temporal refuses to rerun it instead of starting a second chain.
