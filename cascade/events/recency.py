@@ -95,7 +95,8 @@ async def add_to_event_recency(
     await _lock_customers(conn, ids)
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
-        kinds = sorted({kind for customer, kind in new if customer in set(chunk)})
+        members = set(chunk)
+        kinds = sorted({kind for customer, kind in new if customer in members})
         where = [RECENCY.c.customer_id.in_(chunk), RECENCY.c.type.in_(kinds)]
         ladders: defaultdict[tuple[str, str, str], list[datetime]] = defaultdict(list)
         for customer_id, kind, channel, occurred_at in await conn.execute(
@@ -103,7 +104,7 @@ async def add_to_event_recency(
         ):
             ladders[(customer_id, kind, channel)].append(occurred_at)
         for (customer_id, kind), added in new.items():
-            if customer_id not in chunk:
+            if customer_id not in members:
                 continue
             for channel, occurred_at in added:
                 ladders[(customer_id, kind, "")].append(occurred_at)
