@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import importlib.util
 import itertools
 import json
 import os
@@ -56,6 +57,12 @@ from webhooks.keys import create_key
 
 ROOT = Path(__file__).resolve().parent.parent
 
+if importlib.util.find_spec("sniffio") is None:
+    # httpcore tries `import sniffio` on every request and, when it is not installed, each
+    # failed import searches sys.path again: a tenth of the HTTP client's time. A None
+    # entry makes that import fail at once (what anyio and httpcore expect without it).
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+
 
 async def _pool(n: int, concurrency: int, one: Any) -> float:
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -75,6 +82,11 @@ async def _until_count(handle: WorkflowHandle[Any, Any], at_least: int) -> None:
     # Polling the query is the point: "visible in the workflow" means a query sees it.
     while await handle.query(SignalSink.received) < at_least:  # noqa: ASYNC110
         await asyncio.sleep(0.002)
+
+
+def _phase(name: str) -> None:
+    # On stderr, flushed: a profiler started from outside (py-spy) can wait for a phase.
+    print(f"phase: {name}", file=sys.stderr, flush=True)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -103,7 +115,14 @@ async def main() -> None:
     parser.add_argument(
         "--profile",
         default=None,
-        help="cProfile the /v1/events phase into this file, the batch phase into FILE.batch",
+        help="cProfile the /v1/events phase into this file, the batch phase into FILE.batch (the bench's "
+        "process), and with --server process the service's whole life into FILE.service",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="HTTP client of the single-event phases: raw (a lean keep-alive client, see _RawHttp) or httpx",
     )
     parser.add_argument("--out", default="webhooks.json", help="file name under bench/results/")
     parser.add_argument(
@@ -152,7 +171,7 @@ async def main() -> None:
                     )
             key, _ = await create_key(db, "bench")
             server = (
-                _server_process(settings, client)
+                _server_process(settings, client, f"{args.profile}.service" if args.profile else None)
                 if args.server == "process"
                 else serve_app(create_app(settings, client=client, db=db))
             )
@@ -163,6 +182,7 @@ async def main() -> None:
                 ) as http,
             ):
                 counter = iter(range(10**9))
+                raw = _RawHttp(url, {"X-API-Key": key})
 
                 async def post(i: int) -> None:
                     body = {
@@ -171,6 +191,10 @@ async def main() -> None:
                         "type": "purchase",
                         "properties": {"amount": 10},
                     }
+                    if args.client == "raw":
+                        status, payload = await raw.request("POST", "/v1/events", body)
+                        assert status == 202 and json.loads(payload)["signalled"], payload
+                        return
                     reply = await http.post("/v1/events", json=body)
                     assert reply.status_code == 202 and reply.json()["signalled"], reply.text
 
@@ -183,32 +207,45 @@ async def main() -> None:
                     counts = await asyncio.gather(*(h.query(SignalSink.received) for h in handles))
                     return sum(counts)
 
-                async def timed(one: Any) -> float:
+                cpu_ms: dict[str, dict[str, float]] = {}
+
+                async def timed(one: Any, name: str) -> float:
                     # Until every signal is visible in its workflow: the API answers once the
                     # event is stored and its relay signals right after, so the answer alone
                     # would flatter it.
                     before = await taken()
+                    cpu_before = _cpu_by_role()
                     start = time.perf_counter()
                     await _pool(args.n, args.c, one)
                     while await taken() < before + args.n:  # noqa: ASYNC110
                         await asyncio.sleep(0.005)
-                    return time.perf_counter() - start
+                    elapsed = time.perf_counter() - start
+                    cpu_ms[name] = _per_event_ms(cpu_before, _cpu_by_role(), args.n)
+                    return elapsed
 
                 await _pool(20, 4, post)  # warm-up: connections, caches
                 await _pool(20, 4, bare)
                 # -n 0: only the batch part (e.g. on PostgreSQL, the single events on SQLite).
-                bare_s = await timed(bare) if args.n else 0.0
+                bare_s = await timed(bare, "bare") if args.n else 0.0
 
                 async def healthz(i: int) -> None:
+                    if args.client == "raw":
+                        assert (await raw.request("GET", "/healthz"))[0] == 200
+                        return
                     assert (await http.get("/healthz")).status_code == 200
 
                 # What HTTP alone costs here: the same client and server, 16 in flight, no work.
+                cpu_before = _cpu_by_role()
                 floor_s = await _pool(args.n, args.c, healthz) if args.n else 0.0
+                if args.n:
+                    cpu_ms["http_floor"] = _per_event_ms(cpu_before, _cpu_by_role(), args.n)
                 profiler = cProfile.Profile() if args.profile else None
                 if profiler is not None:
                     profiler.enable()
                 statements.reset()
-                api_s = await timed(post) if args.n else 0.0
+                _phase("api")
+                api_s = await timed(post, "api") if args.n else 0.0
+                _phase("api done")
                 api_statements = statements.count
                 api_kinds = dict(sorted(statements.kinds.items(), key=lambda kv: -kv[1]))
                 if profiler is not None:
@@ -232,7 +269,10 @@ async def main() -> None:
                 profiler = cProfile.Profile() if args.profile else None
                 if profiler is not None:
                     profiler.enable()
+                _phase("batch")
                 batch_s = await _batches(http, args) if args.batch_events else None
+                await raw.close()
+                _phase("batch done")
                 batch_statements = statements.count
                 if profiler is not None:
                     profiler.disable()
@@ -257,6 +297,10 @@ async def main() -> None:
             "http_floor_per_s": round(args.n / floor_s, 1),
             "api_to_http_floor": round(floor_s / api_s, 2),
             "server": args.server,
+            "client": args.client,
+            # CPU milliseconds per event by process (Linux /proc): what each side costs the
+            # machine, which a loaded 2-core machine's throughput figures hide.
+            "cpu_ms_per_event": cpu_ms,
         }
         if args.server == "inline":
             # Every SQL statement of the phase (key checks, events, relay settles, segments).
@@ -284,6 +328,8 @@ async def main() -> None:
             f"throughput: /v1/events {result['api_events_per_s']}/s vs bare signal "
             f"{result['bare_signals_per_s']}/s -> ratio {result['throughput_ratio']}"
         )
+        for name, by_role in cpu_ms.items():
+            print(f"CPU ms per event, {name}: " + ", ".join(f"{k} {v}" for k, v in by_role.items()))
         print(
             f"HTTP floor (GET /healthz, same client and server): {result['http_floor_per_s']}/s; "
             f"/v1/events is {result['api_to_http_floor']} of it"
@@ -320,6 +366,107 @@ async def _batches(http: httpx.AsyncClient, args: argparse.Namespace) -> float:
     return await _pool(len(chunks), 2, one)
 
 
+def _cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by this process and its children (the Temporal dev server,
+    the webhooks service), by role; empty where /proc is missing."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    me = os.getpid()
+    roles: dict[str, float] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return roles
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        # The command name may hold spaces: the fields after its closing parenthesis.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid != me and ppid != me:
+            continue
+        role = (
+            "bench"
+            if pid == me
+            else "service"
+            if "webhooks.server" in cmdline
+            else "temporal"
+            if "temporal" in cmdline
+            else "other"
+        )
+        roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return roles
+
+
+def _per_event_ms(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    used = {role: (after[role] - before.get(role, 0.0)) * 1000 / n for role in after}
+    used["total"] = sum(used.values())
+    return {role: round(ms, 2) for role, ms in used.items()}
+
+
+class _RawHttp:
+    """A lean HTTP/1.1 load generator: one kept-alive connection per request in flight,
+    a request written as bytes, the answer read by its Content-Length.
+
+    httpx costs the benchmark's process some 3 ms of CPU per request (its pool looks at
+    every connection for every request), about as much as the service spends on a request
+    and more than the bare side's client spends on a signal; on a two-core machine that
+    CPU comes out of the service's and Temporal's share. A shop's sender runs elsewhere,
+    so the default measures the service with this client instead (`--client httpx`
+    for the old figures).
+    """
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        parsed = httpx.URL(url)
+        self._host, self._port = parsed.host, parsed.port or 80
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"{self._host}:{self._port}", **headers}.items())
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+        """Send one request on an idle connection (a new one if none is idle); (status, body)."""
+        data = json.dumps(body).encode() if body is not None else b""
+        head = f"{method} {path} HTTP/1.1\r\n{self._head}"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        request = head.encode() + b"\r\n" + data
+        while self._idle:
+            reader, writer = self._idle.pop()
+            writer.write(request)
+            try:
+                answer = await reader.readuntil(b"\r\n\r\n")
+                break
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed a connection left idle past its keep-alive (uvicorn:
+                # 5 s, e.g. during the bare phase) before reading this request: send it again.
+                writer.close()
+        else:
+            reader, writer = await asyncio.open_connection(self._host, self._port)
+            writer.write(request)
+            answer = await reader.readuntil(b"\r\n\r\n")
+        status_line, _, rest = answer.partition(b"\r\n")
+        length, close = 0, False
+        for line in rest.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            elif name.lower() == b"connection" and value.strip().lower() == b"close":
+                close = True
+        payload = await reader.readexactly(length)
+        if close:
+            writer.close()
+        else:
+            self._idle.append((reader, writer))
+        return int(status_line.split()[1]), payload
+
+    async def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle = []
+
+
 class _StatementCounter:
     """Counts the SQL statements the engine runs (each one a round trip, and on SQLite a
     hop to aiosqlite's thread)."""
@@ -343,7 +490,7 @@ class _StatementCounter:
 
 
 @asynccontextmanager
-async def _server_process(settings: Settings, client: Client) -> AsyncIterator[str]:
+async def _server_process(settings: Settings, client: Client, profile: str | None) -> AsyncIterator[str]:
     """`python -m webhooks.server` on a free port, on the bench's database and dev server."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -358,7 +505,9 @@ async def _server_process(settings: Settings, client: Client) -> AsyncIterator[s
         "CASCADE_WEBHOOKS_PORT": str(port),
         "CASCADE_LOG_LEVEL": "WARNING",
     }
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "webhooks.server", cwd=ROOT, env=env)
+    # cProfile of the whole service process (its event loop's thread), written when it stops.
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
+    process = await asyncio.create_subprocess_exec(sys.executable, *prof, "-m", "webhooks.server", cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=url) as http:
