@@ -224,6 +224,13 @@ async def deliver(
     client: Client, db: Database, rows: Sequence[OutboxSignal], concurrency: int = 64
 ) -> list[SignalResult]:
     """Send committed outbox rows now, up to `concurrency` at once, then settle them."""
+    results = await send_all(client, rows, concurrency)
+    await settle(db, rows, results)
+    return results
+
+
+async def send_all(client: Client, rows: Sequence[OutboxSignal], concurrency: int = 64) -> list[SignalResult]:
+    """Send committed outbox rows now, up to `concurrency` at once (not settled)."""
     if not rows:
         return []
     limit = asyncio.Semaphore(concurrency)
@@ -232,9 +239,7 @@ async def deliver(
         async with limit:
             return await _send(client, row)
 
-    results = await asyncio.gather(*(one(r) for r in rows))
-    await settle(db, rows, results)
-    return list(results)
+    return list(await asyncio.gather(*(one(r) for r in rows)))
 
 
 async def claim(db: Database, limit: int, lease: timedelta) -> list[OutboxSignal]:
@@ -271,12 +276,17 @@ class OutboxRelay:
 
     `async with OutboxRelay(...)` runs it in the background (the webhooks app does);
     `submit` hands it committed rows. Rows are sent in batches, several batches and
-    `outbox_concurrency` signals at a time; each batch is settled in one transaction, so
-    under load the relay writes far less often than events arrive.
+    `outbox_concurrency` signals at a time. What was sent is settled in one transaction
+    at most every `SETTLE_EVERY` seconds, for every batch sent by then: at 16 events in
+    flight a batch is a group commit's few rows, and settling each on its own was a
+    second write transaction per group on SQLite's one writer. Settling later only
+    widens the window in which a crash makes a signal go twice (at least once, as
+    before; a journey ignores a repeat), by that fraction of a second.
     """
 
     BATCH = 256
     BATCHES_IN_FLIGHT = 4
+    SETTLE_EVERY = 0.05
 
     def __init__(self, client: Client, db: Database, settings: Settings) -> None:
         self._client = client
@@ -290,6 +300,8 @@ class OutboxRelay:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._sent: list[tuple[OutboxSignal, SignalResult]] = []  # sent, not yet settled
+        self._settler: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> OutboxRelay:
         self._loop_task = asyncio.create_task(self._loop(), name="outbox-relay")
@@ -308,6 +320,8 @@ class OutboxRelay:
         await self._dispatch_queued()
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=10)
+        if self._settler is not None:
+            await asyncio.wait([self._settler], timeout=10)
 
     def submit(self, rows: Sequence[OutboxSignal]) -> None:
         """Send these committed rows soon (they are stored: nothing is lost if we die)."""
@@ -318,7 +332,7 @@ class OutboxRelay:
     async def idle(self, within: float = 30.0) -> None:
         """Wait until everything submitted has been sent and settled (tests, benchmarks)."""
         deadline = time.monotonic() + within
-        while self._queue or self._in_flight:
+        while self._queue or self._in_flight or self._sent or (self._settler and not self._settler.done()):
             if time.monotonic() > deadline:
                 raise TimeoutError("outbox relay still busy")
             await asyncio.sleep(0.005)
@@ -360,11 +374,23 @@ class OutboxRelay:
 
     async def _deliver(self, rows: Sequence[OutboxSignal]) -> None:
         try:
-            results = await deliver(self._client, self._db, rows, self._concurrency)
-            retried = sum(r.retry for r in results)
-            if retried:
-                log.warning("outbox.retry_later", signals=retried, delivered=len(results) - retried)
-        except Exception as exc:  # settling failed: the rows stay stored and leased, so they come back
-            log.warning("outbox.deliver_failed", signals=len(rows), error=repr(exc)[:300])
+            results = await send_all(self._client, rows, self._concurrency)
         finally:
             self._slots.release()
+        retried = sum(r.retry for r in results)
+        if retried:
+            log.warning("outbox.retry_later", signals=retried, delivered=len(results) - retried)
+        self._sent += zip(rows, results, strict=True)
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._settle_sent(), name="outbox-settle")
+
+    async def _settle_sent(self) -> None:
+        """Settle what was sent, every `SETTLE_EVERY` seconds while there is some."""
+        while self._sent:
+            if not self._stopping:
+                await asyncio.sleep(self.SETTLE_EVERY)
+            sent, self._sent = self._sent, []
+            try:
+                await settle(self._db, [row for row, _ in sent], [result for _, result in sent])
+            except Exception as exc:  # the rows stay stored and leased, so they come back
+                log.warning("outbox.deliver_failed", signals=len(sent), error=repr(exc)[:300])
