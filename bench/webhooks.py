@@ -270,7 +270,10 @@ async def main() -> None:
                 if profiler is not None:
                     profiler.enable()
                 _phase("batch")
+                cpu_before = _cpu_by_role()
                 batch_s = await _batches(http, args) if args.batch_events else None
+                if args.batch_events:
+                    cpu_ms["batch"] = _per_event_ms(cpu_before, _cpu_by_role(), args.batch_events)
                 await raw.close()
                 _phase("batch done")
                 batch_statements = statements.count
@@ -317,6 +320,7 @@ async def main() -> None:
         result["batch_events"] = args.batch_events
         result["batch_size"] = args.batch_size
         result["batch_events_per_s"] = round(args.batch_events / batch_s, 1)
+        result["batch_cpu_ms_per_event"] = cpu_ms.get("batch", {})
         requests = -(-args.batch_events // args.batch_size)
         if args.server == "inline":
             result["batch_statements_per_request"] = round(batch_statements / requests, 1)
@@ -329,6 +333,8 @@ async def main() -> None:
             f"{result['bare_signals_per_s']}/s -> ratio {result['throughput_ratio']}"
         )
         for name, by_role in cpu_ms.items():
+            if name == "batch":
+                continue
             print(f"CPU ms per event, {name}: " + ", ".join(f"{k} {v}" for k, v in by_role.items()))
         print(
             f"HTTP floor (GET /healthz, same client and server): {result['http_floor_per_s']}/s; "
@@ -345,6 +351,7 @@ async def main() -> None:
             f"{result['batch_events_per_s']} events/s (stored, profiles updated, segments queued for refresh)"
             + (f", {result['batch_statements_per_request']} statements per request" if args.server == "inline" else "")
         )
+        print("CPU ms per event, batch: " + ", ".join(f"{k} {v}" for k, v in cpu_ms.get("batch", {}).items()))
     _save(result, args.out)
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -360,10 +367,16 @@ async def _batches(http: httpx.AsyncClient, args: argparse.Namespace) -> float:
     chunks = [events[i : i + args.batch_size] for i in range(0, len(events), args.batch_size)]
 
     async def one(i: int) -> None:
+        start = time.perf_counter()
         reply = await http.post("/v1/events/batch", json={"events": chunks[i]})
         assert reply.status_code == 202 and reply.json()["accepted"] == len(chunks[i]), reply.text
+        request_s.append(round(time.perf_counter() - start, 3))
 
-    return await _pool(len(chunks), 2, one)
+    request_s: list[float] = []
+
+    elapsed = await _pool(len(chunks), 2, one)
+    print(f"batch requests (s, in order of answer): {request_s}", file=sys.stderr, flush=True)
+    return elapsed
 
 
 def _cpu_by_role() -> dict[str, float]:
