@@ -13,7 +13,6 @@ from urllib.parse import urlencode
 from sqlalchemy import URL, Connection, event, inspect, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -22,7 +21,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 import models.tables  # noqa: F401  (registers every table on SQLModel.metadata)
 from cascade.infra.settings import Settings, check_schema_name, get_settings
-from cascade.infra.sqlite_driver import fused_connector
 
 T = TypeVar("T")
 
@@ -152,11 +150,7 @@ def create_engine(
             # queue, in turn. Measured: 80 connections failed 119 of a 1,000-send burst's
             # writes with "database is locked", 40 failed the throughput bench's starter.
             pool = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_MAX_OVERFLOW, "pool_timeout": pool_timeout}
-        # The connection's own arguments, as SQLAlchemy's dialect would pass them to
-        # aiosqlite (the file, check_same_thread, URI options), plus the busy timeout.
-        args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(parsed)
-        connector = fused_connector(*args, **{**kwargs, "timeout": 30})
-        engine = create_async_engine(parsed, async_creator=connector, **pool)
+        engine = create_async_engine(parsed, connect_args={"timeout": 30}, **pool)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
