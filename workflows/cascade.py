@@ -8,6 +8,7 @@ step's wait runs out. A reaction, the deadline, a cancel or an unsubscribe ends 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from temporalio import workflow
@@ -68,14 +69,14 @@ SEND_RETRY = RetryPolicy(
 SETTLE_TIMEOUT = timedelta(seconds=30)
 SETTLE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 # Steps whose message may be with the customer: waited on, reactions to them count.
-_OUT = {StepStatus.SENT, StepStatus.UNKNOWN}
+_OUT = frozenset({StepStatus.SENT, StepStatus.UNKNOWN})
 # Quiet hours and caps postpone a step; after this many wake-ups it is skipped, so a
 # customer who is always capped never holds a journey forever.
 MAX_POSTPONES = 10
 # Events that end the journey whichever step they concern.
-_STOPPING = {EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAINED: "complained"}
+_STOPPING = MappingProxyType({EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAINED: "complained"})
 # Events that make waiting on the current step pointless.
-_STEP_LOST = {EngagementType.BOUNCED, EngagementType.FAILED}
+_STEP_LOST = frozenset({EngagementType.BOUNCED, EngagementType.FAILED})
 
 
 def _has_rules(spec: JourneySpec, step: JourneyStep) -> bool:
