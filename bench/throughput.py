@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -108,6 +110,10 @@ class Run:
     seconds: float
     # One journey's workflow id, for --counts.
     sample: str = ""
+    # CPU seconds per journey: this process (starter, signaller, workers) and the dev server.
+    # Less swayed by other work on the machine than the rates are.
+    cpu_here: float = 0.0
+    cpu_server: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -131,11 +137,23 @@ async def run_side(client: Client, side: str, n: int, concurrency: int, settings
                 await client.execute_workflow(BareJourney.run, f"b-{i}", id=ids[-1], task_queue=settings.task_queue)
 
     task = asyncio.create_task(signaller(client, side == "cascade"))
-    started = time.perf_counter()
+    started, here, server = time.perf_counter(), time.process_time(), children_cpu()
     await asyncio.gather(*(one(i) for i in range(n)))
     elapsed = time.perf_counter() - started
     task.cancel()
-    return Run(side, n, elapsed, ids[-1])
+    return Run(side, n, elapsed, ids[-1], (time.process_time() - here) / n, (children_cpu() - server) / n)
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's child processes (the dev server)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 async def history_counts(client: Client, workflow_id: str) -> Counter[str]:
@@ -207,6 +225,7 @@ async def main() -> None:
                 runs.append(await run_side(env.client, side, args.n, args.concurrency, side_settings[side], db))
                 print(
                     f"{side:8s} {args.n} journeys in {runs[-1].seconds:6.2f} s = {runs[-1].rate:7.1f}/s"
+                    f"  CPU ms/journey: here {runs[-1].cpu_here * 1000:5.1f}, server {runs[-1].cpu_server * 1000:5.1f}"
                     f"  (load {load()})",
                     flush=True,
                 )
