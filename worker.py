@@ -18,6 +18,7 @@ from types import TracebackType
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.analytics import AnalyticsActivities
 from activities.audiences import AudienceActivities
@@ -37,6 +38,19 @@ from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
 from models.journey import ChannelName
 from workflows.registry import WORKFLOWS as WORKFLOWS  # what the worker registers; tests import it from here
+
+# The sandbox imports a workflow's module afresh for every workflow run it creates (a new
+# journey, or an evicted one replaying) so that runs cannot share module state. For
+# workflows/cascade.py that copy is about 72 KiB held by every cached journey (of ~170)
+# and, without bytecode files (PYTHONDONTWRITEBYTECODE, as in the Dockerfile), a compile
+# of the module's source per run: 10-40 ms of CPU per journey. Our workflow modules keep
+# no module state (constants only; per-run state lives on the instance), so they are
+# loaded once and shared by every run. What that gives up is the sandbox's check of
+# non-deterministic calls made from these modules at run time; tests/test_replay.py
+# replays stored histories under the full sandbox (Replayer's default), which keeps it.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
+)
 
 
 class CascadeWorkers:
@@ -95,6 +109,7 @@ def build_worker(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
+            workflow_runner=WORKFLOW_RUNNER,
             max_cached_workflows=settings.worker_max_cached_workflows,
             # One pooled database connection per slot (Settings.pool_size).
             max_concurrent_activities=settings.worker_max_concurrent_activities,

@@ -37,15 +37,10 @@ class FailureCode(StrEnum):
     TEMPLATE_ERROR = "template_error"
 
 
-class CheckContactInput(BaseModel):
-    """Is the customer reachable on `channel` right now?"""
-
-    customer_id: str
-    channel: ChannelName
-    topic: Topic = Topic.MARKETING
-    rules: StepRules | None = Field(default=None, description="Step rules to apply (None: contact only)")
-
-
+# Defined before CheckContactInput, which names it: a model whose field types are not all
+# defined yet is completed by pydantic on first use from sys.modules, and inside the
+# workflow sandbox (modules passed through) that lookup finds nothing and the journey's
+# workflow task fails on every retry.
 class StepRules(BaseModel):
     """The rules a step obeys besides consent, with the workflow's clock."""
 
@@ -56,6 +51,15 @@ class StepRules(BaseModel):
     quiet_hours: QuietHours | None = None
     stay_active_days: int | None = None
     journey_channels: list[ChannelName] = Field(default_factory=list)
+
+
+class CheckContactInput(BaseModel):
+    """Is the customer reachable on `channel` right now?"""
+
+    customer_id: str
+    channel: ChannelName
+    topic: Topic = Topic.MARKETING
+    rules: StepRules | None = Field(default=None, description="Step rules to apply (None: contact only)")
 
 
 class CheckContactResult(BaseModel):
