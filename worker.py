@@ -41,7 +41,7 @@ from workflows.registry import WORKFLOWS as WORKFLOWS  # what the worker registe
 
 # The sandbox imports a workflow's module afresh for every workflow run it creates (a new
 # journey, or an evicted one replaying) so that runs cannot share module state. For
-# workflows/cascade.py that copy is about 72 KiB held by every cached journey (of ~170)
+# workflows/cascade.py that copy is about 72 KiB held by every cached journey (of about 208 KiB in all)
 # and, without bytecode files (PYTHONDONTWRITEBYTECODE, as in the Dockerfile), a compile
 # of the module's source per run: 10-40 ms of CPU per journey. Our workflow modules keep
 # no module state (constants only; per-run state lives on the instance), so they are
