@@ -26,10 +26,10 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from cascade.audiences.compiler import CUSTOMERS, segment_condition
+from cascade.audiences.compiler import CUSTOMERS, definition_digest, segment_condition
 from cascade.audiences.definition import SegmentCatalog
 from cascade.events.outbox import writer
-from cascade.infra.db import Database
+from cascade.infra.db import Database, insert_ignoring_conflicts
 from cascade.infra.logging import get_logger
 from cascade.infra.settings import Settings
 from cascade.infra.temporal import delete_schedule, interval_schedule, upsert_schedule
@@ -38,7 +38,7 @@ from cascade.journeys.inputs import UnknownCustomerError
 from cascade.journeys.triggers import route_event
 from models.audiences import RefreshMembershipsInput
 from models.journey import JourneySpec
-from models.tables import SegmentMembership
+from models.tables import SegmentMembership, SegmentRefresh
 from models.workflow_types import SEGMENT_REFRESH
 
 log = get_logger("audiences.membership")
@@ -106,8 +106,18 @@ async def refresh_memberships(
         return await _refresh_customer_memberships(db, catalog, names, now, customer_id)
     result = Transitions()
     for name in names:
+        digest = definition_digest(catalog, name, dialect=db.engine.dialect)
         async with db.engine.begin() as conn:
             entered, exited = await _refresh_one(conn, catalog, name, now, customer_id)
+            # In the refresh's transaction: a count never reads this moment without its memberships.
+            record = insert_ignoring_conflicts(db, SegmentRefresh).values(
+                segment=name, definition=digest, refreshed_at=now
+            )
+            await conn.execute(
+                record.on_conflict_do_update(
+                    index_elements=["segment"], set_={"definition": digest, "refreshed_at": now}
+                )
+            )
         if entered:
             result.entered[name] = entered
         if exited:
