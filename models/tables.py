@@ -628,9 +628,10 @@ class SegmentMembership(SQLModel, table=True):
 class SegmentRefresh(SQLModel, table=True):
     """When a segment's memberships were last brought up to date for everyone, and for which definition.
 
-    A count read from the open memberships is exact as of `refreshed_at` for what time
-    alone changes, and current for what events and profile changes change (the event path
-    keeps those customers' memberships). `definition` is a digest of the segment's compiled
+    A count read from the open memberships is exact as of `refreshed_at`, and since then
+    current for the customers whose events came through the events API (the event path
+    keeps their memberships); time alone, profile edits, merges and erasures show at the
+    next refresh. `definition` is a digest of the segment's compiled
     query: a count is read from the memberships only while it matches the definition in
     force, so editing a segment's file (or a threshold) falls back to counting by the query
     until the next refresh (#13).

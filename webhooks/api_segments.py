@@ -27,7 +27,8 @@ class SegmentInfo(BaseModel):
     customers: int
     exact: bool = Field(
         description="True: counted by the segment's query now. False: the open memberships, exact as of"
-        " `as_of` (the last refresh of everyone) and current for the customers whose events arrived since"
+        " `as_of` (the last refresh of everyone), since then current for the customers whose events"
+        " came through /v1/events; time alone, profile edits, merges and erasures show at the next refresh"
     )
     as_of: datetime = Field(description="The moment the count describes (UTC)")
 

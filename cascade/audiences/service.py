@@ -74,8 +74,10 @@ class MemberCount:
 
     `exact`: counted by the segment's query at `as_of` (now). Otherwise read from the open
     memberships: exact as of `as_of`, the last refresh of everyone (the `SegmentRefresh`
-    Schedule), for what time alone changes (becoming dormant), and current for the
-    customers whose events arrived since (the event path moves their memberships).
+    Schedule), and since then current for the customers whose events came through the
+    events API (the event path moves their memberships). What else changed since (time
+    alone, such as becoming dormant; profile edits, merges and erasures without an event)
+    shows at the next refresh.
     """
 
     members: int
