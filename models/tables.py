@@ -625,6 +625,25 @@ class SegmentMembership(SQLModel, table=True):
     exited_at: datetime | None = _ts()
 
 
+class SegmentRefresh(SQLModel, table=True):
+    """When a segment's memberships were last brought up to date for everyone, and for which definition.
+
+    A count read from the open memberships is exact as of `refreshed_at`, and since then
+    current for the customers whose events came through the events API (the event path
+    keeps their memberships); time alone, profile edits, merges and erasures show at the
+    next refresh. `definition` is a digest of the segment's compiled
+    query: a count is read from the memberships only while it matches the definition in
+    force, so editing a segment's file (or a threshold) falls back to counting by the query
+    until the next refresh (#13).
+    """
+
+    __tablename__ = "segment_refreshes"
+
+    segment: str = Field(primary_key=True, max_length=64)
+    definition: str = Field(max_length=64)
+    refreshed_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
 # How many of a customer's latest events of a type `event_recency` keeps (see below).
 RECENCY_DEPTH = 3
 
