@@ -17,15 +17,16 @@ What counts as a change, from the columns each writer sets (see the writers in
 
 * a message: sent, delivered, opened, clicked or failed at or after `since`; an event
   received since that names it (a receipt, open, click, bounce or unsubscribe arriving
-  late, whatever time it says it happened); a purchase received since (the messages its
-  customer was sent in the attribution window before it: a superset of the one it is
-  attributed to); its customer's profile updated, erased or merged since. A message still
+  late, whatever time it says it happened); a purchase received since is attributed to
+  it; its customer's profile updated, erased or merged since. A message still
   queued at the previous refresh (the funnel rollup's messages that were neither sent nor
   failed) may have been settled ``unknown`` without a timestamp: its day is rebuilt too.
 * a run (``runs_daily``): ended since.
-* a run's savings: any of its messages changed as above, or created since (a late step of
-  a long run), a message not settled yet (``queued``/``unknown``), or its customer's
-  contact points, consents or profile changed since (usability is judged as it is now).
+* a run's savings: a message of it created, sent or failed since (a late step of a long
+  run, a retry that went through), bounced (an event received since), not settled yet
+  (``queued``/``unknown``), or its customer's contact points, consents or profile changed
+  since (usability is judged as it is now). Receipts, opens, clicks and purchases do not
+  change what a run cost or could have cost.
 
 Prices and journey files enter the savings too; they are not in the database, so the
 refresh rebuilds every recent day when they differ from the last refresh's in this process
@@ -35,9 +36,9 @@ refresh rebuilds every recent day when they differ from the last refresh's in th
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, func, literal, or_, select, union_all
+from sqlalchemy import Table, and_, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 
@@ -82,57 +83,30 @@ def _reachability_changed(since: datetime) -> Any:
     )
 
 
-def _attribution_window_start(is_sqlite: bool, occurred_at: Any, window: timedelta) -> ColumnElement[bool]:
-    """sent_at inside the attribution window before the event (as the funnel judges it)."""
-    d = _deliveries.c
-    if is_sqlite:
-        return func.julianday(d.sent_at) > func.julianday(occurred_at) - window.total_seconds() / 86400.0
-    return cast(ColumnElement[bool], d.sent_at > occurred_at - literal(window))
-
-
-def _changed_messages(
-    is_sqlite: bool, closed: datetime, since: datetime, window: timedelta, conversion_events: list[str]
-) -> list[Any]:
-    """SELECTs of (id of) messages of the recent days created before `since` that changed since."""
+def _changed_messages(closed: datetime, since: datetime, attributed: Any, conversion_events: list[str]) -> list[Any]:
+    """SELECTs of (id of) messages of the recent days created before `since` that changed
+    since; `attributed` is the funnel's last-touch subquery (correlated to the events)."""
     d, e = _deliveries.c, _events.c
     recent = and_(d.created_at >= closed, d.created_at < since)
     timeline = or_(*(column >= since for column in (d.sent_at, d.delivered_at, d.opened_at, d.clicked_at, d.failed_at)))
     by_event = select(e.delivery_id).where(e.received_at >= since, e.delivery_id.is_not(None))
-    purchases = (
-        select(d.id)
-        .select_from(_events)
-        .join(
-            _deliveries,
-            and_(
-                d.customer_id == e.customer_id,
-                d.sent_at <= e.occurred_at,
-                _attribution_window_start(is_sqlite, e.occurred_at, window),
-            ),
-        )
-        .where(e.received_at >= since, e.type.in_(conversion_events), recent)
-    )
+    purchases = select(attributed).where(e.received_at >= since, e.type.in_(conversion_events))
     return [
         select(d.id).where(recent, timeline),
         select(d.id).where(recent, d.id.in_(by_event)),
-        purchases,
+        select(d.id).where(recent, d.id.in_(purchases)),
         select(d.id).where(recent, d.customer_id.in_(_changed_customers(since))),
     ]
 
 
 async def first_changed_message(
-    conn: AsyncConnection,
-    is_sqlite: bool,
-    closed: datetime,
-    since: datetime,
-    *,
-    window: timedelta,
-    conversion_events: list[str],
+    conn: AsyncConnection, closed: datetime, since: datetime, *, attributed: Any, conversion_events: list[str]
 ) -> date | None:
     """The earliest day (of creation) of a recent message whose figures changed since
     `since` (the funnel and time-to-react rollups, by the message's day)."""
     d, f = _deliveries.c, _funnel_daily.c
     earliest: list[Any] = []
-    for part in _changed_messages(is_sqlite, closed, since, window, conversion_events):
+    for part in _changed_messages(closed, since, attributed, conversion_events):
         ids = part.subquery("changed")
         found = (await conn.execute(select(func.min(d.created_at)).where(d.id.in_(select(ids.c.id))))).scalar()
         earliest.append(found)
@@ -150,21 +124,20 @@ async def first_changed_run(conn: AsyncConnection, closed: datetime, since: date
     return _earliest([(await conn.execute(stmt)).scalar()])
 
 
-async def first_changed_savings(
-    conn: AsyncConnection,
-    is_sqlite: bool,
-    closed: datetime,
-    since: datetime,
-    *,
-    window: timedelta,
-    conversion_events: list[str],
-) -> date | None:
+async def first_changed_savings(conn: AsyncConnection, closed: datetime, since: datetime) -> date | None:
     """The earliest day (of start) of a recent run whose savings may have changed since `since`."""
-    d, r = _deliveries.c, _runs.c
+    d, e, r = _deliveries.c, _events.c, _runs.c
     unsettled = (DeliveryStatus.QUEUED.value, DeliveryStatus.UNKNOWN.value)
+    # A run's savings see its messages' channel, cost and whether they were sent: a message
+    # created, sent or failed since, or bounced (an event received since), changes them;
+    # receipts, opens, clicks and purchases do not.
+    failures = select(e.delivery_id).where(
+        e.received_at >= since, e.delivery_id.is_not(None), e.type.in_(("bounced", "failed"))
+    )
     messages = [
-        *_changed_messages(is_sqlite, closed, since, window, conversion_events),
         select(d.id).where(d.created_at >= since),
+        select(d.id).where(d.created_at >= closed, or_(d.sent_at >= since, d.failed_at >= since)),
+        select(d.id).where(d.created_at >= closed, d.id.in_(failures)),
         select(d.id).where(d.created_at >= closed, d.status.in_(unsettled)),
     ]
     earliest: list[Any] = []

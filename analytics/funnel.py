@@ -842,12 +842,17 @@ async def refresh_recent_funnel(db: Database, *, now: datetime | None = None) ->
     return await refresh_recent(db, ROLLUP_NAME, daily, _funnel_build(db), now=now, changed=_messages_changed(db))
 
 
+def rollup_attribution(is_sqlite: bool) -> Any:
+    """The last-touch subquery (correlated to the events) with the rollups' attribution window."""
+    return _attributed_delivery(is_sqlite, FunnelQuery(attribution_window=ROLLUP_WINDOW))
+
+
 def _messages_changed(db: Database) -> Changed:
     """The funnel's and time to react's changed days: those of the messages that changed."""
 
     async def changed(conn: AsyncConnection, closed: datetime, since: datetime) -> date | None:
         return await first_changed_message(
-            conn, db.is_sqlite, closed, since, window=ROLLUP_WINDOW, conversion_events=ROLLUP_EVENTS
+            conn, closed, since, attributed=rollup_attribution(db.is_sqlite), conversion_events=ROLLUP_EVENTS
         )
 
     return changed

@@ -33,7 +33,7 @@ import math
 import weakref
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -58,8 +58,6 @@ from sqlmodel import SQLModel
 
 from analytics.changes import first_changed_savings
 from analytics.funnel import (
-    ROLLUP_EVENTS,
-    ROLLUP_WINDOW,
     RUNS,
     SENT_STATUSES,
     Build,
@@ -485,15 +483,9 @@ async def refresh_recent_savings(
     judged = _judgement(prices, specs)
     known = _JUDGED.get(db.engine)
 
-    async def changed(conn: AsyncConnection, closed: datetime, since: datetime) -> date | None:
-        return await first_changed_savings(
-            conn, db.is_sqlite, closed, since, window=ROLLUP_WINDOW, conversion_events=ROLLUP_EVENTS
-        )
-
     build = _savings_build(db, prices, specs)
-    done = await refresh_recent(
-        db, SAVINGS_ROLLUP, savings_daily, build, now=now, changed=changed if known == judged else None
-    )
+    changed = first_changed_savings if known == judged else None
+    done = await refresh_recent(db, SAVINGS_ROLLUP, savings_daily, build, now=now, changed=changed)
     if done:
         _JUDGED[db.engine] = judged
     return done
