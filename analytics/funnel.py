@@ -61,6 +61,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy import cast as sql_cast
@@ -514,17 +515,25 @@ async def funnel(
     async with report_snapshot(db, snap) as reader:
         conn = reader.conn
         days = await reader.rolled_days(ROLLUP_NAME, query) if use_rollup else None
+        parts = []
         if days is not None:
-            _add(found, query.by, (await conn.execute(_rollup_select(query, *days))).mappings().all())
+            parts.append(_rollup_select(query, *days))
             raw_where.append(outside(deliveries.c.created_at, days, query.since))
-        stmt = _raw_select(db.is_sqlite, query, *raw_where, events_since=_log_part_start(query, days))
-        _add(found, query.by, (await conn.execute(stmt)).mappings().all())
+        parts.append(_raw_select(db.is_sqlite, query, *raw_where, events_since=_log_part_start(query, days)))
+        _add(found, query.by, (await conn.execute(together(parts))).mappings().all())
         skipped = await skipped_steps(db, query, conn)
     for group, reasons in skipped.items():
         item = found.setdefault(group, FunnelRow(key=dict(zip(query.by, group, strict=True))))
         item.skipped_by_reason = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
         item.skipped = sum(reasons.values())
     return sorted(found.values(), key=lambda row: _sort_key(row.key))
+
+
+def together(parts: Sequence[Any]) -> Any:
+    """The parts of one report (rollup rows, the log since) as one statement: UNION ALL of
+    SELECTs with the same columns, added up in Python by group. Each statement less is a
+    round trip less, and a wait for a core less on a loaded machine."""
+    return parts[0] if len(parts) == 1 else union_all(*parts)
 
 
 def _log_part_start(query: FunnelQuery, days: tuple[datetime | None, datetime] | None) -> datetime | None:
@@ -1009,18 +1018,17 @@ async def entries(
             statements.append(live(outside(r.started_at, days, query.since)))
         if not statements:
             statements.append(live())
-        for stmt in statements:
-            for row in (await conn.execute(stmt)).mappings().all():
-                key = tuple(_key_value(row[name]) for name in by)
-                entry = grouped.setdefault(
-                    key, EntryRow(key=dict(zip(by, key, strict=True)), entered=0, running=0, outcomes={})
-                )
-                count = int(row["runs"] or 0)
-                entry.entered += count
-                if row["outcome"] == "running":
-                    entry.running += count
-                else:
-                    entry.outcomes[row["outcome"]] = entry.outcomes.get(row["outcome"], 0) + count
+        for row in (await conn.execute(together(statements))).mappings().all():
+            key = tuple(_key_value(row[name]) for name in by)
+            entry = grouped.setdefault(
+                key, EntryRow(key=dict(zip(by, key, strict=True)), entered=0, running=0, outcomes={})
+            )
+            count = int(row["runs"] or 0)
+            entry.entered += count
+            if row["outcome"] == "running":
+                entry.running += count
+            else:
+                entry.outcomes[row["outcome"]] = entry.outcomes.get(row["outcome"], 0) + count
     for entry in grouped.values():
         entry.outcomes = dict(sorted(entry.outcomes.items()))
     return sorted((e for e in grouped.values() if e.entered), key=lambda e: _sort_key(e.key))
@@ -1104,7 +1112,6 @@ async def reaction_times(
     log. The figures are the same either way (the tests hold them equal). With `snap`, read
     in that snapshot (:class:`Snapshot`).
     """
-    rows: list[Any] = []
     extra: list[ColumnElement[bool]] = []
     use_rollup = rollup and query.segment is None
     if use_rollup and snap is None:
@@ -1112,6 +1119,7 @@ async def reaction_times(
     async with report_snapshot(db, snap) as reader:
         conn = reader.conn
         days = await reader.rolled_days(REACTION_ROLLUP, query) if use_rollup else None
+        parts = []
         if days is not None:
             c = reactions_daily.c
             untimed = query.model_copy(update={"since": None, "until": None})
@@ -1128,10 +1136,10 @@ async def reaction_times(
                 .where(*where)
                 .group_by(c.channel, c.bucket)
             )
-            rows.extend((await conn.execute(stmt)).mappings().all())
+            parts.append(stmt)
             extra.append(outside(deliveries.c.created_at, days, query.since))
-        log_part = _reaction_select(db.is_sqlite, query, ["channel"], *extra)
-        rows.extend((await conn.execute(log_part)).mappings().all())
+        parts.append(_reaction_select(db.is_sqlite, query, ["channel"], *extra))
+        rows = list((await conn.execute(together(parts))).mappings().all())
     out: dict[str, ReactionTimes] = {}
     totals: dict[str, float] = {}
     for row in rows:

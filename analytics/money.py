@@ -76,6 +76,7 @@ from analytics.funnel import (
     refresh_recent,
     report_snapshot,
     runs,
+    together,
 )
 from analytics.savings_model import (
     JourneyRunCosts,
@@ -546,6 +547,7 @@ async def savings_report(
     async with report_snapshot(db, snap) as reader:
         conn = reader.conn
         days = await reader.rolled_days(SAVINGS_ROLLUP, query) if use_rollup else None
+        parts = []
         if days is not None:
             c = savings_daily.c
             untimed = query.model_copy(update={"since": None, "until": None})
@@ -559,10 +561,10 @@ async def savings_report(
                 func.sum(c.all_usable).label("all_usable"),
                 func.sum(c.dearest).label("dearest"),
             ).where(*where)
-            add((await conn.execute(stmt.group_by(c.journey))).all())
+            parts.append(stmt.group_by(c.journey))
             extra.append(outside(runs.c.started_at, days, query.since))
-        log_part = await _savings_select(db, query, prices, specs, extra, conn=conn)
-        add((await conn.execute(log_part)).all())
+        parts.append(await _savings_select(db, query, prices, specs, extra, conn=conn))
+        add((await conn.execute(together(parts))).all())
     groups = {
         name: _summary(int(item[0]), item[1], item[2], item[3]) for name, item in sorted(totals.items()) if item[0]
     }
