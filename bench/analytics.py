@@ -2,7 +2,7 @@
 
     python bench/analytics.py [--deliveries 1000000] [--shape busy|closed] [--dsn URL]
                               [--repeat 3] [--loads 20] [--keep | --reuse SCHEMA | --load-only]
-                              [--schema NAME]
+                              [--schema NAME] [--console-only | --refresh-only]
 
 1. **History**: customers with hidden per-channel habits (usable, delivered, opened,
    clicked, bought -- the rates below) go through the cascades of journeys/winback.yaml and
@@ -357,6 +357,28 @@ async def console_pages(db: Database, shape: str, loads: int) -> dict[str, dict[
     return await console_loads(db, settings, paths, loads)
 
 
+async def refreshes(db: Database, more: int = 3) -> dict[str, float]:
+    """Seconds of a refresh that rebuilds every recent day (as the first one does), then of
+    `more` refreshes 10 minutes apart, which rebuild only the days that changed since the
+    previous one (analytics.changes). The first is as of 15 minutes before the newest
+    message, so the next ones find what was created after it (later steps of running
+    campaigns, their reactions and purchases) as a live shop's refresh would."""
+    async with db.engine.begin() as conn:
+        newest = (await conn.execute(text("SELECT max(created_at) FROM deliveries"))).scalar_one()
+        # No recent rows as far as the refresh knows: it rebuilds them all.
+        await conn.execute(text("UPDATE rollup_state SET recent_until = NULL"))
+    out: dict[str, float] = {}
+    for k in range(more + 1):
+        at = newest - timedelta(minutes=15) + timedelta(minutes=10 * k)
+        started = time.perf_counter()
+        await refresh_recent_rollups(db, PRICES, now=at)
+        name = "every_recent_day" if k == 0 else f"only_changed_{k}"
+        out[name] = round(time.perf_counter() - started, 1)
+        out[f"{name}_load"] = round(os.getloadavg()[0], 1)
+        print(name, out[name], file=sys.stderr, flush=True)
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=1_000_000)
@@ -376,6 +398,11 @@ async def main() -> None:
         "--console-only",
         action="store_true",
         help="with --reuse: only the console loads, over the rollups as an earlier run left them",
+    )
+    parser.add_argument(
+        "--refresh-only",
+        action="store_true",
+        help="with --reuse: a refresh of every recent day, then three 10 minutes apart (only what changed)",
     )
     parser.add_argument("--schema", help="the new schema's name (default: bench_analytics_<shape>_<random>)")
     args = parser.parse_args()
@@ -399,6 +426,13 @@ async def main() -> None:
             await db.dispose()
             print(json.dumps({**result, "schema": schema}, indent=2))
             return
+    if args.refresh_only:
+        try:
+            result["refresh_s"] = await refreshes(db)
+        finally:
+            await db.dispose()
+        print(json.dumps(result, indent=2))
+        return
     if args.console_only:
         try:
             result["console"] = await console_pages(db, shape, args.loads)

@@ -455,8 +455,8 @@ async def test_a_refresh_rebuilds_only_the_days_that_changed_since_the_last_one(
     async with any_db.engine.begin() as conn:
         for table in (runs_daily, savings_daily):
             column = table.c[_MARKED[table.name]]
-            day = table.c.day == date.fromisoformat(clicked_day)
-            await conn.execute(update(table).where(day).values({column: column - _MARK}))
+            on_day = table.c.day == date.fromisoformat(clicked_day)
+            await conn.execute(update(table).where(on_day).values({column: column - _MARK}))
     # ... and the late click is counted: the rollups say what the log says.
     query = FunnelQuery(since=T0, by=["day"])
     rolled = await funnel(any_db, query, now=later)
