@@ -525,6 +525,8 @@ Index("ix_deliveries_created_at", Delivery.__table__.c.created_at)  # type: igno
 Index("ix_deliveries_journey_created_at", Delivery.__table__.c.journey, Delivery.__table__.c.created_at)  # type: ignore[attr-defined]
 # Conversions are events of one type (purchase) by customer.
 Index("ix_engagement_events_type_customer", EngagementEvent.__table__.c.type, EngagementEvent.__table__.c.customer_id)  # type: ignore[attr-defined]
+# The events received since the last refresh of the recent rollups (analytics/changes.py; migration 0018).
+Index("ix_engagement_events_received_at", EngagementEvent.__table__.c.received_at)  # type: ignore[attr-defined]
 Index("ix_journey_runs_started_at", JourneyRun.__table__.c.started_at)  # type: ignore[attr-defined]
 # Runs a closed day's rollup (runs_daily) cannot hold: still running, or ended 34+ days
 # after their start. analytics.funnel.OPEN_OR_LONG writes the same predicate (migration 0014).
