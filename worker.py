@@ -18,6 +18,7 @@ from types import TracebackType
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.analytics import AnalyticsActivities
 from activities.audiences import AudienceActivities
@@ -37,6 +38,20 @@ from channels.queues import channel_task_queue
 from channels.registry import build_channels, close_channels
 from models.journey import ChannelName
 from workflows.registry import WORKFLOWS as WORKFLOWS  # what the worker registers; tests import it from here
+
+# The sandbox imports a workflow's module afresh for every workflow run it creates (each
+# new journey, each evicted one replaying) so that runs cannot share module state. For
+# workflows/cascade.py that copy is about 72 KiB held by every cached journey and, without
+# bytecode files (PYTHONDONTWRITEBYTECODE, as in the Dockerfile), a compile of its source
+# per run: measured as 30 % of the event loop's time in bench/throughput.py. Our workflow
+# modules keep no mutable module state (tests/test_workflow_sandbox.py checks it), so they
+# are loaded once and shared by every run. What that gives up is the sandbox's run-time
+# check of non-deterministic calls made from these modules (their globals are the real
+# modules, not the sandbox's proxies); the replay tests replay recorded histories under
+# the full sandbox (Replayer's default), which keeps it.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
+)
 
 
 class CascadeWorkers:
@@ -95,6 +110,7 @@ def build_worker(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
+            workflow_runner=WORKFLOW_RUNNER,
             max_cached_workflows=settings.worker_max_cached_workflows,
             # One pooled database connection per slot (Settings.pool_size).
             max_concurrent_activities=settings.worker_max_concurrent_activities,

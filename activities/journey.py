@@ -177,8 +177,11 @@ class JourneyActivities:
         renewal: asyncio.Task[None] | None = None
         try:
             while True:
-                activity.heartbeat()
+                # The first beat after an interval, not at once: the heartbeat timeout runs
+                # from the attempt's start anyway, and a beat is an RPC and a server write
+                # for every send, nearly all of which finish long before the first one is due.
                 await asyncio.sleep(interval)
+                activity.heartbeat()
                 if held.attempt is None or (renewal is not None and not renewal.done()):
                     continue
                 renewal = asyncio.create_task(self._renew(idempotency_key, held.attempt, held.lease, log))

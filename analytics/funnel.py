@@ -40,7 +40,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
@@ -61,13 +61,16 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import SQLModel
 
+from analytics.changes import CHANGE_MARGIN, first_changed_message, first_changed_run
 from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.infra.logging import get_logger
 from models.tables import (
     OPEN_OR_LONG_PG,
     OPEN_OR_LONG_SQLITE,
@@ -83,6 +86,8 @@ from models.tables import (
     SegmentMembership,
     StepSkip,
 )
+
+log = get_logger(__name__)
 
 Dimension = Literal["journey", "step", "channel", "campaign", "day", "variant", "segment"]
 DIMENSIONS: tuple[str, ...] = ("journey", "step", "channel", "campaign", "day", "variant", "segment")
@@ -487,48 +492,64 @@ def _add(found: dict[tuple[Any, ...], FunnelRow], by: Sequence[str], rows: Seque
 
 
 async def funnel(
-    db: Database, query: FunnelQuery, *, now: datetime | None = None, rollup: bool = True
+    db: Database,
+    query: FunnelQuery,
+    *,
+    now: datetime | None = None,
+    rollup: bool = True,
+    snap: Snapshot | None = None,
 ) -> list[FunnelRow]:
     """The funnel per group of `query.by`, ordered by the groups (one row when ungrouped).
 
     Whole days the daily rollup holds are read from it, the rest of the range from the
     delivery log (see :func:`refresh_rollup`); `rollup=False` reads everything from the log.
-    The figures are the same either way (the tests hold them equal).
+    The figures are the same either way (the tests hold them equal). With `snap`, read in
+    that snapshot (a page's: see :class:`Snapshot`).
     """
     found: dict[tuple[Any, ...], FunnelRow] = {}
     raw_where: list[ColumnElement[bool]] = []
     use_rollup = rollup and _rollup_answers(query)
-    if use_rollup:
+    if use_rollup and snap is None:
         await refresh_rollup(db, now=now)
     # One connection for every part: each one more is a few round trips on a loaded server.
-    async with reading(db) as conn:
-        days = await rolled_days(conn, ROLLUP_NAME, query) if use_rollup else None
+    async with report_snapshot(db, snap) as reader:
+        conn = reader.conn
+        days = await reader.rolled_days(ROLLUP_NAME, query) if use_rollup else None
+        parts = []
         if days is not None:
-            _add(found, query.by, (await conn.execute(_rollup_select(query, *days))).mappings().all())
+            parts.append(_rollup_select(query, *days))
             raw_where.append(outside(deliveries.c.created_at, days, query.since))
-        # The first message the log part counts: none (often, when the range is all closed
-        # days) and there is nothing to read; otherwise purchases before it cannot count.
-        # One probe per piece of the log part: min() over "before start OR after end" walks
-        # the created_at index from the oldest message through every rolled-up one (4 s).
-        created = deliveries.c.created_at
-        pieces = (
-            [[]] if days is None else [*([[created < days[0]]] if days[0] is not None else []), [created >= days[1]]]
-        )
-        events_since = None
-        for piece in pieces:
-            first = select(func.min(created)).where(*filters(query, DELIVERIES), *piece)
-            events_since = (await conn.execute(first)).scalar_one_or_none()
-            if events_since is not None:
-                break
-        if events_since is not None:
-            stmt = _raw_select(db.is_sqlite, query, *raw_where, events_since=events_since)
-            _add(found, query.by, (await conn.execute(stmt)).mappings().all())
+        parts.append(_raw_select(db.is_sqlite, query, *raw_where, events_since=_log_part_start(query, days)))
+        _add(found, query.by, (await conn.execute(together(parts))).mappings().all())
         skipped = await skipped_steps(db, query, conn)
     for group, reasons in skipped.items():
         item = found.setdefault(group, FunnelRow(key=dict(zip(query.by, group, strict=True))))
         item.skipped_by_reason = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
         item.skipped = sum(reasons.values())
     return sorted(found.values(), key=lambda row: _sort_key(row.key))
+
+
+def together(parts: Sequence[Any]) -> Any:
+    """The parts of one report (rollup rows, the log since) as one statement: UNION ALL of
+    SELECTs with the same columns, added up in Python by group. Each statement less is a
+    round trip less, and a wait for a core less on a loaded machine."""
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+def _log_part_start(query: FunnelQuery, days: tuple[datetime | None, datetime] | None) -> datetime | None:
+    """No message the log part of `query` counts was created before this (None: any may be),
+    so purchases before it cannot be attributed to one (:func:`conversions_subquery`).
+
+    The range's start when it has one (the log part is within it), else the rollup's end
+    when the rollup holds everything before. Known from the range and the reach alone:
+    asking the log for its first message took one or two more round trips per report.
+    """
+    if days is None:
+        return query.since
+    start, end = days
+    if start is None or (query.since is not None and _utc(query.since) >= start):
+        return end  # the log part is what was created after the rollup (see :func:`outside`)
+    return query.since
 
 
 def regroup(rows: Sequence[FunnelRow], by: Sequence[str]) -> list[FunnelRow]:
@@ -668,12 +689,30 @@ async def advance_rollup(
     return cutoff
 
 
-async def refresh_recent(db: Database, name: str, table: Table, build: Build, *, now: datetime | None = None) -> bool:
+# The earliest day of the recent days that changed since a time (analytics.changes), given
+# the connection, the first recent day's midnight and that time; None: none before it.
+Changed = Callable[[AsyncConnection, datetime, datetime], Awaitable[date | None]]
+
+
+async def refresh_recent(
+    db: Database,
+    name: str,
+    table: Table,
+    build: Build,
+    *,
+    now: datetime | None = None,
+    changed: Changed | None = None,
+) -> bool:
     """Replace rollup `name`'s rows of the days after the closed ones (up to `now`) with what
     the log says now: provisional rows a report reads instead of scanning the recent log,
     which it then reads only from `now` on. Whether this call did it.
 
-    Idempotent (the recent days' rows are deleted and built again, never added to) and a
+    With `changed`, only the days from the earliest one that changed since the previous
+    refresh (:mod:`analytics.changes`, looked for from CHANGE_MARGIN before it) are built
+    again; the others keep their rows, which are still the log as it is. Without it, or
+    when there are no recent rows yet, every recent day is.
+
+    Idempotent (the days' rows are deleted and built again, never added to) and a
     compare-and-set on rollup_state (`until` and `recent_until` as read): of two refreshers
     one builds and the other finds the row moved and does nothing; a day closing meanwhile
     (:func:`advance_rollup`) moves `until`, so a refresher that read the old one stops too.
@@ -694,8 +733,14 @@ async def refresh_recent(db: Database, name: str, table: Table, build: Build, *,
         )
         if moved.rowcount != 1:
             return False
-        await conn.execute(delete(table).where(table.c.day >= closed.date()))
-        await build(conn, closed, at)
+        start = closed
+        if changed is not None and row.recent_until is not None and _utc(row.recent_until) > closed:
+            since = max(closed, _utc(row.recent_until) - CHANGE_MARGIN)
+            first = min(filter(None, (since.date(), await changed(conn, closed, since))))
+            start = max(closed, datetime.combine(first, datetime.min.time(), UTC))
+        log.info("analytics.refresh_recent", rollup=name, rebuilt_from=start.date().isoformat(), as_of=at.isoformat())
+        await conn.execute(delete(table).where(table.c.day >= start.date()))
+        await build(conn, start, at)
     return True
 
 
@@ -713,17 +758,67 @@ async def rollup_reach(conn: AsyncConnection, name: str) -> Reach | None:
     """How far rollup `name` reaches, read on `conn` (the report's snapshot); None: not built."""
     s = rollup_state.c
     row = (await conn.execute(select(s.until, s.recent_until).where(s.name == name))).one_or_none()
-    if row is None:
-        return None
-    closed = _utc(row.until)
-    recent = _utc(row.recent_until) if row.recent_until is not None else closed
+    return _reach_of(row.until, row.recent_until) if row is not None else None
+
+
+def _reach_of(until: datetime, recent_until: datetime | None) -> Reach:
+    closed = _utc(until)
+    recent = _utc(recent_until) if recent_until is not None else closed
     return Reach(closed=closed, until=max(closed, recent))
 
 
-async def rolled_days(conn: AsyncConnection, name: str, query: FunnelQuery) -> tuple[datetime | None, datetime] | None:
-    """The part [start, end) of `query`'s range rollup `name` holds (see :func:`rollup_range`)."""
-    reach = await rollup_reach(conn, name)
-    return rollup_range(query, reach.until) if reach is not None else None
+class Snapshot:
+    """One connection and one snapshot for several reports (a console page).
+
+    Every report of a page reads the same rollup state and the same log, and the page pays
+    one pool checkout, one transaction and one read of ``rollup_state`` instead of one of
+    each per report (each a few round trips, each a wait for a core on a loaded machine).
+    A report given a snapshot does not move the closed days itself: whoever opens the
+    snapshot does that first (:func:`analytics.recent.page_snapshot`).
+    """
+
+    def __init__(self, conn: AsyncConnection, reaches: dict[str, Reach | None] | None = None) -> None:
+        self.conn = conn
+        self._reaches: dict[str, Reach | None] = dict(reaches or {})
+
+    async def reach(self, name: str) -> Reach | None:
+        """How far rollup `name` reaches in this snapshot (read once, then remembered)."""
+        if name not in self._reaches:
+            self._reaches[name] = await rollup_reach(self.conn, name)
+        return self._reaches[name]
+
+    async def rolled_days(self, name: str, query: FunnelQuery) -> tuple[datetime | None, datetime] | None:
+        """The part [start, end) of `query`'s range rollup `name` holds (see :func:`rollup_range`)."""
+        reach = await self.reach(name)
+        return rollup_range(query, reach.until) if reach is not None else None
+
+    def as_of(self) -> datetime | None:
+        """The oldest time the read rollups' recent rows are as of; None when none has recent
+        rows (the reports read the recent days from the log: live)."""
+        return min((r.until for r in self._reaches.values() if r is not None and r.until > r.closed), default=None)
+
+
+@asynccontextmanager
+async def snapshot(db: Database, names: Sequence[str] = ()) -> AsyncIterator[Snapshot]:
+    """A :class:`Snapshot` on a connection of its own, with the reach of rollups `names`
+    read in one statement (the others are read when a report asks)."""
+    s = rollup_state.c
+    async with reading(db) as conn:
+        reaches: dict[str, Reach | None] = dict.fromkeys(names)
+        if names:
+            for row in await conn.execute(select(s.name, s.until, s.recent_until).where(s.name.in_(names))):
+                reaches[row.name] = _reach_of(row.until, row.recent_until)
+        yield Snapshot(conn, reaches)
+
+
+@asynccontextmanager
+async def report_snapshot(db: Database, snap: Snapshot | None) -> AsyncIterator[Snapshot]:
+    """What a report reads in: `snap`, or a snapshot of its own when it was given none."""
+    if snap is not None:
+        yield snap
+    else:
+        async with snapshot(db) as own:
+            yield own
 
 
 def days_before(day: Any, end: datetime) -> ColumnElement[bool]:
@@ -753,7 +848,23 @@ async def refresh_rollup(db: Database, *, now: datetime | None = None, rebuild: 
 async def refresh_recent_funnel(db: Database, *, now: datetime | None = None) -> bool:
     """funnel_daily's recent days as the log is now (:func:`refresh_recent`)."""
     await refresh_rollup(db, now=now)
-    return await refresh_recent(db, ROLLUP_NAME, daily, _funnel_build(db), now=now)
+    return await refresh_recent(db, ROLLUP_NAME, daily, _funnel_build(db), now=now, changed=_messages_changed(db))
+
+
+def rollup_attribution(is_sqlite: bool) -> Any:
+    """The last-touch subquery (correlated to the events) with the rollups' attribution window."""
+    return _attributed_delivery(is_sqlite, FunnelQuery(attribution_window=ROLLUP_WINDOW))
+
+
+def _messages_changed(db: Database) -> Changed:
+    """The funnel's and time to react's changed days: those of the messages that changed."""
+
+    async def changed(conn: AsyncConnection, closed: datetime, since: datetime) -> date | None:
+        return await first_changed_message(
+            conn, closed, since, attributed=rollup_attribution(db.is_sqlite), conversion_events=ROLLUP_EVENTS
+        )
+
+    return changed
 
 
 def rollup_range(query: FunnelQuery, frozen_until: datetime) -> tuple[datetime | None, datetime] | None:
@@ -846,17 +957,24 @@ def _runs_build(db: Database, *, recent: bool) -> Build:
 async def refresh_recent_runs(db: Database, *, now: datetime | None = None) -> bool:
     """runs_daily's recent days as journey_runs is now (:func:`refresh_recent`)."""
     await refresh_runs_rollup(db, now=now)
-    return await refresh_recent(db, RUNS_ROLLUP, runs_daily, _runs_build(db, recent=True), now=now)
+    build = _runs_build(db, recent=True)
+    return await refresh_recent(db, RUNS_ROLLUP, runs_daily, build, now=now, changed=first_changed_run)
 
 
 async def entries(
-    db: Database, query: FunnelQuery, *, now: datetime | None = None, rollup: bool = True
+    db: Database,
+    query: FunnelQuery,
+    *,
+    now: datetime | None = None,
+    rollup: bool = True,
+    snap: Snapshot | None = None,
 ) -> list[EntryRow]:
     """Journey runs started in the range, per journey/campaign/day of `query.by` (others ignored).
 
     Closed days come from runs_daily (:func:`refresh_runs_rollup`) plus, live, their runs
     still open or longer than LONG_RUN; the other days from journey_runs. `rollup=False`
     reads only journey_runs; the figures are the same either way (the tests hold them equal).
+    With `snap`, read in that snapshot (:class:`Snapshot`).
     """
     r = runs.c
     by = [name for name in query.by if name in ("journey", "campaign", "day")]
@@ -870,12 +988,13 @@ async def entries(
         return stmt.group_by(*groups, outcome)
 
     use_rollup = rollup and query.segment is None and query.variant is None
-    if use_rollup:
+    if use_rollup and snap is None:
         await refresh_runs_rollup(db, now=now)
     grouped: dict[tuple[Any, ...], EntryRow] = {}
-    async with reading(db) as conn:
+    async with report_snapshot(db, snap) as reader:
+        conn = reader.conn
         statements = []
-        reach = await rollup_reach(conn, RUNS_ROLLUP) if use_rollup else None
+        reach = await reader.reach(RUNS_ROLLUP) if use_rollup else None
         days = rollup_range(query, reach.until) if reach is not None else None
         if reach is not None and days is not None:
             c = runs_daily.c
@@ -899,18 +1018,17 @@ async def entries(
             statements.append(live(outside(r.started_at, days, query.since)))
         if not statements:
             statements.append(live())
-        for stmt in statements:
-            for row in (await conn.execute(stmt)).mappings().all():
-                key = tuple(_key_value(row[name]) for name in by)
-                entry = grouped.setdefault(
-                    key, EntryRow(key=dict(zip(by, key, strict=True)), entered=0, running=0, outcomes={})
-                )
-                count = int(row["runs"] or 0)
-                entry.entered += count
-                if row["outcome"] == "running":
-                    entry.running += count
-                else:
-                    entry.outcomes[row["outcome"]] = entry.outcomes.get(row["outcome"], 0) + count
+        for row in (await conn.execute(together(statements))).mappings().all():
+            key = tuple(_key_value(row[name]) for name in by)
+            entry = grouped.setdefault(
+                key, EntryRow(key=dict(zip(by, key, strict=True)), entered=0, running=0, outcomes={})
+            )
+            count = int(row["runs"] or 0)
+            entry.entered += count
+            if row["outcome"] == "running":
+                entry.running += count
+            else:
+                entry.outcomes[row["outcome"]] = entry.outcomes.get(row["outcome"], 0) + count
     for entry in grouped.values():
         entry.outcomes = dict(sorted(entry.outcomes.items()))
     return sorted((e for e in grouped.values() if e.entered), key=lambda e: _sort_key(e.key))
@@ -975,25 +1093,33 @@ def _reaction_build(db: Database) -> Build:
 async def refresh_recent_reactions(db: Database, *, now: datetime | None = None) -> bool:
     """reaction_daily's recent days as the log is now (:func:`refresh_recent`)."""
     await refresh_reaction_rollup(db, now=now)
-    return await refresh_recent(db, REACTION_ROLLUP, reactions_daily, _reaction_build(db), now=now)
+    build = _reaction_build(db)
+    return await refresh_recent(db, REACTION_ROLLUP, reactions_daily, build, now=now, changed=_messages_changed(db))
 
 
 async def reaction_times(
-    db: Database, query: FunnelQuery, *, now: datetime | None = None, rollup: bool = True
+    db: Database,
+    query: FunnelQuery,
+    *,
+    now: datetime | None = None,
+    rollup: bool = True,
+    snap: Snapshot | None = None,
 ) -> list[ReactionTimes]:
     """Per channel: how many messages got a reaction, the mean delay and a histogram of delays.
 
     Closed days come from the reaction_daily histogram (:func:`refresh_reaction_rollup`),
     the recent ones from the log (indexed by creation time); `rollup=False` reads only the
-    log. The figures are the same either way (the tests hold them equal).
+    log. The figures are the same either way (the tests hold them equal). With `snap`, read
+    in that snapshot (:class:`Snapshot`).
     """
-    rows: list[Any] = []
     extra: list[ColumnElement[bool]] = []
     use_rollup = rollup and query.segment is None
-    if use_rollup:
+    if use_rollup and snap is None:
         await refresh_reaction_rollup(db, now=now)
-    async with reading(db) as conn:
-        days = await rolled_days(conn, REACTION_ROLLUP, query) if use_rollup else None
+    async with report_snapshot(db, snap) as reader:
+        conn = reader.conn
+        days = await reader.rolled_days(REACTION_ROLLUP, query) if use_rollup else None
+        parts = []
         if days is not None:
             c = reactions_daily.c
             untimed = query.model_copy(update={"since": None, "until": None})
@@ -1010,10 +1136,10 @@ async def reaction_times(
                 .where(*where)
                 .group_by(c.channel, c.bucket)
             )
-            rows.extend((await conn.execute(stmt)).mappings().all())
+            parts.append(stmt)
             extra.append(outside(deliveries.c.created_at, days, query.since))
-        log_part = _reaction_select(db.is_sqlite, query, ["channel"], *extra)
-        rows.extend((await conn.execute(log_part)).mappings().all())
+        parts.append(_reaction_select(db.is_sqlite, query, ["channel"], *extra))
+        rows = list((await conn.execute(together(parts))).mappings().all())
     out: dict[str, ReactionTimes] = {}
     totals: dict[str, float] = {}
     for row in rows:

@@ -28,7 +28,9 @@ definition (``journeys/<name>.yaml``):
 
 from __future__ import annotations
 
+import hashlib
 import math
+import weakref
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -51,15 +53,17 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import SQLModel
 
+from analytics.changes import first_changed_savings
 from analytics.funnel import (
     RUNS,
     SENT_STATUSES,
     Build,
     FunnelQuery,
     FunnelRow,
+    Snapshot,
     Source,
     advance_rollup,
     day_of,
@@ -70,8 +74,9 @@ from analytics.funnel import (
     outside,
     reading,
     refresh_recent,
-    rolled_days,
+    report_snapshot,
     runs,
+    together,
 )
 from analytics.savings_model import (
     JourneyRunCosts,
@@ -81,7 +86,7 @@ from analytics.savings_model import (
     summarise_savings,
 )
 from cascade.infra.db import Database
-from cascade.journeys.files import JourneyDefinitionError, load_journey, resolve_journey_path
+from cascade.journeys.files import JourneyDefinitionError, journey_files, load_journey, resolve_journey_path
 from models.journey import JourneySpec
 from models.tables import Consent, ContactPoint, ContactStatus, Customer, SavingsDaily, Topic
 
@@ -472,9 +477,38 @@ async def refresh_recent_savings(
     now: datetime | None = None,
 ) -> bool:
     """savings_daily's recent days (runs started since the last closed day) judged as the log
-    is now (:func:`analytics.funnel.refresh_recent`)."""
+    is now (:func:`analytics.funnel.refresh_recent`): the days whose runs changed since the
+    last refresh, or every recent day when the prices or journey files differ from the last
+    refresh's in this process (they are not in the database: nothing else says they changed)."""
     await refresh_savings_rollup(db, prices, specs, now=now)
-    return await refresh_recent(db, SAVINGS_ROLLUP, savings_daily, _savings_build(db, prices, specs), now=now)
+    judged = _judgement(prices, specs)
+    known = _JUDGED.get(db.engine)
+
+    build = _savings_build(db, prices, specs)
+    changed = first_changed_savings if known == judged else None
+    done = await refresh_recent(db, SAVINGS_ROLLUP, savings_daily, build, now=now, changed=changed)
+    if done:
+        _JUDGED[db.engine] = judged
+    return done
+
+
+# What the recent savings rows were last judged with, per database (engine): the prices and
+# a digest of the journey definitions.
+_JUDGED: weakref.WeakKeyDictionary[AsyncEngine, tuple[tuple[tuple[str, float], ...], str]] = weakref.WeakKeyDictionary()
+
+
+def _judgement(
+    prices: Mapping[str, float], specs: Mapping[str, JourneySpec] | None
+) -> tuple[tuple[tuple[str, float], ...], str]:
+    """The prices and a digest of the journeys a refresh judges savings with."""
+    digest = hashlib.sha256()
+    if specs is not None:
+        for name in sorted(specs):
+            digest.update(f"{name}\0{specs[name].model_dump_json()}\0".encode())
+    else:
+        for path in journey_files():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return tuple(sorted(prices.items())), digest.hexdigest()
 
 
 async def savings_report(
@@ -486,6 +520,7 @@ async def savings_report(
     *,
     now: datetime | None = None,
     rollup: bool = True,
+    snap: Snapshot | None = None,
 ) -> SavingsReport:
     """Savings of the runs started in range, in total and per journey, computed in SQL.
 
@@ -493,7 +528,8 @@ async def savings_report(
     :func:`analytics.savings_model.run_savings` (the tests hold them equal), aggregated in
     the database so a million messages need not travel to Python. Runs started on days
     the savings rollup holds are read from it (judged when the day was rolled up), the
-    others from the log; `rollup=False` judges every run now.
+    others from the log; `rollup=False` judges every run now. With `snap`, read in that
+    snapshot (:class:`analytics.funnel.Snapshot`).
     """
     totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
 
@@ -506,10 +542,12 @@ async def savings_report(
     extra: list[ColumnElement[bool]] = []
     # The rollup has neither segments nor arms: such a question judges its runs from the log.
     use_rollup = rollup and query.segment is None and query.variant is None
-    if use_rollup:
+    if use_rollup and snap is None:
         await refresh_savings_rollup(db, prices, specs, now=now)
-    async with reading(db) as conn:
-        days = await rolled_days(conn, SAVINGS_ROLLUP, query) if use_rollup else None
+    async with report_snapshot(db, snap) as reader:
+        conn = reader.conn
+        days = await reader.rolled_days(SAVINGS_ROLLUP, query) if use_rollup else None
+        parts = []
         if days is not None:
             c = savings_daily.c
             untimed = query.model_copy(update={"since": None, "until": None})
@@ -523,10 +561,10 @@ async def savings_report(
                 func.sum(c.all_usable).label("all_usable"),
                 func.sum(c.dearest).label("dearest"),
             ).where(*where)
-            add((await conn.execute(stmt.group_by(c.journey))).all())
+            parts.append(stmt.group_by(c.journey))
             extra.append(outside(runs.c.started_at, days, query.since))
-        log_part = await _savings_select(db, query, prices, specs, extra, conn=conn)
-        add((await conn.execute(log_part)).all())
+        parts.append(await _savings_select(db, query, prices, specs, extra, conn=conn))
+        add((await conn.execute(together(parts))).all())
     groups = {
         name: _summary(int(item[0]), item[1], item[2], item[3]) for name, item in sorted(totals.items()) if item[0]
     }

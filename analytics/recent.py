@@ -17,11 +17,11 @@ refresh``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
-from sqlalchemy import select
 from temporalio.client import (
     Client,
     Schedule,
@@ -31,14 +31,16 @@ from analytics.funnel import (
     REACTION_ROLLUP,
     ROLLUP_NAME,
     RUNS_ROLLUP,
-    _utc,
-    reading,
+    Snapshot,
+    refresh_reaction_rollup,
     refresh_recent_funnel,
     refresh_recent_reactions,
     refresh_recent_runs,
-    rollup_state,
+    refresh_rollup,
+    refresh_runs_rollup,
+    snapshot,
 )
-from analytics.money import SAVINGS_ROLLUP, refresh_recent_savings
+from analytics.money import SAVINGS_ROLLUP, refresh_recent_savings, refresh_savings_rollup
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from cascade.infra.temporal import delete_schedule, interval_schedule, upsert_schedule
@@ -82,11 +84,27 @@ async def refresh_recent_rollups(
 async def data_as_of(db: Database) -> datetime | None:
     """The oldest time the rollups' recent rows are as of; None when no rollup has recent
     rows (the reports read the recent days from the log: live)."""
-    s = rollup_state.c
-    async with reading(db) as conn:
-        rows = (await conn.execute(select(s.until, s.recent_until).where(s.name.in_(ROLLUPS)))).all()
-    times = [_utc(recent) for until, recent in rows if recent is not None and _utc(recent) > _utc(until)]
-    return min(times, default=None)
+    async with snapshot(db, ROLLUPS) as snap:
+        return snap.as_of()
+
+
+@asynccontextmanager
+async def page_snapshot(
+    db: Database,
+    prices: Mapping[str, float],
+    specs: Mapping[str, JourneySpec] | None = None,
+    *,
+    now: datetime | None = None,
+) -> AsyncIterator[Snapshot]:
+    """One snapshot for every report of a page (:class:`analytics.funnel.Snapshot`): the
+    days that closed are rolled up first (known built: no database work), then where every
+    rollup reaches is read in one statement; ``snap.as_of()`` is what the page says."""
+    await refresh_rollup(db, now=now)
+    await refresh_reaction_rollup(db, now=now)
+    await refresh_runs_rollup(db, now=now)
+    await refresh_savings_rollup(db, prices, specs, now=now)
+    async with snapshot(db, ROLLUPS) as snap:
+        yield snap
 
 
 def refresh_schedule(settings: Settings, every: timedelta) -> Schedule:

@@ -2,6 +2,7 @@
 
     python bench/analytics.py [--deliveries 1000000] [--shape busy|closed] [--dsn URL]
                               [--repeat 3] [--loads 20] [--keep | --reuse SCHEMA | --load-only]
+                              [--schema NAME] [--console-only | --refresh-only]
 
 1. **History**: customers with hidden per-channel habits (usable, delivered, opened,
    clicked, bought -- the rates below) go through the cascades of journeys/winback.yaml and
@@ -340,6 +341,44 @@ async def console_loads(db: Database, settings: Settings, paths: list[str], n: i
     return out
 
 
+async def console_pages(db: Database, shape: str, loads: int) -> dict[str, dict[str, float]]:
+    """The console's overview, winback page and the busiest customer's timeline (:func:`console_loads`)."""
+    # Busy: the console's default look-back (30 days), which is the busy month; closed:
+    # the look-back must cover the generated months.
+    settings = Settings(channel_costs=PRICES, console_days=30 if shape == "busy" else 3650)
+    # The customer with the most messages: the longest timeline.
+    async with db.engine.connect() as conn:
+        busiest = (
+            await conn.execute(
+                text("SELECT customer_id FROM deliveries GROUP BY customer_id ORDER BY count(*) DESC LIMIT 1")
+            )
+        ).scalar_one()
+    paths = ["/console/", "/console/journeys/winback", f"/console/customers/{busiest}"]
+    return await console_loads(db, settings, paths, loads)
+
+
+async def refreshes(db: Database, more: int = 3) -> dict[str, float]:
+    """Seconds of a refresh that rebuilds every recent day (as the first one does), then of
+    `more` refreshes 10 minutes apart, which rebuild only the days that changed since the
+    previous one (analytics.changes). The first is as of 15 minutes before the newest
+    message, so the next ones find what was created after it (later steps of running
+    campaigns, their reactions and purchases) as a live shop's refresh would."""
+    async with db.engine.begin() as conn:
+        newest = (await conn.execute(text("SELECT max(created_at) FROM deliveries"))).scalar_one()
+        # No recent rows as far as the refresh knows: it rebuilds them all.
+        await conn.execute(text("UPDATE rollup_state SET recent_until = NULL"))
+    out: dict[str, float] = {}
+    for k in range(more + 1):
+        at = newest - timedelta(minutes=15) + timedelta(minutes=10 * k)
+        started = time.perf_counter()
+        await refresh_recent_rollups(db, PRICES, now=at)
+        name = "every_recent_day" if k == 0 else f"only_changed_{k}"
+        out[name] = round(time.perf_counter() - started, 1)
+        out[f"{name}_load"] = round(os.getloadavg()[0], 1)
+        print(name, out[name], file=sys.stderr, flush=True)
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=1_000_000)
@@ -355,6 +394,17 @@ async def main() -> None:
         help="busy: a growing shop, the last 30 days hold about 45 %% of the messages; closed: all older than 35 days",
     )
     parser.add_argument("--dsn", default=POSTGRES, help="PostgreSQL to load into (a schema of its own)")
+    parser.add_argument(
+        "--console-only",
+        action="store_true",
+        help="with --reuse: only the console loads, over the rollups as an earlier run left them",
+    )
+    parser.add_argument(
+        "--refresh-only",
+        action="store_true",
+        help="with --reuse: a refresh of every recent day, then three 10 minutes apart (only what changed)",
+    )
+    parser.add_argument("--schema", help="the new schema's name (default: bench_analytics_<shape>_<random>)")
     args = parser.parse_args()
 
     result: dict[str, Any] = {}
@@ -367,7 +417,7 @@ async def main() -> None:
         started = time.perf_counter()
         tables = generate(args.deliveries, shape=args.shape)
         result["generate_s"] = round(time.perf_counter() - started, 1)
-        schema = f"bench_analytics_{args.shape}_{uuid.uuid4().hex[:8]}"
+        schema = args.schema or f"bench_analytics_{args.shape}_{uuid.uuid4().hex[:8]}"
         db = Database.from_url(args.dsn, schema=schema)
         await migrate(db.engine)
         result["copy_load_s"] = round(await load(args.dsn, schema, tables), 1)
@@ -376,13 +426,24 @@ async def main() -> None:
             await db.dispose()
             print(json.dumps({**result, "schema": schema}, indent=2))
             return
+    if args.refresh_only:
+        try:
+            result["refresh_s"] = await refreshes(db)
+        finally:
+            await db.dispose()
+        print(json.dumps(result, indent=2))
+        return
+    if args.console_only:
+        try:
+            result["console"] = await console_pages(db, shape, args.loads)
+        finally:
+            await db.dispose()
+        print(json.dumps(result, indent=2))
+        return
     try:
         async with db.engine.connect() as conn:
             for table in ("deliveries", "journey_runs", "customers", "engagement_events"):
                 result[f"rows_{table}"] = (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
-        # Busy: the console's default look-back (30 days), which is the busy month; closed:
-        # the look-back must cover the generated months.
-        settings = Settings(channel_costs=PRICES, console_days=30 if shape == "busy" else 3650)
         now = datetime.now(UTC)
         everything = FunnelQuery(since=now - timedelta(days=3650))
         # The last 30 days as the console asks them: from midnight (UTC), whole days. And
@@ -481,15 +542,7 @@ async def main() -> None:
         }
         print(json.dumps(result), file=sys.stderr, flush=True)  # what was measured so far
         if args.loads > 0:
-            # The customer with the most messages: the longest timeline.
-            async with db.engine.connect() as conn:
-                busiest = (
-                    await conn.execute(
-                        text("SELECT customer_id FROM deliveries GROUP BY customer_id ORDER BY count(*) DESC LIMIT 1")
-                    )
-                ).scalar_one()
-            paths = ["/console/", "/console/journeys/winback", f"/console/customers/{busiest}"]
-            result["console"] = await console_loads(db, settings, paths, args.loads)
+            result["console"] = await console_pages(db, shape, args.loads)
         # The last campaign that is over (busy: the last two are still going).
         last_closed = CAMPAIGNS - (3 if shape == "busy" else 1)
         bt = await backtest_campaign(

@@ -1,27 +1,37 @@
 """Journeys per second through the real dev server, against raw Temporal in the same run.
 
-    python bench/throughput.py [-n 1000] [--concurrency 100]
+    python bench/throughput.py [-n 1000] [--concurrency 100] [--rounds 1] [--sides raw,cascade] [--counts]
 
 Both sides do the same Temporal work per journey: start, two activities (check + send),
 one signal delivered as soon as the message is "sent", completion. Cascade's side runs
 the real CascadeJourney with the real activities (SQLite delivery log, sandbox channel);
 the raw side is a minimal hand-written workflow whose activities do nothing. The ratio
 is what Cascade's bookkeeping costs on top of Temporal itself.
+
+`--rounds R` alternates raw and cascade R times (raw first and last: R+1 raw runs, R
+cascade runs) and averages each side; `--counts` prints what one journey costs on each
+side: its history events by type (workflow tasks, activities, timers, upserts), and the
+SQL statements Cascade ran per journey (starter and worker together, one process).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy import event
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -98,6 +108,12 @@ class Run:
     side: str
     journeys: int
     seconds: float
+    # One journey's workflow id, for --counts.
+    sample: str = ""
+    # CPU seconds per journey: this process (starter, signaller, workers) and the dev server.
+    # Less swayed by other work on the machine than the rates are.
+    cpu_here: float = 0.0
+    cpu_server: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -107,6 +123,7 @@ class Run:
 async def run_side(client: Client, side: str, n: int, concurrency: int, settings: Settings, db: Database) -> Run:
     limit = asyncio.Semaphore(concurrency)
     prefix = f"{side}-{time.monotonic_ns()}"
+    ids: list[str] = []
 
     async def one(i: int) -> None:
         async with limit:
@@ -114,17 +131,40 @@ async def run_side(client: Client, side: str, n: int, concurrency: int, settings
                 handle = await start_journey(f"b-{i}", SPEC, client=client, db=db, settings=settings, key=prefix)
                 result = await handle.result()
                 assert result.outcome == "reacted", result
+                ids.append(handle.id)
             else:
-                await client.execute_workflow(
-                    BareJourney.run, f"b-{i}", id=f"bare/{prefix}/{i}", task_queue=settings.task_queue
-                )
+                ids.append(f"bare/{prefix}/{i}")
+                await client.execute_workflow(BareJourney.run, f"b-{i}", id=ids[-1], task_queue=settings.task_queue)
 
     task = asyncio.create_task(signaller(client, side == "cascade"))
-    started = time.perf_counter()
+    started, here, server = time.perf_counter(), time.process_time(), children_cpu()
     await asyncio.gather(*(one(i) for i in range(n)))
     elapsed = time.perf_counter() - started
     task.cancel()
-    return Run(side, n, elapsed)
+    return Run(side, n, elapsed, ids[-1], (time.process_time() - here) / n, (children_cpu() - server) / n)
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's child processes (the dev server)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def history_counts(client: Client, workflow_id: str) -> Counter[str]:
+    """One run's history events by type (EVENT_TYPE_ prefix dropped)."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return Counter(str(event.WhichOneof("attributes")).removesuffix("_event_attributes") for event in history.events)
+
+
+def load() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 async def main() -> None:
@@ -132,6 +172,9 @@ async def main() -> None:
     parser.add_argument("-n", type=int, default=1000, help="journeys per side")
     parser.add_argument("--concurrency", type=int, default=100, help="journeys in flight")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=1, help="cascade runs, each between two raw runs")
+    parser.add_argument("--sides", default="raw,cascade", help="raw,cascade (default) or one of them (profiling)")
+    parser.add_argument("--counts", action="store_true", help="print history events and SQL statements per journey")
     parser.add_argument(
         "--log-level",
         default="WARNING",
@@ -139,6 +182,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     configure_logging(args.log_level, "json")
+    sides = args.sides.split(",")
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/bench.db", task_queue="bench")
@@ -148,6 +192,11 @@ async def main() -> None:
         for i in range(customers):
             contacts = [ContactIn.model_validate({"channel": "email", "address": f"b{i}@example.com"})]
             await upsert_customer(db, CustomerProfile(id=f"b-{i}", name=f"B{i}", contacts=contacts))
+        statements: Counter[str] = Counter()
+
+        @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+        def _count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+            statements[statement.split(None, 1)[0].upper()] += 1
 
         env = await WorkflowEnvironment.start_local(
             # Encrypted payloads on both sides, as production runs (cascade.infra.codec).
@@ -163,25 +212,56 @@ async def main() -> None:
         bare_worker = Worker(
             env.client, task_queue="bench-bare", workflows=[BareJourney], activities=[bare_check, bare_send]
         )
+        side_settings = {"raw": bare_settings, "cascade": settings}
         runs: list[Run] = []
+        per_journey: dict[str, dict[str, int]] = {}
         async with cascade_worker, bare_worker:
-            for side, side_settings in (("raw", bare_settings), ("cascade", settings)):
-                await run_side(env.client, side, args.warmup, args.concurrency, side_settings, db)
+            for side in sides:
+                await run_side(env.client, side, args.warmup, args.concurrency, side_settings[side], db)
             # Alternate the order so neither side always gets the warmer server.
-            for side, side_settings in (("raw", bare_settings), ("cascade", settings), ("raw", bare_settings)):
-                runs.append(await run_side(env.client, side, args.n, args.concurrency, side_settings, db))
-                print(f"{side:8s} {args.n} journeys in {runs[-1].seconds:6.2f} s = {runs[-1].rate:7.1f}/s")
+            order = ["raw", "cascade"] * args.rounds + ["raw"]
+            for side in (s for s in order if s in sides):
+                statements.clear()
+                runs.append(await run_side(env.client, side, args.n, args.concurrency, side_settings[side], db))
+                print(
+                    f"{side:8s} {args.n} journeys in {runs[-1].seconds:6.2f} s = {runs[-1].rate:7.1f}/s"
+                    f"  CPU ms/journey: here {runs[-1].cpu_here * 1000:5.1f}, server {runs[-1].cpu_server * 1000:5.1f}"
+                    f"  (load {load()})",
+                    flush=True,
+                )
+                if args.counts and side == "cascade":
+                    per_journey["sql"] = {k: round(v / args.n, 2) for k, v in sorted(statements.items())}
+            if args.counts:
+                for side in sides:
+                    sample = next(r.sample for r in runs if r.side == side)
+                    per_journey[side] = dict(sorted((await history_counts(env.client, sample)).items()))
+                    print(f"{side} history events per journey: {per_journey[side]}")
+                if "sql" in per_journey:
+                    print(f"cascade SQL statements per journey: {per_journey['sql']}")
         await env.shutdown()
         await db.dispose()
 
-    raw = sum(r.rate for r in runs if r.side == "raw") / 2
-    cascade = next(r.rate for r in runs if r.side == "cascade")
-    print(f"\nraw Temporal {raw:.1f} journeys/s, Cascade {cascade:.1f} journeys/s, ratio {cascade / raw:.2f}")
+    rates = {side: [r.rate for r in runs if r.side == side] for side in sides}
+    mean = {side: sum(v) / len(v) for side, v in rates.items()}
+    ratio = mean["cascade"] / mean["raw"] if len(mean) == 2 else None
+    print(
+        "\n"
+        + ", ".join(f"{side} {mean[side]:.1f} journeys/s" for side in sides)
+        + (f", ratio {ratio:.2f}" if ratio is not None else "")
+        + f" (load {load()})"
+    )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "throughput.json").write_text(
         json.dumps(
-            {"n": args.n, "log_level": args.log_level, "runs": [asdict(r) for r in runs], "ratio": cascade / raw},
+            {
+                "n": args.n,
+                "log_level": args.log_level,
+                "runs": [asdict(r) for r in runs],
+                "ratio": ratio,
+                "per_journey": per_journey,
+                "load": load(),
+            },
             indent=1,
         )
     )

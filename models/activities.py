@@ -37,15 +37,6 @@ class FailureCode(StrEnum):
     TEMPLATE_ERROR = "template_error"
 
 
-class CheckContactInput(BaseModel):
-    """Is the customer reachable on `channel` right now?"""
-
-    customer_id: str
-    channel: ChannelName
-    topic: Topic = Topic.MARKETING
-    rules: StepRules | None = Field(default=None, description="Step rules to apply (None: contact only)")
-
-
 class StepRules(BaseModel):
     """The rules a step obeys besides consent, with the workflow's clock."""
 
@@ -56,6 +47,19 @@ class StepRules(BaseModel):
     quiet_hours: QuietHours | None = None
     stay_active_days: int | None = None
     journey_channels: list[ChannelName] = Field(default_factory=list)
+
+
+# StepRules comes first: a model whose field names a class defined after it is only built
+# on first use, by looking the name up in sys.modules, and inside the workflow sandbox
+# that lookup fails when the module was imported outside it (workflows passed through):
+# "CheckContactInput is not fully defined", a workflow task failing for ever.
+class CheckContactInput(BaseModel):
+    """Is the customer reachable on `channel` right now?"""
+
+    customer_id: str
+    channel: ChannelName
+    topic: Topic = Topic.MARKETING
+    rules: StepRules | None = Field(default=None, description="Step rules to apply (None: contact only)")
 
 
 class CheckContactResult(BaseModel):

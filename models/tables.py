@@ -525,6 +525,8 @@ Index("ix_deliveries_created_at", Delivery.__table__.c.created_at)  # type: igno
 Index("ix_deliveries_journey_created_at", Delivery.__table__.c.journey, Delivery.__table__.c.created_at)  # type: ignore[attr-defined]
 # Conversions are events of one type (purchase) by customer.
 Index("ix_engagement_events_type_customer", EngagementEvent.__table__.c.type, EngagementEvent.__table__.c.customer_id)  # type: ignore[attr-defined]
+# The events received since the last refresh of the recent rollups (analytics/changes.py; migration 0018).
+Index("ix_engagement_events_received_at", EngagementEvent.__table__.c.received_at)  # type: ignore[attr-defined]
 Index("ix_journey_runs_started_at", JourneyRun.__table__.c.started_at)  # type: ignore[attr-defined]
 # Runs a closed day's rollup (runs_daily) cannot hold: still running, or ended 34+ days
 # after their start. analytics.funnel.OPEN_OR_LONG writes the same predicate (migration 0014).
@@ -623,6 +625,25 @@ class SegmentMembership(SQLModel, table=True):
     customer_id: str = Field(max_length=128)
     entered_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     exited_at: datetime | None = _ts()
+
+
+class SegmentRefresh(SQLModel, table=True):
+    """When a segment's memberships were last brought up to date for everyone, and for which definition.
+
+    A count read from the open memberships is exact as of `refreshed_at`, and since then
+    current for the customers whose events came through the events API (the event path
+    keeps their memberships); time alone, profile edits, merges and erasures show at the
+    next refresh. `definition` is a digest of the segment's compiled
+    query: a count is read from the memberships only while it matches the definition in
+    force, so editing a segment's file (or a threshold) falls back to counting by the query
+    until the next refresh (#13).
+    """
+
+    __tablename__ = "segment_refreshes"
+
+    segment: str = Field(primary_key=True, max_length=64)
+    definition: str = Field(max_length=64)
+    refreshed_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
 # How many of a customer's latest events of a type `event_recency` keeps (see below).

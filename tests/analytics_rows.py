@@ -96,8 +96,9 @@ class History:
         *,
         delivery_id: int | None = None,
         amount: float | None = None,
+        received: datetime | None = None,
     ) -> None:
-        """An engagement or shop event."""
+        """An engagement or shop event (received when it happened, unless `received` says later)."""
         n = next(_ids)
         self.events.append(
             {
@@ -108,7 +109,7 @@ class History:
                 "source": "api",
                 "properties": {} if amount is None else {"amount": amount},
                 "occurred_at": at,
-                "received_at": at,
+                "received_at": received or at,
             }
         )
 

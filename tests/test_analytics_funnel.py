@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, timedelta
+from datetime import UTC, date, timedelta
 from typing import Any
 
 import pytest
@@ -24,6 +24,7 @@ from analytics.funnel import (
     runs,
     runs_daily,
 )
+from analytics.money import savings_daily, savings_report
 from analytics.recent import ROLLUPS, data_as_of, refresh_recent_rollups
 from cascade.infra.db import Database
 from tests.analytics_rows import T0, History
@@ -384,6 +385,86 @@ async def test_the_recent_rows_give_the_figures_of_the_log_as_of_their_refresh(a
         assert (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one() == len(h.deliveries) + 1
         state = (await conn.execute(select(rollup_state).where(rollup_state.c.name == "funnel_daily"))).one()
     assert state.until.replace(tzinfo=UTC) > state.recent_until.replace(tzinfo=UTC)  # read as closed days only
+
+
+# A figure of each rollup a test marks on a day's rows: a day built again loses the mark.
+_MARKED = {"funnel_daily": "revenue", "runs_daily": "runs", "savings_daily": "runs"}
+_MARK = 1000
+
+
+async def _mark(db: Database, day: str, delta: int) -> None:
+    """Add `delta` to the marked figure of every rollup's rows of `day`."""
+    async with db.engine.begin() as conn:
+        for table in (daily, runs_daily, savings_daily):
+            column = table.c[_MARKED[table.name]]
+            await conn.execute(
+                update(table).where(table.c.day == date.fromisoformat(day)).values({column: column + delta})
+            )
+
+
+async def _marked(db: Database, day: str) -> dict[str, bool]:
+    """Per rollup: whether its rows of `day` still carry the mark (were not built again)."""
+    out = {}
+    async with db.engine.connect() as conn:
+        for table in (daily, runs_daily, savings_daily):
+            values = (
+                (await conn.execute(select(table.c[_MARKED[table.name]]).where(table.c.day == date.fromisoformat(day))))
+                .scalars()
+                .all()
+            )
+            assert values, (table.name, day)
+            out[table.name] = all(v >= _MARK for v in values)
+    return out
+
+
+async def test_a_refresh_rebuilds_only_the_days_that_changed_since_the_last_one(any_db: Database) -> None:
+    # Three recent days of messages; the last refresh was at `now`.
+    now = T0 + timedelta(days=31)
+    h = History()
+    sent: dict[int, int] = {}
+    for back, who in ((21, "ann"), (11, "bob"), (2, "cid")):
+        at = now - timedelta(days=back)
+        r = h.run("winback", who, campaign="autumn", at=at, outcome="exhausted")
+        sent[back] = h.send(r, "winback", who, 0, "email", cost=0.001, at=at)
+    await h.save(any_db)
+    assert (await refresh_recent_rollups(any_db, PRICES, now=now)).refreshed == list(ROLLUPS)
+    old_day, clicked_day = str((now - timedelta(days=21)).date()), str((now - timedelta(days=11)).date())
+    for day in (old_day, clicked_day):
+        await _mark(any_db, day, _MARK)
+
+    # A click on bob's message of 11 days ago, reported by the provider 10 minutes after the
+    # refresh with the time it happened (a day after the message): only the event is new.
+    late = History()
+    clicked_at = now - timedelta(days=10)
+    late.event("bob", "clicked", clicked_at, delivery_id=sent[11], received=now + timedelta(minutes=10))
+    await late.save(any_db)
+    async with any_db.engine.begin() as conn:
+        await conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id == sent[11])
+            .values(status="clicked", opened_at=clicked_at, clicked_at=clicked_at)
+        )
+    later = now + timedelta(hours=1)
+    assert (await refresh_recent_rollups(any_db, PRICES, now=later)).refreshed == list(ROLLUPS)
+
+    # The day of the click is built again (and every later one); the day before it is not,
+    # nor, in the runs' and savings' rollups, which a click does not change, the click's day.
+    assert await _marked(any_db, old_day) == {"funnel_daily": True, "runs_daily": True, "savings_daily": True}
+    assert await _marked(any_db, clicked_day) == {"funnel_daily": False, "runs_daily": True, "savings_daily": True}
+    await _mark(any_db, old_day, -_MARK)
+    async with any_db.engine.begin() as conn:
+        for table in (runs_daily, savings_daily):
+            column = table.c[_MARKED[table.name]]
+            on_day = table.c.day == date.fromisoformat(clicked_day)
+            await conn.execute(update(table).where(on_day).values({column: column - _MARK}))
+    # ... and the late click is counted: the rollups say what the log says.
+    query = FunnelQuery(since=T0, by=["day"])
+    rolled = await funnel(any_db, query, now=later)
+    assert {str(row.key["day"]): row.clicked for row in rolled}[clicked_day] == 1
+    assert await _all_figures(any_db, [query], now=later) == await _all_figures(any_db, [query], rollup=False)
+    assert await savings_report(any_db, query, PRICES, "USD", now=later) == await savings_report(
+        any_db, query, PRICES, "USD", rollup=False
+    )
 
 
 async def test_two_refreshers_at_once_build_the_recent_days_once(any_db: Database) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cascade.content.templates import TemplateRenderError, render_content
 from cascade.journeys.definition import journey_input, validate_spec
@@ -129,3 +132,25 @@ def test_journey_files_are_parsed_again_only_when_they_change(tmp_path):
     path.write_text("name: j\nsteps:\n  - channel: sms\n    content: {body: two words}\n")
     os.utime(path, ns=(1, 1))  # a different mtime even on coarse file systems
     assert load_all_journeys(tmp_path)[0].steps[0].channel == "sms"
+
+
+def test_every_model_is_complete_when_its_module_is_imported():
+    """No model may wait for pydantic to resolve a forward reference on first use.
+
+    That late rebuild looks the names up in `sys.modules`; inside the workflow sandbox, with
+    the workflow modules passed through, the model's module is not there, and the first
+    journey to build the model failed its workflow task on every retry (a hang).
+    """
+    incomplete = []
+    for package in ("models", "workflows", "cascade", "activities", "channels", "analytics"):
+        for info in pkgutil.walk_packages(importlib.import_module(package).__path__, f"{package}."):
+            module = importlib.import_module(info.name)
+            incomplete += [
+                f"{info.name}.{name}"
+                for name, value in vars(module).items()
+                if inspect.isclass(value)
+                and issubclass(value, BaseModel)
+                and value.__module__ == info.name
+                and not value.__pydantic_complete__
+            ]
+    assert incomplete == []

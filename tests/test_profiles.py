@@ -12,7 +12,7 @@ from sqlmodel import col, func, select
 from cascade.infra.db import Database
 from cascade.profiles.contacts import load_reachability
 from cascade.profiles.privacy import erase_customer, export_profile, pseudonym
-from cascade.profiles.service import ProfileError, template_fields, upsert_customer
+from cascade.profiles.service import ProfileError, surviving_customer, template_fields, upsert_customer
 from models.profiles import ConsentIn, ContactIn, CustomerProfile, typed_attribute
 from models.tables import (
     Consent,
@@ -288,3 +288,22 @@ async def test_a_merge_keeps_the_opt_out_over_an_implied_yes_and_survives_naive_
     assert survivor.last_purchase_at.replace(tzinfo=UTC) == bought + timedelta(days=3)
     # Events for the absorbed profile's running journeys now find them under the survivor.
     assert run.customer_id == "m1"
+
+
+async def test_the_surviving_customer_follows_merges_to_the_end(any_db: Database) -> None:
+    async with any_db.session() as session:
+        session.add(Customer(id="end"))
+        session.add(Customer(id="mid", merged_into="end"))
+        session.add(Customer(id="first", merged_into="mid"))
+        a, b = Customer(id="loop-a"), Customer(id="loop-b")
+        session.add_all([a, b])
+        await session.flush()
+        a.merged_into, b.merged_into = "loop-b", "loop-a"
+    async with any_db.session() as session:
+        found = {
+            cid: (c.id if c else None)
+            for cid in ("first", "mid", "end", "loop-a", "unknown")
+            for c in [await surviving_customer(session, cid)]
+        }
+    # As resolve_customer_id then a look-up did: a cycle stops at the last profile before it repeats.
+    assert found == {"first": "end", "mid": "end", "end": "end", "loop-a": "loop-b", "unknown": None}

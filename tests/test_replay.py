@@ -121,3 +121,17 @@ def test_lifecycle_changes_are_behind_patch_markers():
     assert markers["loyalty_v2_left"] == {"loyalty-round-v2", "record-run"}
     assert markers["scan_v2_birthday"] == markers["scan_v2_winback"] == {"paged-scans"}
     assert markers["cascade_run_recorded_dedup"] >= {"record-run", "signal-dedup"}
+
+
+def test_lean_steps_2_is_one_marker_for_every_earlier_patch():
+    """Journeys started on lean-steps-2 carry its marker alone; those on lean steps carry each patch's own."""
+    markers = {p.stem: _patches(p) for p in HISTORIES}
+    assert markers["cascade_lean2_opened_twice"] == markers["cascade_lean2_bounce_cancel"] == {"lean-steps-2"}
+    assert markers["cascade_lean_opened_twice"] == {
+        "lean-steps",
+        "send-outcome-from-log",
+        "record-skips",
+        "signal-dedup",
+    }
+    assert markers["cascade_lean_bounce_cancel"] == {"lean-steps", "send-outcome-from-log", "record-skips"}
+    assert not any("lean-steps-2" in m for name, m in markers.items() if not name.startswith("cascade_lean2_"))

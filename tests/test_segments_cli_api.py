@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
+from cascade.audiences.membership import refresh_memberships
+from cascade.audiences.service import load_segments
 from cascade.cli.segments import app
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
@@ -58,6 +61,28 @@ def test_cli_lists_counts_samples_and_shows(cli_env: Path) -> None:
     assert "reachable: telegram" in shown.output and "FROM customers" in shown.output
 
 
+def test_cli_counts_from_the_last_refresh_and_says_so(cli_env: Path) -> None:
+    runner = CliRunner()
+    moment = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+    async def refresh() -> None:
+        db = Database.from_url(f"sqlite:///{cli_env.parent / 'cli.db'}")
+        await refresh_memberships(db, load_segments(Settings(), cli_env), now=moment)
+        await db.dispose()
+
+    asyncio.run(refresh())
+    counted = runner.invoke(app, ["count", "berliners"])
+    assert counted.exit_code == 0, counted.output
+    assert counted.stdout.strip() == "2"
+    assert "as of the refresh at 2026-06-01 12:00:00 UTC; --exact to count now" in counted.stderr
+    exact = runner.invoke(app, ["count", "berliners", "--exact"])
+    assert (exact.exit_code, exact.stdout.strip(), exact.stderr) == (0, "2", "")
+    shown = runner.invoke(app, ["show", "berliners"])
+    assert "members: 2 of 4 customers (as of the refresh at 2026-06-01 12:00:00 UTC" in shown.output
+    listed = runner.invoke(app, ["list", "--counts", "--exact"])
+    assert listed.exit_code == 0 and "counted now" in listed.output
+
+
 def test_cli_validate_and_errors_exit_1_with_file_field_line(cli_env: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(app, ["validate"])
@@ -81,19 +106,29 @@ async def test_get_segment_answers_the_count_behind_an_api_key(any_db: Database,
     _write(folder, "berliners", BERLINERS)
     settings = Settings(segments_dir=folder)
     key, _ = await create_key(any_db, "shop1")
+    before = datetime.now(UTC).replace(microsecond=0)
     async with serve_app(create_app(settings, client=client, db=any_db)) as url, httpx.AsyncClient(base_url=url) as web:
         assert (await web.get("/v1/segments/berliners")).status_code == 401
         assert (await web.get("/v1/segments/berliners", headers={"X-API-Key": "csk_x_y"})).status_code == 401
         auth = {"Authorization": f"Bearer {key}"}
         got = await web.get("/v1/segments/berliners", headers=auth)
         assert got.status_code == 200
-        assert got.json() == {
+        body = got.json()
+        # Never refreshed: counted by the query now.
+        assert body.pop("exact") is True and datetime.fromisoformat(body.pop("as_of")) >= before
+        assert body == {
             "name": "berliners",
             "description": "",
             "source": "segments/berliners.yaml",
             "members": 2,
             "customers": 4,
         }
+        # After a refresh of everyone: the memberships, as of that refresh; exact=true still counts.
+        await refresh_memberships(any_db, load_segments(settings), now=before)
+        stored = (await web.get("/v1/segments/berliners", headers=auth)).json()
+        assert (stored["members"], stored["exact"], datetime.fromisoformat(stored["as_of"])) == (2, False, before)
+        exact = (await web.get("/v1/segments/berliners?exact=true", headers=auth)).json()
+        assert exact["exact"] is True and exact["members"] == 2
         loyal = (await web.get("/v1/segments/loyal", headers=auth)).json()
         assert loyal["source"] == "built-in" and loyal["customers"] == 4
         missing = await web.get("/v1/segments/nobody", headers=auth)

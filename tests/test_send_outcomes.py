@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import event
 from sqlmodel import select
 from structlog.testing import capture_logs
 from temporalio.api.enums.v1 import EventType
@@ -406,6 +407,34 @@ async def test_a_plain_journey_checks_inside_its_send_and_records_its_run_there(
     async with db.session() as session:
         [run] = (await session.exec(select(JourneyRun).where(JourneyRun.workflow_id == handle.id))).all()
     assert run.outcome == "exhausted" and run.finished_at is not None
+
+
+async def test_a_first_send_claims_its_row_in_the_insert(any_db, unique_id):
+    """No cap to count: a new delivery row is inserted already claimed (one statement, not four)."""
+    await seed(any_db, unique_id, email=f"{unique_id}@example.com")
+    statements: list[str] = []
+
+    def touching_deliveries(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if " deliveries" in statement:
+            statements.append(statement.split(None, 1)[0].upper())
+
+    event.listen(any_db.engine.sync_engine, "before_cursor_execute", touching_deliveries)
+    try:
+        # A long attempt time: no lease renewal comes between the statements.
+        result = await _env(attempt=60).run(_acts(any_db).send_message, _input(unique_id, "email"))
+        assert result.status == "sent"
+        # The existence check, the claimed insert, the settling update.
+        assert statements == ["SELECT", "INSERT", "UPDATE"]
+        [row] = await deliveries(any_db, "journey/t/" + unique_id)
+        assert (row.status, row.attempts, row.claimed_until) == ("sent", 1, None)
+        # A repeat of the same key finds the row and sends nothing again.
+        statements.clear()
+        again = await _env(attempt=60).run(_acts(any_db).send_message, _input(unique_id, "email"))
+        assert again.status == "sent" and again.duplicate
+        assert statements == ["SELECT"]
+    finally:
+        event.remove(any_db.engine.sync_engine, "before_cursor_execute", touching_deliveries)
+    assert len(await outbox(any_db, unique_id)) == 1
 
 
 async def test_the_send_writes_the_run_row_it_carries_whether_it_sends_or_skips(any_db, unique_id):

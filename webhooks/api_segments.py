@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel, Field
 
 from cascade.audiences.definition import NAME_PATTERN, SegmentDefinitionError
-from cascade.audiences.service import count_customers, count_members, load_segments
+from cascade.audiences.service import count_customers, count_segment, load_segments
 from cascade.infra.logging import get_logger
 from webhooks.api_events import tenant_of
 
@@ -24,6 +25,12 @@ class SegmentInfo(BaseModel):
     source: str
     members: int
     customers: int
+    exact: bool = Field(
+        description="True: counted by the segment's query now. False: the open memberships, exact as of"
+        " `as_of` (the last refresh of everyone), since then current for the customers whose events"
+        " came through /v1/events; time alone, profile edits, merges and erasures show at the next refresh"
+    )
+    as_of: datetime = Field(description="The moment the count describes (UTC)")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -38,8 +45,12 @@ async def get_segment(
     name: Annotated[str, Path(pattern=NAME_PATTERN, description="Segment name, e.g. loyal")],
     request: Request,
     tenant: Annotated[str, Depends(tenant_of)],
+    exact: Annotated[
+        bool, Query(description="Count by the segment's query now instead of the last refresh's memberships")
+    ] = False,
 ) -> SegmentInfo:
-    """The segment's description and its member count (one indexed COUNT query)."""
+    """The segment's description and its member count: from the memberships the last refresh
+    recorded (an index range; `as_of` says when), else or with `exact=true` by its query now."""
     state = request.app.state
     try:
         catalog = load_segments(state.settings)
@@ -50,10 +61,13 @@ async def get_segment(
         raise HTTPException(404, f"unknown segment {name!r}")
     loaded = catalog.segments[name]
     source = "built-in" if loaded.source == "built-in" else f"segments/{name}.yaml"
+    counted = await count_segment(state.db, catalog, name, exact=exact)
     return SegmentInfo(
         name=name,
         description=loaded.spec.description,
         source=source,
-        members=await count_members(state.db, catalog, name),
+        members=counted.members,
         customers=await count_customers(state.db),
+        exact=counted.exact,
+        as_of=counted.as_of,
     )

@@ -20,6 +20,7 @@ import time
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select, update
 
 from cascade.infra.db import Database, run_with_database
@@ -77,11 +78,23 @@ async def authenticate(db: Database, key: str) -> ApiKey | None:
     prefix = _split(key)
     if prefix is None:
         return None
-    async with db.session() as session:
-        row = (await session.exec(select(ApiKey).where(ApiKey.prefix == prefix))).first()
+    row = await key_row(db, prefix)
     if row is None or row.revoked_at is not None:
         return None
     return row if hmac.compare_digest(row.key_hash, hash_key(key)) else None
+
+
+async def key_row(db: Database, prefix: str) -> ApiKey | None:
+    """The stored key with this prefix (revoked or not), or None.
+
+    One statement outside a transaction: a session would add a BEGIN and a COMMIT round
+    trip to every console page and every uncached event (each a wait on a loaded machine).
+    """
+    table = ApiKey.__table__  # type: ignore[attr-defined]
+    async with db.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (await conn.execute(sa_select(table).where(table.c.prefix == prefix))).mappings().first()
+    return ApiKey(**row) if row is not None else None
 
 
 # Keys this process found valid lately: key hash -> (tenant, monotonic time it expires).

@@ -8,6 +8,7 @@ step's wait runs out. A reaction, the deadline, a cancel or an unsubscribe ends 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from temporalio import workflow
@@ -68,14 +69,33 @@ SEND_RETRY = RetryPolicy(
 SETTLE_TIMEOUT = timedelta(seconds=30)
 SETTLE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
 # Steps whose message may be with the customer: waited on, reactions to them count.
-_OUT = {StepStatus.SENT, StepStatus.UNKNOWN}
+_OUT = frozenset({StepStatus.SENT, StepStatus.UNKNOWN})
 # Quiet hours and caps postpone a step; after this many wake-ups it is skipped, so a
 # customer who is always capped never holds a journey forever.
 MAX_POSTPONES = 10
+# One patch standing for every patch before it (CascadeJourney._patched), and those patches.
+ALL_PATCHES = "lean-steps-2"
+_COVERED = frozenset(
+    {
+        "lean-steps",
+        "record-run",
+        "experiments",
+        "optichannel",
+        "step-rules",
+        "early-events-per-step",
+        "stop-before-send",
+        "send-outcome-from-log",
+        "record-skips",
+        "delay-from-trigger",
+        "trigger-time-as-given",
+        "per-channel-task-queue",
+        "signal-dedup",
+    }
+)
 # Events that end the journey whichever step they concern.
-_STOPPING = {EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAINED: "complained"}
+_STOPPING = MappingProxyType({EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAINED: "complained"})
 # Events that make waiting on the current step pointless.
-_STEP_LOST = {EngagementType.BOUNCED, EngagementType.FAILED}
+_STEP_LOST = frozenset({EngagementType.BOUNCED, EngagementType.FAILED})
 
 
 def _has_rules(spec: JourneySpec, step: JourneyStep) -> bool:
@@ -128,6 +148,9 @@ class CascadeJourney:
         self._unchecked = False
         # Search attribute values the server holds now (lean steps: skip no-op upserts).
         self._attributes: dict[str, object] = {}
+        # Patch "lean-steps-2": every patch below counts as applied without a marker of its
+        # own (see _patched).
+        self._all_patched = False
         # In an experiment's control group: sent nothing, ends `held_out`.
         self._held_out = False
 
@@ -135,8 +158,9 @@ class CascadeJourney:
     async def run(self, input: JourneyInput) -> JourneyResult:
         """Walk the cascade until a reaction, the deadline, a cancel, or the last step."""
         self._state.started_at = workflow.now()
+        self._all_patched = workflow.patched(ALL_PATCHES)
         # Journeys started before lean steps never ask for the patch and replay as they ran.
-        self._lean = workflow.patched("lean-steps")
+        self._lean = self._patched("lean-steps")
         if self._lean:
             self._record_run = workflow.info().parent is None
             known = workflow.info().typed_search_attributes
@@ -154,12 +178,12 @@ class CascadeJourney:
             # The run records itself in journey_runs (a starter that died after starting it
             # left no row); a loop's round is recorded by the loop. Journeys started before
             # this replay without the activities.
-            self._record_run = workflow.info().parent is None and workflow.patched("record-run")
+            self._record_run = workflow.info().parent is None and self._patched("record-run")
             if self._record_run:
                 await self._record_started()
         # Experiments (issue 14): the arm decides the chain. Journeys without an
         # experiment never ask for the patch, so every earlier history replays as it ran.
-        if input.spec.experiment is not None and workflow.patched("experiments"):
+        if input.spec.experiment is not None and self._patched("experiments"):
             input = await self._enter_experiment(input)
         deadline = input.deadline
         if deadline is None and input.spec.valid_for is not None:
@@ -173,7 +197,7 @@ class CascadeJourney:
                 break
             # Optichannel routing and adaptive waits (issue 16): the step's channel and wait
             # come from an activity; specs without them never ask for the patch.
-            if (input.spec.route == "optichannel" or step.adaptive_wait or step.send_at == "best") and workflow.patched(
+            if (input.spec.route == "optichannel" or step.adaptive_wait or step.send_at == "best") and self._patched(
                 "optichannel"
             ):
                 routed = await self._route(index, deadline)
@@ -186,7 +210,7 @@ class CascadeJourney:
 
             # Journeys started before step rules existed never call patched() with rules,
             # so their histories replay on the old path unchanged.
-            if input.spec.uses_rules and workflow.patched("step-rules"):
+            if input.spec.uses_rules and self._patched("step-rules"):
                 ruled = await self._check_with_rules(index, deadline)
                 if ruled is None:
                     break
@@ -201,16 +225,16 @@ class CascadeJourney:
                 )
             if not check.usable:
                 record.status, record.reason = StepStatus.SKIPPED, check.reason
-                if self._early and workflow.patched("early-events-per-step"):
+                if self._early and self._patched("early-events-per-step"):
                     # Events held for this step's message: there is none now, and they
                     # must not be taken for the next step's.
                     self._early = []
                 continue
-            if self._stop is not None and workflow.patched("stop-before-send"):
+            if self._stop is not None and self._patched("stop-before-send"):
                 # A cancel, an exit event or a purchase arrived during the check.
                 break
 
-            if workflow.patched("send-outcome-from-log"):
+            if self._patched("send-outcome-from-log"):
                 sent = await self._send_settled(index, record, deadline)
             else:
                 sent = await self._send(index, record)
@@ -220,7 +244,11 @@ class CascadeJourney:
             for event in early:
                 self.engagement(event)
 
-            self._set_status("waiting")
+            if not (self._all_patched and (self._stop is not None or self._step_lost)):
+                # (lean-steps-2) Not when the wait is over before it begins (a fast reaction,
+                # a bounce or a stop during the send): an upsert is a command, a history
+                # event and a visibility write, and the status would change again at once.
+                self._set_status("waiting")
             wait = step.wait
             if deadline is not None:
                 wait = min(wait, max(deadline - workflow.now(), timedelta(0)))
@@ -385,7 +413,7 @@ class CascadeJourney:
         # Skipped steps leave no delivery row: the run hands them to the funnel when it
         # ends. Only the activity's input grows (same command), but the patch keeps old
         # histories' inputs exactly as they were recorded.
-        if workflow.patched("record-skips"):
+        if self._patched("record-skips"):
             spec = self._input.spec
             finished.journey, finished.customer_id = spec.name, self._input.customer_id
             finished.campaign, finished.variant = spec.campaign, self._state.variant
@@ -415,10 +443,10 @@ class CascadeJourney:
             # server took it, or an earlier trigger time the starter passed), not from
             # this task: a start that waited in a backlog of workflow tasks must not send
             # later. Server time, from the history: deterministic, and no client clock.
-            if index == 0 and workflow.patched("delay-from-trigger"):
+            if index == 0 and self._patched("delay-from-trigger"):
                 origin = workflow.info().workflow_start_time
                 if self._input.triggered_at is not None:
-                    if workflow.patched("trigger-time-as-given"):
+                    if self._patched("trigger-time-as-given"):
                         # The trigger's own time, also when it lies after the start request:
                         # a broadcast's recipient started with a start delay (their local
                         # hour) counts from that hour, not from the page that started them.
@@ -454,6 +482,19 @@ class CascadeJourney:
         """
         self._unchecked = True
         return CheckContactResult(usable=True)
+
+    def _patched(self, patch_id: str) -> bool:
+        """`workflow.patched(patch_id)`, True without a marker for journeys started on lean-steps-2.
+
+        Each patch a new journey asks for records a marker and (SDK core) an upsert of the
+        TemporalChangeVersion search attribute: three of each per plain journey, a
+        visibility write apiece. Journeys started since lean-steps-2 ask once, at the
+        start, and every patch before it holds for them; older histories have no such
+        marker and ask for each patch as they did when they ran. A patch added after this
+        one is not in _COVERED: it is asked for with a marker like any patch (a journey
+        started before it must not take its path on replay).
+        """
+        return (self._all_patched and patch_id in _COVERED) or workflow.patched(patch_id)
 
     def _key(self, index: int) -> str:
         """Step `index`'s idempotency key: the run id keeps keys unique when a finished journey id starts again."""
@@ -498,7 +539,7 @@ class CascadeJourney:
         # Sends run on the channel's own rate-limited queue; journeys started before
         # that change keep sending on the main queue, as their history says.
         task_queue = None
-        if workflow.patched("per-channel-task-queue"):
+        if self._patched("per-channel-task-queue"):
             task_queue = channel_task_queue(info.task_queue, step.channel.value)
         try:
             result = await workflow.execute_activity_method(
@@ -672,7 +713,7 @@ class CascadeJourney:
         """An event about one of this journey's messages (or the journey as a whole)."""
         # A repeat of an event already taken (the outbox sends at least once) is dropped.
         # Only signals that carry an id ask for the patch, so older histories replay as they ran.
-        if event.event_id is not None and workflow.patched("signal-dedup"):
+        if event.event_id is not None and self._patched("signal-dedup"):
             if event.event_id in self._seen_events:
                 return
             self._seen_events.add(event.event_id)

@@ -9,7 +9,7 @@ from workflows.loyalty import LoyaltyLoop
 from workflows.scans import BirthdayScan, WinbackScan
 from workflows.segments import SegmentRefresh
 
-WORKFLOWS = [
+WORKFLOWS = (
     CascadeJourney,
     LoyaltyLoop,
     BirthdayScan,
@@ -17,4 +17,4 @@ WORKFLOWS = [
     BroadcastWorkflow,
     SegmentRefresh,
     AnalyticsRefresh,
-]
+)

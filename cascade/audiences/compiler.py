@@ -19,6 +19,7 @@ long ago).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from sqlalchemy import (
     ColumnElement,
     Date,
     DateTime,
+    Dialect,
     Float,
     Integer,
     Select,
@@ -488,6 +490,23 @@ def count_query(catalog: SegmentCatalog, name: str, *, dialect: str, now: dateti
     return select(func.count()).select_from(CUSTOMERS).where(segment_condition(catalog, name, dialect=dialect, now=now))
 
 
+# Windows in a digest are measured from one fixed moment, so the digest changes with the
+# rules only, never with the time it is taken at.
+_DIGEST_MOMENT = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def definition_digest(catalog: SegmentCatalog, name: str, *, dialect: Dialect) -> str:
+    """A digest of segment `name`'s compiled count for `dialect` (the database's engine's).
+
+    It changes when anything that decides membership changes: the segment's rules, a
+    segment it refers to (inlined), a threshold setting, or what the compiler makes of
+    them. Memberships recorded under another digest are stale (`segment_refreshes`).
+    """
+    compiled = count_query(catalog, name, dialect=dialect.name, now=_DIGEST_MOMENT).compile(dialect=dialect)
+    params = sorted((key, repr(value)) for key, value in compiled.params.items())
+    return hashlib.sha256(f"{compiled.string}\n{params!r}".encode()).hexdigest()
+
+
 def check_segment(catalog: SegmentCatalog, loaded: LoadedSegment) -> None:
     """Compile one segment for both databases; a SegmentDefinitionError with file/field/line if it fails."""
     for dialect in ("sqlite", "postgresql"):
@@ -514,6 +533,7 @@ __all__ = [
     "check_catalog",
     "check_segment",
     "count_query",
+    "definition_digest",
     "member_query",
     "segment_condition",
 ]

@@ -18,7 +18,7 @@ from temporalio.service import RPCError
 from cascade.audiences.compiler import CUSTOMERS, member_query
 from cascade.audiences.definition import LoadedSegment, SegmentCatalog, SegmentDefinitionError
 from cascade.audiences.membership import apply_refresh_schedule, delete_refresh_schedule, show_refresh_schedule
-from cascade.audiences.service import count_customers, count_members, load_segments, member_page
+from cascade.audiences.service import MemberCount, count_customers, count_segment, load_segments, member_page
 from cascade.cli.common import command, group
 from cascade.infra.db import Database, run_with_database
 from cascade.infra.settings import Settings
@@ -35,6 +35,20 @@ _console = Console()
 DirOption = Annotated[
     Path | None, typer.Option("--dir", help="Folder of segment files (default: CASCADE_SEGMENTS_DIR or segments/)")
 ]
+ExactOption = Annotated[
+    bool,
+    typer.Option(
+        "--exact",
+        help="Count by the segment's query now, not from the memberships the last refresh recorded",
+    ),
+]
+
+
+def _freshness(counted: MemberCount) -> str:
+    """How a count was taken, for a person reading it."""
+    if counted.exact:
+        return "counted now"
+    return f"as of the refresh at {counted.as_of:%Y-%m-%d %H:%M:%S} UTC; --exact to count now"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -64,21 +78,24 @@ def _run(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
 def list_segments(
     directory: DirOption = None,
     counts: Annotated[bool, typer.Option("--counts", help="Count each segment's members (one query each)")] = False,
+    exact: ExactOption = False,
 ) -> None:
     """Every segment: name, where it is defined, description (and member counts with --counts)."""
     settings = Settings()
     catalog = _catalog(settings, directory)
-    found: dict[str, int] = {}
+    found: dict[str, MemberCount] = {}
     if counts:
 
-        async def count_all(db: Database) -> dict[str, int]:
-            return {name: await count_members(db, catalog, name) for name in catalog.names()}
+        async def count_all(db: Database) -> dict[str, MemberCount]:
+            return {name: await count_segment(db, catalog, name, exact=exact) for name in catalog.names()}
 
         found = _run(settings, count_all)
-    table = Table("segment", "source", "description", *(["members"] if counts else []))
+    columns = ["members", "counted"] if counts else []
+    table = Table("segment", "source", "description", *columns)
     for name in catalog.names():
         loaded = catalog.segments[name]
-        table.add_row(name, loaded.source, loaded.spec.description, *([str(found[name])] if counts else []))
+        cells = [str(found[name].members), _freshness(found[name])] if counts else []
+        table.add_row(name, loaded.source, loaded.spec.description, *cells)
     _console.print(table)
 
 
@@ -87,34 +104,43 @@ def show(
     name: str,
     directory: DirOption = None,
     sql: Annotated[bool, typer.Option("--sql", help="Print the compiled SQL for the configured database")] = False,
+    exact: ExactOption = False,
 ) -> None:
     """A segment's rules, its member count out of all live customers, and (--sql) its query."""
     settings = Settings()
     catalog = _catalog(settings, directory)
     loaded = _segment(catalog, name)
 
-    async def counts(db: Database) -> tuple[int, int, str]:
+    async def counts(db: Database) -> tuple[MemberCount, int, str]:
         query = member_query(catalog, name, dialect=db.engine.dialect.name, now=datetime.now(UTC))
         text = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
-        return await count_members(db, catalog, name), await count_customers(db), text
+        return await count_segment(db, catalog, name, exact=exact), await count_customers(db), text
 
     members, customers, text = _run(settings, counts)
     rules = [r.model_dump(mode="json", by_alias=True, exclude_defaults=True) for r in loaded.spec.where]
     typer.echo(f"{name}: {loaded.spec.description}")
     typer.echo(f"source: {loaded.source}")
-    typer.echo(f"members: {members} of {customers} customers")
+    typer.echo(f"members: {members.members} of {customers} customers ({_freshness(members)})")
     typer.echo(yaml.safe_dump({"where": rules}, sort_keys=False, allow_unicode=True).rstrip())
     if sql:
         typer.echo(text)
 
 
 @command(app)
-def count(name: str, directory: DirOption = None) -> None:
-    """Print the number of members of a segment now."""
+def count(name: str, directory: DirOption = None, exact: ExactOption = False) -> None:
+    """Print the number of members of a segment.
+
+    Read from the memberships the last refresh of everyone recorded (the `SegmentRefresh`
+    Schedule; an index range), when it ran under the segment's current definition: stderr
+    says as of when. Otherwise, or with --exact, counted by the segment's query now.
+    """
     settings = Settings()
     catalog = _catalog(settings, directory)
     _segment(catalog, name)
-    typer.echo(str(_run(settings, lambda db: count_members(db, catalog, name))))
+    counted = _run(settings, lambda db: count_segment(db, catalog, name, exact=exact))
+    typer.echo(str(counted.members))
+    if not counted.exact:
+        typer.echo(_freshness(counted), err=True)
 
 
 @command(app)

@@ -89,7 +89,12 @@ async def claim_send(
             await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(customer_id)})
         if also is not None:
             await also(session)
-        await session.exec(
+        # Without a cap to count first, a new row is inserted already claimed by attempt
+        # 1: the common case (a first attempt) is one statement, not an insert, two reads
+        # and a claiming update. A row that exists (a retry, a repeat) inserts nothing
+        # and is judged below as before.
+        claim_now = cap is None
+        inserted = await session.exec(
             insert_ignoring_conflicts(db, Delivery)
             .values(
                 idempotency_key=input.idempotency_key,
@@ -105,9 +110,13 @@ async def claim_send(
                 content_hash=content_hash,
                 currency=currency,
                 variant=input.variant,
+                claimed_until=now + lease if claim_now else None,
+                attempts=1 if claim_now else 0,
             )
             .on_conflict_do_nothing(index_elements=["idempotency_key"])
         )
+        if claim_now and inserted.rowcount == 1:
+            return 1
         row = await delivery_row(session, input.idempotency_key)
         if (finished := finished_result(row)) is not None:
             return finished

@@ -30,12 +30,12 @@ from cascade.infra.temporal import connect
 from cascade.journeys.definition import check_spec, journey_input
 from cascade.journeys.files import JourneyDefinitionError, describe_validation_error, load_journey
 from cascade.journeys.inputs import UnknownCustomerError, journey_context, journey_workflow_id
-from cascade.profiles.service import resolve_customer_id, template_fields
+from cascade.profiles.service import surviving_customer, template_fields
 from models import search_attributes as sa
 from models.ids import check_customer_id, check_run_key
 from models.journey import JourneyInput, JourneyResult, JourneySpec, JourneyState
 from models.loyalty import LoyaltyInput, LoyaltyResult, LoyaltyState
-from models.tables import Customer, JourneyRun, utcnow
+from models.tables import JourneyRun, utcnow
 from models.workflow_types import CASCADE_JOURNEY, LOYALTY_LOOP, STATE_QUERY
 
 __all__ = [
@@ -104,14 +104,13 @@ async def start_journey(
     try:
         async with db.session() as session:
             # A profile merged into another one: the journey belongs to the survivor.
-            survivor = await resolve_customer_id(session, customer_id)
-            customer = await session.get(Customer, survivor)
+            customer = await surviving_customer(session, customer_id)
         if customer is None:
             raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
         if customer.erased_at is not None:
             # Like the events API (404): an erased customer gets no journey, ever.
             raise UnknownCustomerError(f"customer {customer_id!r} was erased; no journey can start for them")
-        customer_id = payload.customer_id = survivor
+        customer_id = payload.customer_id = customer.id
         # A template field that neither the profile nor the context has would fail the
         # send days from now, in the worker: refuse the start instead, naming it.
         available = {*template_fields(customer), *payload.context, *TEMPLATE_EXTRAS}

@@ -101,6 +101,20 @@ async def resolve_customer_id(session: AsyncSession, customer_id: str) -> str:
         current = merged_into
 
 
+async def surviving_customer(session: AsyncSession, customer_id: str) -> Customer | None:
+    """The customer row of `customer_id`, or of the profile it was merged into; None if unknown.
+
+    One query when the profile was never merged (the common case), where resolving the
+    id and then loading the row took two.
+    """
+    seen = {customer_id}
+    customer = await session.get(Customer, customer_id)
+    while customer is not None and customer.merged_into is not None and customer.merged_into not in seen:
+        seen.add(customer.merged_into)
+        customer = await session.get(Customer, customer.merged_into)
+    return customer
+
+
 async def set_consent(session: AsyncSession, customer_id: str, consent: ConsentIn, at: datetime | None = None) -> None:
     """Record a consent decision; the latest decision for a channel and topic wins."""
     at = at or utcnow()

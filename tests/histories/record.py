@@ -127,6 +127,20 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
         ],
         _bounce_then_cancel,
     ),
+    # Recorded on lean steps (patch "lean-steps": no check activity, the run row written
+    # by the first send, upserts only on change), and again on "lean-steps-2" (one patch
+    # marker standing for every earlier one, no "waiting" upsert when the wait is over
+    # before it begins). Addresses of their own: profiles sharing one would be merged.
+    "cascade_lean_opened_twice": ([ContactIn(channel="email", address="lean1@example.com")], _opened_twice),
+    "cascade_lean_bounce_cancel": (
+        [ContactIn(channel="email", address="lean2@example.com"), ContactIn(channel="telegram", address="4201")],
+        _bounce_then_cancel,
+    ),
+    "cascade_lean2_opened_twice": ([ContactIn(channel="email", address="lean3@example.com")], _opened_twice),
+    "cascade_lean2_bounce_cancel": (
+        [ContactIn(channel="email", address="lean4@example.com"), ContactIn(channel="telegram", address="4202")],
+        _bounce_then_cancel,
+    ),
 }
 
 

@@ -15,12 +15,10 @@ import time
 from dataclasses import dataclass
 
 from fastapi import Request
-from sqlmodel import select
 
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
-from models.tables import ApiKey
-from webhooks.keys import authenticate
+from webhooks.keys import authenticate, key_row
 
 COOKIE = "cascade_console"
 
@@ -83,8 +81,7 @@ async def viewer_of(request: Request) -> Viewer:
     prefix = cookie_prefix(settings, cookie) if cookie else None
     if prefix is None:
         raise NotLoggedIn("log in with an API key")
-    async with db.session() as session:
-        active = (await session.exec(select(ApiKey).where(ApiKey.prefix == prefix))).first()
+    active = await key_row(db, prefix)
     if active is None or active.revoked_at is not None:
         raise NotLoggedIn("the key of this session was revoked")
     return Viewer(active.tenant, active.prefix)

@@ -36,7 +36,7 @@ from analytics.funnel import (
     runs,
 )
 from analytics.money import customers, savings_report
-from analytics.recent import data_as_of
+from analytics.recent import page_snapshot
 from cascade.audiences.definition import SegmentCatalog, SegmentDefinitionError
 from cascade.audiences.service import load_segments
 from cascade.experiments.queries import experiment_names
@@ -171,14 +171,16 @@ async def overview(request: Request, viewer: PageViewer, days: Days = None) -> H
     """Last N days: messages, cost, savings, conversions; funnel per journey; charts."""
     db, settings = _state(request)
     days, since = _range(settings, days)
-    # Read before the figures: they are at least as fresh as what the page says.
-    as_of = await data_as_of(db)
-    # One funnel by journey and channel gives the total and both groupings (sums).
-    rows = await funnel(db, FunnelQuery(since=since, by=["journey", "channel"]))
+    # One snapshot for the whole page: "as of" and every figure are read together.
+    async with page_snapshot(db, settings.channel_costs) as snap:
+        # One funnel by journey and channel gives the total and both groupings (sums).
+        rows = await funnel(db, FunnelQuery(since=since, by=["journey", "channel"]), snap=snap)
+        savings = await savings_report(
+            db, FunnelQuery(since=since), settings.channel_costs, settings.currency, snap=snap
+        )
     total = regroup(rows, [])
     journeys = regroup(rows, ["journey"])
     by_channel = regroup(rows, ["channel"])
-    savings = await savings_report(db, FunnelQuery(since=since), settings.channel_costs, settings.currency)
     return _render(
         "overview.html",
         title="Overview",
@@ -186,7 +188,7 @@ async def overview(request: Request, viewer: PageViewer, days: Days = None) -> H
         charts=True,
         days=days,
         since=since,
-        as_of=as_of,
+        as_of=snap.as_of(),
         currency=settings.currency,
         total=total[0] if total else FunnelRow(key={}),
         journeys=journeys,
@@ -201,14 +203,12 @@ async def journey_page(request: Request, name: str, viewer: PageViewer, days: Da
     """One journey: runs and outcomes, funnel per step, time to react, savings."""
     db, settings = _state(request)
     days, since = _range(settings, days)
-    as_of = await data_as_of(db)
-    query = FunnelQuery(journey=name, since=since, by=["step", "channel"])
-    steps = await funnel(db, query)
-    runs_in_range = await entries(db, FunnelQuery(journey=name, since=since))
-    times = await reaction_times(db, FunnelQuery(journey=name, since=since))
-    savings = await savings_report(
-        db, FunnelQuery(journey=name, since=since), settings.channel_costs, settings.currency
-    )
+    query = FunnelQuery(journey=name, since=since)
+    async with page_snapshot(db, settings.channel_costs) as snap:
+        steps = await funnel(db, query.model_copy(update={"by": ["step", "channel"]}), snap=snap)
+        runs_in_range = await entries(db, query, snap=snap)
+        times = await reaction_times(db, query, snap=snap)
+        savings = await savings_report(db, query, settings.channel_costs, settings.currency, snap=snap)
     entry = runs_in_range[0] if runs_in_range else None
     return _render(
         "journey.html",
@@ -217,7 +217,7 @@ async def journey_page(request: Request, name: str, viewer: PageViewer, days: Da
         charts=True,
         days=days,
         since=since,
-        as_of=as_of,
+        as_of=snap.as_of(),
         journey=name,
         currency=settings.currency,
         steps=steps,
