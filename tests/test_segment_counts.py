@@ -15,7 +15,7 @@ from cascade.audiences.service import count_members, count_segment, load_segment
 from cascade.events.store import insert_event
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
-from tests.test_segments import CASES, NOW, _people, _write, ago
+from tests.test_segments import NOW, _people, _write, ago, case_catalog
 
 
 @pytest.fixture
@@ -34,12 +34,7 @@ async def test_without_a_refresh_a_count_runs_the_query(people: Database) -> Non
 
 @pytest.mark.postgres
 async def test_after_a_refresh_every_count_is_the_querys_at_that_moment(people: Database, tmp_path: Path) -> None:
-    folder = tmp_path / "segments"
-    folder.mkdir()
-    _write(folder, "berliners", [{"field": "city", "op": "eq", "value": "Berlin"}])
-    for i, (_, rule, _) in enumerate(CASES):
-        _write(folder, f"case{i}", [rule])
-    catalog = load_segments(Settings(), folder)
+    catalog = case_catalog(tmp_path)
     await refresh_memberships(people, catalog, now=NOW)
     wrong = []
     for name in catalog.names():

@@ -13,7 +13,7 @@ import yaml
 from sqlalchemy import insert, select
 
 from cascade.audiences.compiler import CONSENTS, CONTACTS, CUSTOMERS, EVENTS, member_query, segment_condition
-from cascade.audiences.definition import SegmentDefinitionError
+from cascade.audiences.definition import SegmentCatalog, SegmentDefinitionError
 from cascade.audiences.service import all_members, count_customers, count_members, load_segments, member_page
 from cascade.events.recency import rebuild_event_recency
 from cascade.infra.db import Database
@@ -226,14 +226,20 @@ CASES: list[tuple[str, dict[str, Any], set[str]]] = [
 ]
 
 
-@pytest.mark.postgres
-async def test_every_operator_selects_exactly_the_expected_customers(people: Database, tmp_path: Path) -> None:
+def case_catalog(tmp_path: Path) -> SegmentCatalog:
+    """A catalog of one segment per operator case (`case0`, `case1`, ...), and `berliners`
+    that some cases refer to."""
     folder = tmp_path / "segments"
     folder.mkdir()
     _write(folder, "berliners", [{"field": "city", "op": "eq", "value": "Berlin"}])
     for i, (_, rule, _) in enumerate(CASES):
         _write(folder, f"case{i}", [rule])
-    catalog = load_segments(Settings(), folder)
+    return load_segments(Settings(), folder)
+
+
+@pytest.mark.postgres
+async def test_every_operator_selects_exactly_the_expected_customers(people: Database, tmp_path: Path) -> None:
+    catalog = case_catalog(tmp_path)
     failures = []
     for i, (label, _, expected) in enumerate(CASES):
         got = await all_members(people, catalog, f"case{i}", now=NOW)
