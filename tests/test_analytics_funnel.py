@@ -153,6 +153,17 @@ async def test_time_to_react_per_channel(any_db: Database) -> None:
     assert times["sms"].buckets["1-6 h"] == 1
 
 
+def _history_with_arms_and_segments() -> History:
+    """`_history()` and `_arms_and_segments()` as one history."""
+    h = _history()
+    extra = _arms_and_segments()
+    h.runs += extra.runs
+    h.deliveries += extra.deliveries
+    h.events += extra.events
+    h.skips += extra.skips
+    return h
+
+
 def _arms_and_segments() -> History:
     """Two arms of an experiment, two segments over time, and steps skipped for reasons."""
     h = History()
@@ -221,12 +232,7 @@ async def test_skipped_steps_are_counted_by_reason(any_db: Database) -> None:
 
 
 async def test_the_daily_rollup_gives_the_figures_of_the_log(any_db: Database) -> None:
-    h = _history()
-    extra = _arms_and_segments()
-    h.runs += extra.runs
-    h.deliveries += extra.deliveries
-    h.events += extra.events
-    h.skips += extra.skips
+    h = _history_with_arms_and_segments()
     await h.save(any_db)
     queries = [
         FunnelQuery(),
@@ -307,12 +313,7 @@ async def _all_figures(db: Database, queries: list[FunnelQuery], **how: Any) -> 
 
 
 async def test_the_recent_rows_give_the_figures_of_the_log_as_of_their_refresh(any_db: Database) -> None:
-    h = _history()
-    extra = _arms_and_segments()
-    h.runs += extra.runs
-    h.deliveries += extra.deliveries
-    h.events += extra.events
-    h.skips += extra.skips
+    h = _history_with_arms_and_segments()
     await h.save(any_db)
     queries = [
         FunnelQuery(),
@@ -510,12 +511,7 @@ async def test_two_refreshers_at_once_build_the_recent_days_once(any_db: Databas
 
 
 async def test_regrouped_rows_equal_the_funnel_asked_by_fewer_dimensions(any_db: Database) -> None:
-    h = _history()
-    extra = _arms_and_segments()
-    h.runs += extra.runs
-    h.deliveries += extra.deliveries
-    h.events += extra.events
-    h.skips += extra.skips
+    h = _history_with_arms_and_segments()
     await h.save(any_db)
     rows = await funnel(any_db, FunnelQuery(by=["journey", "channel"]), rollup=False)
     for by in ([], ["journey"], ["channel"]):
