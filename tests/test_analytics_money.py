@@ -149,19 +149,24 @@ async def test_sql_savings_equal_the_reference_per_run_judgement(any_db: Databas
                 assert getattr(got, field) == pytest.approx(getattr(expected, field), abs=1e-9), (name, field)
 
 
-async def test_the_savings_rollup_gives_the_figures_of_the_log(any_db: Database) -> None:
-    await _winback(any_db)
+async def _winback_and_a_late_campaign(db: Database) -> tuple[History, list[FunnelQuery]]:
+    """The win-back, and more runs on later days in another campaign, so days split between
+    rollup and log: the late campaign's history, and the queries that cut across them."""
+    await _winback(db)
     h = History()
-    # More runs on later days and another campaign, so days split between rollup and log.
     for i, who in enumerate(("ann", "bob", "cid")):
         r = h.run("winback", who, campaign="late", at=T0 + timedelta(days=3 + i, hours=6))
         h.send(r, "winback", who, 0, "email", cost=0.001, at=T0 + timedelta(days=3 + i, hours=6))
-    await h.save(any_db)
-    queries = [
+    await h.save(db)
+    return h, [
         FunnelQuery(),
         FunnelQuery(campaign="late"),
         FunnelQuery(journey="winback", since=T0 + timedelta(hours=3), until=T0 + timedelta(days=4, hours=12)),
     ]
+
+
+async def test_the_savings_rollup_gives_the_figures_of_the_log(any_db: Database) -> None:
+    _, queries = await _winback_and_a_late_campaign(any_db)
     for now in (T0 + timedelta(days=39), T0 + timedelta(days=90)):  # days 0-3 rolled up, then every day
         for query in queries:
             rolled = await savings_report(any_db, query, PRICES, "USD", now=now)
@@ -170,17 +175,7 @@ async def test_the_savings_rollup_gives_the_figures_of_the_log(any_db: Database)
 
 
 async def test_the_recent_savings_rows_give_the_figures_of_the_log_as_of_their_refresh(any_db: Database) -> None:
-    await _winback(any_db)
-    h = History()
-    for i, who in enumerate(("ann", "bob", "cid")):
-        r = h.run("winback", who, campaign="late", at=T0 + timedelta(days=3 + i, hours=6))
-        h.send(r, "winback", who, 0, "email", cost=0.001, at=T0 + timedelta(days=3 + i, hours=6))
-    await h.save(any_db)
-    queries = [
-        FunnelQuery(),
-        FunnelQuery(campaign="late"),
-        FunnelQuery(journey="winback", since=T0 + timedelta(hours=3), until=T0 + timedelta(days=4, hours=12)),
-    ]
+    h, queries = await _winback_and_a_late_campaign(any_db)
     now = T0 + timedelta(days=20)  # nothing closed: every run is in the recent rows
     assert await refresh_recent_savings(any_db, PRICES, now=now)
     for query in queries:
