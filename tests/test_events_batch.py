@@ -13,17 +13,22 @@ from tests.conftest import seed
 from tests.helpers import app_event as event
 
 
-@pytest.mark.postgres
-async def test_a_batch_answers_and_stores_as_its_events_one_by_one(any_db: Database) -> None:
-    await seed(any_db, "ann")
-    await seed(any_db, "bob")
-    async with any_db.session() as session:
-        # Ann's running journey converts on a purchase: one signal for her purchase.
+async def seed_ann_running_and_bob(db: Database) -> None:
+    """Customers ann and bob; ann's running journey `x` converts on a purchase (one signal
+    for her purchase)."""
+    await seed(db, "ann")
+    await seed(db, "bob")
+    async with db.session() as session:
         session.add(
             JourneyRun(
                 workflow_id="journey/x/ann", run_id="r1", journey="x", customer_id="ann", convert_on=["purchase"]
             )
         )
+
+
+@pytest.mark.postgres
+async def test_a_batch_answers_and_stores_as_its_events_one_by_one(any_db: Database) -> None:
+    await seed_ann_running_and_bob(any_db)
     batch = [
         event("e1", "ann", "purchase", amount=10),
         event("e2", "bob", "page_view"),

@@ -22,9 +22,10 @@ from cascade.events.ingest import record_app_event
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from models.events import AppEvent
-from models.tables import ApiKey, Customer, EngagementEvent, JourneyRun, OutboxSignal
+from models.tables import ApiKey, Customer, EngagementEvent, OutboxSignal
 from tests.conftest import seed
 from tests.helpers import app_event as event
+from tests.test_events_batch import seed_ann_running_and_bob
 from tests.test_segments import NOW, _people
 from webhooks.keys import create_key, revoke_key, tenant_of_key
 
@@ -34,14 +35,7 @@ LEASE = timedelta(seconds=30)
 
 @pytest.mark.postgres
 async def test_concurrent_events_share_one_transaction_and_answer_as_one_by_one(any_db: Database) -> None:
-    await seed(any_db, "ann")
-    await seed(any_db, "bob")
-    async with any_db.session() as session:
-        session.add(
-            JourneyRun(
-                workflow_id="journey/x/ann", run_id="r1", journey="x", customer_id="ann", convert_on=["purchase"]
-            )
-        )
+    await seed_ann_running_and_bob(any_db)
     committer = EventGroupCommit(any_db, lease=LEASE, journeys=[])
     sent = [
         ("shop", event("e1", "ann", "purchase", amount=10)),
