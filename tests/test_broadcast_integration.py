@@ -32,7 +32,8 @@ pytestmark = pytest.mark.integration
 # search-attribute updates and 2 activities on the dev server, 0.17 CPU-seconds per
 # recipient in this process and the dev server together (2026-12-01, 2 cores: 2,000 took
 # 341 CPU-s and 403 s at load average 8-12; 500 took 90 CPU-s and 111 s). 2,000 would be
-# the suite's longest test after the README walkthrough, about 7 minutes under load.
+# the suite's longest test after the README walkthrough, about 7 minutes under load, so CI
+# (.ci/run) runs the 2,000 alone after the suite.
 RECIPIENTS = int(os.environ.get("CASCADE_BROADCAST_IT_RECIPIENTS", "500"))
 # Eight full pages and an empty ninth, continue-as-new every three: two continued runs.
 PAGE = max(1, RECIPIENTS // 8)
