@@ -173,7 +173,9 @@ class ReactionTimes(BaseModel):
 
 @asynccontextmanager
 async def reading(db: Database, *, write: bool = False) -> AsyncIterator[AsyncConnection]:
-    """A connection (a transaction with `write`, committed at the end) for report queries.
+    """A connection for report queries: one read transaction, so one snapshot, on both
+    databases (REPEATABLE READ on PostgreSQL, an explicit BEGIN on SQLite); with `write`,
+    a transaction committed at the end.
 
     On PostgreSQL the plans are made for the actual values: asyncpg prepares every statement
     and after five runs PostgreSQL may switch to a generic plan, which for a range like
@@ -182,7 +184,15 @@ async def reading(db: Database, *, write: bool = False) -> AsyncIterator[AsyncCo
     """
     opened = db.engine.begin() if write else db.engine.connect()
     async with opened as conn:
-        if not db.is_sqlite:
+        if db.is_sqlite and not write:
+            # Python's sqlite3 opens a transaction only before a write, so each SELECT of a
+            # report was a snapshot of its own: a refresh committing between the read of
+            # rollup_state and the read of the rows could count a day twice or not at all.
+            # An explicit BEGIN makes the reads one read transaction (WAL: one snapshot from
+            # the first SELECT, without blocking the writer); the connection's rollback at
+            # the end closes it.
+            await conn.exec_driver_sql("BEGIN")
+        elif not db.is_sqlite:
             if not write:
                 # One snapshot for the whole report: how far a rollup reaches and its rows
                 # are read together, so a refresh committing in between cannot make a part

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from sqlalchemy import func, select, text, update
 
 from analytics.funnel import (
     FunnelQuery,
+    Snapshot,
     _funnel_build,
     daily,
     deliveries,
@@ -386,6 +387,55 @@ async def test_the_recent_rows_give_the_figures_of_the_log_as_of_their_refresh(a
         assert (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one() == len(h.deliveries) + 1
         state = (await conn.execute(select(rollup_state).where(rollup_state.c.name == "funnel_daily"))).one()
     assert state.until.replace(tzinfo=UTC) > state.recent_until.replace(tzinfo=UTC)  # read as closed days only
+
+
+async def test_a_refresh_between_the_reads_of_a_report_changes_no_figure(
+    any_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recent rows as of `now`; a run and its message created since are read from the log.
+    h = _history_with_arms_and_segments()
+    await h.save(any_db)
+    now = T0 + timedelta(days=31)
+    await refresh_recent_rollups(any_db, PRICES, now=now)
+    late = History()
+    r = late.run("winback", "gus", campaign="autumn", at=now + timedelta(minutes=10))
+    late.send(r, "winback", "gus", 0, "email", cost=0.001, at=now + timedelta(minutes=10), status="opened",
+              opened_after=timedelta(minutes=5))  # fmt: skip
+    await late.save(any_db)
+    queries = [
+        FunnelQuery(),
+        FunnelQuery(by=["channel"]),
+        FunnelQuery(since=T0 + timedelta(hours=5), by=["day"]),
+    ]
+    later = now + timedelta(hours=1)
+    expected = await _all_figures(any_db, queries, rollup=False)
+    expected_savings = [await savings_report(any_db, q, PRICES, "USD", rollup=False) for q in queries]
+
+    # Each report, right after it read how far a rollup reaches and before it reads the
+    # rollup's rows and the log after that reach, lets a refresh commit (a later one each
+    # time): the refreshed rows then hold gus's message, which the log part reads too.
+    # In one snapshot the report still sees the rows its reach describes.
+    reach = Snapshot.reach
+    refreshes: list[datetime] = []
+
+    async def reach_then_refresh(self: Snapshot, name: str) -> Any:
+        found = await reach(self, name)
+        at = later + timedelta(minutes=len(refreshes) + 1)
+        assert name in (await refresh_recent_rollups(any_db, PRICES, now=at)).refreshed
+        refreshes.append(at)
+        return found
+
+    monkeypatch.setattr(Snapshot, "reach", reach_then_refresh)
+    assert await _all_figures(any_db, queries, now=later) == expected
+    for query, savings in zip(queries, expected_savings, strict=True):
+        assert await savings_report(any_db, query, PRICES, "USD", now=later) == savings, query
+    monkeypatch.undo()
+    assert len(refreshes) == 3 * len(queries) + len(queries)  # funnel, time to react, runs; savings
+    # The refreshes did land: the rollups now hold gus's message themselves.
+    async with any_db.engine.connect() as conn:
+        rolled = (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one()
+    assert rolled == len(h.deliveries) + 1
+    assert await _all_figures(any_db, queries, now=later) == expected
 
 
 # A figure of each rollup a test marks on a day's rows: a day built again loses the mark.
