@@ -438,6 +438,65 @@ async def test_a_refresh_between_the_reads_of_a_report_changes_no_figure(
     assert await _all_figures(any_db, queries, now=later) == expected
 
 
+def _edges_history() -> History:
+    """Messages and purchases on both sides of 12:00 of two days (T0's and the next), so a
+    range that starts or ends at that hour splits each day between log and rollup."""
+    h = History()
+    day0, day1 = T0.replace(hour=0), T0.replace(hour=0) + timedelta(days=1)
+    # ann: a message at 10:00 and another at 14:00, a purchase at 15:00: last touch is the
+    # later one (inside a range from 12:00), though the earlier one is her first.
+    r = h.run("winback", "ann", campaign="edge", at=day0 + timedelta(hours=10), outcome="reacted")
+    h.send(r, "winback", "ann", 0, "email", cost=0.001, at=day0 + timedelta(hours=10), status="opened",
+           opened_after=timedelta(minutes=30))  # fmt: skip
+    h.send(r, "winback", "ann", 1, "telegram", cost=0.0, at=day0 + timedelta(hours=14), status="clicked",
+           opened_after=timedelta(minutes=2), clicked_after=timedelta(minutes=3))  # fmt: skip
+    h.event("ann", "purchase", day0 + timedelta(hours=15), amount=25.0)
+    # bob: a message at 11:00 and a purchase at 12:30, both sides of 12:00: the purchase
+    # belongs to a message outside such a range.
+    r = h.run("winback", "bob", campaign="edge", at=day0 + timedelta(hours=11), outcome="reacted")
+    h.send(r, "winback", "bob", 0, "email", cost=0.001, at=day0 + timedelta(hours=11), status="clicked",
+           opened_after=timedelta(minutes=5), clicked_after=timedelta(minutes=6))  # fmt: skip
+    h.event("bob", "purchase", day0 + timedelta(hours=12, minutes=30), amount=40.0)
+    # cid: runs at 13:00 on both days; the second day's sms bought from the day after.
+    for day, channel, cost in ((day0, "email", 0.001), (day1, "sms", 0.05)):
+        r = h.run("winback", "cid", campaign="edge", at=day + timedelta(hours=13), outcome="exhausted")
+        h.send(r, "winback", "cid", 0, channel, cost=cost, at=day + timedelta(hours=13))
+    h.event("cid", "purchase", day1 + timedelta(days=1), amount=60.0)
+    # dan: a run at 09:00 of the second day, a purchase with no message of his in range.
+    r = h.run("winback", "dan", campaign="edge", at=day1 + timedelta(hours=9), outcome="exhausted")
+    h.send(r, "winback", "dan", 0, "email", cost=0.001, at=day1 + timedelta(hours=9), status="failed")
+    h.event("eve", "purchase", day0 + timedelta(hours=16), amount=99.0)
+    return h
+
+
+async def test_ranges_that_start_or_end_inside_a_day_give_the_figures_of_the_log(any_db: Database) -> None:
+    h = _edges_history()
+    await h.save(any_db)
+    noon0, noon1 = T0.replace(hour=12), T0.replace(hour=12) + timedelta(days=1)
+    queries = [
+        FunnelQuery(since=noon0, by=["channel"]),
+        FunnelQuery(since=noon0, until=noon1, by=["day"]),
+        FunnelQuery(since=noon0 - timedelta(days=1), until=noon1),
+        FunnelQuery(since=noon0 + timedelta(hours=2), until=noon1 + timedelta(hours=1), by=["journey", "step"]),
+        FunnelQuery(since=noon0, campaign="edge", by=["campaign"]),
+    ]
+    # Recent rows as of 12:00 of the second day (its later messages from the log), then as
+    # of later (nothing closed), then closed days: each time against the log alone.
+    for now, recent in ((noon1, True), (T0 + timedelta(days=20), True), (T0 + timedelta(days=60), False)):
+        if recent:
+            await refresh_recent_rollups(any_db, PRICES, now=now)
+        assert await _all_figures(any_db, queries, now=now) == await _all_figures(any_db, queries, rollup=False)
+        for query in queries:
+            rolled = await savings_report(any_db, query, PRICES, "USD", now=now)
+            assert rolled == await savings_report(any_db, query, PRICES, "USD", rollup=False), (now, query)
+    # What the edges hold: from 12:00, ann's 14:00 message converted (last touch), bob's
+    # purchase is his 11:00 message's, outside; cid's second-day sms is in range too.
+    [row] = await funnel(any_db, FunnelQuery(since=noon0), now=T0 + timedelta(days=60))
+    assert (row.messages, row.converted, row.revenue) == (4, 2, 85.0)
+    [row] = await funnel(any_db, FunnelQuery(since=noon0, until=noon1), now=T0 + timedelta(days=60))
+    assert (row.messages, row.converted, row.revenue) == (3, 1, 25.0)
+
+
 # A figure of each rollup a test marks on a day's rows: a day built again loses the mark.
 _MARKED = {"funnel_daily": "revenue", "runs_daily": "runs", "savings_daily": "runs"}
 _MARK = 1000
