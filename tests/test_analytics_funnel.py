@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from sqlalchemy import func, select, text, update
 
 from analytics.funnel import (
     FunnelQuery,
+    Snapshot,
     _funnel_build,
     daily,
     deliveries,
@@ -386,6 +387,114 @@ async def test_the_recent_rows_give_the_figures_of_the_log_as_of_their_refresh(a
         assert (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one() == len(h.deliveries) + 1
         state = (await conn.execute(select(rollup_state).where(rollup_state.c.name == "funnel_daily"))).one()
     assert state.until.replace(tzinfo=UTC) > state.recent_until.replace(tzinfo=UTC)  # read as closed days only
+
+
+async def test_a_refresh_between_the_reads_of_a_report_changes_no_figure(
+    any_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recent rows as of `now`; a run and its message created since are read from the log.
+    h = _history_with_arms_and_segments()
+    await h.save(any_db)
+    now = T0 + timedelta(days=31)
+    await refresh_recent_rollups(any_db, PRICES, now=now)
+    late = History()
+    r = late.run("winback", "gus", campaign="autumn", at=now + timedelta(minutes=10))
+    late.send(r, "winback", "gus", 0, "email", cost=0.001, at=now + timedelta(minutes=10), status="opened",
+              opened_after=timedelta(minutes=5))  # fmt: skip
+    await late.save(any_db)
+    queries = [
+        FunnelQuery(),
+        FunnelQuery(by=["channel"]),
+        FunnelQuery(since=T0 + timedelta(hours=5), by=["day"]),
+    ]
+    later = now + timedelta(hours=1)
+    expected = await _all_figures(any_db, queries, rollup=False)
+    expected_savings = [await savings_report(any_db, q, PRICES, "USD", rollup=False) for q in queries]
+
+    # Each report, right after it read how far a rollup reaches and before it reads the
+    # rollup's rows and the log after that reach, lets a refresh commit (a later one each
+    # time): the refreshed rows then hold gus's message, which the log part reads too.
+    # In one snapshot the report still sees the rows its reach describes.
+    reach = Snapshot.reach
+    refreshes: list[datetime] = []
+
+    async def reach_then_refresh(self: Snapshot, name: str) -> Any:
+        found = await reach(self, name)
+        at = later + timedelta(minutes=len(refreshes) + 1)
+        assert name in (await refresh_recent_rollups(any_db, PRICES, now=at)).refreshed
+        refreshes.append(at)
+        return found
+
+    monkeypatch.setattr(Snapshot, "reach", reach_then_refresh)
+    assert await _all_figures(any_db, queries, now=later) == expected
+    for query, savings in zip(queries, expected_savings, strict=True):
+        assert await savings_report(any_db, query, PRICES, "USD", now=later) == savings, query
+    monkeypatch.undo()
+    assert len(refreshes) == 3 * len(queries) + len(queries)  # funnel, time to react, runs; savings
+    # The refreshes did land: the rollups now hold gus's message themselves.
+    async with any_db.engine.connect() as conn:
+        rolled = (await conn.execute(select(func.sum(daily.c.messages)))).scalar_one()
+    assert rolled == len(h.deliveries) + 1
+    assert await _all_figures(any_db, queries, now=later) == expected
+
+
+def _edges_history() -> History:
+    """Messages and purchases on both sides of 12:00 of two days (T0's and the next), so a
+    range that starts or ends at that hour splits each day between log and rollup."""
+    h = History()
+    day0, day1 = T0.replace(hour=0), T0.replace(hour=0) + timedelta(days=1)
+    # ann: a message at 10:00 and another at 14:00, a purchase at 15:00: last touch is the
+    # later one (inside a range from 12:00), though the earlier one is her first.
+    r = h.run("winback", "ann", campaign="edge", at=day0 + timedelta(hours=10), outcome="reacted")
+    h.send(r, "winback", "ann", 0, "email", cost=0.001, at=day0 + timedelta(hours=10), status="opened",
+           opened_after=timedelta(minutes=30))  # fmt: skip
+    h.send(r, "winback", "ann", 1, "telegram", cost=0.0, at=day0 + timedelta(hours=14), status="clicked",
+           opened_after=timedelta(minutes=2), clicked_after=timedelta(minutes=3))  # fmt: skip
+    h.event("ann", "purchase", day0 + timedelta(hours=15), amount=25.0)
+    # bob: a message at 11:00 and a purchase at 12:30, both sides of 12:00: the purchase
+    # belongs to a message outside such a range.
+    r = h.run("winback", "bob", campaign="edge", at=day0 + timedelta(hours=11), outcome="reacted")
+    h.send(r, "winback", "bob", 0, "email", cost=0.001, at=day0 + timedelta(hours=11), status="clicked",
+           opened_after=timedelta(minutes=5), clicked_after=timedelta(minutes=6))  # fmt: skip
+    h.event("bob", "purchase", day0 + timedelta(hours=12, minutes=30), amount=40.0)
+    # cid: runs at 13:00 on both days; the second day's sms bought from the day after.
+    for day, channel, cost in ((day0, "email", 0.001), (day1, "sms", 0.05)):
+        r = h.run("winback", "cid", campaign="edge", at=day + timedelta(hours=13), outcome="exhausted")
+        h.send(r, "winback", "cid", 0, channel, cost=cost, at=day + timedelta(hours=13))
+    h.event("cid", "purchase", day1 + timedelta(days=1), amount=60.0)
+    # dan: a run at 09:00 of the second day, a purchase with no message of his in range.
+    r = h.run("winback", "dan", campaign="edge", at=day1 + timedelta(hours=9), outcome="exhausted")
+    h.send(r, "winback", "dan", 0, "email", cost=0.001, at=day1 + timedelta(hours=9), status="failed")
+    h.event("eve", "purchase", day0 + timedelta(hours=16), amount=99.0)
+    return h
+
+
+async def test_ranges_that_start_or_end_inside_a_day_give_the_figures_of_the_log(any_db: Database) -> None:
+    h = _edges_history()
+    await h.save(any_db)
+    noon0, noon1 = T0.replace(hour=12), T0.replace(hour=12) + timedelta(days=1)
+    queries = [
+        FunnelQuery(since=noon0, by=["channel"]),
+        FunnelQuery(since=noon0, until=noon1, by=["day"]),
+        FunnelQuery(since=noon0 - timedelta(days=1), until=noon1),
+        FunnelQuery(since=noon0 + timedelta(hours=2), until=noon1 + timedelta(hours=1), by=["journey", "step"]),
+        FunnelQuery(since=noon0, campaign="edge", by=["campaign"]),
+    ]
+    # Recent rows as of 12:00 of the second day (its later messages from the log), then as
+    # of later (nothing closed), then closed days: each time against the log alone.
+    for now, recent in ((noon1, True), (T0 + timedelta(days=20), True), (T0 + timedelta(days=60), False)):
+        if recent:
+            await refresh_recent_rollups(any_db, PRICES, now=now)
+        assert await _all_figures(any_db, queries, now=now) == await _all_figures(any_db, queries, rollup=False)
+        for query in queries:
+            rolled = await savings_report(any_db, query, PRICES, "USD", now=now)
+            assert rolled == await savings_report(any_db, query, PRICES, "USD", rollup=False), (now, query)
+    # What the edges hold: from 12:00, ann's 14:00 message converted (last touch), bob's
+    # purchase is his 11:00 message's, outside; cid's second-day sms is in range too.
+    [row] = await funnel(any_db, FunnelQuery(since=noon0), now=T0 + timedelta(days=60))
+    assert (row.messages, row.converted, row.revenue) == (4, 2, 85.0)
+    [row] = await funnel(any_db, FunnelQuery(since=noon0, until=noon1), now=T0 + timedelta(days=60))
+    assert (row.messages, row.converted, row.revenue) == (3, 1, 25.0)
 
 
 # A figure of each rollup a test marks on a day's rows: a day built again loses the mark.
