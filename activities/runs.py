@@ -40,6 +40,8 @@ class RunActivities:
                 update(JourneyRun)
                 .where(col(JourneyRun.workflow_id) == input.workflow_id, col(JourneyRun.run_id) == input.run_id)
                 .values(finished_at=input.finished_at, outcome=input.outcome)
+                # Nothing loaded in this session to keep in step with the update.
+                .execution_options(synchronize_session=False)
             )
             if input.skipped and input.journey is not None and input.customer_id is not None:
                 rows = [

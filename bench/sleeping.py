@@ -158,6 +158,24 @@ def _rss_mib(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a process and its children (the dev server CLI's) have used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for child in Path(f"/proc/{pid}/task").glob("*/children"):
+        for c in child.read_text().split():
+            total += _cpu_seconds(int(c))
+    return total
+
+
+def _load() -> str:
+    """The machine's load averages (1, 5, 15 minutes), to read next to every figure."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def _tree_rss_mib(pid: int) -> float:
     """RSS of `pid` and its children (the dev server CLI runs the server in-process)."""
     total = _rss_mib(pid)
@@ -268,12 +286,16 @@ async def side(
     server_asleep = _tree_rss_mib(server_pid)
     sends_before_wake = len(_lines(sent_log))
     await asyncio.sleep(max((wake_at - datetime.now(UTC)).total_seconds(), 0))
+    # CPU of the worker and the dev server through the burst: less swayed by other work on
+    # the machine than the rate is (the server's includes whatever else it serves then).
+    cpu_worker, cpu_server = _cpu_seconds(child.pid), _cpu_seconds(server_pid)
     deadline = time.monotonic() + args.timeout
     while True:
         if len(_lines(sent_log)) >= args.n or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     times = _lines(sent_log)
+    cpu_worker, cpu_server = _cpu_seconds(child.pid) - cpu_worker, _cpu_seconds(server_pid) - cpu_server
     peak = _rss_mib(child.pid, "VmHWM")
     server_after = _tree_rss_mib(server_pid)
     child.send_signal(signal.SIGTERM)
@@ -293,6 +315,9 @@ async def side(
         "missed": args.n - len(times),
         "burst_seconds": round(burst, 2),
         "sends_per_s": round(len(times) / burst, 2) if times and burst > 0 else None,
+        "worker_cpu_ms_per_send": round(1000 * cpu_worker / len(times), 1) if times else None,
+        "server_cpu_ms_per_send": round(1000 * cpu_server / len(times), 1) if times else None,
+        "load": _load(),
         "worker_rss_asleep_mib": round(asleep_rss, 1),
         "worker_peak_rss_mib": round(peak, 1),
         "server_rss_asleep_mib": round(server_asleep, 1),

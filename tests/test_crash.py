@@ -145,8 +145,9 @@ async def test_worker_killed_inside_the_send_ends_the_step_sent_once(
         for e in events
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     ]
-    # The journey also records its run at the end (record_run_finished); the send checks
-    # the contact itself and writes the run's start (lean steps).
+    # The journey also records its run at the end (record_run_finished: a local activity
+    # since patch local-run-records, so not among these); the send checks the contact
+    # itself and writes the run's start (lean steps).
     assert [name for name in scheduled if not name.startswith("record_run_")] == ["send_message"]
     completed = [e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED]
     assert len(completed) == len(scheduled)

@@ -134,4 +134,8 @@ def test_lean_steps_2_is_one_marker_for_every_earlier_patch():
         "signal-dedup",
     }
     assert markers["cascade_lean_bounce_cancel"] == {"lean-steps", "send-outcome-from-log", "record-skips"}
-    assert not any("lean-steps-2" in m for name, m in markers.items() if not name.startswith("cascade_lean2_"))
+    # Recorded on "local-run-records" (issue 17 B7), a patch after lean-steps-2: a marker of its own.
+    assert markers["cascade_local_opened_twice"] == markers["cascade_local_rules_exhausted"]
+    assert markers["cascade_local_opened_twice"] == {"lean-steps-2", "local-run-records"}
+    later = ("cascade_lean2_", "cascade_local_")
+    assert not any("lean-steps-2" in m for name, m in markers.items() if not name.startswith(later))

@@ -403,7 +403,38 @@ async def test_a_plain_journey_checks_inside_its_send_and_records_its_run_there(
         for e in (await handle.fetch_history()).events
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
     ]
-    assert scheduled == ["send_message", "send_message", "record_run_finished"]
+    # The run's finish row is a local activity (patch "local-run-records"): not on the queue.
+    assert scheduled == ["send_message", "send_message"]
+    async with db.session() as session:
+        [run] = (await session.exec(select(JourneyRun).where(JourneyRun.workflow_id == handle.id))).all()
+    assert run.outcome == "exhausted" and run.finished_at is not None
+
+
+async def test_the_run_rows_are_local_activities_not_queue_tasks(client, settings, db, unique_id):
+    """Patch local-run-records: the run's start row (a journey that sleeps first writes it at
+    once) and its finish row are local activities of the worker holding the journey: a
+    marker each in the history, no task on the server's queue, no workflow task after it."""
+    await seed(db, unique_id, email=f"{unique_id}@example.com")
+    journey = spec("email", wait="1h")
+    journey.steps[0].delay = timedelta(hours=2)
+    async with build_worker(client, settings, db):
+        handle = await start_journey(unique_id, journey, client=client, db=db, settings=settings)
+        result = await handle.result()
+    assert result.outcome == Outcome.EXHAUSTED
+    events = (await handle.fetch_history()).events
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert scheduled == ["send_message"]
+    local = [
+        json.loads(e.marker_recorded_event_attributes.details["data"].payloads[0].data)["activity_type"]
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    ]
+    assert local == ["record_run_started", "record_run_finished"]
     async with db.session() as session:
         [run] = (await session.exec(select(JourneyRun).where(JourneyRun.workflow_id == handle.id))).all()
     assert run.outcome == "exhausted" and run.finished_at is not None

@@ -92,6 +92,13 @@ _COVERED = frozenset(
         "signal-dedup",
     }
 )
+# Patch "local-run-records": the run's journey_runs rows (its start, when no send writes
+# it, and its finish) are written by local activities. A regular activity is a task on
+# the server's queue, three history events and a workflow task of its own after it; a
+# local one runs in the worker that holds the journey, inside the workflow task that
+# asks for it (one marker event). Both writes are idempotent, so a local activity run
+# again after a worker crash (its workflow task retried) changes nothing.
+LOCAL_RUN_RECORDS = "local-run-records"
 # Events that end the journey whichever step they concern.
 _STOPPING = MappingProxyType({EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAINED: "complained"})
 # Events that make waiting on the current step pointless.
@@ -261,9 +268,7 @@ class CascadeJourney:
         result = self._finish()
         if self._run_to_record is not None:
             # Lean steps: the journey ended before any send recorded its start.
-            await workflow.execute_activity_method(
-                RunActivities.record_run_started, self._run_to_record, start_to_close_timeout=RECORD_TIMEOUT
-            )
+            await self._record(RunActivities.record_run_started, self._run_to_record)
         if self._record_run:
             await self._record_finished(result)
         return result
@@ -398,9 +403,14 @@ class CascadeJourney:
         )
 
     async def _record_started(self) -> None:
-        await workflow.execute_activity_method(
-            RunActivities.record_run_started, self._run_started(), start_to_close_timeout=RECORD_TIMEOUT
-        )
+        await self._record(RunActivities.record_run_started, self._run_started())
+
+    async def _record(self, activity: Any, input: RecordRunStartedInput | RecordRunFinishedInput) -> None:
+        """Write the run's journey_runs row: a local activity (patch "local-run-records"), else a regular one."""
+        if workflow.patched(LOCAL_RUN_RECORDS):
+            await workflow.execute_local_activity_method(activity, input, start_to_close_timeout=RECORD_TIMEOUT)
+        else:
+            await workflow.execute_activity_method(activity, input, start_to_close_timeout=RECORD_TIMEOUT)
 
     async def _record_finished(self, result: JourneyResult) -> None:
         info = workflow.info()
@@ -422,9 +432,7 @@ class CascadeJourney:
                 for r in result.steps
                 if r.status == StepStatus.SKIPPED
             ]
-        await workflow.execute_activity_method(
-            RunActivities.record_run_finished, finished, start_to_close_timeout=RECORD_TIMEOUT
-        )
+        await self._record(RunActivities.record_run_finished, finished)
 
     async def _check_with_rules(
         self, index: int, deadline: datetime | None, delay: bool = True

@@ -146,8 +146,12 @@ def check_template_fields(content: MessageContent, available: Iterable[str]) -> 
     return errors
 
 
+@lru_cache(maxsize=1024)
 def estimate_sms(source: str, placeholder_length: int = 10) -> SmsInfo:
-    """SMS length/segments of a template, each field counted as `placeholder_length` characters."""
+    """SMS length/segments of a template, each field counted as `placeholder_length` characters.
+
+    Every start of a journey with an SMS step asks (check_journey): compiled once per process.
+    """
     sample = {name: "x" * placeholder_length for name in template_fields(source)}
     try:
         text = _TEXT.from_string(source).render(sample)

@@ -176,8 +176,10 @@ class Settings(BaseSettings):
     # Workflows the worker keeps in memory between their tasks (Temporal's sticky cache).
     # A cached journey wakes without replaying its history; one evicted replays it on
     # its next task (correct, only slower). Size it to the journeys that wake together
-    # (a campaign's next step), not to every sleeping one: memory grows with it.
-    worker_max_cached_workflows: int = Field(default=1000, ge=0)
+    # (a campaign's next step), not to every sleeping one: memory grows with it. At 500 a
+    # worker with 2,000 journeys asleep peaked at 276 MiB through their wake burst (the
+    # 300 MB goal of issue 17, README "Sleeping journeys"); at 1,000 one peaked at 358 MiB.
+    worker_max_cached_workflows: int = Field(default=500, ge=0)
     # A journey an event starts counts its first delay from the event's occurred_at, if
     # that is no older than this; an older one (a backfill) counts from the start.
     trigger_max_age: timedelta = Field(default=timedelta(days=1), gt=timedelta(0))

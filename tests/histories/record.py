@@ -90,6 +90,11 @@ RULE_SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
         [ContactIn(channel="email", address="ann@example.com"), ContactIn(channel="sms", address="+14155552671")],
         _nobody_reacts,
     ),
+    # Patch "local-run-records": the run's start and finish rows written by local activities.
+    "cascade_local_rules_exhausted": (
+        [ContactIn(channel="email", address="ann@example.com"), ContactIn(channel="sms", address="+14155552671")],
+        _nobody_reacts,
+    ),
 }
 
 SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
@@ -137,6 +142,8 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
         _bounce_then_cancel,
     ),
     "cascade_lean2_opened_twice": ([ContactIn(channel="email", address="lean3@example.com")], _opened_twice),
+    # Patch "local-run-records" (issue 17 B7): the finish row by a local activity.
+    "cascade_local_opened_twice": ([ContactIn(channel="email", address="local1@example.com")], _opened_twice),
     "cascade_lean2_bounce_cancel": (
         [ContactIn(channel="email", address="lean4@example.com"), ContactIn(channel="telegram", address="4202")],
         _bounce_then_cancel,
