@@ -91,7 +91,7 @@ async def test_a_broadcast_to_2000_customers_runs_every_cascade_once(
     rule = {"name": "everyone", "where": [{"field": "purchase_count", "op": "gte", "value": 0}]}
     (folder / "everyone.yaml").write_text(yaml.safe_dump(rule))
     # The worker's sticky cache sized to the journeys that run together (what
-    # CASCADE_WORKER_MAX_CACHED_WORKFLOWS asks for): with the default 1,000 and 2,000
+    # CASCADE_WORKER_MAX_CACHED_WORKFLOWS asks for): with a cache of 1,000 and 2,000
     # journeys in flight, a journey evicted between its tasks replays its history
     # (measured at 2,000: 378 CPU-s with the default against 341 sized).
     settings = settings.model_copy(
