@@ -124,11 +124,12 @@ UNSTAMPED_COLUMNS = frozenset({"loyalty_points", "preferred_channel"})
 
 @dataclass(frozen=True)
 class EventEdge:
-    """An event rule's window: its events leave it `within` after they occurred."""
+    """An event rule's events: of `types` (on `channel`), counted while at most `within` old
+    (None: ever); they leave the window `within` after they occurred."""
 
     types: tuple[str, ...]
     channel: str | None
-    within: timedelta
+    within: timedelta | None
 
 
 @dataclass(frozen=True)
@@ -148,8 +149,6 @@ class Edges:
     something a change of which leaves no trace a corrected count could find."""
 
     events: list[EventEdge] = field(default_factory=list)
-    # Every event type a rule reads, windowed or not.
-    types: set[str] = field(default_factory=set)
     columns: list[ColumnEdge] = field(default_factory=list)
     reachable: bool = False
     bounded: bool = True
@@ -332,13 +331,12 @@ class _Compiler:
         where: list[ColumnElement[bool]] = [
             EVENTS.c.type.in_(rule.types) if len(rule.types) > 1 else EVENTS.c.type == rule.types[0],
         ]
-        self.edges.types.update(rule.types)
+        channel = rule.channel.value if rule.channel is not None else None
+        self.edges.events.append(EventEdge(tuple(rule.types), channel, rule.within))
         if rule.channel is not None:
             where.append(EVENTS.c.channel == rule.channel.value)
         if rule.within is not None:
             where.append(EVENTS.c.occurred_at >= self.now - rule.within)
-            channel = rule.channel.value if rule.channel is not None else None
-            self.edges.events.append(EventEdge(tuple(rule.types), channel, rule.within))
         if self.customer_id is not None:
             # One customer (the event path): the subquery reads that customer's index range only.
             where.append(EVENTS.c.customer_id == self.customer_id)

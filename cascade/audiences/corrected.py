@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, func, literal, or_, select, union
+from sqlalchemy import ColumnElement, Select, Table, and_, case, func, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 
@@ -43,6 +43,7 @@ from cascade.audiences.compiler import (
     CUSTOMERS,
     EVENTS,
     Edges,
+    EventEdge,
     segment_condition,
     time_cutoff,
 )
@@ -65,6 +66,14 @@ class Correction:
     members: int
 
 
+def _rule_events(edge: EventEdge) -> list[ColumnElement[bool]]:
+    e = EVENTS.c
+    tests = [e.type.in_(edge.types) if len(edge.types) > 1 else e.type == edge.types[0]]
+    if edge.channel is not None:
+        tests.append(e.channel == edge.channel)
+    return tests
+
+
 def touched_customers(edges: Edges, refreshed_at: datetime, now: datetime) -> Select[Any]:
     """SELECT (UNION, no duplicates) the ids of the customers whose verdict may have changed
     between `refreshed_at` and `now` (see the module docstring)."""
@@ -76,22 +85,24 @@ def touched_customers(edges: Edges, refreshed_at: datetime, now: datetime) -> Se
         select(MERGES.c.survivor_id.label("id")).where(MERGES.c.merged_at >= since),
         select(MERGES.c.merged_id.label("id")).where(MERGES.c.merged_at >= since),
     ]
-    if edges.types:
-        parts.append(
-            select(e.customer_id.label("id")).where(
-                e.received_at >= since, e.type.in_(sorted(edges.types)), e.customer_id.is_not(None)
-            )
-        )
+    if edges.events:
+        # One range of the received_at index, filtered by what any rule reads: an event of
+        # its type and channel, and (for a window) not older than the window now. An older
+        # one counts neither now nor, unless it left the window since (the edges below),
+        # at the refresh.
+        reads = []
+        for edge in edges.events:
+            tests = _rule_events(edge)
+            if edge.within is not None:
+                tests.append(e.occurred_at >= now - edge.within)
+            reads.append(and_(*tests))
+        received = and_(e.received_at >= since, e.customer_id.is_not(None), or_(*reads))
+        parts.append(select(e.customer_id.label("id")).where(received))
     for edge in edges.events:
-        tests: list[ColumnElement[bool]] = [
-            e.type.in_(edge.types) if len(edge.types) > 1 else e.type == edge.types[0],
-            e.occurred_at >= refreshed_at - edge.within,
-            e.occurred_at < now - edge.within,
-            e.customer_id.is_not(None),
-        ]
-        if edge.channel is not None:
-            tests.append(e.channel == edge.channel)
-        parts.append(select(e.customer_id.label("id")).where(*tests))
+        if edge.within is None:
+            continue
+        left = [e.occurred_at >= refreshed_at - edge.within, e.occurred_at < now - edge.within]
+        parts.append(select(e.customer_id.label("id")).where(*_rule_events(edge), *left, e.customer_id.is_not(None)))
     for col in edges.columns:
         column = CUSTOMERS.c[col.column]
         lower = time_cutoff(refreshed_at, col.seconds, col.is_date)
@@ -118,16 +129,13 @@ async def correct_count(
     """Segment `name`'s count at `now` from its open memberships (recorded at `refreshed_at`)
     corrected for the touched customers; None when more than `max_touched` are touched.
 
-    Run it in the snapshot that read `refreshed_at` (REPEATABLE READ on PostgreSQL), so the
-    memberships, the refresh record and the touched rows are of one moment.
+    One statement (the touched set is gathered once); run it in the snapshot that read
+    `refreshed_at` (REPEATABLE READ on PostgreSQL), so the memberships, the refresh record
+    and the touched rows are of one moment.
     """
     touched = touched_customers(edges, refreshed_at, now).cte("touched")
     ids = select(touched.c.id)
-    # Counted first, on its own: a touched set near the whole base would make the scoped
-    # query slower than the full one.
-    n_touched = int((await conn.execute(select(func.count()).select_from(touched))).scalar_one())
-    if n_touched > max_touched:
-        return None
+    n_touched = select(func.count()).select_from(touched).scalar_subquery()
     open_rows = and_(MEMBERSHIPS.c.segment == name, MEMBERSHIPS.c.exited_at.is_(None))
     stored = select(func.count()).select_from(MEMBERSHIPS).where(open_rows).scalar_subquery()
     open_touched = (
@@ -135,9 +143,20 @@ async def correct_count(
     ).scalar_subquery()
     condition = segment_condition(catalog, name, dialect=conn.dialect.name, now=now, scope=ids)
     matching = (select(func.count()).select_from(CUSTOMERS).where(CUSTOMERS.c.id.in_(ids), condition)).scalar_subquery()
-    row = (await conn.execute(select(stored, open_touched, matching, literal(n_touched)))).one()
-    stored_n, open_n, matching_n = int(row[0]), int(row[1]), int(row[2])
-    return Correction(stored=stored_n, touched=n_touched, members=stored_n - open_n + matching_n)
+    # Both databases evaluate a CASE's branch (and the subqueries in it) only when taken: a
+    # touched set near the whole base is counted, not judged customer by customer.
+    small = n_touched <= max_touched
+    statement = select(
+        n_touched,
+        stored,
+        case((small, open_touched), else_=None),
+        case((small, matching), else_=None),
+    )
+    row = (await conn.execute(statement)).one()
+    if row[2] is None or row[3] is None:
+        return None
+    n, stored_n, open_n, matching_n = (int(v) for v in row)
+    return Correction(stored=stored_n, touched=n, members=stored_n - open_n + matching_n)
 
 
 __all__ = ["CHANGE_MARGIN", "Correction", "correct_count", "touched_customers"]
