@@ -24,6 +24,13 @@ for everyone at the load's clock (what the `SegmentRefresh` Schedule runs; `refr
 per segment) and then also times the count `cascade segments count` answers without
 `--exact`: the open memberships that refresh recorded (`stored_*`), checked equal to the
 hand-written count. `--explain` adds the compiled query's EXPLAIN ANALYZE plan.
+`--drift --schema NAME` (a loaded schema) measures the exact count `--exact` answers (the
+last refresh's memberships corrected for the customers touched since,
+cascade/audiences/corrected.py) against the compiled query: it refreshes `--segments` an
+hour after the load's clock, times both one minute later, writes a day of drift
+(`--drift-events` events received through the day, one in ten late; `--drift-edits`
+profile edits; a previous run's drift is removed first) and times both a day after the
+refresh, printing the touched customers and whether the counts are equal.
 `--reuse` loads into `bench_segments_<customers>_<events>` once and keeps it for the
 next run (which migrates it and skips the load); `--schema NAME --keep` does the same
 with a name of your own. Unlogged tables come back empty after a PostgreSQL crash or
@@ -50,8 +57,8 @@ from sqlalchemy import text
 
 from cascade.audiences.compiler import count_query
 from cascade.audiences.membership import refresh_memberships
-from cascade.audiences.service import count_segment, load_segments
-from cascade.events.recency import rebuild_event_recency
+from cascade.audiences.service import count_members, count_segment, load_segments
+from cascade.events.recency import rebuild_event_recency, refresh_event_recency
 from cascade.infra.db import Database, migrate
 from cascade.infra.settings import Settings
 from tests.conftest import asyncpg_dsn
@@ -365,6 +372,141 @@ async def run(
             await _drop(schema)
 
 
+# A day of traffic after the refresh (`--drift`): events received through the day, most
+# occurring when received, one in ten late (it happened up to 100 days earlier), with the
+# load's skew and mix of types. Tagged by `source` so the next run removes them first.
+DRIFT_SQL = """
+INSERT INTO engagement_events (customer_id, channel, type, source, properties, occurred_at, received_at)
+SELECT 'c' || lpad((1 + floor(CAST(:customers AS integer) * r.a * r.a))::int::text, 8, '0'),
+       CASE WHEN r.k < 0.45 THEN 'email' WHEN r.k < 0.50 THEN 'sms' END,
+       CASE WHEN r.k < 0.30 THEN 'opened' WHEN r.k < 0.50 THEN 'clicked'
+            WHEN r.k < 0.65 THEN 'purchase' ELSE 'page_viewed' END,
+       'bench-drift',
+       CASE WHEN r.k >= 0.50 AND r.k < 0.65 THEN json_build_object('amount', floor(r.m * 200))
+            ELSE CAST('{}' AS json) END,
+       CAST(:start AS timestamptz) + r.d * interval '1 day'
+           - CASE WHEN r.late < 0.1 THEN r.late * interval '1000 days' ELSE interval '0' END,
+       CAST(:start AS timestamptz) + r.d * interval '1 day'
+FROM (SELECT random() AS a, random() AS k, random() AS m, random() AS d, random() AS late
+      FROM generate_series(1, CAST(:n AS bigint))) AS r
+RETURNING customer_id
+"""
+# Profiles edited during that day (an `updated_at` stamp is all a corrected count looks at).
+EDITS_SQL = """
+UPDATE customers SET updated_at = CAST(:start AS timestamptz) + (g % 86400) * interval '1 second'
+FROM generate_series(7, CAST(:customers AS integer), CAST(:step AS integer)) AS g
+WHERE customers.id = 'c' || lpad(g::text, 8, '0')
+"""
+
+
+async def _undo_drift(db: Database) -> int:
+    """Remove a previous run's drift (its events, their event_recency rows, the edit stamps)."""
+    async with db.engine.begin() as conn:
+        gone = [
+            r[0]
+            for r in await conn.execute(
+                text("DELETE FROM engagement_events WHERE source = 'bench-drift' RETURNING customer_id")
+            )
+        ]
+        await conn.execute(text("UPDATE customers SET updated_at = NULL WHERE updated_at IS NOT NULL"))
+    await rebuild_recency_of(db, gone)
+    return len(gone)
+
+
+async def rebuild_recency_of(db: Database, customer_ids: list[str]) -> None:
+    """event_recency of these customers from their events (the event path's own maintenance),
+    2,000 customers per transaction (it takes an advisory lock per customer)."""
+    ids = sorted(set(customer_ids))
+    for start in range(0, len(ids), 2000):
+        async with db.engine.begin() as conn:
+            await refresh_event_recency(conn, ids[start : start + 2000])
+
+
+async def _time_counts(
+    db: Database, catalog: Any, names: list[str], now: datetime, repeats: int, settings: Settings
+) -> dict[str, Any]:
+    """Per segment: the corrected exact count (`count_segment(exact=True)`, what
+    `cascade segments count --exact` runs) against the compiled query, alternately, at `now`."""
+    found: dict[str, Any] = {}
+    for name in names:
+        corrected_s: list[float] = []
+        compiled_s: list[float] = []
+        answers: set[tuple[int, str, int | None]] = set()
+        compiled_members: set[int] = set()
+        for _ in range(repeats):
+            began = time.perf_counter()
+            got = await count_segment(db, catalog, name, exact=True, now=now, settings=settings)
+            corrected_s.append(time.perf_counter() - began)
+            answers.add((got.members, got.method, got.touched))
+            began = time.perf_counter()
+            compiled_members.add(await count_members(db, catalog, name, now=now))
+            compiled_s.append(time.perf_counter() - began)
+        corrected_s.sort()
+        compiled_s.sort()
+        entry = {
+            "members": sorted(a[0] for a in answers),
+            "method": sorted({a[1] for a in answers}),
+            "touched": sorted({a[2] or 0 for a in answers}),
+            "compiled_members": sorted(compiled_members),
+            "corrected_best_s": round(corrected_s[0], 3),
+            "corrected_median_s": round(corrected_s[len(corrected_s) // 2], 3),
+            "compiled_best_s": round(compiled_s[0], 3),
+            "compiled_median_s": round(compiled_s[len(compiled_s) // 2], 3),
+            "equal": sorted(a[0] for a in answers) == sorted(compiled_members) and len(compiled_members) == 1,
+            "loadavg": os.getloadavg(),
+        }
+        found[name] = entry
+        print(name, now.isoformat(), entry, file=sys.stderr, flush=True)
+    return found
+
+
+async def run_drift(schema: str, names: list[str], repeats: int, events: int, edits: int) -> dict[str, Any]:
+    """The corrected exact count right after a refresh and after a day of drift, against the
+    compiled query, on a loaded schema (kept)."""
+    settings = Settings(database_url=POSTGRES_URL, database_schema=schema)
+    db = Database.from_settings(settings)
+    out: dict[str, Any] = {"schema": schema, "loadavg_start": os.getloadavg()}
+    try:
+        if not await _exists(schema):
+            raise SystemExit(f"schema {schema} is not loaded: run the bench with --schema {schema} --keep first")
+        await migrate(db.engine)
+        load_clock = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+        # An hour after the load: the loaded rows (received at the load's clock) are older
+        # than the refresh minus corrected.CHANGE_MARGIN, as a shop's history would be.
+        refreshed = load_clock + timedelta(hours=1)
+        out["undone_drift_events"] = await _undo_drift(db)
+        async with db.engine.connect() as conn:
+            customers = int((await conn.execute(text("SELECT count(*) FROM customers"))).scalar_one())
+        catalog = load_segments(settings)
+        out["refresh_s"] = {}
+        for name in names:
+            began = time.perf_counter()
+            await refresh_memberships(db, catalog, now=refreshed, segments=[name])
+            out["refresh_s"][name] = round(time.perf_counter() - began, 1)
+            print(name, "refresh_s", out["refresh_s"][name], file=sys.stderr, flush=True)
+        # Two tries at most: a few pages the refresh just wrote may stay short of all-visible.
+        await _vacuum(schema, "segment_memberships", tries=2)
+        out["after_refresh"] = await _time_counts(
+            db, catalog, names, refreshed + timedelta(minutes=1), repeats, settings
+        )
+        began = time.perf_counter()
+        params = {"customers": customers, "start": refreshed, "n": events, "step": max(1, customers // max(1, edits))}
+        async with db.engine.begin() as conn:
+            await conn.execute(text("SELECT setseed(0.13)"))
+            touched = [r[0] for r in await conn.execute(text(DRIFT_SQL), params)]
+            await conn.execute(text(EDITS_SQL), params)
+        await rebuild_recency_of(db, touched)
+        out["drift_write_s"] = round(time.perf_counter() - began, 1)
+        for table in ("engagement_events", "event_recency", "customers"):
+            await _vacuum(schema, table, tries=2)
+        out["drift"] = {"events": events, "event_customers": len(set(touched)), "profile_edits": edits}
+        out["after_a_day"] = await _time_counts(db, catalog, names, refreshed + timedelta(days=1), repeats, settings)
+        out["loadavg_end"] = os.getloadavg()
+        return out
+    finally:
+        await db.dispose()
+
+
 def main() -> None:
     """Parse the arguments and print one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -377,7 +519,25 @@ def main() -> None:
         "--reuse", action="store_true", help="load into bench_segments_<customers>_<events> once, keep it, reuse it"
     )
     parser.add_argument("--explain", action="store_true", help="add EXPLAIN ANALYZE of each compiled count")
+    parser.add_argument(
+        "--drift",
+        action="store_true",
+        help="on a loaded --schema: refresh, then time the corrected exact count against the compiled "
+        "query right after the refresh and after a day of drift (--drift-events, --drift-edits)",
+    )
+    parser.add_argument("--drift-events", type=int, default=50_000)
+    parser.add_argument("--drift-edits", type=int, default=1_000)
+    parser.add_argument(
+        "--segments", default="big_spenders,lapsed_buyers,email_engaged", help="with --drift: which segments"
+    )
     args = parser.parse_args()
+    if args.drift:
+        if not args.schema:
+            raise SystemExit("--drift needs --schema (a loaded one; it is kept)")
+        names = [n for n in args.segments.split(",") if n]
+        drift = run_drift(args.schema, names, args.repeats, args.drift_events, args.drift_edits)
+        print(json.dumps(asyncio.run(drift), indent=1))
+        return
     if args.reuse:
         args.schema = args.schema or f"bench_segments_{args.customers}_{args.events}"
         args.keep = True

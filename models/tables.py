@@ -573,6 +573,13 @@ Index(
     _EVENTS.c.customer_id,
     _EVENTS.c.channel,
 )
+# An exact count corrects the last refresh's memberships for the customers changed since
+# (cascade/audiences/corrected.py, migration 0020): each change is a range of one of these.
+Index("ix_customers_updated_at", Customer.__table__.c.updated_at)  # type: ignore[attr-defined]
+Index("ix_contact_points_created_at", ContactPoint.__table__.c.created_at)  # type: ignore[attr-defined]
+Index("ix_contact_points_status_changed_at", ContactPoint.__table__.c.status_changed_at)  # type: ignore[attr-defined]
+Index("ix_consents_changed_at", Consent.__table__.c.changed_at)  # type: ignore[attr-defined]
+Index("ix_customer_merges_merged_at", CustomerMerge.__table__.c.merged_at)  # type: ignore[attr-defined]
 
 
 class Broadcast(SQLModel, table=True):

@@ -81,6 +81,12 @@ def test_cli_counts_from_the_last_refresh_and_says_so(cli_env: Path) -> None:
     assert "members: 2 of 4 customers (as of the refresh at 2026-06-01 12:00:00 UTC" in shown.output
     listed = runner.invoke(app, ["list", "--counts", "--exact"])
     assert listed.exit_code == 0 and "counted now" in listed.output
+    # A refresh of a minute ago: --exact corrects its memberships (nobody changed since).
+    moment = datetime.now(UTC)
+    asyncio.run(refresh())
+    exact = runner.invoke(app, ["count", "berliners", "--exact"])
+    assert exact.exit_code == 0 and exact.stdout.strip() == "2"
+    assert "counted now: the last refresh's memberships corrected for 0 changed customers" in exact.stderr
 
 
 def test_cli_validate_and_errors_exit_1_with_file_field_line(cli_env: Path) -> None:

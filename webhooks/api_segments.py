@@ -46,11 +46,16 @@ async def get_segment(
     request: Request,
     tenant: Annotated[str, Depends(tenant_of)],
     exact: Annotated[
-        bool, Query(description="Count by the segment's query now instead of the last refresh's memberships")
+        bool,
+        Query(
+            description="Count the members now (exact): the last refresh's memberships corrected for the"
+            " customers changed since, or the segment's query when that cannot be done"
+        ),
     ] = False,
 ) -> SegmentInfo:
     """The segment's description and its member count: from the memberships the last refresh
-    recorded (an index range; `as_of` says when), else or with `exact=true` by its query now."""
+    recorded (an index range; `as_of` says when), else or with `exact=true` exact now (`as_of`
+    now): those memberships corrected for the customers changed since, or its query."""
     state = request.app.state
     try:
         catalog = load_segments(state.settings)
@@ -61,7 +66,7 @@ async def get_segment(
         raise HTTPException(404, f"unknown segment {name!r}")
     loaded = catalog.segments[name]
     source = "built-in" if loaded.source == "built-in" else f"segments/{name}.yaml"
-    counted = await count_segment(state.db, catalog, name, exact=exact)
+    counted = await count_segment(state.db, catalog, name, exact=exact, settings=state.settings)
     return SegmentInfo(
         name=name,
         description=loaded.spec.description,

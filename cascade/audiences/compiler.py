@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -115,16 +116,64 @@ _SQLITE_TYPES = {"number": ("integer", "real"), "string": ("text",), "bool": ("t
 _PG_TYPES = {"number": ("number",), "string": ("string",), "bool": ("boolean",)}
 
 
+# Profile columns some writer changes without stamping `updated_at` (loyalty accruals,
+# the preference centre's preferred channel): a corrected count cannot find who changed
+# them since a refresh, so a segment testing one is always counted by its query.
+UNSTAMPED_COLUMNS = frozenset({"loyalty_points", "preferred_channel"})
+
+
+@dataclass(frozen=True)
+class EventEdge:
+    """An event rule's events: of `types` (on `channel`), counted while at most `within` old
+    (None: ever); they leave the window `within` after they occurred."""
+
+    types: tuple[str, ...]
+    channel: str | None
+    within: timedelta | None
+
+
+@dataclass(frozen=True)
+class ColumnEdge:
+    """A time test on a profile column (`within` / `older_than` `seconds`)."""
+
+    column: str
+    seconds: float
+    is_date: bool
+
+
+@dataclass
+class Edges:
+    """What can change a segment's verdict on a customer without a write to that customer's
+    profile or events: the windows its rules measure from `now`, and whether it reads
+    reachability (contact points, consents). `bounded` is false when a rule depends on
+    something a change of which leaves no trace a corrected count could find."""
+
+    events: list[EventEdge] = field(default_factory=list)
+    columns: list[ColumnEdge] = field(default_factory=list)
+    reachable: bool = False
+    bounded: bool = True
+
+
 class _Compiler:
     """One compilation: the dialect, the moment windows are measured from, the catalog."""
 
-    def __init__(self, catalog: SegmentCatalog, dialect: str, now: datetime, customer_id: str | None = None) -> None:
+    def __init__(
+        self,
+        catalog: SegmentCatalog,
+        dialect: str,
+        now: datetime,
+        customer_id: str | None = None,
+        scope: Select[Any] | None = None,
+    ) -> None:
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"segments compile for sqlite or postgresql, not {dialect!r}")
         self.catalog = catalog
         self.pg = dialect == "postgresql"
         self.now = now.astimezone(UTC)
         self.customer_id = customer_id
+        # A SELECT of customer ids: every event subquery reads only their events.
+        self.scope = scope
+        self.edges = Edges()
 
     # --- rules ----------------------------------------------------------------------
 
@@ -190,15 +239,16 @@ class _Compiler:
             return column.is_not(None)
         if op == "missing":
             return column.is_(None)
+        if column.name in UNSTAMPED_COLUMNS:
+            self.edges.bounded = False
         if isinstance(kind, DateTime | Date):
             if op not in _TIME_OPS:
                 raise SegmentRuleError(
                     (*loc, "op"), f"{column.name} is a time: use older_than, within, exists or missing"
                 )
-            cutoff: Any = self.now - timedelta(seconds=float(value))
-            if isinstance(kind, Date) and not isinstance(kind, DateTime):
-                cutoff = cutoff.date()
-            return _timed(column, op, cutoff)
+            is_date = isinstance(kind, Date) and not isinstance(kind, DateTime)
+            self.edges.columns.append(ColumnEdge(column.name, float(value), is_date))
+            return _timed(column, op, time_cutoff(self.now, float(value), is_date))
         if op in _TIME_OPS:
             raise SegmentRuleError((*loc, "op"), f"{op} needs a time field such as last_purchase_at or created_at")
         if isinstance(kind, JSON):
@@ -281,6 +331,8 @@ class _Compiler:
         where: list[ColumnElement[bool]] = [
             EVENTS.c.type.in_(rule.types) if len(rule.types) > 1 else EVENTS.c.type == rule.types[0],
         ]
+        channel = rule.channel.value if rule.channel is not None else None
+        self.edges.events.append(EventEdge(tuple(rule.types), channel, rule.within))
         if rule.channel is not None:
             where.append(EVENTS.c.channel == rule.channel.value)
         if rule.within is not None:
@@ -288,6 +340,9 @@ class _Compiler:
         if self.customer_id is not None:
             # One customer (the event path): the subquery reads that customer's index range only.
             where.append(EVENTS.c.customer_id == self.customer_id)
+        if self.scope is not None:
+            # A few customers (a corrected count): their index ranges, not the whole window.
+            where.append(EVENTS.c.customer_id.in_(self.scope))
         holds = _predicate(rule.op, rule.value)
         if rule.sum is None and len(rule.types) == 1 and self.customer_id is None:
             step = _count_step(holds)
@@ -357,6 +412,7 @@ class _Compiler:
         return found if at_least else not_(found)
 
     def reachable(self, rule: ReachableRule) -> ColumnElement[bool]:
+        self.edges.reachable = True
         where: list[ColumnElement[bool]] = [
             CONTACTS.c.customer_id == CUSTOMERS.c.id,
             CONTACTS.c.channel.in_(rule.channels),
@@ -418,6 +474,12 @@ def _count_step(holds: Callable[[float], bool]) -> tuple[int, bool] | None:
     return None
 
 
+def time_cutoff(now: datetime, seconds: float, is_date: bool) -> Any:
+    """The moment (or day, for a date column) a `within` / `older_than` test measures from."""
+    cutoff = now - timedelta(seconds=seconds)
+    return cutoff.date() if is_date else cutoff
+
+
 def _timed(column: Column[Any], op: str, cutoff: Any) -> ColumnElement[bool]:
     if op == "older_than":
         # Never happened counts as long ago (a win-back test holds for a non-buyer).
@@ -463,17 +525,25 @@ def _check_values(cond: Condition, expected: str, loc: Loc) -> None:
 
 
 def segment_condition(
-    catalog: SegmentCatalog, name: str, *, dialect: str, now: datetime, customer_id: str | None = None
+    catalog: SegmentCatalog,
+    name: str,
+    *,
+    dialect: str,
+    now: datetime,
+    customer_id: str | None = None,
+    scope: Select[Any] | None = None,
 ) -> ColumnElement[bool]:
     """The WHERE clause (over `customers`) of segment `name`, windows measured from `now`.
 
     With `customer_id`, the clause is for that one customer (the event path asks "is this
-    customer a member?"): the event subqueries read only that customer's events.
+    customer a member?"): the event subqueries read only that customer's events. With
+    `scope` (a SELECT of customer ids), for those customers: the event subqueries read only
+    their events (the caller restricts the customers to the same ids).
     """
-    compiler = _Compiler(catalog, dialect, now, customer_id)
-    scope = [CUSTOMERS.c.id == customer_id] if customer_id is not None else []
+    compiler = _Compiler(catalog, dialect, now, customer_id, scope)
+    only = [CUSTOMERS.c.id == customer_id] if customer_id is not None else []
     return and_(
-        *scope,
+        *only,
         CUSTOMERS.c.merged_into.is_(None),
         CUSTOMERS.c.erased_at.is_(None),
         compiler.segment(name, ()),
@@ -483,6 +553,13 @@ def segment_condition(
 def member_query(catalog: SegmentCatalog, name: str, *, dialect: str, now: datetime) -> Select[Any]:
     """SELECT the ids of segment `name`'s members (one query; order and page it as needed)."""
     return select(CUSTOMERS.c.id).where(segment_condition(catalog, name, dialect=dialect, now=now))
+
+
+def segment_edges(catalog: SegmentCatalog, name: str) -> Edges:
+    """Segment `name`'s windows and reads (segments it refers to included), for a corrected count."""
+    compiler = _Compiler(catalog, "postgresql", _DIGEST_MOMENT)
+    compiler.segment(name, ())
+    return compiler.edges
 
 
 def count_query(catalog: SegmentCatalog, name: str, *, dialect: str, now: datetime) -> Select[Any]:
@@ -529,6 +606,9 @@ def check_catalog(catalog: SegmentCatalog) -> None:
 
 
 __all__ = [
+    "ColumnEdge",
+    "Edges",
+    "EventEdge",
     "SegmentRuleError",
     "check_catalog",
     "check_segment",
@@ -536,4 +616,6 @@ __all__ = [
     "definition_digest",
     "member_query",
     "segment_condition",
+    "segment_edges",
+    "time_cutoff",
 ]

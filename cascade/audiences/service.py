@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Table, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 
-from cascade.audiences.compiler import CUSTOMERS, check_catalog, count_query, definition_digest, member_query
+from cascade.audiences.compiler import (
+    CUSTOMERS,
+    check_catalog,
+    count_query,
+    definition_digest,
+    member_query,
+    segment_edges,
+)
+from cascade.audiences.corrected import correct_count
 from cascade.audiences.definition import SegmentCatalog, load_catalog, segment_files
 from cascade.infra.db import Database, as_utc
 from cascade.infra.settings import Settings
@@ -77,17 +86,41 @@ async def count_members(db: Database, catalog: SegmentCatalog, name: str, now: d
 class MemberCount:
     """A segment's member count and how it was taken.
 
-    `exact`: counted by the segment's query at `as_of` (now). Otherwise read from the open
-    memberships: exact as of `as_of`, the last refresh of everyone (the `SegmentRefresh`
-    Schedule), and since then current for the customers whose events came through the
-    events API (the event path moves their memberships). What else changed since (time
-    alone, such as becoming dormant; profile edits, merges and erasures without an event)
-    shows at the next refresh.
+    `exact`: the count of members at `as_of` (now), by the segment's query (`method`
+    "query") or from the last refresh's memberships corrected for the `touched` customers
+    whose verdict may have changed since ("corrected", cascade/audiences/corrected.py).
+    Otherwise ("memberships") read from the open memberships: exact as of `as_of`, the last
+    refresh of everyone (the `SegmentRefresh` Schedule), and since then current for the
+    customers whose events came through the events API (the event path moves their
+    memberships). What else changed since (time alone, such as becoming dormant; profile
+    edits, merges and erasures without an event) shows at the next refresh.
     """
 
     members: int
     exact: bool
     as_of: datetime
+    method: str = "query"
+    touched: int | None = None
+
+
+async def _refreshed_at(conn: AsyncConnection, catalog: SegmentCatalog, name: str) -> datetime | None:
+    """When a refresh of everyone last recorded `name`'s memberships under its current definition."""
+    digest = definition_digest(catalog, name, dialect=conn.dialect)
+    refreshed = (
+        await conn.execute(
+            select(REFRESHES.c.refreshed_at).where(REFRESHES.c.segment == name, REFRESHES.c.definition == digest)
+        )
+    ).scalar_one_or_none()
+    return None if refreshed is None else as_utc(refreshed)
+
+
+async def _snapshot(conn: AsyncConnection, db: Database) -> None:
+    if not db.is_sqlite:
+        # One snapshot for every read: a refresh committing between them would label its
+        # count with the previous refresh's time, or mix its memberships with the older
+        # ones. (On SQLite the driver opens no transaction for reads, so that stays possible
+        # there.)
+        await conn.execution_options(isolation_level="REPEATABLE READ")
 
 
 async def stored_count(db: Database, catalog: SegmentCatalog, name: str) -> MemberCount | None:
@@ -97,18 +130,9 @@ async def stored_count(db: Database, catalog: SegmentCatalog, name: str) -> Memb
     Two index reads (the refresh record, a range of `ix_segment_memberships_open`) where the
     segment's query reads every customer and event it tests.
     """
-    digest = definition_digest(catalog, name, dialect=db.engine.dialect)
     async with db.engine.connect() as conn:
-        if not db.is_sqlite:
-            # One snapshot for both reads: a refresh committing between them would label its
-            # count with the previous refresh's time. (On SQLite the driver opens no
-            # transaction for reads, so that mislabel stays possible there.)
-            await conn.execution_options(isolation_level="REPEATABLE READ")
-        refreshed = (
-            await conn.execute(
-                select(REFRESHES.c.refreshed_at).where(REFRESHES.c.segment == name, REFRESHES.c.definition == digest)
-            )
-        ).scalar_one_or_none()
+        await _snapshot(conn, db)
+        refreshed = await _refreshed_at(conn, catalog, name)
         if refreshed is None:
             return None
         members = (
@@ -118,17 +142,71 @@ async def stored_count(db: Database, catalog: SegmentCatalog, name: str) -> Memb
                 .where(MEMBERSHIPS.c.segment == name, MEMBERSHIPS.c.exited_at.is_(None))
             )
         ).scalar_one()
-    return MemberCount(members=int(members), exact=False, as_of=as_utc(refreshed))
+    return MemberCount(members=int(members), exact=False, as_of=refreshed, method="memberships")
 
 
-async def count_segment(db: Database, catalog: SegmentCatalog, name: str, *, exact: bool = False) -> MemberCount:
+async def corrected_count(
+    db: Database,
+    catalog: SegmentCatalog,
+    name: str,
+    *,
+    now: datetime | None = None,
+    settings: Settings | None = None,
+) -> MemberCount | None:
+    """Segment `name`'s exact count at `now`: the last refresh's memberships corrected for the
+    customers touched since (cascade/audiences/corrected.py). None when it cannot be: never
+    refreshed or the definition changed, a rule whose changes leave no trace
+    (`UNSTAMPED_COLUMNS`), a refresh older than `segment_exact_max_age_hours` or after
+    `now`, or more than `segment_exact_max_touched` touched customers."""
+    limits = settings or Settings()
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    edges = segment_edges(catalog, name)
+    if not edges.bounded:
+        return None
+    async with db.engine.connect() as conn:
+        await _snapshot(conn, db)
+        refreshed = await _refreshed_at(conn, catalog, name)
+        too_old = timedelta(hours=limits.segment_exact_max_age_hours)
+        if refreshed is None or refreshed > now or now - refreshed > too_old:
+            return None
+        if not db.is_sqlite:
+            # As for the full count: JIT compiling cost more than it saved (count_members).
+            await conn.exec_driver_sql("SELECT set_config('jit', 'off', true)")
+        found = await correct_count(
+            conn,
+            catalog,
+            name,
+            edges,
+            refreshed_at=refreshed,
+            now=now,
+            max_touched=limits.segment_exact_max_touched,
+        )
+    if found is None:
+        return None
+    return MemberCount(members=found.members, exact=True, as_of=now, method="corrected", touched=found.touched)
+
+
+async def count_segment(
+    db: Database,
+    catalog: SegmentCatalog,
+    name: str,
+    *,
+    exact: bool = False,
+    now: datetime | None = None,
+    settings: Settings | None = None,
+) -> MemberCount:
     """Segment `name`'s member count: from the memberships when a refresh recorded them under
-    the current definition (fast, as of that refresh), else (or with `exact`) by its query now."""
+    the current definition (fast, as of that refresh); with `exact` (or without such a
+    refresh), the count now: those memberships corrected for the customers touched since
+    when that is possible, else the segment's query. `now` is for tests and benches."""
     if not exact:
         stored = await stored_count(db, catalog, name)
         if stored is not None:
             return stored
-    now = datetime.now(UTC)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    corrected = await corrected_count(db, catalog, name, now=now, settings=settings)
+    if corrected is not None:
+        return corrected
     return MemberCount(members=await count_members(db, catalog, name, now=now), exact=True, as_of=now)
 
 

@@ -39,13 +39,16 @@ ExactOption = Annotated[
     bool,
     typer.Option(
         "--exact",
-        help="Count by the segment's query now, not from the memberships the last refresh recorded",
+        help="Count the members now (exact): the last refresh's memberships corrected for the customers"
+        " changed since, or the segment's query when that cannot be done",
     ),
 ]
 
 
 def _freshness(counted: MemberCount) -> str:
     """How a count was taken, for a person reading it."""
+    if counted.method == "corrected":
+        return f"counted now: the last refresh's memberships corrected for {counted.touched} changed customers"
     if counted.exact:
         return "counted now"
     return f"as of the refresh at {counted.as_of:%Y-%m-%d %H:%M:%S} UTC; --exact to count now"
@@ -87,7 +90,9 @@ def list_segments(
     if counts:
 
         async def count_all(db: Database) -> dict[str, MemberCount]:
-            return {name: await count_segment(db, catalog, name, exact=exact) for name in catalog.names()}
+            return {
+                name: await count_segment(db, catalog, name, exact=exact, settings=settings) for name in catalog.names()
+            }
 
         found = _run(settings, count_all)
     columns = ["members", "counted"] if counts else []
@@ -114,7 +119,8 @@ def show(
     async def counts(db: Database) -> tuple[MemberCount, int, str]:
         query = member_query(catalog, name, dialect=db.engine.dialect.name, now=datetime.now(UTC))
         text = str(query.compile(db.engine, compile_kwargs={"literal_binds": True}))
-        return await count_segment(db, catalog, name, exact=exact), await count_customers(db), text
+        counted = await count_segment(db, catalog, name, exact=exact, settings=settings)
+        return counted, await count_customers(db), text
 
     members, customers, text = _run(settings, counts)
     rules = [r.model_dump(mode="json", by_alias=True, exclude_defaults=True) for r in loaded.spec.where]
@@ -132,14 +138,16 @@ def count(name: str, directory: DirOption = None, exact: ExactOption = False) ->
 
     Read from the memberships the last refresh of everyone recorded (the `SegmentRefresh`
     Schedule; an index range), when it ran under the segment's current definition: stderr
-    says as of when. Otherwise, or with --exact, counted by the segment's query now.
+    says as of when. Otherwise, or with --exact, counted now: those memberships corrected
+    for the customers changed since the refresh (cascade/audiences/corrected.py), or by the
+    segment's query when that cannot be done (stderr says which).
     """
     settings = Settings()
     catalog = _catalog(settings, directory)
     _segment(catalog, name)
-    counted = _run(settings, lambda db: count_segment(db, catalog, name, exact=exact))
+    counted = _run(settings, lambda db: count_segment(db, catalog, name, exact=exact, settings=settings))
     typer.echo(str(counted.members))
-    if not counted.exact:
+    if not counted.exact or counted.method == "corrected":
         typer.echo(_freshness(counted), err=True)
 
 

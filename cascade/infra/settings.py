@@ -351,6 +351,11 @@ class Settings(BaseSettings):
     broadcast_start_concurrency: int = Field(default=50, ge=1, le=1000)
     # How often the Temporal Schedule refreshes every segment's memberships (time-only changes).
     segment_refresh_minutes: int = Field(default=60, ge=1, le=10080)
+    # An exact count (`--exact`) corrects the last refresh's memberships for the customers
+    # touched since (cascade/audiences/corrected.py) while there are at most this many and
+    # the refresh is at most this old; past either, it runs the segment's full query.
+    segment_exact_max_touched: int = Field(default=200_000, ge=0, le=100_000_000)
+    segment_exact_max_age_hours: int = Field(default=168, ge=0, le=8760)
     # How often the Temporal Schedule rolls up the recent days the reports read (the console
     # says "as of" the last refresh for messages before it; newer ones are read live).
     analytics_refresh_minutes: int = Field(default=10, ge=1, le=1440)
