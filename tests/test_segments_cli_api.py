@@ -128,13 +128,19 @@ async def test_get_segment_answers_the_count_behind_an_api_key(any_db: Database,
             "source": "segments/berliners.yaml",
             "members": 2,
             "customers": 4,
+            "method": "query",
+            "touched": None,
         }
         # After a refresh of everyone: the memberships, as of that refresh; exact=true still counts.
         await refresh_memberships(any_db, load_segments(settings), now=before)
         stored = (await web.get("/v1/segments/berliners", headers=auth)).json()
         assert (stored["members"], stored["exact"], datetime.fromisoformat(stored["as_of"])) == (2, False, before)
+        assert stored["method"] == "memberships"
         exact = (await web.get("/v1/segments/berliners?exact=true", headers=auth)).json()
-        assert exact["exact"] is True and exact["members"] == 2
+        # The refresh is recent: its memberships corrected for the customers touched since
+        # (the four seeded within the change margin before it).
+        assert (exact["exact"], exact["members"], exact["method"]) == (True, 2, "corrected")
+        assert isinstance(exact["touched"], int)
         loyal = (await web.get("/v1/segments/loyal", headers=auth)).json()
         assert loyal["source"] == "built-in" and loyal["customers"] == 4
         missing = await web.get("/v1/segments/nobody", headers=auth)

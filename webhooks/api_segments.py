@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from cascade.audiences.definition import NAME_PATTERN, SegmentDefinitionError
-from cascade.audiences.service import count_customers, count_segment, load_segments
+from cascade.audiences.service import CountMethod, count_customers, count_segment, load_segments
 from cascade.infra.logging import get_logger
 from webhooks.api_events import tenant_of
 
@@ -31,6 +31,13 @@ class SegmentInfo(BaseModel):
         " came through /v1/events; time alone, profile edits, merges and erasures show at the next refresh"
     )
     as_of: datetime = Field(description="The moment the count describes (UTC)")
+    method: CountMethod = Field(
+        description="How the count was taken: the segment's query; the open memberships (as of the last"
+        " refresh); or those memberships corrected for the customers touched since"
+    )
+    touched: int | None = Field(
+        default=None, description="With method `corrected`: how many customers were judged again"
+    )
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -75,4 +82,6 @@ async def get_segment(
         customers=await count_customers(state.db),
         exact=counted.exact,
         as_of=counted.as_of,
+        method=counted.method,
+        touched=counted.touched,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -82,6 +83,10 @@ async def count_members(db: Database, catalog: SegmentCatalog, name: str, now: d
         return count
 
 
+# How a count was taken: the segment's query, the open memberships, or those corrected.
+CountMethod = Literal["query", "memberships", "corrected"]
+
+
 @dataclass(frozen=True)
 class MemberCount:
     """A segment's member count and how it was taken.
@@ -99,7 +104,7 @@ class MemberCount:
     members: int
     exact: bool
     as_of: datetime
-    method: str = "query"
+    method: CountMethod = "query"
     touched: int | None = None
 
 
