@@ -129,21 +129,28 @@ INSERT INTO consents (customer_id, channel, topic, granted, changed_at)
 SELECT 'c' || lpad(g::text, 8, '0'), 'email', 'marketing', g % 4 <> 1, CAST(:now AS timestamptz)
 FROM generate_series(1, CAST(:n AS integer), 2) AS g
 """
-# random() after setseed() in one statement of one backend: the same data every run.
-# Squaring the uniform draw skews events towards low ids: a few heavy buyers, a long tail.
-EVENTS_SQL = """
+# The customer (skewed towards low ids: a few heavy buyers, a long tail), channel, type and
+# amount of a generated event, shared by the load and the drift (`r` draws them).
+_EVENT_MIX = """
 INSERT INTO engagement_events (customer_id, channel, type, source, properties, occurred_at, received_at)
 SELECT 'c' || lpad((1 + floor(CAST(:customers AS integer) * r.a * r.a))::int::text, 8, '0'),
        CASE WHEN r.k < 0.45 THEN 'email' WHEN r.k < 0.50 THEN 'sms' END,
        CASE WHEN r.k < 0.30 THEN 'opened' WHEN r.k < 0.50 THEN 'clicked'
             WHEN r.k < 0.65 THEN 'purchase' ELSE 'page_viewed' END,
-       'bench',
+       :source,
        CASE WHEN r.k >= 0.50 AND r.k < 0.65 THEN json_build_object('amount', floor(r.m * 200))
             ELSE CAST('{}' AS json) END,
+"""
+# random() after setseed() in one statement of one backend: the same data every run.
+# Squaring the uniform draw skews events towards low ids: a few heavy buyers, a long tail.
+EVENTS_SQL = (
+    _EVENT_MIX.replace(":source", "'bench'")
+    + """
        CAST(:now AS timestamptz) - r.d * interval '730 days', CAST(:now AS timestamptz)
 FROM (SELECT random() AS a, random() AS k, random() AS m, random() AS d
       FROM generate_series(1, CAST(:n AS bigint))) AS r
 """
+)
 
 
 async def _indexes(conn: Any, table: str) -> list[tuple[str, str]]:
@@ -375,15 +382,9 @@ async def run(
 # A day of traffic after the refresh (`--drift`): events received through the day, most
 # occurring when received, one in ten late (it happened up to 100 days earlier), with the
 # load's skew and mix of types. Tagged by `source` so the next run removes them first.
-DRIFT_SQL = """
-INSERT INTO engagement_events (customer_id, channel, type, source, properties, occurred_at, received_at)
-SELECT 'c' || lpad((1 + floor(CAST(:customers AS integer) * r.a * r.a))::int::text, 8, '0'),
-       CASE WHEN r.k < 0.45 THEN 'email' WHEN r.k < 0.50 THEN 'sms' END,
-       CASE WHEN r.k < 0.30 THEN 'opened' WHEN r.k < 0.50 THEN 'clicked'
-            WHEN r.k < 0.65 THEN 'purchase' ELSE 'page_viewed' END,
-       'bench-drift',
-       CASE WHEN r.k >= 0.50 AND r.k < 0.65 THEN json_build_object('amount', floor(r.m * 200))
-            ELSE CAST('{}' AS json) END,
+DRIFT_SQL = (
+    _EVENT_MIX.replace(":source", "'bench-drift'")
+    + """
        CAST(:start AS timestamptz) + r.d * interval '1 day'
            - CASE WHEN r.late < 0.1 THEN r.late * interval '1000 days' ELSE interval '0' END,
        CAST(:start AS timestamptz) + r.d * interval '1 day'
@@ -391,6 +392,7 @@ FROM (SELECT random() AS a, random() AS k, random() AS m, random() AS d, random(
       FROM generate_series(1, CAST(:n AS bigint))) AS r
 RETURNING customer_id
 """
+)
 # Profiles edited during that day (an `updated_at` stamp is all a corrected count looks at).
 EDITS_SQL = """
 UPDATE customers SET updated_at = CAST(:start AS timestamptz) + (g % 86400) * interval '1 second'
