@@ -131,6 +131,14 @@ class EventEdge:
     channel: str | None
     within: timedelta | None
 
+    def filters(self) -> list[ColumnElement[bool]]:
+        """The events' type (and channel) tests: the rule's subquery and a corrected count's
+        search for changed customers read the same events."""
+        tests = [EVENTS.c.type.in_(self.types) if len(self.types) > 1 else EVENTS.c.type == self.types[0]]
+        if self.channel is not None:
+            tests.append(EVENTS.c.channel == self.channel)
+        return tests
+
 
 @dataclass(frozen=True)
 class ColumnEdge:
@@ -328,13 +336,9 @@ class _Compiler:
         below a threshold), the subquery selects the complement (the customers it does
         not hold for) and the rule becomes NOT EXISTS of it: an anti join.
         """
-        where: list[ColumnElement[bool]] = [
-            EVENTS.c.type.in_(rule.types) if len(rule.types) > 1 else EVENTS.c.type == rule.types[0],
-        ]
-        channel = rule.channel.value if rule.channel is not None else None
-        self.edges.events.append(EventEdge(tuple(rule.types), channel, rule.within))
-        if rule.channel is not None:
-            where.append(EVENTS.c.channel == rule.channel.value)
+        edge = EventEdge(tuple(rule.types), rule.channel.value if rule.channel is not None else None, rule.within)
+        self.edges.events.append(edge)
+        where = edge.filters()
         if rule.within is not None:
             where.append(EVENTS.c.occurred_at >= self.now - rule.within)
         if self.customer_id is not None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, case, func, or_, select, union
+from sqlalchemy import Select, Table, and_, case, func, or_, select, union
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 
@@ -43,7 +43,6 @@ from cascade.audiences.compiler import (
     CUSTOMERS,
     EVENTS,
     Edges,
-    EventEdge,
     segment_condition,
     time_cutoff,
 )
@@ -66,14 +65,6 @@ class Correction:
     members: int
 
 
-def _rule_events(edge: EventEdge) -> list[ColumnElement[bool]]:
-    e = EVENTS.c
-    tests = [e.type.in_(edge.types) if len(edge.types) > 1 else e.type == edge.types[0]]
-    if edge.channel is not None:
-        tests.append(e.channel == edge.channel)
-    return tests
-
-
 def touched_customers(edges: Edges, refreshed_at: datetime, now: datetime) -> Select[Any]:
     """SELECT (UNION, no duplicates) the ids of the customers whose verdict may have changed
     between `refreshed_at` and `now` (see the module docstring)."""
@@ -92,7 +83,7 @@ def touched_customers(edges: Edges, refreshed_at: datetime, now: datetime) -> Se
         # at the refresh.
         reads = []
         for edge in edges.events:
-            tests = _rule_events(edge)
+            tests = edge.filters()
             if edge.within is not None:
                 tests.append(e.occurred_at >= now - edge.within)
             reads.append(and_(*tests))
@@ -102,7 +93,7 @@ def touched_customers(edges: Edges, refreshed_at: datetime, now: datetime) -> Se
         if edge.within is None:
             continue
         left = [e.occurred_at >= refreshed_at - edge.within, e.occurred_at < now - edge.within]
-        parts.append(select(e.customer_id.label("id")).where(*_rule_events(edge), *left, e.customer_id.is_not(None)))
+        parts.append(select(e.customer_id.label("id")).where(*edge.filters(), *left, e.customer_id.is_not(None)))
     for col in edges.columns:
         column = CUSTOMERS.c[col.column]
         lower = time_cutoff(refreshed_at, col.seconds, col.is_date)
