@@ -204,14 +204,16 @@ async def count_segment(
     the current definition (fast, as of that refresh); with `exact` (or without such a
     refresh), the count now: those memberships corrected for the customers touched since
     when that is possible, else the segment's query. `now` is for tests and benches."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
     if not exact:
         stored = await stored_count(db, catalog, name)
         if stored is not None:
             return stored
-    now = (now or datetime.now(UTC)).astimezone(UTC)
-    corrected = await corrected_count(db, catalog, name, now=now, settings=settings)
-    if corrected is not None:
-        return corrected
+        # No refresh under the current definition: nothing to correct either.
+    else:
+        corrected = await corrected_count(db, catalog, name, now=now, settings=settings)
+        if corrected is not None:
+            return corrected
     return MemberCount(members=await count_members(db, catalog, name, now=now), exact=True, as_of=now)
 
 
