@@ -38,6 +38,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bench.bare_workflow import RawSleeper
+from bench.procfs import child_pids, tree_cpu_seconds
 from cascade.infra.codec import data_converter
 from cascade.infra.db import Database, migrate
 from cascade.infra.logging import configure_logging
@@ -158,19 +159,6 @@ def _rss_mib(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) a process and its children (the dev server CLI's) have used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        for c in child.read_text().split():
-            total += _cpu_seconds(int(c))
-    return total
-
-
 def _load() -> str:
     """The machine's load averages (1, 5, 15 minutes), to read next to every figure."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -178,11 +166,7 @@ def _load() -> str:
 
 def _tree_rss_mib(pid: int) -> float:
     """RSS of `pid` and its children (the dev server CLI runs the server in-process)."""
-    total = _rss_mib(pid)
-    for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        for c in child.read_text().split():
-            total += _tree_rss_mib(int(c))
-    return total
+    return _rss_mib(pid) + sum(_tree_rss_mib(c) for c in child_pids(pid))
 
 
 def _keep_snapshot(snapshot: Path, to: Path) -> None:
@@ -288,14 +272,14 @@ async def side(
     await asyncio.sleep(max((wake_at - datetime.now(UTC)).total_seconds(), 0))
     # CPU of the worker and the dev server through the burst: less swayed by other work on
     # the machine than the rate is (the server's includes whatever else it serves then).
-    cpu_worker, cpu_server = _cpu_seconds(child.pid), _cpu_seconds(server_pid)
+    cpu_worker, cpu_server = tree_cpu_seconds(child.pid), tree_cpu_seconds(server_pid)
     deadline = time.monotonic() + args.timeout
     while True:
         if len(_lines(sent_log)) >= args.n or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.5)
     times = _lines(sent_log)
-    cpu_worker, cpu_server = _cpu_seconds(child.pid) - cpu_worker, _cpu_seconds(server_pid) - cpu_server
+    cpu_worker, cpu_server = tree_cpu_seconds(child.pid) - cpu_worker, tree_cpu_seconds(server_pid) - cpu_server
     peak = _rss_mib(child.pid, "VmHWM")
     server_after = _tree_rss_mib(server_pid)
     child.send_signal(signal.SIGTERM)

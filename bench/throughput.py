@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import sys
@@ -41,6 +40,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from bench.bare_workflow import BareJourney
+from bench.procfs import child_pids, cpu_seconds
 from cascade.infra.codec import data_converter
 from cascade.infra.db import Database, migrate
 from cascade.infra.logging import configure_logging
@@ -149,14 +149,7 @@ async def run_side(client: Client, side: str, n: int, concurrency: int, settings
 
 def children_cpu() -> float:
     """CPU seconds used so far by this process's child processes (the dev server)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        for pid in children.read_text().split():
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return sum(cpu_seconds(pid) for pid in child_pids(os.getpid()))
 
 
 async def history_counts(client: Client, workflow_id: str) -> Counter[str]:
