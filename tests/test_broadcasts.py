@@ -29,11 +29,12 @@ from cascade.audiences.service import load_segments
 from cascade.cli.broadcasts import app as broadcasts_cli
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
+from cascade.infra.temporal import register_search_attributes
 from models import search_attributes as sa
 from models.broadcasts import BroadcastProgress
 from models.journey import JourneyResult, JourneySpec, Outcome
 from models.tables import Customer, Delivery
-from tests.conftest import seed
+from tests.conftest import seed, start_ts_env
 from tests.helpers import eventually, skip_time, spec
 
 # Journeys started here outlive their tests: a server per module (see tests/own_server.py).
@@ -224,12 +225,37 @@ async def _progress_at(client: Client, broadcast_id: str, started: int) -> Broad
     return p if p.started >= started else None
 
 
+@pytest.fixture
+async def solo_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server for one test: its clock moves only for that test's journeys.
+
+    On the module's server, journeys earlier tests left waiting a day wake once the module's
+    clock has moved far enough (it moves during every `result()` wait too); their tasks, on
+    task queues with no worker left, then hold that clock still (seen in CI, twice).
+    """
+    env = await start_ts_env()
+    await register_search_attributes(env.client)
+    yield env
+    await env.shutdown()
+
+
 async def test_the_broadcasts_cli_starts_watches_pauses_resumes_cancels_and_lists(
+    solo_env: WorkflowEnvironment,
+    bsettings: Settings,
+    db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ts_env, client = solo_env, solo_env.client
+    async with build_worker(client, bsettings, db):
+        await _cli_scenario(ts_env, client, bsettings, db, tmp_path, monkeypatch)
+
+
+async def _cli_scenario(
     ts_env: WorkflowEnvironment,
     client: Client,
     bsettings: Settings,
     db: Database,
-    worker: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
