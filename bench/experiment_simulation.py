@@ -59,13 +59,24 @@ async def _arm(handle: WorkflowHandle[Any, Any]) -> str:
 
 
 async def simulate(
-    client: Client, db: Database, settings: Settings, customers: int, seed: int = 7, journey: JourneySpec | None = None
+    client: Client,
+    db: Database,
+    settings: Settings,
+    customers: int,
+    seed: int = 7,
+    journey: JourneySpec | None = None,
+    prefix: str | None = None,
 ) -> ExperimentReport:
-    """Run `customers` customers through the example experiment; the report from the database."""
+    """Run `customers` customers through the example experiment; the report from the database.
+
+    Customer ids are `sim-<prefix>-<i>` (a random prefix unless given); with the
+    experiment's name they decide each customer's arm, so a fixed prefix and name give a
+    fixed split.
+    """
     journey = journey or load_journey("sale_subject_test")
     assert journey.experiment is not None
     rng = np.random.default_rng(seed)
-    prefix = uuid.uuid4().hex[:6]
+    prefix = prefix or uuid.uuid4().hex[:6]
     handles = []
     for i in range(customers):
         cid = f"sim-{prefix}-{i}"
