@@ -182,22 +182,17 @@ async def reading(db: Database, *, write: bool = False) -> AsyncIterator[AsyncCo
     "created after $1 and outside the closed days $2..$3" cannot know the range is empty
     and scans a million messages (seconds instead of a millisecond, measured).
     """
-    opened = db.engine.begin() if write else db.engine.connect()
-    async with opened as conn:
-        if db.is_sqlite:
-            if not write:
-                # Python's sqlite3 opens a transaction only before a write, so each SELECT of
-                # a report was a snapshot of its own: a refresh committing between the read of
-                # rollup_state and the read of the rows could count a day twice or not at all.
-                # An explicit BEGIN makes the reads one read transaction (WAL: one snapshot
-                # from the first SELECT, without blocking the writer); the connection's
-                # rollback at the end closes it.
-                await conn.exec_driver_sql("BEGIN")
-        elif not write:
-            # One snapshot for the whole report: how far a rollup reaches and its rows are
-            # read together, so a refresh committing in between cannot make a part count
-            # twice (rollup rows as of the refresh, log rows from before it).
-            await conn.execution_options(isolation_level="REPEATABLE READ")
+    if write:
+        async with db.engine.begin() as conn:
+            if not db.is_sqlite:
+                await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+            yield conn
+        return
+    async with db.snapshot() as conn:
+        # One snapshot for the whole report: how far a rollup reaches and its rows are read
+        # together, so a refresh committing in between cannot make a part count twice
+        # (rollup rows as of the refresh, log rows from before it).
+        if not db.is_sqlite:
             # A report's statements are small by design (rollup rows and the log since the
             # last refresh); compiling one with JIT cost 115 ms of a 190 ms page query whose
             # row guess was high (measured). One statement for both settings: each is a
@@ -205,8 +200,6 @@ async def reading(db: Database, *, write: bool = False) -> AsyncIterator[AsyncCo
             await conn.exec_driver_sql(
                 "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)"
             )
-        else:
-            await conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_custom_plan")
         yield conn
 
 

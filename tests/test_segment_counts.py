@@ -4,11 +4,13 @@ path, and fall back to the query when the definition changed (SQLite and Postgre
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cascade.audiences import service
 from cascade.audiences.compiler import CUSTOMERS, definition_digest
 from cascade.audiences.membership import refresh_memberships
 from cascade.audiences.service import count_members, count_segment, load_segments, stored_count
@@ -107,3 +109,41 @@ async def test_a_changed_definition_or_exact_counts_by_the_query(people: Databas
         stricter, "dormant", dialect=dialect
     )
     assert definition_digest(funnel, "new", dialect=dialect) != definition_digest(stricter, "new", dialect=dialect)
+
+
+@pytest.mark.postgres
+async def test_a_refresh_between_the_two_reads_of_a_stored_count_does_not_mislabel_it(
+    people: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = load_segments(Settings(), Path("/nonexistent"))
+    await refresh_memberships(people, catalog, now=NOW)
+    # bob becomes loyal (as in the test above); the next refresh of everyone records it.
+    for i, days in enumerate([3, 2]):
+        async with people.session() as session:
+            assert await insert_event(
+                people, session, type="purchase", occurred_at=ago(days), event_id=f"bob{i}", customer_id="bob"
+            )
+    async with people.engine.begin() as conn:
+        await conn.execute(CUSTOMERS.update().where(CUSTOMERS.c.id == "bob").values(last_purchase_at=ago(2)))
+    later = NOW + timedelta(minutes=1)
+
+    # The count reads when the last refresh was, then the memberships; here a refresh of
+    # everyone commits between the two reads. In one snapshot the count is still the first
+    # refresh's, labelled with its time; in two it would be the second's count under the
+    # first's time.
+    read_refresh = service._refreshed_at
+    refreshed: list[datetime] = []
+
+    async def read_then_refresh(*args: Any, **kwargs: Any) -> datetime | None:
+        found = await read_refresh(*args, **kwargs)
+        if not refreshed:
+            await refresh_memberships(people, catalog, now=later)
+            refreshed.append(later)
+        return found
+
+    monkeypatch.setattr(service, "_refreshed_at", read_then_refresh)
+    stored = await stored_count(people, catalog, "loyal")
+    assert refreshed == [later]
+    assert stored is not None and (stored.members, stored.as_of) == (1, NOW)
+    again = await stored_count(people, catalog, "loyal")
+    assert again is not None and (again.members, again.as_of) == (2, later)

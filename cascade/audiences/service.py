@@ -119,15 +119,6 @@ async def _refreshed_at(conn: AsyncConnection, catalog: SegmentCatalog, name: st
     return None if refreshed is None else as_utc(refreshed)
 
 
-async def _snapshot(conn: AsyncConnection, db: Database) -> None:
-    if not db.is_sqlite:
-        # One snapshot for every read: a refresh committing between them would label its
-        # count with the previous refresh's time, or mix its memberships with the older
-        # ones. (On SQLite the driver opens no transaction for reads, so that stays possible
-        # there.)
-        await conn.execution_options(isolation_level="REPEATABLE READ")
-
-
 async def stored_count(db: Database, catalog: SegmentCatalog, name: str) -> MemberCount | None:
     """Segment `name`'s open memberships counted, if a refresh of everyone recorded them under
     the definition in force; None when never refreshed, or the definition changed since.
@@ -135,8 +126,9 @@ async def stored_count(db: Database, catalog: SegmentCatalog, name: str) -> Memb
     Two index reads (the refresh record, a range of `ix_segment_memberships_open`) where the
     segment's query reads every customer and event it tests.
     """
-    async with db.engine.connect() as conn:
-        await _snapshot(conn, db)
+    # One snapshot: a refresh committing between the two reads would label its count with
+    # the previous refresh's time.
+    async with db.snapshot() as conn:
         refreshed = await _refreshed_at(conn, catalog, name)
         if refreshed is None:
             return None
@@ -168,8 +160,7 @@ async def corrected_count(
     edges = segment_edges(catalog, name)
     if not edges.bounded:
         return None
-    async with db.engine.connect() as conn:
-        await _snapshot(conn, db)
+    async with db.snapshot() as conn:
         refreshed = await _refreshed_at(conn, catalog, name)
         too_old = timedelta(hours=limits.segment_exact_max_age_hours)
         if refreshed is None or refreshed > now or now - refreshed > too_old:

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -279,6 +279,25 @@ class Database:
         """A session whose transaction commits on success and rolls back on error."""
         async with self._sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose reads all see one snapshot of the database, on both backends.
+
+        For a reader whose statements must agree with each other (a count labelled with the
+        refresh it counts, a report's rollup reach and its rows): a writer committing
+        between two of them must not be seen by the second only. PostgreSQL: REPEATABLE
+        READ. SQLite: Python's sqlite3 opens a transaction only before a write, so every
+        SELECT would be a snapshot of its own; an explicit BEGIN makes them one read
+        transaction (in WAL mode from the first SELECT on, without blocking the writer),
+        closed by the connection's rollback at the end. Nothing is written through it.
+        """
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.exec_driver_sql("BEGIN")
+            else:
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            yield conn
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
