@@ -118,9 +118,10 @@ async def _record_batch(
 ) -> list[RecordedEvent]:
     """A batch's rows in a few statements whatever its size, where `_record` costs five or
     so per event: the profiles read (on PostgreSQL locked, in one order, so two batches
-    never deadlock) in one query, the events inserted in one, the customers' running
-    journeys read in one, the routed mark set in one. Events of a customer not stored yet
-    (a registration), merged away or erased take `_record`'s path."""
+    never deadlock) in one query, the events inserted (marked routed) in one, the
+    customers' running journeys read in one, the few that start journeys unmarked in one.
+    Events of a customer not stored yet (a registration), merged away or erased take
+    `_record`'s path."""
     ids = sorted({e.customer_id for e in events})
     query = select(Customer).where(col(Customer.id).in_(ids)).order_by(col(Customer.id))
     found = (await session.exec(query if db.is_sqlite else query.with_for_update())).all()
@@ -138,6 +139,10 @@ async def _record_batch(
                 "source": f"api:{tenant}"[:64],
                 "properties": e.properties or {},
                 "received_at": now,
+                # Stored as routed: an event starts no journey nearly always, and those
+                # that do are unmarked below, in this transaction (one statement fewer
+                # per group than marking the others after planning).
+                "routed_at": now,
             }
             for e in direct
         ]
@@ -168,7 +173,7 @@ async def _record_batch(
         )
         for run in runs.all():
             runs_of[run.customer_id].append(run)
-    routed: list[str] = []
+    unrouted: list[str] = []  # stored as routed, but with journeys to start
     recorded: list[RecordedEvent] = []
     taken: set[str] = set()
     signals: list[OutboxRow] = []  # the batch's outbox rows, stored in one statement
@@ -199,13 +204,15 @@ async def _record_batch(
         )
         # `store=False`: rows of our own making, for the one INSERT below.
         signals += [row for row in done.rows if isinstance(row, OutboxRow)]
-        if not done.starts:
-            routed.append(stored_id)
+        if done.starts:
+            unrouted.append(stored_id)
         recorded.append(done)
     await store_rows(session, signals)
-    if routed:
+    if unrouted:
+        # Routed once its journeys have started (`mark_routed`): a retry after a failed
+        # start finds it stored and not routed, and starts them then.
         await session.exec(
-            update(EngagementEvent).where(col(EngagementEvent.event_id).in_(routed)).values(routed_at=utcnow())
+            update(EngagementEvent).where(col(EngagementEvent.event_id).in_(unrouted)).values(routed_at=None)
         )
     return recorded
 
