@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import event, text
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -50,7 +51,7 @@ from cascade.infra.db import Database, migrate
 from cascade.infra.logging import configure_logging
 from cascade.infra.settings import Settings
 from models.events import EngagementInput, EngagementType
-from models.tables import Customer, JourneyRun
+from models.tables import Customer, JourneyRun, utcnow
 from tests.helpers import serve_app
 from webhooks.app import create_app
 from webhooks.keys import create_key
@@ -64,14 +65,19 @@ if importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
-async def _pool(n: int, concurrency: int, one: Any) -> float:
+async def _pool(n: int, concurrency: int, one: Any, rate: float | None = None) -> float:
+    """Seconds to run `one(i)` for i < n, `concurrency` at once; with `rate`, call i starts
+    no earlier than i / rate seconds after the first."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
 
     async def worker() -> None:
         while not queue.empty():
-            await one(queue.get_nowait())
+            i = queue.get_nowait()
+            if rate is not None:
+                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            await one(i)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -142,9 +148,14 @@ async def main() -> None:
     db = Database.from_settings(settings)
     await migrate(db.engine)
     statements = _StatementCounter(db)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
     env = await WorkflowEnvironment.start_local(
         # Encrypted payloads, as production runs (cascade.infra.codec).
         data_converter=data_converter(settings),
+        # The server's request counters by operation: the RPCs each phase costs it.
+        dev_server_extra_args=["--metrics-port", str(metrics_port)],
         dev_server_existing_path=shutil.which("temporal") or str(Path(sys.executable).parent / "temporal"),
     )
     client: Client = env.client
@@ -208,19 +219,34 @@ async def main() -> None:
                     return sum(counts)
 
                 cpu_ms: dict[str, dict[str, float]] = {}
+                tasks_per_signal: dict[str, float] = {}
+                rpcs_per_signal: dict[str, dict[str, float]] = {}
 
-                async def timed(one: Any, name: str) -> float:
+                async def timed(one: Any, name: str, rate: float | None = None) -> float:
                     # Until every signal is visible in its workflow: the API answers once the
                     # event is stored and its relay signals right after, so the answer alone
                     # would flatter it.
                     before = await taken()
+                    tasks_before = await _workflow_tasks(handles)
+                    rpcs_before = await _server_requests(metrics_port)
                     cpu_before = _cpu_by_role()
                     start = time.perf_counter()
-                    await _pool(args.n, args.c, one)
+                    await _pool(args.n, args.c, one, rate)
                     while await taken() < before + args.n:  # noqa: ASYNC110
                         await asyncio.sleep(0.005)
                     elapsed = time.perf_counter() - start
                     cpu_ms[name] = _per_event_ms(cpu_before, _cpu_by_role(), args.n)
+                    rpcs_after = await _server_requests(metrics_port)
+                    # The server's requests per signal by operation, the bench's own queries
+                    # (polling for the count) and the worker's polls included.
+                    rpcs_per_signal[name] = {
+                        op: round((count - rpcs_before.get(op, 0)) / args.n, 2)
+                        for op, count in sorted(rpcs_after.items())
+                        if count - rpcs_before.get(op, 0) >= args.n / 100
+                    }
+                    # Workflow tasks the server ran per signal: fewer signals per second
+                    # means fewer signals per task, so more tasks (and server CPU) per signal.
+                    tasks_per_signal[name] = round((await _workflow_tasks(handles) - tasks_before) / args.n, 2)
                     return elapsed
 
                 await _pool(20, 4, post)  # warm-up: connections, caches
@@ -251,6 +277,9 @@ async def main() -> None:
                 if profiler is not None:
                     profiler.disable()
                     profiler.dump_stats(args.profile)
+                # The bare signals again, paced at the rate the API just reached: what Temporal
+                # spends per signal at that rate, to tell a rate effect from extra work we cause.
+                paced_s = await timed(bare, "bare_paced", args.n / api_s) if args.n else 0.0
 
                 api_lat: list[float] = []
                 bare_lat: list[float] = []
@@ -281,6 +310,7 @@ async def main() -> None:
                 if profiler is not None:
                     profiler.disable()
                     profiler.dump_stats(f"{args.profile}.batch")
+            payload_sizes = await _payload_sizes(client)
             for handle in handles:
                 await handle.signal(SignalSink.stop)
     finally:
@@ -305,6 +335,10 @@ async def main() -> None:
             # CPU milliseconds per event by process (Linux /proc): what each side costs the
             # machine, which a loaded 2-core machine's throughput figures hide.
             "cpu_ms_per_event": cpu_ms,
+            "bare_paced_signals_per_s": round(args.n / paced_s, 1),
+            "workflow_tasks_per_signal": tasks_per_signal,
+            "server_requests_per_signal": rpcs_per_signal,
+            "signal_payload_bytes": payload_sizes,
         }
         if args.server == "inline":
             # Every SQL statement of the phase (key checks, events, relay settles, segments).
@@ -339,6 +373,12 @@ async def main() -> None:
             if name == "batch":
                 continue
             print(f"CPU ms per event, {name}: " + ", ".join(f"{k} {v}" for k, v in by_role.items()))
+        print(
+            f"workflow tasks per signal: {tasks_per_signal}; bare paced at the API's rate: "
+            f"{result['bare_paced_signals_per_s']}/s; signal payload bytes: {result['signal_payload_bytes']}"
+        )
+        for name, ops in rpcs_per_signal.items():
+            print(f"server requests per signal, {name}: {ops}")
         print(
             f"HTTP floor (GET /healthz, same client and server): {result['http_floor_per_s']}/s; "
             f"/v1/events is {result['api_to_http_floor']} of it"
@@ -385,6 +425,44 @@ async def _batches(http: httpx.AsyncClient, args: argparse.Namespace) -> float:
     elapsed = await _pool(len(chunks), 2, one)
     print(f"batch requests (s, in order of answer): {request_s}", file=sys.stderr, flush=True)
     return elapsed
+
+
+async def _workflow_tasks(handles: list[WorkflowHandle[Any, Any]]) -> int:
+    """Workflow tasks completed so far in these workflows' histories."""
+    total = 0
+    for handle in handles:
+        history = await handle.fetch_history()
+        total += sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for e in history.events)
+    return total
+
+
+async def _server_requests(port: int) -> dict[str, int]:
+    """The dev server's frontend requests so far by operation (its Prometheus counters)."""
+    # The server's counters reach /metrics about once a second: wait for the last ones.
+    await asyncio.sleep(1.2)
+    async with httpx.AsyncClient() as http:
+        text_ = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    counts: dict[str, int] = {}
+    for line in text_.splitlines():
+        if not line.startswith("service_requests{") or 'service_name="frontend"' not in line:
+            continue
+        operation = line.split('operation="', 1)[1].split('"', 1)[0]
+        counts[operation] = counts.get(operation, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
+async def _payload_sizes(client: Client) -> dict[str, int]:
+    """Encoded (codec: encrypted) size of a signal's argument as the bare loop sends it (the
+    model) and as the outbox relay sends it (the stored row's JSON), with the relay's event id."""
+    arg = EngagementInput(type=EngagementType.CONVERTED, occurred_at=utcnow(), event_id="bench:e-12345")
+    sizes = {}
+    for name, value in (
+        ("bare", EngagementInput(type=EngagementType.CONVERTED)),
+        ("relay", arg.model_dump(mode="json")),
+    ):
+        [payload] = await client.data_converter.encode([value])
+        sizes[name] = payload.ByteSize()
+    return sizes
 
 
 def _cpu_by_role() -> dict[str, float]:

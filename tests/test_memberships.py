@@ -21,8 +21,11 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
 from cascade.audiences.membership import (
+    JUDGEMENT_SECONDS,
     REFRESH_SCHEDULE_ID,
+    _judgement,
     current_segments,
+    refresh_customers_memberships,
     refresh_memberships,
     refresh_schedule,
     route_transitions,
@@ -74,6 +77,27 @@ async def test_refreshing_one_customer_leaves_the_others_alone(any_db: Database)
     only_bob = await refresh_memberships(any_db, catalog, now=NOW, customer_id="bob", segments=FUNNEL)
     assert (only_bob.entered, only_bob.exited) == ({"dormant": ["bob"]}, {})
     assert await current_segments(any_db, "ann") == []
+
+
+@pytest.mark.postgres
+async def test_one_judgement_statement_serves_every_customer_of_its_span(any_db: Database) -> None:
+    # The event path's judgement is built once per JUDGEMENT_SECONDS with the customer ids
+    # bound at execution: refreshes of different customers in one span share the statement
+    # object (and its SQLAlchemy cache key), and each still records only its own customer.
+    await _people(any_db)
+    catalog = load_segments(Settings(), Path("/nonexistent"))
+    start = datetime.fromtimestamp(int(NOW.timestamp()) // JUDGEMENT_SECONDS * JUDGEMENT_SECONDS, UTC)
+    later = start + timedelta(seconds=JUDGEMENT_SECONDS - 1)
+    names = tuple(FUNNEL)
+    assert _judgement(catalog, names, "sqlite", start) is _judgement(catalog, names, "sqlite", later)
+    assert _judgement(catalog, names, "sqlite", later + timedelta(seconds=1)) is not _judgement(
+        catalog, names, "sqlite", start
+    )
+    bob = await refresh_customers_memberships(any_db, catalog, ["bob"], now=start, segments=FUNNEL)
+    assert (bob.entered, bob.exited) == ({"dormant": ["bob"]}, {})
+    ann_and_cat = await refresh_customers_memberships(any_db, catalog, ["ann", "cat"], now=later, segments=FUNNEL)
+    assert (ann_and_cat.entered, ann_and_cat.exited) == ({"new": ["cat"], "loyal": ["ann"]}, {})
+    assert await current_segments(any_db, "dan") == []
 
 
 async def test_a_transition_starts_the_segment_entered_journey(client: Client, db: Database) -> None:

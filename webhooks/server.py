@@ -19,6 +19,11 @@ def main() -> None:
         port=settings.webhooks_port,
         log_config=None,
         access_log=False,
+        # uvicorn[standard]'s C event loop and HTTP parser, named so a missing one fails at
+        # start-up instead of falling back: with them the service spent 1.96-1.98 ms of CPU
+        # per event against 2.24-2.33 with asyncio's loop and h11 (bench/webhooks.py).
+        loop="uvloop",
+        http="httptools",
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from cascade.events.outbox import PlannedSignal, enqueue, outbox_rows, store_rows, writer
+from cascade.events.outbox import Outboxed, OutboxRow, enqueue, outbox_rows, store_rows, writer
 from cascade.events.recency import add_to_event_recency
 from cascade.events.store import DEFAULT_LEASE, insert_event
 from cascade.infra.db import Database, insert_ignoring_conflicts
@@ -25,7 +25,7 @@ from cascade.journeys.triggers import PlannedStart, plan_event
 from cascade.profiles.service import apply_app_event, resolve_customer_id
 from models.events import AppEvent, AppEventResult
 from models.journey import JourneySpec
-from models.tables import Customer, EngagementEvent, JourneyRun, OutboxSignal, utcnow
+from models.tables import Customer, EngagementEvent, JourneyRun, utcnow
 
 log = get_logger(__name__)
 
@@ -37,7 +37,7 @@ class RecordedEvent:
 
     result: AppEventResult
     customer_id: str | None = None
-    rows: list[OutboxSignal] = field(default_factory=list)
+    rows: list[Outboxed] = field(default_factory=list)
     starts: list[PlannedStart] = field(default_factory=list)
     not_entered: dict[str, str] = field(default_factory=dict)
 
@@ -118,9 +118,10 @@ async def _record_batch(
 ) -> list[RecordedEvent]:
     """A batch's rows in a few statements whatever its size, where `_record` costs five or
     so per event: the profiles read (on PostgreSQL locked, in one order, so two batches
-    never deadlock) in one query, the events inserted in one, the customers' running
-    journeys read in one, the routed mark set in one. Events of a customer not stored yet
-    (a registration), merged away or erased take `_record`'s path."""
+    never deadlock) in one query, the events inserted (marked routed) in one, the
+    customers' running journeys read in one, the few that start journeys unmarked in one.
+    Events of a customer not stored yet (a registration), merged away or erased take
+    `_record`'s path."""
     ids = sorted({e.customer_id for e in events})
     query = select(Customer).where(col(Customer.id).in_(ids)).order_by(col(Customer.id))
     found = (await session.exec(query if db.is_sqlite else query.with_for_update())).all()
@@ -138,6 +139,10 @@ async def _record_batch(
                 "source": f"api:{tenant}"[:64],
                 "properties": e.properties or {},
                 "received_at": now,
+                # Stored as routed: an event starts no journey nearly always, and those
+                # that do are unmarked below, in this transaction (one statement fewer
+                # per group than marking the others after planning).
+                "routed_at": now,
             }
             for e in direct
         ]
@@ -168,10 +173,10 @@ async def _record_batch(
         )
         for run in runs.all():
             runs_of[run.customer_id].append(run)
-    routed: list[str] = []
+    unrouted: list[str] = []  # stored as routed, but with journeys to start
     recorded: list[RecordedEvent] = []
     taken: set[str] = set()
-    signals: list[OutboxSignal] = []  # the batch's outbox rows, stored in one statement
+    signals: list[OutboxRow] = []  # the batch's outbox rows, stored in one statement
     for event in events:
         stored_id = f"{tenant}:{event.event_id}"
         if event.customer_id not in customers:
@@ -197,14 +202,17 @@ async def _record_batch(
             runs_of[customer.id],
             store=False,
         )
-        signals += done.rows
-        if not done.starts:
-            routed.append(stored_id)
+        # `store=False`: rows of our own making, for the one INSERT below.
+        signals += [row for row in done.rows if isinstance(row, OutboxRow)]
+        if done.starts:
+            unrouted.append(stored_id)
         recorded.append(done)
     await store_rows(session, signals)
-    if routed:
+    if unrouted:
+        # Routed once its journeys have started (`mark_routed`): a retry after a failed
+        # start finds it stored and not routed, and starts them then.
         await session.exec(
-            update(EngagementEvent).where(col(EngagementEvent.event_id).in_(routed)).values(routed_at=utcnow())
+            update(EngagementEvent).where(col(EngagementEvent.event_id).in_(unrouted)).values(routed_at=None)
         )
     return recorded
 
@@ -307,17 +315,15 @@ async def _apply_and_plan(
         # has one (bounded by start_planned); without one the start itself is the trigger.
         triggered_at=event.occurred_at,
     )
-    signals = (enqueue if store else _unstored)(session, plan.signals, stored_id, lease)
+    signals: list[Outboxed] = []
+    if store:
+        signals += enqueue(session, plan.signals, stored_id, lease)
+    else:
+        signals += outbox_rows(plan.signals, stored_id, lease)
     result = AppEventResult(
         event_id=event.event_id, status="accepted", signalled=sorted({*plan.converted, *plan.exited})
     )
     return RecordedEvent(result, customer.id, signals, plan.starts, plan.not_entered)
-
-
-def _unstored(
-    _session: AsyncSession, signals: Sequence[PlannedSignal], event_id: str, lease: timedelta
-) -> list[OutboxSignal]:
-    return outbox_rows(signals, event_id, lease)
 
 
 async def pending_starts(
