@@ -41,6 +41,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from temporalio import activity
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -210,6 +213,38 @@ def _file_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in files if f.exists()) / 2**20
 
 
+async def _until_asleep(client: Client, queue: str, cascade: bool, label: str, progress: float) -> float:
+    """Wait until every started workflow has run its first task (gone to sleep); the seconds it took.
+
+    A start is accepted long before the worker runs the journey's first task: at 100,000
+    the starts outran the worker (about 40 first tasks/s on this machine), and journeys
+    that had not yet run one were still in the queue when the wake came.
+    """
+    began = time.perf_counter()
+    last_report = began
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace,
+        task_queue=TaskQueue(name=queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        report_stats=True,
+    )
+    while True:
+        backlog = (await client.workflow_service.describe_task_queue(request)).stats.approximate_backlog_count
+        # A journey upserts "delayed" in its first task: none left "running" is exact.
+        running = (await client.count_workflows('JourneyStatus="running"')).count if cascade else 0
+        if backlog == 0 and running == 0:
+            return time.perf_counter() - began
+        if progress and time.perf_counter() - last_report >= progress:
+            last_report = time.perf_counter()
+            print(
+                f"{label}: waiting for first tasks, backlog {backlog}"
+                + (f", {running} not yet asleep" if cascade else "")
+                + f", {last_report - began:.0f} s, load {_load()}",
+                flush=True,
+            )
+        await asyncio.sleep(2)
+
+
 async def _start_all(indices: range, concurrency: int, one: Any, label: str = "", progress: float = 0) -> float:
     """Start `one(i)` for every index, `concurrency` at a time; print progress every `progress` s."""
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -335,6 +370,7 @@ async def _side(
     sleepers_seconds = await _start_all(
         range(wake, args.n), args.concurrency, starter(prefix, None, 0), f"{name} sleepers", args.progress
     )
+    sleepers_asleep_seconds = await _until_asleep(client, queue, name == "cascade", f"{name} sleepers", args.progress)
     # Every one of the K wakes at the same moment: far enough ahead for all of them to be
     # started and asleep first (the cascade side checks below).
     wake_at = datetime.now(UTC) + timedelta(seconds=args.sleep)
@@ -406,6 +442,8 @@ async def _side(
         "starts_per_s": round(started / start_seconds, 1),
         "sleepers_start_seconds": round(sleepers_seconds, 2),
         "wakers_start_seconds": round(wakers_seconds, 2),
+        # After the sleepers' starts, until the worker had run every one's first task.
+        "sleepers_asleep_wait_seconds": round(sleepers_asleep_seconds, 2),
         "start_concurrency": args.concurrency,
         # CPU ms per start: the starting process, the worker (first tasks), the dev server.
         "start_cpu_ms_per_start": {
@@ -419,6 +457,8 @@ async def _side(
         "missed": wake - len(times),
         "sent_by_sleepers": by_sleepers,
         "burst_seconds": round(burst, 2),
+        # A burst's sends do not start at the wake: the woken journeys' workflow tasks come first.
+        "first_send_after_wake_s": round(min(times) - wake_at.timestamp(), 2) if times else None,
         "sends_per_s": round(len(times) / burst, 2) if times and burst > 0 else None,
         "worker_cpu_ms_per_send": round(1000 * cpu_worker / len(times), 1) if times else None,
         "server_cpu_ms_per_send": round(1000 * cpu_server / len(times), 1) if times else None,
