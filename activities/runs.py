@@ -37,7 +37,7 @@ class RunActivities:
         await self._db.transaction(self._finish, input)
 
     def _finish(self, session: Session, input: RecordRunFinishedInput) -> None:
-        session.exec(
+        session.connection().execute(
             update(JourneyRun)
             .where(col(JourneyRun.workflow_id) == input.workflow_id, col(JourneyRun.run_id) == input.run_id)
             .values(finished_at=input.finished_at, outcome=input.outcome)
@@ -61,4 +61,6 @@ class RunActivities:
                 for skip in input.skipped
             ]
             # A retried activity finds its rows there: (workflow, run, step) is unique.
-            session.exec(insert_ignoring_conflicts(self._db, StepSkip).values(rows).on_conflict_do_nothing())
+            session.connection().execute(
+                insert_ignoring_conflicts(self._db, StepSkip).values(rows).on_conflict_do_nothing()
+            )

@@ -55,7 +55,7 @@ class SandboxChannel:
 
     def _store(self, session: Session, message: OutboundMessage, provider_id: str) -> str:
         """Insert the message unless its key is there; the provider id its key has now."""
-        session.exec(
+        session.connection().execute(
             insert_ignoring_conflicts(self._db, SandboxMessage)
             .values(
                 channel=self.name,

@@ -112,7 +112,7 @@ def _claim(
     # and a claiming update. A row that exists (a retry, a repeat) inserts nothing
     # and is judged below as before.
     claim_now = cap is None
-    inserted = session.exec(
+    inserted = session.connection().execute(
         insert_ignoring_conflicts(db, Delivery)
         .values(
             idempotency_key=input.idempotency_key,
@@ -230,7 +230,7 @@ async def record_sent(db: Database, idempotency_key: str, provider_message_id: s
 
 
 def _record_sent(session: Session, idempotency_key: str, provider_message_id: str, cost: float, at: datetime) -> None:
-    session.exec(
+    session.connection().execute(
         update(Delivery)
         .where(
             col(Delivery.idempotency_key) == idempotency_key,

@@ -304,7 +304,9 @@ class Database:
         loop (measured: 0.8-0.95 ms of CPU for a one-statement transaction, 0.34-0.41 ms in
         one hop), and the write lock is held only while the thread runs, never across other
         tasks of the event loop. Elsewhere (PostgreSQL, an in-memory SQLite) it runs in the
-        async session (`run_sync`): the same code, the same transaction.
+        async session (`run_sync`): the same code, the same transaction. Hot inserts and
+        updates that load no objects go through `session.connection().execute` (Core): the
+        ORM's DML layer costs about 0.05 ms a statement and gives them nothing.
         """
         if not self._sqlite_file:
             async with self.session() as session:

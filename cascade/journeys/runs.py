@@ -14,4 +14,6 @@ def record_run(session: Session, db: Database, input: RecordRunStartedInput) -> 
 
     Synchronous: it runs inside Database.transaction (the send's claim, the run activities).
     """
-    session.exec(insert_ignoring_conflicts(db, JourneyRun).values(**input.model_dump()).on_conflict_do_nothing())
+    session.connection().execute(
+        insert_ignoring_conflicts(db, JourneyRun).values(**input.model_dump()).on_conflict_do_nothing()
+    )

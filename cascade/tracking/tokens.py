@@ -288,7 +288,7 @@ async def save_tracking(db: Database, idempotency_key: str, tracking: Tracking) 
 
 def save_tracking_in(session: Session, db: Database, idempotency_key: str, tracking: Tracking) -> None:
     """`save_tracking` inside a transaction the caller holds (the send's claim)."""
-    session.exec(
+    session.connection().execute(
         insert_ignoring_conflicts(db, TrackedMessage)
         .values(tracking_id=tracking.tracking_id, idempotency_key=idempotency_key, links=tracking.links)
         .on_conflict_do_nothing()
