@@ -202,11 +202,11 @@ class JourneyActivities:
         channel = self._channels.get(input.channel)
         idempotent = bool(getattr(channel, "idempotent", False))
         found = await self._db.transaction(_read_for_send, input, idempotent)
+        if isinstance(found, _SettledNow):
+            log.warning("send.outcome_unknown", reason=CRASHED)
+            return UNKNOWN
         if isinstance(found, SendMessageResult):
-            if found is UNKNOWN:
-                log.warning("send.outcome_unknown", reason=CRASHED)
-            else:
-                log.info("send.duplicate_suppressed", status=found.status, message_id=found.message_id)
+            log.info("send.duplicate_suppressed", status=found.status, message_id=found.message_id)
             return found
         reach = found
 
@@ -410,7 +410,13 @@ class JourneyActivities:
         return result
 
 
-def _read_for_send(session: Session, input: SendMessageInput, idempotent: bool) -> Reachability | SendMessageResult:
+class _SettledNow:
+    """The send's first read settled a vanished attempt `unknown` (an already `unknown` row is a duplicate)."""
+
+
+def _read_for_send(
+    session: Session, input: SendMessageInput, idempotent: bool
+) -> Reachability | SendMessageResult | _SettledNow:
     """The send's first look, in one transaction: an earlier attempt's result, or the contact to use.
 
     A vanished attempt is settled (`unknown`) before consent is looked at again: the
@@ -425,7 +431,7 @@ def _read_for_send(session: Session, input: SendMessageInput, idempotent: bool) 
         and not idempotent
         and mark_unknown(session, existing, CRASHED)
     ):
-        return UNKNOWN
+        return _SettledNow()
     return reachability(session, input.customer_id, input.channel, input.topic)
 
 
