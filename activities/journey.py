@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -42,7 +41,7 @@ from cascade.journeys.rules import (
     stay_channels,
 )
 from cascade.journeys.runs import record_run
-from cascade.profiles.contacts import load_reachability
+from cascade.profiles.contacts import Reachability, load_reachability, reachability
 from cascade.profiles.service import template_fields
 from cascade.tracking.tokens import add_tracking, save_tracking_in, unsubscribe_link
 from channels.base import (
@@ -202,24 +201,14 @@ class JourneyActivities:
     ) -> SendMessageResult:
         channel = self._channels.get(input.channel)
         idempotent = bool(getattr(channel, "idempotent", False))
-        async with self._db.session() as session:
-            existing = (
-                await session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key))
-            ).one_or_none()
-            if existing is not None and (finished := finished_result(existing)) is not None:
-                log.info("send.duplicate_suppressed", status=finished.status, message_id=finished.message_id)
-                return finished
-            # A vanished attempt is settled before consent is looked at again: the
-            # message may be out already.
-            if (
-                existing is not None
-                and dangling(existing, utcnow())
-                and not idempotent
-                and await mark_unknown(session, existing, CRASHED)
-            ):
-                log.warning("send.outcome_unknown", reason=CRASHED)
-                return UNKNOWN
-            reach = await load_reachability(session, input.customer_id, input.channel, input.topic)
+        found = await self._db.transaction(_read_for_send, input, idempotent)
+        if isinstance(found, _SettledNow):
+            log.warning("send.outcome_unknown", reason=CRASHED)
+            return UNKNOWN
+        if isinstance(found, SendMessageResult):
+            log.info("send.duplicate_suppressed", status=found.status, message_id=found.message_id)
+            return found
+        reach = found
 
         if channel is None and input.unchecked:
             # What the contact check says of it: the step is skipped, the cascade goes on.
@@ -252,11 +241,11 @@ class JourneyActivities:
         # Signed click/pixel/unsubscribe links; the originals are kept for the redirect.
         rendered, tracking = add_tracking(rendered, input, self._settings, now)
 
-        async def with_the_claim(session: AsyncSession) -> None:
+        def with_the_claim(session: Session) -> None:
             # The tracking row (and the run's row, lean steps) in the claim's transaction.
-            await save_tracking_in(session, self._db, input.idempotency_key, tracking)
+            save_tracking_in(session, self._db, input.idempotency_key, tracking)
             if input.record_run is not None:
-                await record_run(session, self._db, input.record_run)
+                record_run(session, self._db, input.record_run)
 
         cost = self._settings.channel_costs.get(input.channel, 0.0)
         # Logged under the surviving profile's id when the journey's customer was merged
@@ -359,8 +348,7 @@ class JourneyActivities:
     async def _record_run(self, input: SendMessageInput) -> None:
         """The journey run's row, when this send was to write it and sends nothing (lean steps)."""
         if input.record_run is not None:
-            async with self._db.session() as session:
-                await record_run(session, self._db, input.record_run)
+            await self._db.transaction(record_run, self._db, input.record_run)
 
     async def _failing_channels(self) -> set[str]:
         """Channels with an unresolved configuration error (read once per process)."""
@@ -377,7 +365,7 @@ class JourneyActivities:
         content_hash: str,
         lease: timedelta,
         idempotent: bool,
-        also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+        also: Callable[[Session], None] | None = None,
     ) -> SendMessageResult | int:
         """The claim protocol (cascade/delivery/claims.py); a live claim elsewhere is a retry."""
         try:
@@ -420,6 +408,31 @@ class JourneyActivities:
                 "send.outcome_unknown", reason=CRASHED
             )
         return result
+
+
+class _SettledNow:
+    """The send's first read settled a vanished attempt `unknown` (an already `unknown` row is a duplicate)."""
+
+
+def _read_for_send(
+    session: Session, input: SendMessageInput, idempotent: bool
+) -> Reachability | SendMessageResult | _SettledNow:
+    """The send's first look, in one transaction: an earlier attempt's result, or the contact to use.
+
+    A vanished attempt is settled (`unknown`) before consent is looked at again: the
+    message may be out already.
+    """
+    existing = session.exec(select(Delivery).where(Delivery.idempotency_key == input.idempotency_key)).one_or_none()
+    if existing is not None and (finished := finished_result(existing)) is not None:
+        return finished
+    if (
+        existing is not None
+        and dangling(existing, utcnow())
+        and not idempotent
+        and mark_unknown(session, existing, CRASHED)
+    ):
+        return _SettledNow()
+    return reachability(session, input.customer_id, input.channel, input.topic)
 
 
 # An attempt's time when Temporal gives none (tests calling the activity directly).

@@ -8,7 +8,7 @@ whichever comes second changes nothing.
 
 from __future__ import annotations
 
-from sqlmodel import col, update
+from sqlmodel import Session, col, update
 from temporalio import activity
 
 from cascade.infra.db import Database, insert_ignoring_conflicts
@@ -29,35 +29,38 @@ class RunActivities:
     @activity.defn
     async def record_run_started(self, input: RecordRunStartedInput) -> None:
         """Insert the run's row unless it exists (a retry, or the starter wrote it first)."""
-        async with self._db.session() as session:
-            await record_run(session, self._db, input)
+        await self._db.transaction(record_run, self._db, input)
 
     @activity.defn
     async def record_run_finished(self, input: RecordRunFinishedInput) -> None:
         """Mark the run finished with its outcome and record its skipped steps (a repeat writes the same again)."""
-        async with self._db.session() as session:
-            await session.exec(
-                update(JourneyRun)
-                .where(col(JourneyRun.workflow_id) == input.workflow_id, col(JourneyRun.run_id) == input.run_id)
-                .values(finished_at=input.finished_at, outcome=input.outcome)
-                # Nothing loaded in this session to keep in step with the update.
-                .execution_options(synchronize_session=False)
+        await self._db.transaction(self._finish, input)
+
+    def _finish(self, session: Session, input: RecordRunFinishedInput) -> None:
+        session.connection().execute(
+            update(JourneyRun)
+            .where(col(JourneyRun.workflow_id) == input.workflow_id, col(JourneyRun.run_id) == input.run_id)
+            .values(finished_at=input.finished_at, outcome=input.outcome)
+            # Nothing loaded in this session to keep in step with the update.
+            .execution_options(synchronize_session=False)
+        )
+        if input.skipped and input.journey is not None and input.customer_id is not None:
+            rows = [
+                {
+                    "workflow_id": input.workflow_id,
+                    "run_id": input.run_id,
+                    "journey": input.journey,
+                    "campaign": input.campaign,
+                    "variant": input.variant,
+                    "customer_id": input.customer_id,
+                    "step": skip.step,
+                    "channel": skip.channel,
+                    "reason": skip.reason[:REASON_CHARS],
+                    "skipped_at": input.finished_at,
+                }
+                for skip in input.skipped
+            ]
+            # A retried activity finds its rows there: (workflow, run, step) is unique.
+            session.connection().execute(
+                insert_ignoring_conflicts(self._db, StepSkip).values(rows).on_conflict_do_nothing()
             )
-            if input.skipped and input.journey is not None and input.customer_id is not None:
-                rows = [
-                    {
-                        "workflow_id": input.workflow_id,
-                        "run_id": input.run_id,
-                        "journey": input.journey,
-                        "campaign": input.campaign,
-                        "variant": input.variant,
-                        "customer_id": input.customer_id,
-                        "step": skip.step,
-                        "channel": skip.channel,
-                        "reason": skip.reason[:REASON_CHARS],
-                        "skipped_at": input.finished_at,
-                    }
-                    for skip in input.skipped
-                ]
-                # A retried activity finds its rows there: (workflow, run, step) is unique.
-                await session.exec(insert_ignoring_conflicts(self._db, StepSkip).values(rows).on_conflict_do_nothing())

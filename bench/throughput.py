@@ -190,9 +190,12 @@ async def main() -> None:
             await upsert_customer(db, CustomerProfile(id=f"b-{i}", name=f"B{i}", contacts=contacts))
         statements: Counter[str] = Counter()
 
-        @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
         def _count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
             statements[statement.split(None, 1)[0].upper()] += 1
+
+        # The async engine's statements and those of Database.transaction's threads.
+        for engine in db.sync_engines():
+            event.listen(engine, "before_cursor_execute", _count)
 
         env = await WorkflowEnvironment.start_local(
             # Encrypted payloads on both sides, as production runs (cascade.infra.codec).

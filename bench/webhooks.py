@@ -575,8 +575,9 @@ class _StatementCounter:
         self.kinds: dict[str, int] = {}
         self.seconds = 0.0  # wall time from each statement's start to its end, summed
         self._started = 0.0
-        event.listen(db.engine.sync_engine, "before_cursor_execute", self._seen)
-        event.listen(db.engine.sync_engine, "after_cursor_execute", self._done)
+        for engine in db.sync_engines():
+            event.listen(engine, "before_cursor_execute", self._seen)
+            event.listen(engine, "after_cursor_execute", self._done)
 
     def _done(self, *_: Any) -> None:
         self.seconds += time.perf_counter() - self._started

@@ -11,6 +11,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,13 +21,13 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from cascade.infra.db import Database, SchemaError, async_url, migrate, postgres_connect_args
 from cascade.infra.settings import PROJECT_ROOT, Settings
 from cascade.profiles.service import upsert_customer
 from models.profiles import ContactIn, CustomerProfile
-from models.tables import Customer
+from models.tables import ChannelHealth, Customer
 from tests.conftest import POSTGRES_URL, asyncpg_dsn, postgres_execute
 from worker import build_worker
 
@@ -341,3 +342,40 @@ async def test_timestamps_read_back_aware_in_utc_on_every_database(any_db: Datab
     async with any_db.session() as session:
         row = (await session.exec(select(Customer.last_purchase_at).where(Customer.id == "tz-1"))).one()
     assert row == written and row.tzinfo is not None and row.utcoffset() == timedelta(0)
+
+
+def _add_health(session: Session, channel: str, fail: bool) -> str:
+    session.add(ChannelHealth(channel=channel, last_error="x", last_error_at=datetime.now(UTC)))
+    session.flush()
+    if fail:
+        raise RuntimeError("after the write")
+    return threading.current_thread().name
+
+
+async def test_a_transaction_commits_what_returns_and_rolls_back_what_raises(any_db):
+    """Database.transaction: one transaction either way, on a SQLite file in its own thread."""
+    ran_in = await any_db.transaction(_add_health, "kept", False)
+    with pytest.raises(RuntimeError, match="after the write"):
+        await any_db.transaction(_add_health, "dropped", True)
+    async with any_db.session() as session:
+        rows = (await session.exec(select(ChannelHealth.channel))).all()
+    assert sorted(rows) == ["kept"]
+    # A SQLite file: the whole transaction ran in the pool's thread, not the event loop's.
+    on_sqlite_file = any_db.is_sqlite
+    assert ran_in.startswith("sqlite") == on_sqlite_file
+    # Its statements are counted on an engine `sync_engines` lists.
+    assert len(any_db.sync_engines()) == (2 if on_sqlite_file else 1)
+
+
+async def test_an_in_memory_database_runs_transactions_in_its_one_connection():
+    """No second engine for `sqlite://`: a pysqlite connection would see another, empty database."""
+    memory = Database.from_url("sqlite://")
+    await migrate(memory.engine)
+    try:
+        ran_in = await memory.transaction(_add_health, "kept", False)
+        assert not ran_in.startswith("sqlite")
+        async with memory.session() as session:
+            assert (await session.exec(select(ChannelHealth.channel))).all() == ["kept"]
+        assert memory.sync_engines() == [memory.engine.sync_engine]
+    finally:
+        await memory.dispose()

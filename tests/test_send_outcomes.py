@@ -449,7 +449,9 @@ async def test_a_first_send_claims_its_row_in_the_insert(any_db, unique_id):
         if " deliveries" in statement:
             statements.append(statement.split(None, 1)[0].upper())
 
-    event.listen(any_db.engine.sync_engine, "before_cursor_execute", touching_deliveries)
+    engines = any_db.sync_engines()
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", touching_deliveries)
     try:
         # A long attempt time: no lease renewal comes between the statements.
         result = await _env(attempt=60).run(_acts(any_db).send_message, _input(unique_id, "email"))
@@ -464,7 +466,8 @@ async def test_a_first_send_claims_its_row_in_the_insert(any_db, unique_id):
         assert again.status == "sent" and again.duplicate
         assert statements == ["SELECT"]
     finally:
-        event.remove(any_db.engine.sync_engine, "before_cursor_execute", touching_deliveries)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", touching_deliveries)
     assert len(await outbox(any_db, unique_id)) == 1
 
 

@@ -13,12 +13,11 @@ is the SendInProgress exception, which the activity turns into a retry.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Update, and_, or_, text
-from sqlmodel import col, delete, select, update
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel import Session, col, delete, select, update
 
 from cascade.infra.db import Database, as_utc, insert_ignoring_conflicts
 from cascade.journeys.rules import cap_frees_at
@@ -66,7 +65,7 @@ async def claim_send(
     lease: timedelta,
     idempotent: bool,
     currency: str,
-    also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    also: Callable[[Session], None] | None = None,
 ) -> SendMessageResult | int:
     """Make this attempt the only one that may call the provider for this key.
 
@@ -79,84 +78,103 @@ async def claim_send(
     writes what belongs with the claim (the tracking row, the run row) in the same
     transaction: on SQLite every write transaction waits for the one writer.
     """
+    outcome = await db.transaction(
+        _claim, db, input, customer_id, contact_point_id, content_hash, lease, idempotent, currency, also
+    )
+    if isinstance(outcome, SendInProgress):
+        # Raised after the commit: what `also` wrote stays, as it did before.
+        raise outcome
+    return outcome
+
+
+def _claim(
+    session: Session,
+    db: Database,
+    input: SendMessageInput,
+    customer_id: str,
+    contact_point_id: int | None,
+    content_hash: str,
+    lease: timedelta,
+    idempotent: bool,
+    currency: str,
+    also: Callable[[Session], None] | None,
+) -> SendMessageResult | int | SendInProgress:
     now = utcnow()
     cap = input.frequency_cap if input.topic == Topic.MARKETING else None
-    async with db.session() as session:
-        if cap is not None and not db.is_sqlite:
-            # One customer's claims one after another; SQLite gets the same from the
-            # insert below, which takes the database's single write lock first.
-            connection = await session.connection()
-            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(customer_id)})
-        if also is not None:
-            await also(session)
-        # Without a cap to count first, a new row is inserted already claimed by attempt
-        # 1: the common case (a first attempt) is one statement, not an insert, two reads
-        # and a claiming update. A row that exists (a retry, a repeat) inserts nothing
-        # and is judged below as before.
-        claim_now = cap is None
-        inserted = await session.exec(
-            insert_ignoring_conflicts(db, Delivery)
-            .values(
-                idempotency_key=input.idempotency_key,
-                workflow_id=input.workflow_id,
-                run_id=input.run_id,
-                journey=input.journey,
-                step=input.step,
-                customer_id=customer_id,
-                channel=input.channel.value,
-                topic=input.topic.value,
-                contact_point_id=contact_point_id,
-                status=DeliveryStatus.QUEUED,
-                content_hash=content_hash,
-                currency=currency,
-                variant=input.variant,
-                claimed_until=now + lease if claim_now else None,
-                attempts=1 if claim_now else 0,
-            )
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    if cap is not None and not db.is_sqlite:
+        # One customer's claims one after another; SQLite gets the same from the
+        # insert below, which takes the database's single write lock first.
+        session.connection().execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(customer_id)})
+    if also is not None:
+        also(session)
+    # Without a cap to count first, a new row is inserted already claimed by attempt
+    # 1: the common case (a first attempt) is one statement, not an insert, two reads
+    # and a claiming update. A row that exists (a retry, a repeat) inserts nothing
+    # and is judged below as before.
+    claim_now = cap is None
+    inserted = session.connection().execute(
+        insert_ignoring_conflicts(db, Delivery)
+        .values(
+            idempotency_key=input.idempotency_key,
+            workflow_id=input.workflow_id,
+            run_id=input.run_id,
+            journey=input.journey,
+            step=input.step,
+            customer_id=customer_id,
+            channel=input.channel.value,
+            topic=input.topic.value,
+            contact_point_id=contact_point_id,
+            status=DeliveryStatus.QUEUED,
+            content_hash=content_hash,
+            currency=currency,
+            variant=input.variant,
+            claimed_until=now + lease if claim_now else None,
+            attempts=1 if claim_now else 0,
         )
-        if claim_now and inserted.rowcount == 1:
-            return 1
-        row = await delivery_row(session, input.idempotency_key)
-        if (finished := finished_result(row)) is not None:
-            return finished
-        if dangling(row, now) and not idempotent and await mark_unknown(session, row, CRASHED):
-            return UNKNOWN
-        if row.claimed_until is None or as_utc(row.claimed_until) < now:
-            if cap is not None and (postponed := await cap_full(session, input, customer_id, cap, now)):
-                if row.attempts == 0:
-                    # Nothing was tried yet: no row until the send really starts.
-                    await session.exec(
-                        delete(Delivery)
-                        .where(col(Delivery.id) == row.id, col(Delivery.attempts) == 0)
-                        .execution_options(synchronize_session=False)
-                    )
-                return postponed
-            claimed = await session.exec(
-                update(Delivery)
-                .where(
-                    col(Delivery.idempotency_key) == input.idempotency_key,
-                    col(Delivery.status) == DeliveryStatus.QUEUED,
-                    or_(col(Delivery.claimed_until).is_(None), col(Delivery.claimed_until) < now),
-                )
-                .values(claimed_until=now + lease, attempts=col(Delivery.attempts) + 1)
-                # The row object is re-read below; SQLite's zone-less timestamps
-                # cannot be compared in Python to keep it in step.
-                .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount == 1:
-                return (await delivery_row(session, input.idempotency_key)).attempts
-            row = await delivery_row(session, input.idempotency_key)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    )
+    if claim_now and inserted.rowcount == 1:
+        return 1
+    row = delivery_row(session, input.idempotency_key)
     if (finished := finished_result(row)) is not None:
         return finished
+    if dangling(row, now) and not idempotent and mark_unknown(session, row, CRASHED):
+        return UNKNOWN
+    if row.claimed_until is None or as_utc(row.claimed_until) < now:
+        if cap is not None and (postponed := cap_full(session, input, customer_id, cap, now)):
+            if row.attempts == 0:
+                # Nothing was tried yet: no row until the send really starts.
+                session.exec(
+                    delete(Delivery)
+                    .where(col(Delivery.id) == row.id, col(Delivery.attempts) == 0)
+                    .execution_options(synchronize_session=False)
+                )
+            return postponed
+        claimed = session.exec(
+            update(Delivery)
+            .where(
+                col(Delivery.idempotency_key) == input.idempotency_key,
+                col(Delivery.status) == DeliveryStatus.QUEUED,
+                or_(col(Delivery.claimed_until).is_(None), col(Delivery.claimed_until) < now),
+            )
+            .values(claimed_until=now + lease, attempts=col(Delivery.attempts) + 1)
+            # The row object is re-read below; SQLite's zone-less timestamps
+            # cannot be compared in Python to keep it in step.
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount == 1:
+            return delivery_row(session, input.idempotency_key).attempts
+        row = delivery_row(session, input.idempotency_key)
+        if (finished := finished_result(row)) is not None:
+            return finished
     remaining = (as_utc(row.claimed_until) - now) if row.claimed_until is not None else lease
-    raise SendInProgress(
+    return SendInProgress(
         "another attempt is sending this message; retrying after it finishes", max(remaining, timedelta(seconds=1))
     )
 
 
-async def cap_full(
-    session: AsyncSession, input: SendMessageInput, customer_id: str, cap: FrequencyCap, now: datetime
+def cap_full(
+    session: Session, input: SendMessageInput, customer_id: str, cap: FrequencyCap, now: datetime
 ) -> SendMessageResult | None:
     """None if one more marketing message fits the cap now, else `postponed` until it does.
 
@@ -166,18 +184,16 @@ async def cap_full(
     """
     at = max(input.at or now, now)
     since = at - cap.per
-    rows = (
-        await session.exec(
-            select(Delivery.status, Delivery.sent_at, Delivery.created_at, Delivery.claimed_until).where(
-                col(Delivery.customer_id) == customer_id,
-                col(Delivery.topic) == Topic.MARKETING.value,
-                col(Delivery.idempotency_key) != input.idempotency_key,
-                or_(
-                    col(Delivery.sent_at) > since,
-                    and_(col(Delivery.status) == DeliveryStatus.UNKNOWN, col(Delivery.created_at) > since),
-                    and_(col(Delivery.status) == DeliveryStatus.QUEUED, col(Delivery.claimed_until) >= now),
-                ),
-            )
+    rows = session.exec(
+        select(Delivery.status, Delivery.sent_at, Delivery.created_at, Delivery.claimed_until).where(
+            col(Delivery.customer_id) == customer_id,
+            col(Delivery.topic) == Topic.MARKETING.value,
+            col(Delivery.idempotency_key) != input.idempotency_key,
+            or_(
+                col(Delivery.sent_at) > since,
+                and_(col(Delivery.status) == DeliveryStatus.UNKNOWN, col(Delivery.created_at) > since),
+                and_(col(Delivery.status) == DeliveryStatus.QUEUED, col(Delivery.claimed_until) >= now),
+            ),
         )
     ).all()
     settled = [sent_at or created_at for status, sent_at, created_at, _ in rows if status != DeliveryStatus.QUEUED]
@@ -210,26 +226,29 @@ async def renew_claim(db: Database, idempotency_key: str, attempt: int, lease: t
 
 async def record_sent(db: Database, idempotency_key: str, provider_message_id: str, cost: float) -> None:
     """The provider took the message: settle the row as sent, with its id and cost."""
-    async with db.session() as session:
-        await session.exec(
-            update(Delivery)
-            .where(
-                col(Delivery.idempotency_key) == idempotency_key,
-                # An attempt whose claim ran out may have been settled `unknown` by
-                # another; the provider's answer is the truth.
-                col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.UNKNOWN]),
-            )
-            .values(
-                status=DeliveryStatus.SENT,
-                provider_message_id=provider_message_id,
-                sent_at=utcnow(),
-                cost=cost,
-                claimed_until=None,
-            )
-            # No ORM objects in this session to keep in step: skips evaluating the WHERE
-            # clause in Python against the identity map (measurable at a send per journey).
-            .execution_options(synchronize_session=False)
+    await db.transaction(_record_sent, idempotency_key, provider_message_id, cost, utcnow())
+
+
+def _record_sent(session: Session, idempotency_key: str, provider_message_id: str, cost: float, at: datetime) -> None:
+    session.connection().execute(
+        update(Delivery)
+        .where(
+            col(Delivery.idempotency_key) == idempotency_key,
+            # An attempt whose claim ran out may have been settled `unknown` by
+            # another; the provider's answer is the truth.
+            col(Delivery.status).in_([DeliveryStatus.QUEUED, DeliveryStatus.UNKNOWN]),
         )
+        .values(
+            status=DeliveryStatus.SENT,
+            provider_message_id=provider_message_id,
+            sent_at=at,
+            cost=cost,
+            claimed_until=None,
+        )
+        # No ORM objects in this session to keep in step: skips evaluating the WHERE
+        # clause in Python against the identity map (measurable at a send per journey).
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def release_claim(db: Database, idempotency_key: str, attempt: int, code: str, reason: str) -> None:
@@ -310,25 +329,27 @@ async def settle(db: Database, idempotency_key: str) -> tuple[SettleDeliveryResu
     Returns the verdict and, when this call settled the row `unknown`, the row (for the
     caller's log). Raises SendInProgress while an attempt's claim is still live.
     """
-    now = utcnow()
-    async with db.session() as session:
-        row = (await session.exec(select(Delivery).where(Delivery.idempotency_key == idempotency_key))).one_or_none()
-        if row is None:
-            return SettleDeliveryResult(status="not_sent"), None
-        if (finished := finished_result(row)) is not None:
-            return (
-                SettleDeliveryResult(status=finished.status, message_id=finished.message_id, reason=finished.reason),
-                None,
-            )
-        if row.claimed_until is None:
-            # Every attempt so far released its claim: none reached the provider.
-            return SettleDeliveryResult(status="not_sent", reason=row.failure_code), None
-        if as_utc(row.claimed_until) >= now:
-            raise SendInProgress(
-                "a send attempt is still running", max(as_utc(row.claimed_until) - now, timedelta(seconds=1))
-            )
-        if not await mark_unknown(session, row, CRASHED):
-            raise SendInProgress("the delivery changed while settling it")
+    return await db.transaction(_settle, idempotency_key, utcnow())
+
+
+def _settle(session: Session, idempotency_key: str, now: datetime) -> tuple[SettleDeliveryResult, Delivery | None]:
+    row = session.exec(select(Delivery).where(Delivery.idempotency_key == idempotency_key)).one_or_none()
+    if row is None:
+        return SettleDeliveryResult(status="not_sent"), None
+    if (finished := finished_result(row)) is not None:
+        return (
+            SettleDeliveryResult(status=finished.status, message_id=finished.message_id, reason=finished.reason),
+            None,
+        )
+    if row.claimed_until is None:
+        # Every attempt so far released its claim: none reached the provider.
+        return SettleDeliveryResult(status="not_sent", reason=row.failure_code), None
+    if as_utc(row.claimed_until) >= now:
+        raise SendInProgress(
+            "a send attempt is still running", max(as_utc(row.claimed_until) - now, timedelta(seconds=1))
+        )
+    if not mark_unknown(session, row, CRASHED):
+        raise SendInProgress("the delivery changed while settling it")
     return SettleDeliveryResult(status="unknown", reason=FailureCode.OUTCOME_UNKNOWN), row
 
 
@@ -337,9 +358,9 @@ def dangling(row: Delivery, now: datetime) -> bool:
     return row.status == DeliveryStatus.QUEUED and row.claimed_until is not None and as_utc(row.claimed_until) < now
 
 
-async def mark_unknown(session: AsyncSession, row: Delivery, reason: str) -> bool:
+def mark_unknown(session: Session, row: Delivery, reason: str) -> bool:
     """Settle a dangling claim as `unknown`; False if another attempt changed the row first."""
-    result = await session.exec(
+    result = session.exec(
         update(Delivery)
         .where(
             col(Delivery.idempotency_key) == row.idempotency_key,
@@ -358,11 +379,11 @@ async def mark_unknown(session: AsyncSession, row: Delivery, reason: str) -> boo
     return bool(result.rowcount == 1)
 
 
-async def delivery_row(session: AsyncSession, idempotency_key: str) -> Delivery:
+def delivery_row(session: Session, idempotency_key: str) -> Delivery:
     """The delivery row of `idempotency_key`, read fresh from the database."""
-    row = (await session.exec(select(Delivery).where(Delivery.idempotency_key == idempotency_key))).one()
+    row = session.exec(select(Delivery).where(Delivery.idempotency_key == idempotency_key)).one()
     # A fresh read every time: the session must not answer from its identity map.
-    await session.refresh(row)
+    session.refresh(row)
     return row
 
 

@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlencode
 
-from sqlalchemy import URL, Connection, event, inspect, text
+from sqlalchemy import URL, Connection, Engine, event, inspect, text
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import models.tables  # noqa: F401  (registers every table on SQLModel.metadata)
 from cascade.infra.settings import Settings, check_schema_name, get_settings
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
@@ -151,15 +155,7 @@ def create_engine(
             # writes with "database is locked", 40 failed the throughput bench's starter.
             pool = {"pool_size": SQLITE_POOL_SIZE, "max_overflow": SQLITE_MAX_OVERFLOW, "pool_timeout": pool_timeout}
         engine = create_async_engine(parsed, connect_args={"timeout": 30}, **pool)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     parsed, connect_args = postgres_connect_args(parsed)
     options: dict[str, Any] = {}
@@ -177,6 +173,18 @@ def create_engine(
         connect_args=connect_args,
         execution_options=options,
     )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+# Threads (and connections) of a SQLite file's one-hop transactions (Database.transaction).
+SQLITE_TRANSACTION_THREADS = 4
 
 
 _SCHEMA_OPTION = "cascade_schema"
@@ -250,6 +258,12 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        # A SQLite file's transactions run whole in a thread (see `transaction`); made on first use.
+        database = engine.url.database
+        self._sqlite_file = self.is_sqlite and bool(database) and database != ":memory:"
+        self._sync_engine: Engine | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, schema: str | None = None) -> Database:
@@ -299,9 +313,65 @@ class Database:
                 await conn.execution_options(isolation_level="REPEATABLE READ")
             yield conn
 
+    async def transaction(self, work: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `work(session, *args, **kwargs)` in one transaction: committed if it returns, rolled back if it raises.
+
+        `work` is synchronous SQLAlchemy code, for the hot paths (a journey's send, its run
+        rows, its start). On a SQLite file the whole transaction runs in one call to a
+        worker thread with its own pysqlite connection: through aiosqlite every statement,
+        cursor, fetch and commit is a hop to the connection's thread and back to the event
+        loop (measured: 0.8-0.95 ms of CPU for a one-statement transaction, 0.34-0.41 ms in
+        one hop), and the write lock is held only while the thread runs, never across other
+        tasks of the event loop. Elsewhere (PostgreSQL, an in-memory SQLite) it runs in the
+        async session (`run_sync`): the same code, the same transaction. Hot inserts and
+        updates that load no objects go through `session.connection().execute` (Core): the
+        ORM's DML layer costs about 0.05 ms a statement and gives them nothing.
+        """
+        if not self._sqlite_file:
+            async with self.session() as session:
+                return await session.run_sync(in_sqlmodel_session(work), *args, **kwargs)
+        engine, threads = self._sync_parts()
+
+        def run() -> T:
+            with Session(engine, expire_on_commit=False) as session, session.begin():
+                return work(session, *args, **kwargs)
+
+        return await asyncio.get_running_loop().run_in_executor(threads, run)
+
+    def sync_engines(self) -> list[Engine]:
+        """Every engine this database's statements run on, for event listeners (statement counts).
+
+        The async engine's, and on a SQLite file also the one `transaction` runs on.
+        """
+        if self._sqlite_file:
+            return [self.engine.sync_engine, self._sync_parts()[0]]
+        return [self.engine.sync_engine]
+
+    def _sync_parts(self) -> tuple[Engine, ThreadPoolExecutor]:
+        with self._lock:
+            if self._sync_engine is None or self._threads is None:
+                # As many connections as threads: a thread never waits for the pool. The
+                # same busy timeout and pragmas as the async engine's connections.
+                engine = create_sync_engine(
+                    self.engine.url.set(drivername="sqlite"),
+                    connect_args={"timeout": 30},
+                    pool_size=SQLITE_TRANSACTION_THREADS,
+                    max_overflow=0,
+                )
+                event.listen(engine, "connect", _sqlite_pragmas)
+                self._sync_engine = engine
+                self._threads = ThreadPoolExecutor(SQLITE_TRANSACTION_THREADS, thread_name_prefix="sqlite")
+            return self._sync_engine, self._threads
+
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and the threads of `transaction`)."""
         await self.engine.dispose()
+        with self._lock:
+            engine, threads, self._sync_engine, self._threads = self._sync_engine, self._threads, None, None
+        if threads is not None:
+            threads.shutdown(wait=True)
+        if engine is not None:
+            engine.dispose()
 
 
 def run_with_database(work: Callable[[Database], Awaitable[T]], settings: Settings | None = None) -> T:
@@ -316,6 +386,15 @@ def run_with_database(work: Callable[[Database], Awaitable[T]], settings: Settin
             await db.dispose()
 
     return asyncio.run(main())
+
+
+def in_sqlmodel_session(work: Callable[Concatenate[Session, P], T]) -> Callable[Concatenate[Any, P], T]:
+    """`work` as AsyncSession.run_sync's argument (typing only).
+
+    run_sync hands over its sync session, a sqlmodel Session here (sqlmodel's AsyncSession
+    makes one), though SQLAlchemy's signature names its own base class.
+    """
+    return work
 
 
 def insert_ignoring_conflicts(db: Database, table: type[SQLModel]) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
 from jinja2 import TemplateSyntaxError
@@ -98,11 +99,8 @@ def _experiment_problems(experiment: Experiment) -> Iterator[Problem]:
                 source = getattr(change, name)
                 if source is None:
                     continue
-                try:
-                    _TEMPLATES.parse(source)
-                except TemplateSyntaxError as exc:
-                    loc = ("experiment", "variants", v, "content", index, name)
-                    yield loc, source, f"template error on line {exc.lineno}: {exc.message}"
+                if (error := template_error(source)) is not None:
+                    yield ("experiment", "variants", v, "content", index, name), source, error
 
 
 def _problems_of_parts(parts: dict[str, Any]) -> Iterator[Problem]:
@@ -156,15 +154,26 @@ def _problems_of_raw(data: dict[str, Any]) -> Iterator[Problem]:
 def content_problems(where: Loc, content: MessageContent) -> Iterator[Problem]:
     """Every template of `content` that does not parse, with the line Jinja reports."""
     for path, source in content.template_sources():
-        try:
-            _TEMPLATES.parse(source)
-        except TemplateSyntaxError as exc:
+        if (error := template_error(source)) is not None:
             parts = [int(p) if p.isdigit() else p for p in path.split(".")]
             if parts[0] == "whatsapp":
                 # The parameters were checked as one list field: the location names the list.
                 parts = parts[:2]
-            loc = (*where, *parts)
-            yield loc, source, f"template error on line {exc.lineno}: {exc.message}"
+            yield (*where, *parts), source, error
+
+
+@lru_cache(maxsize=4096)
+def template_error(source: str) -> str | None:
+    """Why `source` is not a Jinja template ("template error on line N: ..."), None if it parses.
+
+    Cached: a spec built in application code is checked on every start (check_spec), and
+    parsing its templates each time was the largest part of a start's own CPU.
+    """
+    try:
+        _TEMPLATES.parse(source)
+    except TemplateSyntaxError as exc:
+        return f"template error on line {exc.lineno}: {exc.message}"
+    return None
 
 
 def _condition_problems(where: Loc, conditions: Sequence[Condition]) -> Iterator[Problem]:

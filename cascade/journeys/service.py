@@ -24,18 +24,20 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cascade.content.templates import SEND_TIME_FIELDS as TEMPLATE_EXTRAS
 from cascade.content.templates import check_journey
-from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.infra.db import Database
 from cascade.infra.settings import Settings, get_settings
 from cascade.infra.temporal import connect
 from cascade.journeys.definition import check_spec, journey_input
 from cascade.journeys.files import JourneyDefinitionError, describe_validation_error, load_journey
 from cascade.journeys.inputs import UnknownCustomerError, journey_context, journey_workflow_id
-from cascade.profiles.service import surviving_customer, template_fields
+from cascade.journeys.runs import record_run
+from cascade.profiles.service import survivor, template_fields
 from models import search_attributes as sa
 from models.ids import check_customer_id, check_run_key
 from models.journey import JourneyInput, JourneyResult, JourneySpec, JourneyState
 from models.loyalty import LoyaltyInput, LoyaltyResult, LoyaltyState
-from models.tables import JourneyRun, utcnow
+from models.runs import RecordRunStartedInput
+from models.tables import utcnow
 from models.workflow_types import CASCADE_JOURNEY, LOYALTY_LOOP, STATE_QUERY
 
 __all__ = [
@@ -102,9 +104,8 @@ async def start_journey(
     own_db = db is None
     db = db or Database.from_settings(settings)
     try:
-        async with db.session() as session:
-            # A profile merged into another one: the journey belongs to the survivor.
-            customer = await surviving_customer(session, customer_id)
+        # A profile merged into another one: the journey belongs to the survivor.
+        customer = await db.transaction(survivor, customer_id)
         if customer is None:
             raise UnknownCustomerError(f"customer {customer_id!r} is not in the profile database")
         if customer.erased_at is not None:
@@ -125,22 +126,18 @@ async def start_journey(
         # if this process dies right here; written here too, so an event a moment after
         # the start finds the run before the workflow's first task has run. The same row
         # either way: whoever comes second changes nothing.
-        async with db.session() as session:
-            await session.exec(
-                insert_ignoring_conflicts(db, JourneyRun)
-                .values(
-                    workflow_id=handle.id,
-                    run_id=handle.result_run_id,
-                    journey=spec.name,
-                    customer_id=customer_id,
-                    campaign=spec.campaign,
-                    workflow_type=LOYALTY_LOOP if spec.loop is not None else CASCADE_JOURNEY,
-                    convert_on=spec.convert_on,
-                    exit_on=spec.exit_on,
-                    started_at=utcnow(),
-                )
-                .on_conflict_do_nothing()
-            )
+        run = RecordRunStartedInput(
+            workflow_id=handle.id,
+            run_id=handle.result_run_id or "",
+            journey=spec.name,
+            customer_id=customer_id,
+            campaign=spec.campaign,
+            workflow_type=LOYALTY_LOOP if spec.loop is not None else CASCADE_JOURNEY,
+            convert_on=spec.convert_on,
+            exit_on=spec.exit_on,
+            started_at=utcnow(),
+        )
+        await db.transaction(record_run, db, run)
         return handle
     finally:
         if own_db:

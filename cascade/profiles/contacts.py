@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import and_
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from cascade.infra.db import in_sqlmodel_session
 from models.tables import Consent, ContactPoint, ContactStatus, Customer, Topic
 
 # Statuses that rule out every message; an unsubscribe rules out marketing only, since
@@ -53,6 +54,11 @@ async def load_reachability(
     A customer merged into another profile is followed to the survivor (a second query,
     only in that rare case).
     """
+    return await session.run_sync(in_sqlmodel_session(reachability), customer_id, channel, topic)
+
+
+def reachability(session: Session, customer_id: str, channel: str, topic: Topic = Topic.MARKETING) -> Reachability:
+    """`load_reachability` in a synchronous session (Database.transaction)."""
     for _ in range(5):
         stmt = (
             select(Customer, ContactPoint, Consent)
@@ -70,7 +76,7 @@ async def load_reachability(
             )
             .where(Customer.id == customer_id)
         )
-        rows = (await session.exec(stmt)).all()
+        rows = session.exec(stmt).all()
         if not rows:
             return Reachability(None, None, "unknown customer")
         customer, _, consent = rows[0]

@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import or_, tuple_
-from sqlmodel import col, delete, select, update
+from sqlmodel import Session, col, delete, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from cascade.events.recency import refresh_event_recency
-from cascade.infra.db import Database, insert_ignoring_conflicts
+from cascade.infra.db import Database, in_sqlmodel_session, insert_ignoring_conflicts
 from models.events import AppEvent
 from models.ids import MAX_LOYALTY_POINTS, MAX_PURCHASE_COUNT
 from models.journey import ChannelName
@@ -107,11 +107,16 @@ async def surviving_customer(session: AsyncSession, customer_id: str) -> Custome
     One query when the profile was never merged (the common case), where resolving the
     id and then loading the row took two.
     """
+    return await session.run_sync(in_sqlmodel_session(survivor), customer_id)
+
+
+def survivor(session: Session, customer_id: str) -> Customer | None:
+    """`surviving_customer` in a synchronous session (Database.transaction)."""
     seen = {customer_id}
-    customer = await session.get(Customer, customer_id)
+    customer = session.get(Customer, customer_id)
     while customer is not None and customer.merged_into is not None and customer.merged_into not in seen:
         seen.add(customer.merged_into)
-        customer = await session.get(Customer, customer.merged_into)
+        customer = session.get(Customer, customer.merged_into)
     return customer
 
 

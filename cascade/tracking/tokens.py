@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel import Session
 
 from cascade.content.rendered import Button, RenderedContent
 from cascade.infra.db import Database, insert_ignoring_conflicts
@@ -283,13 +283,12 @@ def add_tracking(
 
 async def save_tracking(db: Database, idempotency_key: str, tracking: Tracking) -> None:
     """Remember the message's tracking id and original links (first write wins on a retry)."""
-    async with db.session() as session:
-        await save_tracking_in(session, db, idempotency_key, tracking)
+    await db.transaction(save_tracking_in, db, idempotency_key, tracking)
 
 
-async def save_tracking_in(session: AsyncSession, db: Database, idempotency_key: str, tracking: Tracking) -> None:
+def save_tracking_in(session: Session, db: Database, idempotency_key: str, tracking: Tracking) -> None:
     """`save_tracking` inside a transaction the caller holds (the send's claim)."""
-    await session.exec(
+    session.connection().execute(
         insert_ignoring_conflicts(db, TrackedMessage)
         .values(tracking_id=tracking.tracking_id, idempotency_key=idempotency_key, links=tracking.links)
         .on_conflict_do_nothing()
