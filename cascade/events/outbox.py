@@ -158,17 +158,16 @@ def enqueue(
     The rows are sent after the caller commits (`deliver` or `OutboxRelay.submit`); if
     this process dies first, another relay takes them over when the lease ends.
     """
-    until = utcnow() + lease
     rows = [
         OutboxSignal(
-            event_id=event_id[:256],
-            workflow_id=s.workflow_id,
-            run_id=s.run_id,
-            signal=s.signal,
-            payload=s.arg.model_dump(mode="json"),
-            not_before=until,
+            event_id=r.event_id,
+            workflow_id=r.workflow_id,
+            run_id=r.run_id,
+            signal=r.signal,
+            payload=r.payload,
+            not_before=r.not_before,
         )
-        for s in signals
+        for r in outbox_rows(signals, event_id, lease)
     ]
     session.add_all(rows)
     return rows
