@@ -30,6 +30,7 @@ from activities.runs import RunActivities
 from cascade.infra.codec import CodecError
 from cascade.infra.db import Database, migrate
 from cascade.infra.logging import configure_logging, get_logger
+from cascade.infra.runner import ContextFreeRunner
 from cascade.infra.settings import Settings, get_settings
 from cascade.infra.temporal import connect
 from cascade.tracking.tokens import warn_if_dev_secret
@@ -110,7 +111,9 @@ def build_worker(
             client,
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
-            workflow_runner=WORKFLOW_RUNNER,
+            # The sandbox runs the workflow code; the SDK's per-payload questions about
+            # the serialization context (which our converter ignores) skip it.
+            workflow_runner=ContextFreeRunner(WORKFLOW_RUNNER, client.data_converter),
             max_cached_workflows=settings.worker_max_cached_workflows,
             # One pooled database connection per slot (Settings.pool_size).
             max_concurrent_activities=settings.worker_max_concurrent_activities,

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +111,14 @@ class Run:
     side: str
     journeys: int
     seconds: float
-    # One journey's workflow id, for --counts.
+    # One journey's workflow id.
     sample: str = ""
     # CPU seconds per journey: this process (starter, signaller, workers) and the dev server.
     # Less swayed by other work on the machine than the rates are.
     cpu_here: float = 0.0
     cpu_server: float = 0.0
+    # Every journey's workflow id, for --counts (not written to the JSON).
+    ids: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -144,7 +146,7 @@ async def run_side(client: Client, side: str, n: int, concurrency: int, settings
     await asyncio.gather(*(one(i) for i in range(n)))
     elapsed = time.perf_counter() - started
     task.cancel()
-    return Run(side, n, elapsed, ids[-1], (time.process_time() - here) / n, (children_cpu() - server) / n)
+    return Run(side, n, elapsed, ids[-1], (time.process_time() - here) / n, (children_cpu() - server) / n, ids)
 
 
 def children_cpu() -> float:
@@ -152,10 +154,18 @@ def children_cpu() -> float:
     return sum(cpu_seconds(pid) for pid in child_pids(os.getpid()))
 
 
-async def history_counts(client: Client, workflow_id: str) -> Counter[str]:
-    """One run's history events by type (EVENT_TYPE_ prefix dropped)."""
-    history = await client.get_workflow_handle(workflow_id).fetch_history()
-    return Counter(str(event.WhichOneof("attributes")).removesuffix("_event_attributes") for event in history.events)
+async def history_counts(client: Client, workflow_ids: list[str]) -> dict[str, float]:
+    """History events by type (EVENT_TYPE_ prefix dropped), per journey over `workflow_ids`.
+
+    Averaged over every journey of a run, not one: whether the reaction reaches a
+    journey before or after its send's result (a timer and a `waiting` upsert, or
+    neither) depends on the race between the signaller and the worker.
+    """
+    total: Counter[str] = Counter()
+    for workflow_id in workflow_ids:
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        total.update(str(event.WhichOneof("attributes")).removesuffix("_event_attributes") for event in history.events)
+    return {k: round(v / len(workflow_ids), 2) for k, v in sorted(total.items())}
 
 
 def load() -> str:
@@ -213,7 +223,7 @@ async def main() -> None:
         )
         side_settings = {"raw": bare_settings, "cascade": settings}
         runs: list[Run] = []
-        per_journey: dict[str, dict[str, int]] = {}
+        per_journey: dict[str, dict[str, float]] = {}
         async with cascade_worker, bare_worker:
             for side in sides:
                 await run_side(env.client, side, args.warmup, args.concurrency, side_settings[side], db)
@@ -232,8 +242,8 @@ async def main() -> None:
                     per_journey["sql"] = {k: round(v / args.n, 2) for k, v in sorted(statements.items())}
             if args.counts:
                 for side in sides:
-                    sample = next(r.sample for r in runs if r.side == side)
-                    per_journey[side] = dict(sorted((await history_counts(env.client, sample)).items()))
+                    last = [r for r in runs if r.side == side][-1]
+                    per_journey[side] = await history_counts(env.client, last.ids)
                     print(f"{side} history events per journey: {per_journey[side]}")
                 if "sql" in per_journey:
                     print(f"cascade SQL statements per journey: {per_journey['sql']}")
@@ -256,7 +266,7 @@ async def main() -> None:
             {
                 "n": args.n,
                 "log_level": args.log_level,
-                "runs": [asdict(r) for r in runs],
+                "runs": [{k: v for k, v in asdict(r).items() if k != "ids"} for r in runs],
                 "ratio": ratio,
                 "per_journey": per_journey,
                 "load": load(),

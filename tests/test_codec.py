@@ -35,6 +35,7 @@ from cascade.infra.codec import (
     EncryptionCodec,
     Keyring,
     MissingKeyError,
+    SharedPydanticPayloadConverter,
     WrongKeyError,
     data_converter,
 )
@@ -391,3 +392,12 @@ def test_the_worker_refuses_to_start_with_a_misconfigured_key(tmp_path: Path):
     assert done.returncode == 1
     assert "worker: CASCADE_CODEC_KEYS['2026-11']: an AES-256 key is 32 bytes, this one is 5" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_every_payload_converter_the_sdk_builds_is_the_one_shared_converter():
+    """The SDK builds a payload converter per workflow run and per activation: ours is built once."""
+    assert CODEC_CONVERTER.payload_converter_class is SharedPydanticPayloadConverter
+    assert CODEC_CONVERTER.payload_converter_class() is CODEC_CONVERTER.payload_converter_class()
+    journey = JourneyInput(customer_id="c-1", spec=spec("email", "sms"))
+    [decoded] = await CODEC_CONVERTER.decode(await CODEC_CONVERTER.encode([journey]), [JourneyInput])
+    assert decoded == journey

@@ -139,3 +139,13 @@ def test_lean_steps_2_is_one_marker_for_every_earlier_patch():
     assert markers["cascade_local_opened_twice"] == {"lean-steps-2", "local-run-records"}
     later = ("cascade_lean2_", "cascade_local_")
     assert not any("lean-steps-2" in m for name, m in markers.items() if not name.startswith(later))
+
+
+def test_lean_steps_3_is_one_marker_where_lean_steps_2_journeys_had_two():
+    """Journeys started on lean-steps-3 carry its marker alone (lean-steps-2 and local-run-records
+    are in it); every earlier history lacks it and replays on the patches it carries."""
+    markers = {p.stem: _patches(p) for p in HISTORIES}
+    lean3 = [name for name in markers if name.startswith("cascade_lean3_")]
+    assert len(lean3) == 3
+    assert all(markers[name] == {"lean-steps-3"} for name in lean3)
+    assert not any("lean-steps-3" in m for name, m in markers.items() if name not in lean3)

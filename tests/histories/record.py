@@ -95,6 +95,11 @@ RULE_SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
         [ContactIn(channel="email", address="ann@example.com"), ContactIn(channel="sms", address="+14155552671")],
         _nobody_reacts,
     ),
+    # Patch "lean-steps-3" (issue 17 B7): one marker for lean-steps-2 and local-run-records.
+    "cascade_lean3_rules_exhausted": (
+        [ContactIn(channel="email", address="ann@example.com"), ContactIn(channel="sms", address="+14155552671")],
+        _nobody_reacts,
+    ),
 }
 
 SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
@@ -146,6 +151,12 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
     "cascade_local_opened_twice": ([ContactIn(channel="email", address="local1@example.com")], _opened_twice),
     "cascade_lean2_bounce_cancel": (
         [ContactIn(channel="email", address="lean4@example.com"), ContactIn(channel="telegram", address="4202")],
+        _bounce_then_cancel,
+    ),
+    # Patch "lean-steps-3" (issue 17 B7): one marker where lean-steps-2 journeys had two.
+    "cascade_lean3_opened_twice": ([ContactIn(channel="email", address="lean5@example.com")], _opened_twice),
+    "cascade_lean3_bounce_cancel": (
+        [ContactIn(channel="email", address="lean6@example.com"), ContactIn(channel="telegram", address="4203")],
         _bounce_then_cancel,
     ),
 }
