@@ -11,6 +11,13 @@ workflow's query shows the signal, vs the same for a bare signal.
 
     .venv/bin/python bench/webhooks.py -n 400 -m 60
 
+The two sides alternate in `--rounds` rounds (3; the order swapped every round) inside one
+run, and the ratio reported is the median of the rounds'. The journeys' worker runs in a
+process of its own (`bench/signal_sink_worker.py`; `--worker inline` for the old layout),
+so each phase prints the CPU milliseconds per event of every process side by side: the
+bench's clients, the worker, the dev server, the service and the service's threads (its
+event loop, the Temporal client's Rust core, its database threads).
+
 Batch: `--batch-events` page views and cart updates through POST /v1/events/batch
 (`--batch-size` per request), on `--database-url` (PostgreSQL) or SQLite.
 """
