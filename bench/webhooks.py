@@ -11,6 +11,13 @@ workflow's query shows the signal, vs the same for a bare signal.
 
     .venv/bin/python bench/webhooks.py -n 400 -m 60
 
+The two sides alternate in `--rounds` rounds (3; the order swapped every round) inside one
+run, and the ratio reported is the median of the rounds'. The journeys' worker runs in a
+process of its own (`bench/signal_sink_worker.py`; `--worker inline` for the old layout),
+so each phase prints the CPU milliseconds per event of every process side by side: the
+bench's clients, the worker, the dev server, the service and the service's threads (its
+event loop, the Temporal client's Rust core, its database threads).
+
 Batch: `--batch-events` page views and cart updates through POST /v1/events/batch
 (`--batch-size` per request), on `--database-url` (PostgreSQL) or SQLite.
 """
@@ -130,6 +137,20 @@ async def main() -> None:
         default="raw",
         help="HTTP client of the single-event phases: raw (a lean keep-alive client, see _RawHttp) or httpx",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating rounds of bare signals and API events (order swapped each round); the ratio "
+        "reported is the median of the rounds' ratios",
+    )
+    parser.add_argument(
+        "--worker",
+        choices=["process", "inline"],
+        default="process",
+        help="process: the journeys' worker in its own process (its CPU apart from the bench's clients); "
+        "inline: in the bench's process, as before 2026-12-01's fourth round",
+    )
     parser.add_argument("--out", default="webhooks.json", help="file name under bench/results/")
     parser.add_argument(
         "--database-url", default=None, help="e.g. postgresql://postgres@127.0.0.1:5432/test (default: SQLite)"
@@ -160,7 +181,12 @@ async def main() -> None:
     )
     client: Client = env.client
     try:
-        async with Worker(client, task_queue=settings.task_queue, workflows=[SignalSink]):
+        worker = (
+            _worker_process(client, settings.task_queue)
+            if args.worker == "process"
+            else Worker(client, task_queue=settings.task_queue, workflows=[SignalSink])
+        )
+        async with worker:
             handles = []
             async with db.session() as session:
                 for i in range(args.customers):
@@ -251,8 +277,6 @@ async def main() -> None:
 
                 await _pool(20, 4, post)  # warm-up: connections, caches
                 await _pool(20, 4, bare)
-                # -n 0: only the batch part (e.g. on PostgreSQL, the single events on SQLite).
-                bare_s = await timed(bare, "bare") if args.n else 0.0
 
                 async def healthz(i: int) -> None:
                     if args.client == "raw":
@@ -260,23 +284,61 @@ async def main() -> None:
                         return
                     assert (await http.get("/healthz")).status_code == 200
 
+                # -n 0: only the batch part (e.g. on PostgreSQL, the single events on SQLite).
+                rounds: list[dict[str, Any]] = []
+                api_statements = 0
+                api_kinds: dict[str, int] = {}
+                profiler = cProfile.Profile() if args.profile else None
+                for r in range(args.rounds if args.n else 0):
+                    # Alternating within one run, the order swapped every round: the machine's
+                    # load moves on a scale of seconds, and a single pair caught it 2x apart.
+                    took: dict[str, float] = {}
+                    for kind in ("bare", "api") if r % 2 == 0 else ("api", "bare"):
+                        if kind == "bare":
+                            took["bare"] = await timed(bare, "bare")
+                            continue
+                        if profiler is not None:
+                            profiler.enable()
+                        counted, kinds_before = statements.count, dict(statements.kinds)
+                        _phase("api")
+                        took["api"] = await timed(post, "api")
+                        _phase("api done")
+                        api_statements += statements.count - counted
+                        for kind_, n in statements.kinds.items():
+                            api_kinds[kind_] = api_kinds.get(kind_, 0) + n - kinds_before.get(kind_, 0)
+                        if profiler is not None:
+                            profiler.disable()
+                    rounds.append(
+                        {
+                            "bare_signals_per_s": round(args.n / took["bare"], 1),
+                            "api_events_per_s": round(args.n / took["api"], 1),
+                            "ratio": round(took["bare"] / took["api"], 2),
+                            "cpu_ms_per_event": {"bare": cpu_ms["bare"], "api": cpu_ms["api"]},
+                            "loadavg": _loadavg(),
+                        }
+                    )
+                    print(
+                        f"round {r + 1}: /v1/events {rounds[-1]['api_events_per_s']}/s, bare "
+                        f"{rounds[-1]['bare_signals_per_s']}/s, ratio {rounds[-1]['ratio']}, "
+                        f"load {rounds[-1]['loadavg']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                if profiler is not None:
+                    profiler.dump_stats(args.profile)
+                api_kinds = dict(sorted(api_kinds.items(), key=lambda kv: -kv[1]))
+                # The medians of the rounds: rates, and each process's CPU per event.
+                bare_s = args.n / _median([r["bare_signals_per_s"] for r in rounds]) if rounds else 0.0
+                api_s = args.n / _median([r["api_events_per_s"] for r in rounds]) if rounds else 0.0
+                for name in ("bare", "api"):
+                    if rounds:
+                        cpu_ms[name] = _median_by_role([r["cpu_ms_per_event"][name] for r in rounds])
+
                 # What HTTP alone costs here: the same client and server, 16 in flight, no work.
                 cpu_before = _cpu_by_role()
                 floor_s = await _pool(args.n, args.c, healthz) if args.n else 0.0
                 if args.n:
                     cpu_ms["http_floor"] = _per_event_ms(cpu_before, _cpu_by_role(), args.n)
-                profiler = cProfile.Profile() if args.profile else None
-                if profiler is not None:
-                    profiler.enable()
-                statements.reset()
-                _phase("api")
-                api_s = await timed(post, "api") if args.n else 0.0
-                _phase("api done")
-                api_statements = statements.count
-                api_kinds = dict(sorted(statements.kinds.items(), key=lambda kv: -kv[1]))
-                if profiler is not None:
-                    profiler.disable()
-                    profiler.dump_stats(args.profile)
                 # The bare signals again, paced at the rate the API just reached: what Temporal
                 # spends per signal at that rate, to tell a rate effect from extra work we cause.
                 paced_s = await timed(bare, "bare_paced", args.n / api_s) if args.n else 0.0
@@ -327,7 +389,8 @@ async def main() -> None:
             "in_flight": args.c,
             "api_events_per_s": round(args.n / api_s, 1),
             "bare_signals_per_s": round(args.n / bare_s, 1),
-            "throughput_ratio": round(bare_s / api_s, 2),
+            "throughput_ratio": _median([r["ratio"] for r in rounds]),
+            "rounds": rounds,
             "http_floor_per_s": round(args.n / floor_s, 1),
             "api_to_http_floor": round(floor_s / api_s, 2),
             "server": args.server,
@@ -342,7 +405,10 @@ async def main() -> None:
         }
         if args.server == "inline":
             # Every SQL statement of the phase (key checks, events, relay settles, segments).
-            result |= {"statements_per_event": round(api_statements / args.n, 1), "statements_by_kind": api_kinds}
+            result |= {
+                "statements_per_event": round(api_statements / (args.n * len(rounds)), 1),
+                "statements_by_kind": api_kinds,
+            }
     if args.n and args.m:
         result |= {
             "latency_samples": args.m,
@@ -369,10 +435,24 @@ async def main() -> None:
             f"throughput: /v1/events {result['api_events_per_s']}/s vs bare signal "
             f"{result['bare_signals_per_s']}/s -> ratio {result['throughput_ratio']}"
         )
+        for r, one in enumerate(result["rounds"], 1):
+            print(
+                f"  round {r}: ratio {one['ratio']} ({one['api_events_per_s']} vs {one['bare_signals_per_s']}/s), "
+                f"load {one['loadavg']}; CPU ms per event api/bare: "
+                + ", ".join(
+                    f"{role} {api_ms.get(role, 0.0)}/{bare_ms.get(role, 0.0)}"
+                    for role in _ROLES
+                    for api_ms, bare_ms in [(one["cpu_ms_per_event"]["api"], one["cpu_ms_per_event"]["bare"])]
+                )
+            )
+        # Side by side, one column per process (the service's threads after it): where an
+        # API event costs more than a bare signal.
+        print("CPU ms per event (medians of the rounds):")
+        print(f"  {'':<12}" + "".join(f"{role:>16}" for role in _ROLES))
         for name, by_role in cpu_ms.items():
             if name == "batch":
                 continue
-            print(f"CPU ms per event, {name}: " + ", ".join(f"{k} {v}" for k, v in by_role.items()))
+            print(f"  {name:<12}" + "".join(f"{by_role.get(role, 0.0):>16}" for role in _ROLES))
         print(
             f"workflow tasks per signal: {tasks_per_signal}; bare paced at the API's rate: "
             f"{result['bare_paced_signals_per_s']}/s; signal payload bytes: {result['signal_payload_bytes']}"
@@ -465,9 +545,55 @@ async def _payload_sizes(client: Client) -> dict[str, int]:
     return sizes
 
 
+# The processes whose CPU the benchmark reads, and the webhooks service's threads (its event
+# loop, the Temporal client's Rust core, the database threads): `service.*` are parts of
+# `service`, not counted again in `total`.
+_ROLES = ("bench", "worker", "temporal", "service", "service.loop", "service.core", "service.threads", "total")
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return round(ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2, 2)
+
+
+def _median_by_role(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {role: _median([run.get(role, 0.0) for run in runs]) for role in runs[0]}
+
+
+def _loadavg() -> str:
+    """The 1- and 5-minute load averages, as /proc/loadavg has them ('' without /proc)."""
+    with suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:2])
+    return ""
+
+
+def _thread_roles(pid: int) -> dict[str, float]:
+    """CPU seconds of the webhooks service's threads by kind: the event loop (the main
+    thread: HTTP, the group commit's Python, the relay), the Temporal client's Rust core
+    (tokio threads), and the other threads (aiosqlite's and the one-hop transactions')."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    roles: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text().rpartition(")")[2].split()
+            comm = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        role = (
+            "service.loop"
+            if task.name == str(pid)
+            else "service.core"
+            if comm.startswith("tokio")
+            else "service.threads"
+        )
+        roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return roles
+
+
 def _cpu_by_role() -> dict[str, float]:
     """CPU seconds used so far by this process and its children (the Temporal dev server,
-    the webhooks service), by role; empty where /proc is missing."""
+    the webhooks service, the worker), by role; empty where /proc is missing."""
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     me = os.getpid()
     roles: dict[str, float] = {}
@@ -492,17 +618,22 @@ def _cpu_by_role() -> dict[str, float]:
             if pid == me
             else "service"
             if "webhooks.server" in cmdline
+            else "worker"
+            if "signal_sink_worker" in cmdline
             else "temporal"
             if "temporal" in cmdline
             else "other"
         )
         roles[role] = roles.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        if role == "service":
+            for part, seconds in _thread_roles(pid).items():
+                roles[part] = roles.get(part, 0.0) + seconds
     return roles
 
 
 def _per_event_ms(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
     used = {role: (after[role] - before.get(role, 0.0)) * 1000 / n for role in after}
-    used["total"] = sum(used.values())
+    used["total"] = sum(ms for role, ms in used.items() if "." not in role)
     return {role: round(ms, 2) for role, ms in used.items()}
 
 
@@ -632,6 +763,34 @@ async def _server_process(settings: Settings, client: Client, profile: str | Non
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGINT)  # uvicorn drains and the relay settles
+            try:
+                await asyncio.wait_for(process.wait(), timeout=30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+@asynccontextmanager
+async def _worker_process(client: Client, task_queue: str) -> AsyncIterator[None]:
+    """`python -m bench.signal_sink_worker` on the bench's dev server and task queue."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.signal_sink_worker",
+        client.service_client.config.target_host,
+        task_queue,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
+        if b"ready" not in line:
+            raise RuntimeError(f"bench worker did not start ({process.returncode})")
+        yield
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
             try:
                 await asyncio.wait_for(process.wait(), timeout=30)
             except TimeoutError:

@@ -14,6 +14,7 @@ from sqlmodel import col, select, update
 from temporalio.client import Client
 
 import cascade.events.group as group
+import cascade.events.ingest as ingest
 from cascade.audiences.membership import current_segments, refresh_customers_memberships, refresh_memberships
 from cascade.audiences.refresher import SegmentRefresher
 from cascade.audiences.service import load_segments
@@ -22,7 +23,7 @@ from cascade.events.ingest import record_app_event
 from cascade.infra.db import Database
 from cascade.infra.settings import Settings
 from models.events import AppEvent
-from models.tables import ApiKey, Customer, EngagementEvent, OutboxSignal
+from models.tables import ApiKey, Customer, EngagementEvent, EventRecency, OutboxSignal
 from tests.conftest import seed
 from tests.helpers import app_event as event
 from tests.test_events_batch import seed_ann_running_and_bob
@@ -152,3 +153,63 @@ async def test_the_refresher_judges_a_customers_queued_events_in_one_round(db: D
     # Leaving the block refreshes what is still queued.
     assert refresher.rounds == 2
     assert await current_segments(db, "dan") == ["churned"]
+
+
+async def test_a_group_that_starts_no_journey_is_stored_in_one_hop_as_the_async_path_stores_it(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed_ann_running_and_bob(db)
+    sent = [
+        ("shop", event("e1", "ann", "purchase", amount=10)),
+        ("shop", event("e1", "ann", "purchase", amount=10)),  # the same event in the same group
+        ("shop", event("e2", "bob", "page_viewed", url="https://s/p")),
+        ("other", event("e1", "ann", "purchase", amount=5)),
+    ]
+
+    async def no_async_path(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a group of known customers starting no journey takes the one-hop path")
+
+    # Only the one-hop transaction (Database.transaction on the SQLite file) may store them.
+    monkeypatch.setattr(ingest, "_record_batch", no_async_path)
+    committer = EventGroupCommit(db, lease=LEASE, journeys=[])
+    recorded = await asyncio.gather(*(committer.record(tenant, e) for tenant, e in sent))
+    assert [r.result.status for r in recorded] == ["accepted", "duplicate", "accepted", "accepted"]
+    assert committer.groups == 1  # stored as a group, not one by one after a failed group
+    assert recorded[0].result.signalled == recorded[3].result.signalled == ["journey/x/ann"]
+    async with db.session() as session:
+        ann = await session.get(Customer, "ann")
+        bob = await session.get(Customer, "bob")
+        stored = sorted(str(s) for s in (await session.exec(select(EngagementEvent.event_id))).all())
+        outbox = (await session.exec(select(OutboxSignal).order_by(col(OutboxSignal.id)))).all()
+        ladder = (await session.exec(select(EventRecency.customer_id, EventRecency.type, EventRecency.rank))).all()
+    assert ann is not None and ann.purchase_count == 2
+    assert bob is not None and (bob.attributes or {}).get("last_page_viewed_url") == "https://s/p"
+    assert stored == ["other:e1", "shop:e1", "shop:e2"]
+    handed = [row for r in recorded for row in r.rows]
+    assert sorted((row.id, row.event_id) for row in handed) == [(row.id, row.event_id) for row in outbox]
+    assert sorted(ladder) == [("ann", "purchase", 1), ("ann", "purchase", 2), ("bob", "page_viewed", 1)]
+
+
+async def test_a_group_with_an_unknown_customer_leaves_the_one_hop_path_and_stores_nothing_twice(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed_ann_running_and_bob(db)
+    calls: list[int] = []
+    real = ingest._record_batch
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "_record_batch", counted)
+    committer = EventGroupCommit(db, lease=LEASE, journeys=[])
+    sent = [event("e1", "ann", "purchase", amount=10), event("e2", "nobody", "page_viewed")]
+    recorded = await asyncio.gather(*(committer.record("shop", e) for e in sent))
+    assert [r.result.status for r in recorded] == ["accepted", "unknown_customer"]
+    assert calls  # the async path stored the group, after the one-hop transaction rolled back
+    async with db.session() as session:
+        ann = await session.get(Customer, "ann")
+        outbox = (await session.exec(select(OutboxSignal))).all()
+        stored = (await session.exec(select(EngagementEvent.event_id))).all()
+    assert ann is not None and ann.purchase_count == 1
+    assert len(outbox) == 1 and [str(s) for s in stored] == ["shop:e1"]

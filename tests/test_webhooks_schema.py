@@ -61,3 +61,25 @@ def test_no_generated_request_gets_a_server_error(case, live_url):
     content_type = content_type[0] if isinstance(content_type, list) else content_type
     if 400 <= response.status_code < 500 and content_type.startswith("application/json"):
         assert response.json().get("error"), response.text  # a clear body, never a bare status
+
+
+def test_the_api_key_schemes_are_documented_on_every_operation_that_takes_a_key() -> None:
+    # `tenant_of` reads the headers itself (no security sub-dependencies on the hot path),
+    # so the document names the schemes explicitly: a client generator must still see them.
+    schema = create_app(Settings(database_url="sqlite:///:memory:")).openapi()
+    assert schema["components"]["securitySchemes"] == {
+        "APIKeyHeader": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": "The API key in X-API-Key",
+        },
+        "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+    }
+    secured = sorted(
+        f"{method} {path}"
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security") == [{"HTTPBearer": []}, {"APIKeyHeader": []}]
+    )
+    assert secured == ["get /v1/segments/{name}", "post /v1/events", "post /v1/events/batch"]

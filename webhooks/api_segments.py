@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from cascade.audiences.definition import NAME_PATTERN, SegmentDefinitionError
 from cascade.audiences.service import CountMethod, count_customers, count_segment, load_segments
 from cascade.infra.logging import get_logger
-from webhooks.api_events import tenant_of
+from webhooks.api_events import API_KEY_SECURITY, tenant_of
 
 router = APIRouter(tags=["segments"])
 log = get_logger("webhooks.segments")
@@ -47,7 +47,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/v1/segments/{name}", response_model=SegmentInfo, responses=_ERRORS)
+@router.get("/v1/segments/{name}", response_model=SegmentInfo, responses=_ERRORS, openapi_extra=API_KEY_SECURITY)
 async def get_segment(
     name: Annotated[str, Path(pattern=NAME_PATTERN, description="Segment name, e.g. loyal")],
     request: Request,

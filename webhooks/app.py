@@ -27,6 +27,7 @@ from cascade.infra.settings import Settings, get_settings
 from cascade.infra.temporal import connect
 from cascade.tracking.tokens import warn_if_dev_secret
 from models.ids import NestedValueError
+from webhooks.api_events import document_api_keys
 from webhooks.api_events import router as events_router
 from webhooks.api_segments import router as segments_router
 from webhooks.console import router as console_router
@@ -152,5 +153,6 @@ def create_app(
     app.include_router(receipts_router)
     app.include_router(console_router)  # the analytics console (issue 15), behind API-key login
     app.include_router(segments_router)
+    document_api_keys(app)
     document_body_limit(app, settings.webhooks_max_body_bytes)
     return app

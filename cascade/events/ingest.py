@@ -8,20 +8,21 @@ journeys the event triggers (`cascade.journeys.triggers.start_planned`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import col, select, update
+from sqlmodel import Session, col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from cascade.events.outbox import Outboxed, OutboxRow, enqueue, outbox_rows, store_rows, writer
-from cascade.events.recency import add_to_event_recency
+from cascade.events.outbox import Outboxed, OutboxRow, enqueue, outbox_rows, store_rows, store_rows_sync, writer
+from cascade.events.recency import add_to_event_recency, add_to_event_recency_sync
 from cascade.events.store import DEFAULT_LEASE, insert_event
 from cascade.infra.db import Database, insert_ignoring_conflicts
 from cascade.infra.logging import get_logger
 from cascade.journeys.files import load_all_journeys
-from cascade.journeys.triggers import PlannedStart, plan_event
+from cascade.journeys.triggers import EventPlan, PlannedStart, matching_journeys, plan_event, plan_signals
 from cascade.profiles.service import apply_app_event, resolve_customer_id
 from models.events import AppEvent, AppEventResult
 from models.journey import JourneySpec
@@ -102,10 +103,23 @@ async def record_app_events_of_tenants(
     for i, (tenant, _) in enumerate(events):
         by_tenant.setdefault(tenant, []).append(i)
     answers: list[RecordedEvent | None] = [None] * len(events)
-    async with writer(db), db.session() as session:
-        for tenant, positions in by_tenant.items():
+    direct: list[list[RecordedEvent]] | None = None
+    if db.transactions_in_thread and not any(matching_journeys(specs, event.type) for _, event in events):
+        # The common case (page views, carts, purchases of known customers: no journey
+        # to start) in one hop to SQLite's thread; anything else takes the path below.
+        try:
+            async with writer(db):
+                direct = await db.transaction(_record_direct_sync, db, by_tenant, events, specs, lease)
+        except _NotDirect:
+            direct = None
+    async with AsyncExitStack() as stack:
+        if direct is None:
+            await stack.enter_async_context(writer(db))
+            session = await stack.enter_async_context(db.session())
+        for n, (tenant, positions) in enumerate(by_tenant.items()):
             mine = [events[i][1] for i in positions]
-            for i, one in zip(positions, await _record_batch(db, session, tenant, mine, specs, lease), strict=True):
+            ones = direct[n] if direct is not None else await _record_batch(db, session, tenant, mine, specs, lease)
+            for i, one in zip(positions, ones, strict=True):
                 answers[i] = one
     recorded = [a for a in answers if a is not None]
     for (tenant, event), one in zip(events, recorded, strict=True):
@@ -129,23 +143,9 @@ async def _record_batch(
     direct = [e for e in events if e.customer_id in customers]
     inserted: set[str] = set()
     if direct:
-        now = utcnow()
-        rows = [
-            {
-                "event_id": f"{tenant}:{e.event_id}",
-                "type": e.type,
-                "occurred_at": e.occurred_at or now,
-                "customer_id": e.customer_id,
-                "source": f"api:{tenant}"[:64],
-                "properties": e.properties or {},
-                "received_at": now,
-                # Stored as routed: an event starts no journey nearly always, and those
-                # that do are unmarked below, in this transaction (one statement fewer
-                # per group than marking the others after planning).
-                "routed_at": now,
-            }
-            for e in direct
-        ]
+        # Stored as routed; those that start journeys are unmarked below, in this
+        # transaction (one statement fewer per group than marking the others after planning).
+        rows = _event_rows(tenant, direct, utcnow())
         # Parameter sets, not one VALUES list: SQLAlchemy's "insertmanyvalues" batches them
         # with a statement compiled once, where a literal list is compiled for every size.
         connection = await session.connection()  # the session's own transaction
@@ -215,6 +215,115 @@ async def _record_batch(
             update(EngagementEvent).where(col(EngagementEvent.event_id).in_(unrouted)).values(routed_at=None)
         )
     return recorded
+
+
+class _NotDirect(Exception):
+    """A group holds an event of a customer not stored yet, merged away or erased: it takes
+    the async path, which handles those (its transaction is rolled back, nothing is kept)."""
+
+
+def _event_rows(tenant: str, events: Sequence[AppEvent], now: datetime) -> list[dict[str, Any]]:
+    """The `engagement_events` rows of a batch's events, stored as routed: an event starts
+    no journey nearly always, and those that do are unmarked in the same transaction."""
+    return [
+        {
+            "event_id": f"{tenant}:{e.event_id}",
+            "type": e.type,
+            "occurred_at": e.occurred_at or now,
+            "customer_id": e.customer_id,
+            "source": f"api:{tenant}"[:64],
+            "properties": e.properties or {},
+            "received_at": now,
+            "routed_at": now,
+        }
+        for e in events
+    ]
+
+
+def _record_direct_sync(
+    session: Session,
+    db: Database,
+    by_tenant: dict[str, list[int]],
+    events: Sequence[tuple[str, AppEvent]],
+    specs: list[JourneySpec],
+    lease: timedelta,
+) -> list[list[RecordedEvent]]:
+    """`_record_batch` for groups whose events start no journey and whose customers are all
+    surviving profiles, as synchronous code for one hop to SQLite's thread
+    (`Database.transaction`); each tenant's answers, in `by_tenant`'s order. The same
+    statements: the profiles read in one query, the events inserted in one, their
+    recency ladders, the running journeys read in one, the outbox rows inserted in one,
+    the profiles' changes flushed at commit. Raises `_NotDirect` (rolling it all back)
+    when a customer is not a surviving profile."""
+    by_name = {s.name: s for s in specs}
+    connection = session.connection()
+    answers: list[list[RecordedEvent]] = []
+    for tenant, positions in by_tenant.items():
+        mine = [events[i][1] for i in positions]
+        ids = sorted({e.customer_id for e in mine})
+        found = session.exec(select(Customer).where(col(Customer.id).in_(ids)).order_by(col(Customer.id))).all()
+        customers = {c.id: c for c in found if c.merged_into is None and c.erased_at is None}
+        if len(customers) < len(ids):
+            raise _NotDirect
+        now = utcnow()
+        rows = _event_rows(tenant, mine, now)
+        stored = connection.execute(
+            insert_ignoring_conflicts(db, EngagementEvent)
+            .on_conflict_do_nothing()
+            .returning(col(EngagementEvent.event_id)),
+            rows,
+        )
+        inserted = {str(r) for r in stored.scalars().all()}
+        first: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            first.setdefault(str(row["event_id"]), row)
+        add_to_event_recency_sync(
+            connection,
+            [(r["customer_id"], r["type"], None, r["occurred_at"]) for key, r in first.items() if key in inserted],
+        )
+        runs_of: dict[str, list[JourneyRun]] = {cid: [] for cid in customers}
+        if inserted:
+            runs = session.exec(
+                select(JourneyRun)
+                .where(col(JourneyRun.customer_id).in_(list(customers)), col(JourneyRun.finished_at).is_(None))
+                .order_by(col(JourneyRun.id))
+            )
+            for run in runs.all():
+                runs_of[run.customer_id].append(run)
+        recorded: list[RecordedEvent] = []
+        taken: set[str] = set()
+        signals: list[OutboxRow] = []
+        for event in mine:
+            stored_id = f"{tenant}:{event.event_id}"
+            if stored_id not in inserted or stored_id in taken:
+                duplicate = AppEventResult(
+                    event_id=event.event_id, status="duplicate", detail="already received; nothing done"
+                )
+                recorded.append(RecordedEvent(duplicate, customer_id=event.customer_id))
+                continue
+            taken.add(stored_id)
+            customer = customers[event.customer_id]
+            at = event.occurred_at or utcnow()
+            apply_app_event(customer, event, at)
+            plan = EventPlan()
+            plan_signals(
+                plan,
+                runs_of[customer.id],
+                by_name,
+                event.type,
+                now=at,
+                event_id=stored_id,
+                conversion=event.conversion is not False,
+            )
+            rows_out = outbox_rows(plan.signals, stored_id, lease)
+            signals += rows_out
+            result = AppEventResult(
+                event_id=event.event_id, status="accepted", signalled=sorted({*plan.converted, *plan.exited})
+            )
+            recorded.append(RecordedEvent(result, customer.id, list(rows_out)))
+        store_rows_sync(connection, signals)
+        answers.append(recorded)
+    return answers
 
 
 def _log(tenant: str, event: AppEvent, recorded: RecordedEvent) -> None:

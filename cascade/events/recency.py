@@ -13,11 +13,12 @@ it touched in its own transaction, from the events themselves, so an event arriv
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, delete, func, insert, literal, select, text, union_all
+from sqlalchemy import Connection, Executable, Select, Table, delete, func, insert, literal, select, text, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
@@ -58,7 +59,7 @@ def ladder(*where: ColumnElement[bool]) -> Select[Any]:
     return select(*(every.c[name] for name in COLUMNS)).where(every.c.rank <= RECENCY_DEPTH)
 
 
-async def _lock_customers(conn: AsyncConnection, ids: list[str]) -> None:
+def _lock_customers(dialect: str, ids: list[str]) -> Iterator[tuple[Executable, Any]]:
     """Serialise writers of the same customers' rows until this transaction ends.
 
     Two transactions adding events of one customer at once would each read the old rows
@@ -67,9 +68,9 @@ async def _lock_customers(conn: AsyncConnection, ids: list[str]) -> None:
     only PostgreSQL needs the lock (advisory, taken in key order so two batches never
     deadlock).
     """
-    if conn.dialect.name != "postgresql" or not ids:
+    if dialect != "postgresql" or not ids:
         return
-    await conn.execute(
+    yield (
         text(
             "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(c, 7013) AS k"
             " FROM unnest(CAST(:ids AS text[])) AS c ORDER BY k) AS keys"
@@ -78,31 +79,28 @@ async def _lock_customers(conn: AsyncConnection, ids: list[str]) -> None:
     )
 
 
-async def add_to_event_recency(
-    conn: AsyncConnection, events: Iterable[tuple[str | None, str, str | None, datetime]]
-) -> None:
-    """Merge newly inserted events `(customer_id, type, channel, occurred_at)` into the ladder.
-
-    The new three latest of a customer and type are the three latest of the rows kept and
-    the new events, so an insert reads a few rows per customer, never their whole history
-    (a shop's busiest customers have thousands of page views). Call it in the transaction
-    that inserted the events, with only the events that were inserted (not duplicates).
-    """
+def _recency_statements(
+    dialect: str, events: Iterable[tuple[str | None, str, str | None, datetime]]
+) -> Generator[tuple[Executable, Any], Any, None]:
+    """The statements of `add_to_event_recency`, each sent the rows its SELECT read: one
+    body for the async connection and the one-hop synchronous transaction alike."""
     new: defaultdict[tuple[str, str], list[tuple[str | None, datetime]]] = defaultdict(list)
     for customer_id, kind, channel, occurred_at in events:
         if customer_id is not None:
             new[(customer_id, kind)].append((channel, occurred_at))
     ids = sorted({customer for customer, _ in new})
-    await _lock_customers(conn, ids)
+    yield from _lock_customers(dialect, ids)
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         members = set(chunk)
         kinds = sorted({kind for customer, kind in new if customer in members})
         where = [RECENCY.c.customer_id.in_(chunk), RECENCY.c.type.in_(kinds)]
         ladders: defaultdict[tuple[str, str, str], list[datetime]] = defaultdict(list)
-        for customer_id, kind, channel, occurred_at in await conn.execute(
-            select(RECENCY.c.customer_id, RECENCY.c.type, RECENCY.c.channel, RECENCY.c.occurred_at).where(*where)
-        ):
+        kept = yield (
+            select(RECENCY.c.customer_id, RECENCY.c.type, RECENCY.c.channel, RECENCY.c.occurred_at).where(*where),
+            None,
+        )
+        for customer_id, kind, channel, occurred_at in kept:
             ladders[(customer_id, kind, channel)].append(occurred_at)
         for (customer_id, kind), added in new.items():
             if customer_id not in members:
@@ -121,16 +119,43 @@ async def add_to_event_recency(
         # DELETE first (one statement fewer per event transaction). The pairs without new
         # events are written back as the SELECT read them.
         if rows:
-            await conn.execute(_upsert(conn), rows)
+            yield _upsert(dialect), rows
+
+
+async def add_to_event_recency(
+    conn: AsyncConnection, events: Iterable[tuple[str | None, str, str | None, datetime]]
+) -> None:
+    """Merge newly inserted events `(customer_id, type, channel, occurred_at)` into the ladder.
+
+    The new three latest of a customer and type are the three latest of the rows kept and
+    the new events, so an insert reads a few rows per customer, never their whole history
+    (a shop's busiest customers have thousands of page views). Call it in the transaction
+    that inserted the events, with only the events that were inserted (not duplicates).
+    """
+    steps = _recency_statements(conn.dialect.name, events)
+    result: Any = None
+    with suppress(StopIteration):
+        while True:
+            statement, params = steps.send(result)
+            result = await conn.execute(statement, params)
+
+
+def add_to_event_recency_sync(conn: Connection, events: Iterable[tuple[str | None, str, str | None, datetime]]) -> None:
+    """`add_to_event_recency` in a synchronous transaction (`Database.transaction`)."""
+    steps = _recency_statements(conn.dialect.name, events)
+    result: Any = None
+    with suppress(StopIteration):
+        while True:
+            statement, params = steps.send(result)
+            result = conn.execute(statement, params)
 
 
 _UPSERTS: dict[str, Any] = {}
 
 
-def _upsert(conn: AsyncConnection) -> Any:
+def _upsert(name: str) -> Any:
     """INSERT into event_recency, a row of an existing key replacing its time (one
     statement object per dialect, so SQLAlchemy computes its cache key once)."""
-    name = conn.dialect.name
     if name not in _UPSERTS:
         statement = (postgresql if name == "postgresql" else sqlite).insert(RECENCY)
         _UPSERTS[name] = statement.on_conflict_do_update(
@@ -149,7 +174,8 @@ async def refresh_event_recency(
     """
     ids = sorted({c for c in customer_ids if c is not None})
     kinds = sorted(set(types)) if types is not None else None
-    await _lock_customers(conn, ids)
+    for statement, params in _lock_customers(conn.dialect.name, ids):
+        await conn.execute(statement, params)
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         mine: list[ColumnElement[bool]] = [RECENCY.c.customer_id.in_(chunk)]
@@ -167,4 +193,11 @@ async def rebuild_event_recency(conn: AsyncConnection) -> None:
     await conn.execute(insert(RECENCY).from_select(COLUMNS, ladder()))
 
 
-__all__ = ["RECENCY", "add_to_event_recency", "ladder", "rebuild_event_recency", "refresh_event_recency"]
+__all__ = [
+    "RECENCY",
+    "add_to_event_recency",
+    "add_to_event_recency_sync",
+    "ladder",
+    "rebuild_event_recency",
+    "refresh_event_recency",
+]

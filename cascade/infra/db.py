@@ -288,6 +288,12 @@ class Database:
         """True when the backend is SQLite (no row locks; upserts differ)."""
         return self.engine.dialect.name == "sqlite"
 
+    @property
+    def transactions_in_thread(self) -> bool:
+        """True when `transaction` runs its work whole in a thread (a SQLite file), where a
+        transaction through the async session is a hop to the connection's thread per call."""
+        return self._sqlite_file
+
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session whose transaction commits on success and rolls back on error."""

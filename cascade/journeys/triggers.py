@@ -174,6 +174,38 @@ async def running_journeys(
     return runs
 
 
+def plan_signals(
+    plan: EventPlan,
+    runs: Sequence[JourneyRun],
+    by_name: Mapping[str, JourneySpec],
+    event_type: str,
+    *,
+    now: datetime,
+    event_id: str,
+    conversion: bool = True,
+) -> None:
+    """Add to `plan` the signals `event_type` sends to the customer's running journeys `runs`
+    (a `cancel` where `exit_on` names it, a `converted` where `convert_on` does); no I/O."""
+    targets: set[tuple[str, str | None]] = set()
+    for run in runs:
+        spec = by_name.get(run.journey)
+        exit_on = run.exit_on if run.exit_on is not None else (spec.exit_on if spec else [])
+        convert_on = run.convert_on if run.convert_on is not None else (spec.convert_on if spec else [])
+        # A loop's row stands for its continue-as-new chain: signal whichever run is current.
+        target = None if run.workflow_type == "LoyaltyLoop" else run.run_id
+        if (run.workflow_id, target) in targets:
+            continue
+        targets.add((run.workflow_id, target))
+        if event_type in exit_on:
+            arg: CancelInput | EngagementInput = CancelInput(reason=f"exit event {event_type}")
+            plan.signals.append(PlannedSignal(run.workflow_id, target, "cancel", arg))
+            plan.exited.append(run.workflow_id)
+        elif event_type in convert_on and conversion:
+            arg = EngagementInput(type=EngagementType.CONVERTED, occurred_at=now, event_id=event_id)
+            plan.signals.append(PlannedSignal(run.workflow_id, target, "engagement", arg))
+            plan.converted.append(run.workflow_id)
+
+
 async def plan_event(
     session: AsyncSession,
     customer: Customer,
@@ -201,26 +233,9 @@ async def plan_event(
     by_name = {s.name: s for s in specs}
     plan = EventPlan()
     if signals:
-        targets: set[tuple[str, str | None]] = set()
         if runs is None:
             runs = await running_journeys(session, customer.id, survivor=customer.merged_into is None)
-        for run in runs:
-            spec = by_name.get(run.journey)
-            exit_on = run.exit_on if run.exit_on is not None else (spec.exit_on if spec else [])
-            convert_on = run.convert_on if run.convert_on is not None else (spec.convert_on if spec else [])
-            # A loop's row stands for its continue-as-new chain: signal whichever run is current.
-            target = None if run.workflow_type == "LoyaltyLoop" else run.run_id
-            if (run.workflow_id, target) in targets:
-                continue
-            targets.add((run.workflow_id, target))
-            if event_type in exit_on:
-                arg: CancelInput | EngagementInput = CancelInput(reason=f"exit event {event_type}")
-                plan.signals.append(PlannedSignal(run.workflow_id, target, "cancel", arg))
-                plan.exited.append(run.workflow_id)
-            elif event_type in convert_on and conversion:
-                arg = EngagementInput(type=EngagementType.CONVERTED, occurred_at=now, event_id=event_id)
-                plan.signals.append(PlannedSignal(run.workflow_id, target, "engagement", arg))
-                plan.converted.append(run.workflow_id)
+        plan_signals(plan, runs, by_name, event_type, now=now, event_id=event_id, conversion=conversion)
     if not starts:
         return plan
     matching = matching_journeys(specs, event_type)
