@@ -139,3 +139,31 @@ def test_lean_steps_2_is_one_marker_for_every_earlier_patch():
     assert markers["cascade_local_opened_twice"] == {"lean-steps-2", "local-run-records"}
     later = ("cascade_lean2_", "cascade_local_")
     assert not any("lean-steps-2" in m for name, m in markers.items() if not name.startswith(later))
+
+
+def test_lean_steps_3_is_one_marker_for_lean_steps_2_and_local_run_records():
+    """Journeys started on lean-steps-3 carry its marker alone, and still write their run rows locally."""
+    markers = {p.stem: _patches(p) for p in HISTORIES}
+    assert markers["cascade_lean3_opened_twice"] == markers["cascade_lean3_delayed"] == {"lean-steps-3"}
+    assert not any("lean-steps-3" in m for name, m in markers.items() if not name.startswith("cascade_lean3_"))
+    for name in ("cascade_lean3_opened_twice", "cascade_lean3_delayed"):
+        events = json.loads((Path(__file__).parent / "histories" / f"{name}.json").read_text())["events"]
+        kinds = [e.get("eventType") for e in events]
+        # The run's rows by local activities (one marker each), no record_run_* activity task.
+        local = [
+            e
+            for e in events
+            if (e.get("markerRecordedEventAttributes") or {}).get("markerName") == "core_local_activity"
+        ]
+        assert local, name
+        scheduled = [
+            e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+            for e in events
+            if "activityTaskScheduledEventAttributes" in e
+        ]
+        assert not any(n.startswith("record_run") for n in scheduled), (name, scheduled)
+        # One patch marker, so one TemporalChangeVersion upsert: two fewer events than lean-steps-2 + local-run-records.
+        patch_markers = [
+            e for e in events if (e.get("markerRecordedEventAttributes") or {}).get("markerName") == "core_patch"
+        ]
+        assert len(patch_markers) == 1, (name, kinds)

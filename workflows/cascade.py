@@ -99,6 +99,12 @@ _COVERED = frozenset(
 # asks for it (one marker event). Both writes are idempotent, so a local activity run
 # again after a worker crash (its workflow task retried) changes nothing.
 LOCAL_RUN_RECORDS = "local-run-records"
+# Patch "lean-steps-3" stands, like lean-steps-2, for every patch before it, now
+# local-run-records too: a new journey asks for one patch instead of two. Each patch asked
+# for is a marker event and an upsert of TemporalChangeVersion (a visibility write) in the
+# journey's first task, and two more events every evicted journey replays when it wakes.
+LEAN_STEPS_3 = "lean-steps-3"
+_COVERED_3 = _COVERED | {ALL_PATCHES, LOCAL_RUN_RECORDS}
 # Events that end the journey whichever step they concern.
 _STOPPING = MappingProxyType({EngagementType.UNSUBSCRIBED: "unsubscribed", EngagementType.COMPLAINED: "complained"})
 # Events that make waiting on the current step pointless.
@@ -158,6 +164,8 @@ class CascadeJourney:
         # Patch "lean-steps-2": every patch below counts as applied without a marker of its
         # own (see _patched).
         self._all_patched = False
+        # The patches that hold without a marker: _COVERED (lean-steps-2) or _COVERED_3.
+        self._covered: frozenset[str] = frozenset()
         # In an experiment's control group: sent nothing, ends `held_out`.
         self._held_out = False
 
@@ -165,7 +173,12 @@ class CascadeJourney:
     async def run(self, input: JourneyInput) -> JourneyResult:
         """Walk the cascade until a reaction, the deadline, a cancel, or the last step."""
         self._state.started_at = workflow.now()
-        self._all_patched = workflow.patched(ALL_PATCHES)
+        # lean-steps-3 is asked first: a history recorded on lean-steps-2 has no marker for
+        # it, so on replay it is False and emits nothing, and lean-steps-2 is asked as then.
+        if workflow.patched(LEAN_STEPS_3):
+            self._all_patched, self._covered = True, _COVERED_3
+        elif workflow.patched(ALL_PATCHES):
+            self._all_patched, self._covered = True, _COVERED
         # Journeys started before lean steps never ask for the patch and replay as they ran.
         self._lean = self._patched("lean-steps")
         if self._lean:
@@ -407,7 +420,7 @@ class CascadeJourney:
 
     async def _record(self, activity: Any, input: RecordRunStartedInput | RecordRunFinishedInput) -> None:
         """Write the run's journey_runs row: a local activity (patch "local-run-records"), else a regular one."""
-        if workflow.patched(LOCAL_RUN_RECORDS):
+        if self._patched(LOCAL_RUN_RECORDS):
             await workflow.execute_local_activity_method(activity, input, start_to_close_timeout=RECORD_TIMEOUT)
         else:
             await workflow.execute_activity_method(activity, input, start_to_close_timeout=RECORD_TIMEOUT)
@@ -492,17 +505,18 @@ class CascadeJourney:
         return CheckContactResult(usable=True)
 
     def _patched(self, patch_id: str) -> bool:
-        """`workflow.patched(patch_id)`, True without a marker for journeys started on lean-steps-2.
+        """`workflow.patched(patch_id)`, True without a marker for journeys started on lean-steps-2 or -3.
 
         Each patch a new journey asks for records a marker and (SDK core) an upsert of the
         TemporalChangeVersion search attribute: three of each per plain journey, a
         visibility write apiece. Journeys started since lean-steps-2 ask once, at the
-        start, and every patch before it holds for them; older histories have no such
-        marker and ask for each patch as they did when they ran. A patch added after this
-        one is not in _COVERED: it is asked for with a marker like any patch (a journey
-        started before it must not take its path on replay).
+        start, and every patch before it holds for them (since lean-steps-3 also
+        local-run-records); older histories have no such marker and ask for each patch as
+        they did when they ran. A patch added after lean-steps-3 is not in _COVERED_3: it
+        is asked for with a marker like any patch (a journey started before it must not
+        take its path on replay).
         """
-        return (self._all_patched and patch_id in _COVERED) or workflow.patched(patch_id)
+        return patch_id in self._covered or workflow.patched(patch_id)
 
     def _key(self, index: int) -> str:
         """Step `index`'s idempotency key: the run id keeps keys unique when a finished journey id starts again."""

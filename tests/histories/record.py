@@ -148,6 +148,13 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
         [ContactIn(channel="email", address="lean4@example.com"), ContactIn(channel="telegram", address="4202")],
         _bounce_then_cancel,
     ),
+    # Patch "lean-steps-3" (issue 17 B8): one marker standing for lean-steps-2's patches and
+    # local-run-records. "_delayed": a first step with a delay, as a campaign's sleepers.
+    "cascade_lean3_opened_twice": ([ContactIn(channel="email", address="lean5@example.com")], _opened_twice),
+    "cascade_lean3_delayed": (
+        [ContactIn(channel="email", address="lean6@example.com"), ContactIn(channel="telegram", address="4203")],
+        _nobody_reacts,
+    ),
 }
 
 
@@ -453,6 +460,8 @@ async def record(env: WorkflowEnvironment, db: Database, settings: Settings, onl
         if rules:
             journey.steps[0].when = [Condition(field="purchase_count", op="gt", value=5)]
             journey.steps[2].delay = timedelta(hours=2)
+        if name.endswith("_delayed"):
+            journey.steps[0].delay = timedelta(hours=1)
         handle = await start_journey(customer, journey, client=client, db=db, settings=settings)
         await scenario(handle)
         await handle.result()
