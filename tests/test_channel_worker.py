@@ -123,9 +123,9 @@ async def test_a_burst_five_times_the_rate_limit_is_spread_out_not_rejected(
 async def test_the_main_worker_keeps_tasks_on_its_sticky_queue_as_long_as_the_setting_says(
     client, settings, db, monkeypatch
 ):
-    """A wake burst's backlog waits on the worker's own queue (no timeout, no full replay), 300 s unless set."""
+    """Temporal's 10 s unless CASCADE_WORKER_STICKY_QUEUE_TIMEOUT_SECONDS says otherwise."""
     main = build_worker(client, settings, db).workers[0]
-    assert main.config()["sticky_queue_schedule_to_start_timeout"] == timedelta(seconds=300)
+    assert main.config()["sticky_queue_schedule_to_start_timeout"] == timedelta(seconds=10)
     monkeypatch.setenv("CASCADE_WORKER_STICKY_QUEUE_TIMEOUT_SECONDS", "20")
     # A queue of its own: the SDK refuses two workers for one queue in a process.
     tuned = Settings(database_url=settings.database_url, task_queue=f"{settings.task_queue}-tuned")
