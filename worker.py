@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
+from datetime import timedelta
 from types import TracebackType
 
 from temporalio.client import Client
@@ -115,6 +116,7 @@ def build_worker(
             # the serialization context (which our converter ignores) skip it.
             workflow_runner=ContextFreeRunner(WORKFLOW_RUNNER, client.data_converter),
             max_cached_workflows=settings.worker_max_cached_workflows,
+            sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.worker_sticky_queue_timeout_seconds),
             # One pooled database connection per slot (Settings.pool_size).
             max_concurrent_activities=settings.worker_max_concurrent_activities,
             # send_message stays here too: journeys started before per-channel queues

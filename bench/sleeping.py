@@ -34,17 +34,21 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import urllib.request
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy import event
 from temporalio import activity
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
+from temporalio.runtime import LoggingConfig, PrometheusConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.worker import Worker
 
 from bench.bare_workflow import RawSleeper
@@ -123,7 +127,17 @@ async def run_worker(args: argparse.Namespace) -> None:
             Path(args.sent_log + ".tracemalloc").write_text("\n".join(lines) + "\n")
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, snapshot)
-    client = await Client.connect(args.address, data_converter=data_converter(settings), runtime=quiet_runtime())
+    runtime = quiet_runtime()
+    if args.metrics_port:
+        # --counts: the SDK core's own counters (workflow tasks, sticky cache hits and
+        # misses, replays, activities) read by the parent before and after the burst.
+        runtime = Runtime(
+            telemetry=TelemetryConfig(
+                logging=LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR")),
+                metrics=PrometheusConfig(bind_address=f"127.0.0.1:{args.metrics_port}"),
+            )
+        )
+    client = await Client.connect(args.address, data_converter=data_converter(settings), runtime=runtime)
     log = FileLog(Path(args.sent_log))
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -148,6 +162,19 @@ async def run_worker(args: argparse.Namespace) -> None:
     from worker import build_worker
 
     db = Database.from_settings(settings)
+    if args.metrics_port:
+        # --counts: SQL statements by verb, written to <sent log>.sql on SIGUSR2.
+        statements: Counter[str] = Counter()
+
+        def count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+            statements[statement.split(None, 1)[0].upper()] += 1
+
+        for engine in db.sync_engines():
+            event.listen(engine, "before_cursor_execute", count)
+        sql_path = Path(args.sent_log + ".sql")
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGUSR2, lambda: sql_path.write_text(json.dumps(dict(statements)))
+        )
     channels = dict(build_channels(settings, db))
     channels["email"] = LoggingSandbox("email", db, log)
     async with build_worker(client, settings, db, channels):
@@ -213,8 +240,71 @@ def _file_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in files if f.exists()) / 2**20
 
 
-async def _until_asleep(client: Client, queue: str, cascade: bool, label: str, progress: float) -> float:
-    """Wait until every started workflow has run its first task (gone to sleep); the seconds it took.
+# The SDK core counters --counts reads from a worker (summed over its task queues).
+CORE_COUNTERS = {
+    "temporal_workflow_task_execution_latency_count": "workflow_tasks",
+    "temporal_workflow_task_replay_latency_count": "replayed_tasks",
+    "temporal_sticky_cache_hit": "sticky_cache_hits",
+    "temporal_sticky_cache_miss": "sticky_cache_misses",
+    "temporal_sticky_cache_total_forced_eviction": "forced_evictions",
+    "temporal_activity_execution_latency_count": "activities",
+    "temporal_local_activity_execution_latency_count": "local_activities",
+}
+
+
+def _core_counters(port: int) -> Counter[str]:
+    """The worker's core counters now (its Prometheus endpoint), by CORE_COUNTERS' names."""
+    found: Counter[str] = Counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in CORE_COUNTERS:
+            found[CORE_COUNTERS[name]] += int(float(line.rsplit(" ", 1)[1]))
+    return found
+
+
+def _read_counts(path: Path, remove: bool = False) -> Counter[str] | None:
+    """The statement counts the worker wrote to `path` (None: not yet); `remove`: delete the file first."""
+    if remove:
+        path.unlink(missing_ok=True)
+        return None
+    text = path.read_text() if path.exists() else ""
+    return Counter(json.loads(text)) if text else None
+
+
+async def _sql_counts(child: asyncio.subprocess.Process, sent_log: Path) -> Counter[str]:
+    """SQL statements the cascade worker ran so far, by verb (it writes them on SIGUSR2)."""
+    path = Path(str(sent_log) + ".sql")
+    _read_counts(path, remove=True)
+    child.send_signal(signal.SIGUSR2)
+    for _ in range(100):
+        if (found := _read_counts(path)) is not None:
+            return found
+        await asyncio.sleep(0.1)
+    return Counter()
+
+
+async def _history_counts(client: Client, workflow_id: str) -> dict[str, Any]:
+    """One run's history: events by type (all, and from its wake on), bytes, payload bytes."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    kinds = [str(e.WhichOneof("attributes")).removesuffix("_event_attributes") for e in history.events]
+    woke = next((i for i, kind in enumerate(kinds) if kind == "timer_fired"), len(kinds))
+    return {
+        "events": len(kinds),
+        "bytes": sum(e.ByteSize() for e in history.events),
+        "by_type": dict(sorted(Counter(kinds).items())),
+        "bytes_before_wake": sum(e.ByteSize() for e in history.events[:woke]),
+        "from_wake": dict(sorted(Counter(kinds[woke:]).items())),
+    }
+
+
+async def _until_asleep(client: Client, queue: str, cascade: bool, label: str, progress: float) -> tuple[float, int]:
+    """Wait until every started workflow has run its first task (gone to sleep).
+
+    Returns the seconds it took and how many had not run it at the first look.
 
     A start is accepted long before the worker runs the journey's first task: at 100,000
     the starts outran the worker (about 40 first tasks/s on this machine), and journeys
@@ -222,6 +312,7 @@ async def _until_asleep(client: Client, queue: str, cascade: bool, label: str, p
     """
     began = time.perf_counter()
     last_report = began
+    pending_at_first: int | None = None
     request = DescribeTaskQueueRequest(
         namespace=client.namespace,
         task_queue=TaskQueue(name=queue),
@@ -232,8 +323,10 @@ async def _until_asleep(client: Client, queue: str, cascade: bool, label: str, p
         backlog = (await client.workflow_service.describe_task_queue(request)).stats.approximate_backlog_count
         # A journey upserts "delayed" in its first task: none left "running" is exact.
         running = (await client.count_workflows('JourneyStatus="running"')).count if cascade else 0
+        if pending_at_first is None:
+            pending_at_first = max(backlog, running)
         if backlog == 0 and running == 0:
-            return time.perf_counter() - began
+            return time.perf_counter() - began, pending_at_first
         if progress and time.perf_counter() - last_report >= progress:
             last_report = time.perf_counter()
             print(
@@ -293,10 +386,13 @@ async def side(
     sent_log = tmp / f"{name}.sent"
     queue = f"sleep-{name}"
     worker_log = (HERE / "results" / f"sleeping-{name}-worker.log").open("w")
+    if args.counts:
+        args.metrics_port = _free_port()
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--role", name, "--address", address, "--database-url", database_url,
         "--task-queue", queue, "--sent-log", str(sent_log), "--cache", str(args.cache or args.n),
         "--log-level", args.log_level, *(["--tracemalloc"] if args.tracemalloc else []),
+        *(["--metrics-port", str(args.metrics_port)] if args.counts else []),
         stdout=subprocess.PIPE, stderr=worker_log, env={**os.environ, "PYTHONPATH": str(HERE.parent)},
     )  # fmt: skip
     try:
@@ -327,6 +423,8 @@ async def _side(
     settings = Settings(database_url=database_url, task_queue=queue)
     db = Database.from_settings(settings)
     wake = args.wake
+    # One workflow id of each kind (the journey that wakes, one that sleeps on), for --counts.
+    samples: dict[str, str] = {}
 
     def starter(prefix: str, wake_at: datetime | None, sleep: float) -> Any:
         """Starts journey i waking at `wake_at`, or (None) a sleeper that wakes SLEEPER_DELAY from now."""
@@ -334,9 +432,10 @@ async def _side(
             raw_at = wake_at or datetime.now(UTC) + SLEEPER_DELAY
 
             async def raw(i: int) -> None:
-                await client.start_workflow(
+                handle = await client.start_workflow(
                     RawSleeper.run, raw_at.isoformat(), id=f"raw/{prefix}/{i}", task_queue=queue
                 )
+                samples.setdefault("waker" if wake_at else "sleeper", handle.id)
 
             return raw
         from starter import start_journey
@@ -346,9 +445,10 @@ async def _side(
         origin = wake_at - timedelta(seconds=sleep) if wake_at else None
 
         async def cascade(i: int) -> None:
-            await start_journey(
+            handle = await start_journey(
                 f"s-{i}", spec, client=client, db=db, settings=settings, key=prefix, triggered_at=origin
             )
+            samples.setdefault("waker" if wake_at else "sleeper", handle.id)
 
         return cascade
 
@@ -361,6 +461,7 @@ async def _side(
             break
         await asyncio.sleep(0.5)
     _truncate(sent_log)  # the child appends to the same open file
+    samples.clear()
     prefix = f"{name}-{time.monotonic_ns()}"
     # Where starting time goes: CPU seconds of this process (start_journey's checks and
     # writes, the client), the worker (each journey's first task) and the dev server.
@@ -370,7 +471,13 @@ async def _side(
     sleepers_seconds = await _start_all(
         range(wake, args.n), args.concurrency, starter(prefix, None, 0), f"{name} sleepers", args.progress
     )
-    sleepers_asleep_seconds = await _until_asleep(client, queue, name == "cascade", f"{name} sleepers", args.progress)
+    cpu_wait = tree_cpu_seconds(child.pid), tree_cpu_seconds(server_pid)
+    sleepers_asleep_seconds, pending_after_starts = await _until_asleep(
+        client, queue, name == "cascade", f"{name} sleepers", args.progress
+    )
+    # Cores the worker and the dev server kept busy while only first tasks ran: under
+    # 1 each, and well under the machine's 2, means the rate is not their CPU.
+    cpu_wait = tree_cpu_seconds(child.pid) - cpu_wait[0], tree_cpu_seconds(server_pid) - cpu_wait[1]
     # Every one of the K wakes at the same moment: far enough ahead for all of them to be
     # started and asleep first (the cascade side checks below).
     wake_at = datetime.now(UTC) + timedelta(seconds=args.sleep)
@@ -406,6 +513,9 @@ async def _side(
     await asyncio.sleep(max((wake_at - datetime.now(UTC)).total_seconds(), 0))
     # CPU of the worker and the dev server through the burst: less swayed by other work on
     # the machine than the rate is (the server's includes whatever else it serves then).
+    if args.counts:
+        counters_before = await asyncio.to_thread(_core_counters, args.metrics_port)
+        sql_before = await _sql_counts(child, sent_log) if name == "cascade" else Counter()
     cpu_worker, cpu_server = tree_cpu_seconds(child.pid), tree_cpu_seconds(server_pid)
     deadline = time.monotonic() + args.timeout
     last_report = time.monotonic()
@@ -424,9 +534,40 @@ async def _side(
     sends = _sends(sent_log)
     times = sorted(at for at, who in sends.values() if who < wake)
     by_sleepers = sum(1 for _, who in sends.values() if who >= wake)
+    cpu_worker_at_wake, cpu_server_at_wake = cpu_worker, cpu_server
     cpu_worker, cpu_server = tree_cpu_seconds(child.pid) - cpu_worker, tree_cpu_seconds(server_pid) - cpu_server
     peak = _rss_mib(child.pid, "VmHWM")
     server_after = _tree_rss_mib(server_pid)
+    counts: dict[str, Any] | None = None
+    settle_seconds = None
+    if args.counts and times:
+        # The burst is over when the last message is out, but each woken journey still
+        # has its workflow task after the send (the raw side's timer, Cascade's upsert and
+        # timer): wait for them (two tasks per send at least) so the CPU per send below
+        # counts the same work on both sides, whatever order the worker took tasks in.
+        settle_began = time.monotonic()
+        while time.monotonic() - settle_began < 300:
+            done = (await asyncio.to_thread(_core_counters, args.metrics_port))["workflow_tasks"]
+            if done - counters_before["workflow_tasks"] >= 2 * len(times):
+                break
+            await asyncio.sleep(0.5)
+        settle_seconds = round(time.monotonic() - settle_began, 1)
+        cpu_worker_settled = tree_cpu_seconds(child.pid) - cpu_worker_at_wake
+        cpu_server_settled = tree_cpu_seconds(server_pid) - cpu_server_at_wake
+        # What the burst cost per send, as the worker's core counted it, and one history.
+        counters = await asyncio.to_thread(_core_counters, args.metrics_port)
+        counters.subtract(counters_before)
+        sql = (await _sql_counts(child, sent_log)) if name == "cascade" else Counter()
+        sql.subtract(sql_before)
+        counts = {
+            # From the wake until every woken journey's task after its send had run.
+            "settle_seconds_after_last_send": settle_seconds,
+            "worker_cpu_ms_per_send_settled": round(1000 * cpu_worker_settled / len(times), 1),
+            "server_cpu_ms_per_send_settled": round(1000 * cpu_server_settled / len(times), 1),
+            "per_send": {k: round(v / len(times), 2) for k, v in sorted(counters.items())},
+            "sql_per_send": {k: round(v / len(times), 2) for k, v in sorted(sql.items()) if v},
+            **{kind: await _history_counts(client, wid) for kind, wid in samples.items()},
+        }
     child.send_signal(signal.SIGTERM)
     await child.wait()
     await drain
@@ -444,6 +585,20 @@ async def _side(
         "wakers_start_seconds": round(wakers_seconds, 2),
         # After the sleepers' starts, until the worker had run every one's first task.
         "sleepers_asleep_wait_seconds": round(sleepers_asleep_seconds, 2),
+        # The worker's first workflow tasks per second while the sleepers went to sleep:
+        # from the first sleeper's start until every one had run its first task.
+        "first_tasks_per_s": round((args.n - wake) / (sleepers_seconds + sleepers_asleep_seconds), 1)
+        if args.n > wake
+        else None,
+        # Only after the starts, with no start competing: the backlog then, over the wait.
+        "first_tasks_after_starts_per_s": round(pending_after_starts / sleepers_asleep_seconds, 1)
+        if pending_after_starts > 20
+        else None,
+        "pending_after_starts": pending_after_starts,
+        "cores_busy_after_starts": {
+            who: round(cpu / max(sleepers_asleep_seconds, 0.01), 2)
+            for who, cpu in zip(("worker", "server"), cpu_wait, strict=True)
+        },
         "start_concurrency": args.concurrency,
         # CPU ms per start: the starting process, the worker (first tasks), the dev server.
         "start_cpu_ms_per_start": {
@@ -470,6 +625,7 @@ async def _side(
         "server_rss_after_mib": round(server_after, 1),
         "server_db_asleep_mib": round(server_db_asleep, 1) if server_db_asleep is not None else None,
         "server_db_after_mib": round(_file_mib(server_db), 1) if server_db else None,
+        "counts": counts,
     }
     print(json.dumps(result), flush=True)
     return result
@@ -492,7 +648,7 @@ async def main(args: argparse.Namespace) -> None:
         server = await asyncio.create_subprocess_exec(
             binary("temporal"), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless",
             "--log-level", "error", *dev_server_flags(), *(on_file if server_db else []),
-            "--dynamic-config-value", "frontend.rps=100000",
+            "--dynamic-config-value", "frontend.rps=100000", *args.server_flag,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -578,6 +734,15 @@ def _args() -> argparse.Namespace:
     parser.add_argument(
         "--tracemalloc", action="store_true", help="write each worker's top allocations while asleep (slow)"
     )
+    parser.add_argument(
+        "--counts",
+        action="store_true",
+        help="per send of the burst: workflow tasks, replays, activities, SQL statements; one history of each kind",
+    )
+    parser.add_argument(
+        "--server-flag", action="append", default=[], help="one more dev server argument (repeat it for more)"
+    )
+    parser.add_argument("--metrics-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=["raw", "cascade"], help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)

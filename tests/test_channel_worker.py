@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from temporalio.api.enums.v1 import EventType
 
 from cascade.infra.settings import Settings, TelegramSettings
@@ -117,3 +118,22 @@ async def test_a_burst_five_times_the_rate_limit_is_spread_out_not_rejected(
     assert len(telegram.messages) == len(telegram.received) == 25
     assert sorted(m["chat_id"] for m in telegram.messages) == sorted(str(5000 + i) for i in range(25))
     assert times[-1] - times[0] >= 3.0, f"25 sends at 5/s took only {times[-1] - times[0]:.2f} s"
+
+
+async def test_the_main_worker_keeps_tasks_on_its_sticky_queue_as_long_as_the_setting_says(
+    client, settings, db, monkeypatch
+):
+    """Temporal's 10 s unless CASCADE_WORKER_STICKY_QUEUE_TIMEOUT_SECONDS says otherwise."""
+    main = build_worker(client, settings, db).workers[0]
+    assert main.config()["sticky_queue_schedule_to_start_timeout"] == timedelta(seconds=10)
+    monkeypatch.setenv("CASCADE_WORKER_STICKY_QUEUE_TIMEOUT_SECONDS", "20")
+    # A queue of its own: the SDK refuses two workers for one queue in a process.
+    tuned = Settings(database_url=settings.database_url, task_queue=f"{settings.task_queue}-tuned")
+    assert tuned.worker_sticky_queue_timeout_seconds == 20
+    assert build_worker(client, tuned, db).workers[0].config()["sticky_queue_schedule_to_start_timeout"] == timedelta(
+        seconds=20
+    )
+    # A timeout of zero or less is refused, naming the setting.
+    monkeypatch.setenv("CASCADE_WORKER_STICKY_QUEUE_TIMEOUT_SECONDS", "0")
+    with pytest.raises(ValidationError, match="worker_sticky_queue_timeout_seconds"):
+        Settings()

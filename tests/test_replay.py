@@ -146,6 +146,31 @@ def test_lean_steps_3_is_one_marker_where_lean_steps_2_journeys_had_two():
     are in it); every earlier history lacks it and replays on the patches it carries."""
     markers = {p.stem: _patches(p) for p in HISTORIES}
     lean3 = [name for name in markers if name.startswith("cascade_lean3_")]
-    assert len(lean3) == 3
+    assert len(lean3) == 4
     assert all(markers[name] == {"lean-steps-3"} for name in lean3)
     assert not any("lean-steps-3" in m for name, m in markers.items() if name not in lean3)
+
+
+def test_lean_steps_3_journeys_still_write_their_run_rows_locally():
+    """lean-steps-3 stands for local-run-records: the run rows by local activities, one patch marker."""
+    for name in ("cascade_lean3_opened_twice", "cascade_lean3_delayed"):
+        events = json.loads((Path(__file__).parent / "histories" / f"{name}.json").read_text())["events"]
+        kinds = [e.get("eventType") for e in events]
+        # The run's rows by local activities (one marker each), no record_run_* activity task.
+        local = [
+            e
+            for e in events
+            if (e.get("markerRecordedEventAttributes") or {}).get("markerName") == "core_local_activity"
+        ]
+        assert local, name
+        scheduled = [
+            e["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+            for e in events
+            if "activityTaskScheduledEventAttributes" in e
+        ]
+        assert not any(n.startswith("record_run") for n in scheduled), (name, scheduled)
+        # One patch marker, so one TemporalChangeVersion upsert: two fewer events than lean-steps-2 + local-run-records.
+        patch_markers = [
+            e for e in events if (e.get("markerRecordedEventAttributes") or {}).get("markerName") == "core_patch"
+        ]
+        assert len(patch_markers) == 1, (name, kinds)

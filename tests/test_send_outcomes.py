@@ -435,6 +435,15 @@ async def test_the_run_rows_are_local_activities_not_queue_tasks(client, setting
         and e.marker_recorded_event_attributes.marker_name == "core_local_activity"
     ]
     assert local == ["record_run_started", "record_run_finished"]
+    # Patch lean-steps-3 (issue 17 B8): a new journey asks for one patch, which stands for
+    # local-run-records too (one marker and one TemporalChangeVersion upsert, not two).
+    patches = [
+        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+        and e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+    assert patches == ["lean-steps-3"]
     async with db.session() as session:
         [run] = (await session.exec(select(JourneyRun).where(JourneyRun.workflow_id == handle.id))).all()
     assert run.outcome == "exhausted" and run.finished_at is not None

@@ -159,6 +159,11 @@ SCENARIOS: dict[str, tuple[list[ContactIn], Scenario]] = {
         [ContactIn(channel="email", address="lean6@example.com"), ContactIn(channel="telegram", address="4203")],
         _bounce_then_cancel,
     ),
+    # A first step with a delay, as a campaign's sleepers (issue 17 B8).
+    "cascade_lean3_delayed": (
+        [ContactIn(channel="email", address="lean7@example.com"), ContactIn(channel="telegram", address="4204")],
+        _nobody_reacts,
+    ),
 }
 
 
@@ -464,6 +469,8 @@ async def record(env: WorkflowEnvironment, db: Database, settings: Settings, onl
         if rules:
             journey.steps[0].when = [Condition(field="purchase_count", op="gt", value=5)]
             journey.steps[2].delay = timedelta(hours=2)
+        if name.endswith("_delayed"):
+            journey.steps[0].delay = timedelta(hours=1)
         handle = await start_journey(customer, journey, client=client, db=db, settings=settings)
         await scenario(handle)
         await handle.result()
