@@ -149,29 +149,12 @@ async def _record_batch(
         # Parameter sets, not one VALUES list: SQLAlchemy's "insertmanyvalues" batches them
         # with a statement compiled once, where a literal list is compiled for every size.
         connection = await session.connection()  # the session's own transaction
-        stored = await connection.execute(
-            insert_ignoring_conflicts(db, EngagementEvent)
-            .on_conflict_do_nothing()
-            .returning(col(EngagementEvent.event_id)),
-            rows,
-        )
+        stored = await connection.execute(_insert_events(db), rows)
         inserted = {str(r) for r in stored.scalars().all()}
-        # The first row of an event id is the one stored (a repeat in the batch is a duplicate).
-        first: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            first.setdefault(str(row["event_id"]), row)
-        await add_to_event_recency(
-            connection,
-            [(r["customer_id"], r["type"], None, r["occurred_at"]) for key, r in first.items() if key in inserted],
-        )
+        await add_to_event_recency(connection, _recency_of(rows, inserted))
     runs_of: dict[str, list[JourneyRun]] = {cid: [] for cid in customers}
     if inserted:
-        runs = await session.exec(
-            select(JourneyRun)
-            .where(col(JourneyRun.customer_id).in_(list(customers)), col(JourneyRun.finished_at).is_(None))
-            .order_by(col(JourneyRun.id))
-        )
-        for run in runs.all():
+        for run in (await session.exec(_open_runs(customers))).all():
             runs_of[run.customer_id].append(run)
     unrouted: list[str] = []  # stored as routed, but with journeys to start
     recorded: list[RecordedEvent] = []
@@ -184,10 +167,7 @@ async def _record_batch(
             continue
         if stored_id not in inserted or stored_id in taken:
             # Stored before, or a second copy within this batch.
-            duplicate = AppEventResult(
-                event_id=event.event_id, status="duplicate", detail="already received; nothing done"
-            )
-            recorded.append(RecordedEvent(duplicate, customer_id=event.customer_id))
+            recorded.append(_duplicate(event))
             continue
         taken.add(stored_id)
         customer = customers[event.customer_id]
@@ -215,6 +195,37 @@ async def _record_batch(
             update(EngagementEvent).where(col(EngagementEvent.event_id).in_(unrouted)).values(routed_at=None)
         )
     return recorded
+
+
+def _insert_events(db: Database) -> Any:
+    """The batch's `engagement_events` INSERT, answering the event ids it stored (a repeat is skipped)."""
+    return (
+        insert_ignoring_conflicts(db, EngagementEvent).on_conflict_do_nothing().returning(col(EngagementEvent.event_id))
+    )
+
+
+def _recency_of(rows: Sequence[dict[str, Any]], inserted: set[str]) -> list[tuple[str, str, None, datetime]]:
+    """The `event_recency` entries of the stored rows: the first row of an event id is the one
+    stored (a repeat in the batch is a duplicate)."""
+    first: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        first.setdefault(str(row["event_id"]), row)
+    return [(r["customer_id"], r["type"], None, r["occurred_at"]) for key, r in first.items() if key in inserted]
+
+
+def _open_runs(customers: dict[str, Customer]) -> Any:
+    """The customers' unfinished journey runs, in id order (the signals they get are planned from them)."""
+    return (
+        select(JourneyRun)
+        .where(col(JourneyRun.customer_id).in_(list(customers)), col(JourneyRun.finished_at).is_(None))
+        .order_by(col(JourneyRun.id))
+    )
+
+
+def _duplicate(event: AppEvent) -> RecordedEvent:
+    """The answer for an event stored before, or a second copy within its batch."""
+    result = AppEventResult(event_id=event.event_id, status="duplicate", detail="already received; nothing done")
+    return RecordedEvent(result, customer_id=event.customer_id)
 
 
 class _NotDirect(Exception):
@@ -267,28 +278,12 @@ def _record_direct_sync(
             raise _NotDirect
         now = utcnow()
         rows = _event_rows(tenant, mine, now)
-        stored = connection.execute(
-            insert_ignoring_conflicts(db, EngagementEvent)
-            .on_conflict_do_nothing()
-            .returning(col(EngagementEvent.event_id)),
-            rows,
-        )
+        stored = connection.execute(_insert_events(db), rows)
         inserted = {str(r) for r in stored.scalars().all()}
-        first: dict[str, dict[str, Any]] = {}
-        for row in rows:
-            first.setdefault(str(row["event_id"]), row)
-        add_to_event_recency_sync(
-            connection,
-            [(r["customer_id"], r["type"], None, r["occurred_at"]) for key, r in first.items() if key in inserted],
-        )
+        add_to_event_recency_sync(connection, _recency_of(rows, inserted))
         runs_of: dict[str, list[JourneyRun]] = {cid: [] for cid in customers}
         if inserted:
-            runs = session.exec(
-                select(JourneyRun)
-                .where(col(JourneyRun.customer_id).in_(list(customers)), col(JourneyRun.finished_at).is_(None))
-                .order_by(col(JourneyRun.id))
-            )
-            for run in runs.all():
+            for run in session.exec(_open_runs(customers)).all():
                 runs_of[run.customer_id].append(run)
         recorded: list[RecordedEvent] = []
         taken: set[str] = set()
@@ -296,10 +291,7 @@ def _record_direct_sync(
         for event in mine:
             stored_id = f"{tenant}:{event.event_id}"
             if stored_id not in inserted or stored_id in taken:
-                duplicate = AppEventResult(
-                    event_id=event.event_id, status="duplicate", detail="already received; nothing done"
-                )
-                recorded.append(RecordedEvent(duplicate, customer_id=event.customer_id))
+                recorded.append(_duplicate(event))
                 continue
             taken.add(stored_id)
             customer = customers[event.customer_id]
